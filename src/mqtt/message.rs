@@ -1,0 +1,167 @@
+//! Outgoing PUBLISH packets, encoded once when made.
+//!
+//! A message is kept as its encoded bytes from the moment it is made until it is acknowledged: the queue,
+//! the in-flight window and a re-send after reconnecting all use the same bytes. The packet id is written
+//! into its slot when the message is sent, and a re-send sets the DUP flag in place.
+
+use mqttrs::{Packet, Pid, Publish, QoS, QosPid};
+
+/// The largest remaining length MQTT can express.
+const MAX_REMAINING: usize = 268_435_455;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    /// Empty, longer than 65,535 bytes (mqttrs would silently truncate it), or holding a wildcard or NUL.
+    BadTopic,
+    TooLarge,
+}
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            EncodeError::BadTopic => "topic is empty, too long, or contains a wildcard",
+            EncodeError::TooLarge => "message too large for MQTT",
+        })
+    }
+}
+
+/// A PUBLISH packet ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    bytes: Box<[u8]>,
+    /// Where the packet id goes, for QoS 1; `None` for QoS 0.
+    pid_at: Option<u32>,
+}
+
+impl Message {
+    pub fn publish(
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+    ) -> Result<Message, EncodeError> {
+        if topic.is_empty()
+            || topic.len() > usize::from(u16::MAX)
+            || topic.contains(['+', '#', '\0'])
+        {
+            return Err(EncodeError::BadTopic);
+        }
+        let (qospid, pid_len) = match qos {
+            QoS::AtMostOnce => (QosPid::AtMostOnce, 0),
+            // A placeholder: the real id is written when the message is sent.
+            _ => (QosPid::AtLeastOnce(Pid::new()), 2),
+        };
+        let remaining = 2 + topic.len() + pid_len + payload.len();
+        if remaining > MAX_REMAINING {
+            return Err(EncodeError::TooLarge);
+        }
+        let header_len = 1 + varint_len(remaining);
+        let mut bytes = vec![0u8; header_len + remaining].into_boxed_slice();
+        let packet = Packet::Publish(Publish {
+            dup: false,
+            qospid,
+            retain,
+            topic_name: topic,
+            payload,
+        });
+        mqttrs::encode_slice(&packet, &mut bytes).map_err(|_| EncodeError::TooLarge)?;
+        let pid_at = (pid_len > 0).then(|| (header_len + 2 + topic.len()) as u32);
+        Ok(Message { bytes, pid_at })
+    }
+
+    pub fn is_qos1(&self) -> bool {
+        self.pid_at.is_some()
+    }
+
+    /// Writes the packet id into the packet (QoS 1 only).
+    pub fn set_pid(&mut self, pid: u16) {
+        if let Some(at) = self.pid_at {
+            let at = at as usize;
+            self.bytes[at..at + 2].copy_from_slice(&pid.to_be_bytes());
+        }
+    }
+
+    /// Marks a QoS 1 packet as a re-delivery.
+    pub fn set_dup(&mut self) {
+        if self.is_qos1() {
+            self.bytes[0] |= 0x08;
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::frame::{decode, frame_len, Incoming};
+
+    #[test]
+    fn qos1_publish_round_trips_with_its_pid_and_dup() {
+        let mut m = Message::publish("a/b", b"{\"value\":1}", QoS::AtLeastOnce, false).unwrap();
+        m.set_pid(0x0102);
+        let b = m.bytes();
+        assert_eq!(b[0], 0x32);
+        assert_eq!(frame_len(b), Ok(Some(b.len())));
+        assert_eq!(
+            decode(b),
+            Ok(Incoming::Publish {
+                topic: "a/b",
+                payload: b"{\"value\":1}",
+                pid: Some(0x0102),
+                retain: false
+            })
+        );
+        m.set_dup();
+        assert_eq!(m.bytes()[0], 0x3a);
+    }
+
+    #[test]
+    fn qos0_has_no_pid_and_ignores_dup() {
+        let mut m = Message::publish("t", b"x", QoS::AtMostOnce, true).unwrap();
+        m.set_pid(7);
+        m.set_dup();
+        assert_eq!(m.bytes(), &[0x31, 0x04, 0x00, 0x01, b't', b'x']);
+        assert!(!m.is_qos1());
+    }
+
+    #[test]
+    fn long_payloads_use_longer_lengths() {
+        let payload = vec![b'x'; 200];
+        let m = Message::publish("t", &payload, QoS::AtMostOnce, false).unwrap();
+        assert_eq!(&m.bytes()[..3], &[0x30, 0xcb, 0x01]); // 203 = 0x4b | 0x80, 0x01
+        assert_eq!(m.bytes().len(), 3 + 203);
+    }
+
+    #[test]
+    fn bad_topics_are_refused_not_truncated() {
+        let long = "x".repeat(65_536);
+        assert_eq!(
+            Message::publish(&long, b"", QoS::AtMostOnce, false),
+            Err(EncodeError::BadTopic)
+        );
+        assert_eq!(
+            Message::publish("", b"", QoS::AtMostOnce, false),
+            Err(EncodeError::BadTopic)
+        );
+        assert_eq!(
+            Message::publish("a/+", b"", QoS::AtMostOnce, false),
+            Err(EncodeError::BadTopic)
+        );
+        assert_eq!(
+            Message::publish("a/#", b"", QoS::AtMostOnce, false),
+            Err(EncodeError::BadTopic)
+        );
+    }
+}

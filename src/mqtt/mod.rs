@@ -1,0 +1,9 @@
+//! Our MQTT 3.1.1 client: `frame` checks what comes in, `message` encodes what goes out, `session` is the
+//! protocol. None of them does I/O; `agent.rs` owns the socket.
+
+pub mod frame;
+pub mod message;
+pub mod session;
+
+pub use message::Message;
+pub use session::{Event, Options, Session, Will};

@@ -1,0 +1,830 @@
+//! The MQTT 3.1.1 client session as a pure state machine.
+//!
+//! Methods change state and fill an output buffer; none touches the network or reads a clock. The caller
+//! owns the socket: it calls [`Session::connected`] once a transport is up, feeds received bytes to
+//! [`Session::receive`], writes [`Session::outbound`] and reports progress with [`Session::consumed`], calls
+//! [`Session::poll`] at the deadline it returned, and [`Session::disconnected`] when the transport is gone.
+//! Any `Err` means the connection is no longer usable: drop it.
+//!
+//! Invariants:
+//! - Messages leave in the order they were queued; `inflight` holds the QoS 1 ones not yet acknowledged,
+//!   oldest first, and on disconnect they go back to the front of the queue, marked DUP.
+//! - `queue` never holds more than `max_queued` messages: the oldest are dropped and counted.
+//! - At most `max_inflight` QoS 1 messages await a PUBACK, and no two of them share a packet id.
+
+use super::frame::{self, FrameError, Incoming};
+use super::message::Message;
+use mqttrs::{Connect, ConnectReturnCode, LastWill, Packet, Pid, Protocol, QoS};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// The outbound buffer is refilled from the queue only below this size, so a slow socket holds at most
+/// about this much encoded data twice (once here, once in the queue or window).
+const OUTBOUND_HIGH_WATER: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub client_id: String,
+    /// Seconds; 0 turns keep-alive off.
+    pub keep_alive: u16,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
+    pub will: Option<Will>,
+    /// Sent first after every CONNACK (the retained `online` availability message).
+    pub birth: Option<Message>,
+    pub max_inflight: usize,
+    pub max_queued: usize,
+    pub connack_timeout: Duration,
+    pub ack_timeout: Duration,
+}
+
+/// What happened, for the caller to log or act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Connected {
+        session_present: bool,
+    },
+    /// A PUBLISH from the broker on a topic we subscribed to.
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    Subscribed {
+        pid: u16,
+        any_refused: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    Protocol(FrameError),
+    /// The broker refused the CONNECT.
+    Refused(ConnectReturnCode),
+    /// A packet that is well formed but wrong in this state.
+    Unexpected(&'static str),
+    Timeout(&'static str),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Error::Protocol(e) => write!(f, "protocol error: {e}"),
+            Error::Refused(code) => write!(f, "connection refused: {}", refusal_text(*code)),
+            Error::Unexpected(what) => write!(f, "protocol error: {what}"),
+            Error::Timeout(what) => write!(f, "timed out waiting for {what}"),
+        }
+    }
+}
+
+pub fn refusal_text(code: ConnectReturnCode) -> &'static str {
+    match code {
+        ConnectReturnCode::Accepted => "accepted",
+        ConnectReturnCode::RefusedProtocolVersion => "the broker does not support MQTT 3.1.1",
+        ConnectReturnCode::RefusedIdentifierRejected => "client identifier rejected",
+        ConnectReturnCode::ServerUnavailable => "server unavailable",
+        ConnectReturnCode::BadUsernamePassword => "bad user name or password",
+        ConnectReturnCode::NotAuthorized => "not authorised",
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Down,
+    AwaitingConnack { deadline: Instant },
+    Up { ping_deadline: Option<Instant> },
+}
+
+#[derive(Debug)]
+struct Inflight {
+    pid: u16,
+    sent_at: Instant,
+    message: Message,
+}
+
+pub struct Session {
+    opts: Options,
+    state: State,
+    out: Vec<u8>,
+    /// Bytes of `out` already written.
+    out_pos: usize,
+    rx: Vec<u8>,
+    queue: VecDeque<Message>,
+    inflight: VecDeque<Inflight>,
+    pids_in_use: Box<[u64; 1024]>,
+    next_pid: u16,
+    last_sent: Option<Instant>,
+    dropped: u64,
+    events: Vec<Event>,
+}
+
+impl Session {
+    pub fn new(opts: Options) -> Session {
+        Session {
+            opts,
+            state: State::Down,
+            out: Vec::new(),
+            out_pos: 0,
+            rx: Vec::new(),
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            pids_in_use: Box::new([0; 1024]),
+            next_pid: 1,
+            last_sent: None,
+            dropped: 0,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, State::Up { .. })
+    }
+
+    /// A transport is open: start the handshake.
+    pub fn connected(&mut self, now: Instant) {
+        self.reset_transport();
+        self.write_connect();
+        self.last_sent = Some(now);
+        self.state = State::AwaitingConnack {
+            deadline: now + self.opts.connack_timeout,
+        };
+    }
+
+    /// The transport is gone. Unacknowledged messages go back to the front of the queue, marked DUP.
+    pub fn disconnected(&mut self) {
+        self.reset_transport();
+        self.state = State::Down;
+        while let Some(mut f) = self.inflight.pop_back() {
+            self.release_pid(f.pid);
+            f.message.set_dup();
+            self.queue.push_front(f.message);
+        }
+        self.enforce_queue_bound();
+    }
+
+    fn reset_transport(&mut self) {
+        self.out.clear();
+        self.out_pos = 0;
+        self.rx.clear();
+    }
+
+    /// Queues a message; when the queue is full the oldest one is dropped and counted.
+    pub fn enqueue(&mut self, message: Message) {
+        self.queue.push_back(message);
+        self.enforce_queue_bound();
+    }
+
+    fn enforce_queue_bound(&mut self) {
+        while self.queue.len() > self.opts.max_queued {
+            self.queue.pop_front();
+            self.dropped += 1;
+        }
+    }
+
+    /// Messages dropped for want of room since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Nothing left to send or to wait for.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.inflight.is_empty() && self.outbound().is_empty()
+    }
+
+    /// True when queueing more would only make it wait: lets the caller feed messages as room opens.
+    pub fn has_room(&self) -> bool {
+        self.is_up() && self.queue.len() < self.opts.max_inflight
+    }
+
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn outbound(&self) -> &[u8] {
+        &self.out[self.out_pos..]
+    }
+
+    /// `n` bytes of [`Session::outbound`] were written.
+    pub fn consumed(&mut self, n: usize) {
+        self.out_pos = (self.out_pos + n).min(self.out.len());
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+    }
+
+    /// Bytes from the broker.
+    pub fn receive(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error> {
+        // Taken out for the loop so packets can be handled in place, without a copy each.
+        let mut rx = std::mem::take(&mut self.rx);
+        rx.extend_from_slice(bytes);
+        let mut start = 0;
+        let result = loop {
+            match frame::frame_len(&rx[start..]) {
+                Ok(Some(len)) => {
+                    let handled = self.handle(now, &rx[start..start + len]);
+                    start += len;
+                    if let Err(e) = handled {
+                        break Err(e);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(Error::Protocol(e)),
+            }
+        };
+        rx.drain(..start);
+        self.rx = rx;
+        result
+    }
+
+    fn handle(&mut self, now: Instant, frame: &[u8]) -> Result<(), Error> {
+        let packet = frame::decode(frame).map_err(Error::Protocol)?;
+        match (self.state, packet) {
+            (
+                State::AwaitingConnack { .. },
+                Incoming::Connack {
+                    session_present,
+                    code,
+                },
+            ) => {
+                if code != ConnectReturnCode::Accepted {
+                    return Err(Error::Refused(code));
+                }
+                self.state = State::Up {
+                    ping_deadline: None,
+                };
+                if let Some(birth) = &self.opts.birth {
+                    self.out.extend_from_slice(birth.bytes());
+                }
+                self.events.push(Event::Connected { session_present });
+                self.poll(now).map(|_| ())
+            }
+            (State::AwaitingConnack { .. }, _) => Err(Error::Unexpected("packet before CONNACK")),
+            (State::Up { .. }, Incoming::Connack { .. }) => {
+                Err(Error::Unexpected("second CONNACK"))
+            }
+            (State::Up { .. }, Incoming::Puback(pid)) => self.acknowledge(pid),
+            (State::Up { .. }, Incoming::Pingresp) => {
+                self.state = State::Up {
+                    ping_deadline: None,
+                };
+                Ok(())
+            }
+            (State::Up { .. }, Incoming::Suback { pid, any_refused }) => {
+                self.events.push(Event::Subscribed { pid, any_refused });
+                Ok(())
+            }
+            (State::Up { .. }, Incoming::Unsuback(_)) => Ok(()),
+            (
+                State::Up { .. },
+                Incoming::Publish {
+                    topic,
+                    payload,
+                    pid,
+                    ..
+                },
+            ) => {
+                if let Some(pid) = pid {
+                    self.write_packet(
+                        &Packet::Puback(
+                            Pid::try_from(pid).map_err(|_| Error::Unexpected("packet id 0"))?,
+                        ),
+                        now,
+                    );
+                }
+                self.events.push(Event::Message {
+                    topic: topic.to_owned(),
+                    payload: payload.to_vec(),
+                });
+                Ok(())
+            }
+            (State::Down, _) => Err(Error::Unexpected("packet without a connection")),
+        }
+    }
+
+    fn acknowledge(&mut self, pid: u16) -> Result<(), Error> {
+        // Brokers acknowledge in order, so the match is nearly always at the front.
+        let at = self
+            .inflight
+            .iter()
+            .position(|f| f.pid == pid)
+            .ok_or(Error::Unexpected("PUBACK for a packet id not in flight"))?;
+        if let Some(f) = self.inflight.remove(at) {
+            self.release_pid(f.pid);
+        }
+        Ok(())
+    }
+
+    /// Checks deadlines, moves queued messages into the outbound buffer as the window allows, sends a
+    /// PINGREQ when the link has been quiet for the keep-alive. Returns when to call again.
+    pub fn poll(&mut self, now: Instant) -> Result<Option<Instant>, Error> {
+        let ping_deadline = match self.state {
+            State::Down => return Ok(None),
+            State::AwaitingConnack { deadline } if now >= deadline => {
+                return Err(Error::Timeout("CONNACK"))
+            }
+            State::AwaitingConnack { deadline } => return Ok(Some(deadline)),
+            State::Up { ping_deadline } => ping_deadline,
+        };
+        if ping_deadline.is_some_and(|d| now >= d) {
+            return Err(Error::Timeout("PINGRESP"));
+        }
+        let ack_deadline = self
+            .inflight
+            .front()
+            .map(|f| f.sent_at + self.opts.ack_timeout);
+        if ack_deadline.is_some_and(|d| now >= d) {
+            return Err(Error::Timeout("PUBACK"));
+        }
+        self.fill(now);
+
+        let mut next = [
+            ping_deadline,
+            self.inflight
+                .front()
+                .map(|f| f.sent_at + self.opts.ack_timeout),
+        ];
+        let mut ping_due = None;
+        if self.opts.keep_alive > 0 && ping_deadline.is_none() {
+            let keep_alive = Duration::from_secs(u64::from(self.opts.keep_alive));
+            let due = self.last_sent.unwrap_or(now) + keep_alive;
+            if now >= due {
+                self.write_packet(&Packet::Pingreq, now);
+                // The broker must answer well within the keep-alive; allow it half as long again.
+                let deadline = now + keep_alive + keep_alive / 2;
+                self.state = State::Up {
+                    ping_deadline: Some(deadline),
+                };
+                next[0] = Some(deadline);
+            } else {
+                ping_due = Some(due);
+            }
+        }
+        Ok(next.into_iter().chain([ping_due]).flatten().min())
+    }
+
+    fn fill(&mut self, now: Instant) {
+        while self.out.len() - self.out_pos < OUTBOUND_HIGH_WATER {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            if front.is_qos1() && self.inflight.len() >= self.opts.max_inflight {
+                break;
+            }
+            let Some(mut message) = self.queue.pop_front() else {
+                break;
+            };
+            if message.is_qos1() {
+                let pid = self.allocate_pid();
+                message.set_pid(pid);
+                self.out.extend_from_slice(message.bytes());
+                self.inflight.push_back(Inflight {
+                    pid,
+                    sent_at: now,
+                    message,
+                });
+            } else {
+                self.out.extend_from_slice(message.bytes());
+            }
+            self.last_sent = Some(now);
+        }
+    }
+
+    /// Queues `farewell` (the retained `offline` message, since a clean DISCONNECT discards the will) and
+    /// a DISCONNECT; the caller writes them out and closes the transport.
+    pub fn disconnect(&mut self, now: Instant, farewell: Option<&Message>) {
+        if self.is_up() {
+            if let Some(m) = farewell {
+                self.out.extend_from_slice(m.bytes());
+            }
+            self.write_packet(&Packet::Disconnect, now);
+            self.state = State::Down;
+        }
+    }
+
+    /// True when [`Session::poll`] would move queued messages out now.
+    pub fn can_send_more(&self) -> bool {
+        self.is_up()
+            && self
+                .queue
+                .front()
+                .is_some_and(|m| !m.is_qos1() || self.inflight.len() < self.opts.max_inflight)
+    }
+
+    fn allocate_pid(&mut self) -> u16 {
+        // max_inflight is far below 65,535, so a free id is always found.
+        loop {
+            let pid = self.next_pid;
+            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+            let (word, bit) = (usize::from(pid) / 64, pid % 64);
+            if self.pids_in_use[word] & (1 << bit) == 0 {
+                self.pids_in_use[word] |= 1 << bit;
+                return pid;
+            }
+        }
+    }
+
+    fn release_pid(&mut self, pid: u16) {
+        self.pids_in_use[usize::from(pid) / 64] &= !(1 << (pid % 64));
+    }
+
+    fn write_connect(&mut self) {
+        let o = &self.opts;
+        let will = o.will.as_ref().map(|w| LastWill {
+            topic: &w.topic,
+            message: &w.payload,
+            qos: QoS::AtLeastOnce,
+            retain: w.retain,
+        });
+        let connect = Connect {
+            protocol: Protocol::MQTT311,
+            keep_alive: o.keep_alive,
+            client_id: &o.client_id,
+            clean_session: true,
+            last_will: will,
+            username: o.username.as_deref(),
+            password: o.password.as_deref(),
+        };
+        // Every string was length-checked when the config was read; this bound covers all fields.
+        let size = 32
+            + o.client_id.len()
+            + o.username.as_ref().map_or(0, String::len)
+            + o.password.as_ref().map_or(0, Vec::len)
+            + o.will
+                .as_ref()
+                .map_or(0, |w| w.topic.len() + w.payload.len());
+        let mut buf = vec![0u8; size];
+        if let Ok(n) = mqttrs::encode_slice(&Packet::Connect(connect), &mut buf) {
+            self.out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn write_packet(&mut self, packet: &Packet, now: Instant) {
+        let mut buf = [0u8; 4];
+        if let Ok(n) = mqttrs::encode_slice(packet, &mut buf) {
+            self.out.extend_from_slice(&buf[..n]);
+            self.last_sent = Some(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options {
+            client_id: "agent-1".into(),
+            keep_alive: 60,
+            username: None,
+            password: None,
+            will: None,
+            birth: None,
+            max_inflight: 3,
+            max_queued: 5,
+            connack_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn msg(topic: &str, qos: QoS) -> Message {
+        Message::publish(topic, b"p", qos, false).unwrap()
+    }
+
+    /// Splits the outbound bytes into packets and returns (first byte, packet id if QoS 1 PUBLISH, topic).
+    fn sent(s: &mut Session) -> Vec<(u8, Option<u16>, String)> {
+        let bytes = s.outbound().to_vec();
+        s.consumed(bytes.len());
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let n = frame::frame_len(&bytes[at..]).unwrap().unwrap();
+            let p = &bytes[at..at + n];
+            let (pid, topic) = match mqttrs::decode_slice(p).unwrap().unwrap() {
+                Packet::Publish(p) => (
+                    match p.qospid {
+                        mqttrs::QosPid::AtLeastOnce(pid) => Some(pid.get()),
+                        _ => None,
+                    },
+                    p.topic_name.to_owned(),
+                ),
+                other => (None, format!("{:?}", other.get_type())),
+            };
+            out.push((p[0], pid, topic));
+            at += n;
+        }
+        out
+    }
+
+    fn up(t0: Instant) -> Session {
+        let mut s = Session::new(opts());
+        s.connected(t0);
+        let connect = sent(&mut s);
+        assert_eq!(connect.len(), 1);
+        assert_eq!(connect[0].0, 0x10);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        assert_eq!(
+            s.take_events(),
+            vec![Event::Connected {
+                session_present: false
+            }]
+        );
+        assert!(s.is_up());
+        s
+    }
+
+    #[test]
+    fn connect_packet_carries_client_id_keepalive_credentials_and_will() {
+        let mut o = opts();
+        o.username = Some("user".into());
+        o.password = Some(b"secret".to_vec());
+        o.will = Some(Will {
+            topic: "a/availability".into(),
+            payload: b"offline".to_vec(),
+            retain: true,
+        });
+        let mut s = Session::new(o);
+        s.connected(Instant::now());
+        let bytes = s.outbound().to_vec();
+        match mqttrs::decode_slice(&bytes).unwrap().unwrap() {
+            Packet::Connect(c) => {
+                assert_eq!(c.client_id, "agent-1");
+                assert_eq!(c.keep_alive, 60);
+                assert!(c.clean_session);
+                assert_eq!(c.username, Some("user"));
+                assert_eq!(c.password, Some(&b"secret"[..]));
+                let w = c.last_will.unwrap();
+                assert_eq!(
+                    (w.topic, w.message, w.retain),
+                    ("a/availability", &b"offline"[..], true)
+                );
+            }
+            other => panic!("not a CONNECT: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn birth_after_connack_and_farewell_before_disconnect() {
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.birth =
+            Some(Message::publish("a/availability", b"online", QoS::AtMostOnce, true).unwrap());
+        let mut s = Session::new(o);
+        s.enqueue(msg("t/0", QoS::AtLeastOnce));
+        s.connected(t0);
+        sent(&mut s);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        let order: Vec<_> = sent(&mut s).into_iter().map(|p| (p.0, p.2)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (0x31, "a/availability".to_string()),
+                (0x32, "t/0".to_string())
+            ]
+        );
+        let offline =
+            Message::publish("a/availability", b"offline", QoS::AtMostOnce, true).unwrap();
+        s.disconnect(t0, Some(&offline));
+        let order: Vec<_> = sent(&mut s).into_iter().map(|p| (p.0, p.2)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (0x31, "a/availability".to_string()),
+                (0xe0, "Disconnect".to_string())
+            ]
+        );
+        assert!(!s.is_up());
+    }
+
+    #[test]
+    fn refusals_and_silence_are_errors() {
+        let t0 = Instant::now();
+        let mut s = Session::new(opts());
+        s.connected(t0);
+        assert_eq!(
+            s.receive(t0, &[0x20, 0x02, 0x00, 0x05]),
+            Err(Error::Refused(ConnectReturnCode::NotAuthorized))
+        );
+        let mut s = Session::new(opts());
+        s.connected(t0);
+        assert_eq!(s.poll(t0), Ok(Some(t0 + Duration::from_secs(10))));
+        assert_eq!(
+            s.poll(t0 + Duration::from_secs(10)),
+            Err(Error::Timeout("CONNACK"))
+        );
+        let mut s = Session::new(opts());
+        s.connected(t0);
+        assert_eq!(
+            s.receive(t0, &[0x40, 0x02, 0x00, 0x01]),
+            Err(Error::Unexpected("packet before CONNACK"))
+        );
+    }
+
+    #[test]
+    fn qos1_window_ids_and_acks() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        for i in 0..5 {
+            s.enqueue(msg(&format!("t/{i}"), QoS::AtLeastOnce));
+        }
+        s.poll(t0).unwrap();
+        let first = sent(&mut s);
+        assert_eq!(
+            first
+                .iter()
+                .map(|p| (p.1, p.2.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(Some(1), "t/0"), (Some(2), "t/1"), (Some(3), "t/2")]
+        );
+        assert_eq!((s.inflight(), s.queued()), (3, 2));
+        // Acks may come out of order; each frees its slot.
+        s.receive(t0, &[0x40, 0x02, 0x00, 0x02]).unwrap();
+        s.poll(t0).unwrap();
+        assert_eq!(
+            sent(&mut s).iter().map(|p| p.1).collect::<Vec<_>>(),
+            vec![Some(4)]
+        );
+        s.receive(
+            t0,
+            &[
+                0x40, 0x02, 0x00, 0x01, 0x40, 0x02, 0x00, 0x03, 0x40, 0x02, 0x00, 0x04,
+            ],
+        )
+        .unwrap();
+        s.poll(t0).unwrap();
+        assert_eq!(
+            sent(&mut s).iter().map(|p| p.1).collect::<Vec<_>>(),
+            vec![Some(5)]
+        );
+        s.receive(t0, &[0x40, 0x02, 0x00, 0x05]).unwrap();
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn qos0_is_not_windowed_and_needs_no_ack() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        for i in 0..5 {
+            s.enqueue(msg(&format!("t/{i}"), QoS::AtMostOnce));
+        }
+        s.poll(t0).unwrap();
+        assert_eq!(sent(&mut s).len(), 5);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn unsolicited_puback_is_a_protocol_error() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        assert!(matches!(
+            s.receive(t0, &[0x40, 0x02, 0x00, 0x09]),
+            Err(Error::Unexpected(_))
+        ));
+    }
+
+    #[test]
+    fn packets_may_arrive_split_anywhere() {
+        let t0 = Instant::now();
+        let mut s = Session::new(opts());
+        s.connected(t0);
+        s.receive(t0, &[0x20]).unwrap();
+        s.receive(t0, &[0x02, 0x00]).unwrap();
+        assert!(!s.is_up());
+        s.receive(t0, &[0x00, 0xd0]).unwrap();
+        assert!(s.is_up());
+        s.receive(t0, &[0x00]).unwrap();
+    }
+
+    #[test]
+    fn malformed_bytes_are_errors_not_panics() {
+        let t0 = Instant::now();
+        for bad in [
+            &[0x40, 0x00][..],
+            &[0x20, 0x00],
+            &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+            &[0x32, 0x03, 0x00, 0x01, b'a'],
+        ] {
+            let mut s = up(t0);
+            assert!(
+                matches!(s.receive(t0, bad), Err(Error::Protocol(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keepalive_pings_and_times_out() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        let due = s.poll(t0).unwrap().unwrap();
+        assert_eq!(due, t0 + Duration::from_secs(60));
+        assert_eq!(s.poll(due).unwrap(), Some(due + Duration::from_secs(90)));
+        assert_eq!(sent(&mut s)[0].0, 0xc0);
+        s.receive(due, &[0xd0, 0x00]).unwrap();
+        assert_eq!(s.poll(due).unwrap(), Some(due + Duration::from_secs(60)));
+        let later = due + Duration::from_secs(60);
+        let deadline = s.poll(later).unwrap().unwrap();
+        assert_eq!(s.poll(deadline), Err(Error::Timeout("PINGRESP")));
+    }
+
+    #[test]
+    fn missing_puback_times_out() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        s.enqueue(msg("t", QoS::AtLeastOnce));
+        s.poll(t0).unwrap();
+        assert_eq!(s.poll(t0 + Duration::from_secs(29)).map(|_| ()), Ok(()));
+        assert_eq!(
+            s.poll(t0 + Duration::from_secs(30)),
+            Err(Error::Timeout("PUBACK"))
+        );
+    }
+
+    #[test]
+    fn disconnect_requeues_inflight_first_with_dup() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        for i in 0..4 {
+            s.enqueue(msg(&format!("t/{i}"), QoS::AtLeastOnce));
+        }
+        s.poll(t0).unwrap();
+        sent(&mut s);
+        s.receive(t0, &[0x40, 0x02, 0x00, 0x01]).unwrap();
+        s.disconnected();
+        assert_eq!((s.queued(), s.inflight()), (3, 0));
+        let mut s2 = s;
+        s2.connected(t0);
+        sent(&mut s2);
+        s2.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        let resent = sent(&mut s2);
+        let view: Vec<_> = resent.iter().map(|p| (p.0, p.2.as_str())).collect();
+        assert_eq!(view, vec![(0x3a, "t/1"), (0x3a, "t/2"), (0x32, "t/3")]);
+    }
+
+    #[test]
+    fn full_queue_drops_oldest_and_counts() {
+        let mut s = Session::new(opts());
+        for i in 0..8 {
+            s.enqueue(msg(&format!("t/{i}"), QoS::AtLeastOnce));
+        }
+        assert_eq!(s.queued(), 5);
+        assert_eq!(s.take_dropped(), 3);
+        assert_eq!(s.take_dropped(), 0);
+        let t0 = Instant::now();
+        s.connected(t0);
+        sent(&mut s);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        assert_eq!(sent(&mut s)[0].2, "t/3");
+    }
+
+    #[test]
+    fn incoming_qos1_publish_is_acknowledged() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        s.receive(
+            t0,
+            &[0x32, 0x08, 0x00, 0x01, b's', 0x00, 0x07, b'o', b'n', b'!'],
+        )
+        .unwrap();
+        assert_eq!(s.outbound(), &[0x40, 0x02, 0x00, 0x07]);
+        assert_eq!(
+            s.take_events(),
+            vec![Event::Message {
+                topic: "s".into(),
+                payload: b"on!".to_vec()
+            }]
+        );
+    }
+
+    #[test]
+    fn packet_ids_skip_those_still_in_flight_after_wrapping() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        s.enqueue(msg("stuck", QoS::AtLeastOnce));
+        s.poll(t0).unwrap();
+        sent(&mut s);
+        for _ in 0..65_535 {
+            s.enqueue(msg("t", QoS::AtLeastOnce));
+            s.poll(t0).unwrap();
+            let p = sent(&mut s);
+            assert_ne!(p[0].1, Some(1), "id 1 is still in flight");
+            let pid = p[0].1.unwrap();
+            s.receive(t0, &[0x40, 0x02, (pid >> 8) as u8, pid as u8])
+                .unwrap();
+        }
+    }
+}
