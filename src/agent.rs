@@ -1,0 +1,537 @@
+//! The main loop: the one place that touches the broker socket, the CLI child, the stats file and the clock.
+//!
+//! Each turn: collect if a tick is due, feed the tick's records to the session as it has room, (re)connect
+//! when the backoff allows, let the session check its deadlines and fill the outbound buffer, write what
+//! the socket takes, then sleep in one `poll` on the socket and the CLI's pipes until the earliest deadline.
+//! Everything that decides anything lives in the pure modules this drives.
+
+use crate::backoff::Backoff;
+use crate::collect::{self, CliRun, Collected};
+use crate::config::{Collector, Mode, Mqtt};
+use crate::mqtt::{session, Event, Message, Options, Session, Will};
+use crate::schedule::Schedule;
+use crate::tick::{Publishing, Scratch, Tick};
+use crate::{debug, error, info, signal, warn};
+use mqttrs::QoS;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNACK_TIMEOUT: Duration = Duration::from_secs(10);
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// A broker that takes none of our bytes for this long is treated as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stop (SIGTERM/SIGINT) may spend flushing before it says goodbye; the whole stop stays
+/// under 2 s.
+const STOP_FLUSH: Duration = Duration::from_millis(1500);
+const STOP_GOODBYE: Duration = Duration::from_millis(300);
+/// QoS 1 messages awaiting PUBACK at once.
+const MAX_INFLIGHT: usize = 512;
+
+pub struct Settings {
+    pub collector: Collector,
+    pub mqtt: Mqtt,
+    pub once: bool,
+}
+
+struct Link {
+    stream: TcpStream,
+    /// Since when bytes have been waiting that the socket would not take.
+    stalled_since: Option<Instant>,
+}
+
+enum LinkError {
+    Io(std::io::Error),
+    Closed,
+    Session(session::Error),
+    WriteStalled,
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            LinkError::Io(e) => write!(f, "{e}"),
+            LinkError::Closed => f.write_str("closed by the broker"),
+            LinkError::Session(e) => write!(f, "{e}"),
+            LinkError::WriteStalled => write!(
+                f,
+                "the broker took no data for {}s",
+                WRITE_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+pub struct Agent {
+    s: Settings,
+    session: Session,
+    link: Option<Link>,
+    backoff: Backoff,
+    reconnect_at: Instant,
+    schedule: Schedule,
+    cli: Option<CliRun>,
+    tick: Option<Tick>,
+    scratch: Scratch,
+    offline: Option<Message>,
+    // For --once: the collection has run, and whether anything was lost.
+    collected: bool,
+    failed: bool,
+}
+
+impl Agent {
+    pub fn new(s: Settings, now: Instant) -> Agent {
+        let m = &s.mqtt;
+        let availability = |payload: &[u8]| {
+            Message::publish(&m.availability_topic, payload, QoS::AtMostOnce, true).ok()
+        };
+        let opts = Options {
+            client_id: m.client_id.clone(),
+            keep_alive: m.keep_alive,
+            username: m.username.clone(),
+            password: m.password.as_ref().map(|p| p.as_bytes().to_vec()),
+            will: Some(Will {
+                topic: m.availability_topic.clone(),
+                payload: b"offline".to_vec(),
+                retain: true,
+            }),
+            birth: availability(b"online"),
+            max_inflight: MAX_INFLIGHT,
+            max_queued: m.max_buffered_messages,
+            connack_timeout: CONNACK_TIMEOUT,
+            ack_timeout: ACK_TIMEOUT,
+        };
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Agent {
+            session: Session::new(opts),
+            link: None,
+            backoff: Backoff::new(m.reconnect_max_delay, seed),
+            reconnect_at: now,
+            schedule: Schedule::new(now, s.collector.interval),
+            cli: None,
+            tick: None,
+            scratch: Scratch::default(),
+            offline: availability(b"offline"),
+            collected: false,
+            failed: false,
+            s,
+        }
+    }
+
+    /// Runs until stopped (or, with `--once`, until done); returns the exit code.
+    pub fn run(mut self) -> i32 {
+        let start = Instant::now();
+        let cli_time = if self.s.collector.mode == Mode::Cli {
+            self.s.collector.cli_timeout
+        } else {
+            Duration::ZERO
+        };
+        let once_deadline = self
+            .s
+            .once
+            .then(|| start + cli_time + self.s.mqtt.once_timeout);
+        loop {
+            let now = Instant::now();
+            if signal::stop_requested() {
+                info!("stopping");
+                return self.stop(now + STOP_FLUSH);
+            }
+            if self.s.once && self.collected && self.tick.is_none() && self.session.is_idle() {
+                return self.stop(now);
+            }
+            if once_deadline.is_some_and(|d| now >= d) {
+                error!(
+                    "--once: gave up after {}s with messages undelivered",
+                    (now - start).as_secs()
+                );
+                self.failed = true;
+                return self.stop(now);
+            }
+            self.collect_if_due(now);
+            self.connect_if_due(now);
+            let session_deadline = self.pump(now);
+            let wake = [
+                session_deadline,
+                (!(self.s.once && self.collected) && self.cli.is_none())
+                    .then(|| self.schedule.next_due()),
+                self.link.is_none().then_some(self.reconnect_at),
+                self.link
+                    .as_ref()
+                    .and_then(|l| l.stalled_since)
+                    .map(|t| t + WRITE_TIMEOUT),
+                self.cli.as_ref().map(|c| c.deadline),
+                once_deadline,
+            ];
+            let wake = wake.into_iter().flatten().min();
+            self.wait(now, wake);
+        }
+    }
+
+    fn collect_if_due(&mut self, now: Instant) {
+        self.kill_overdue_cli(now);
+        if (self.s.once && self.collected) || self.cli.is_some() || now < self.schedule.next_due() {
+            return;
+        }
+        let skipped = self.schedule.fire(now);
+        if skipped > 0 {
+            warn!("collection overran its interval: {skipped} tick(s) skipped");
+        }
+        match self.s.collector.mode {
+            Mode::File => {
+                let result = collect::read_file(&self.s.collector.file_path);
+                self.collection_done(result);
+            }
+            Mode::Cli => match CliRun::spawn(
+                &self.s.collector.cli_path,
+                now + self.s.collector.cli_timeout,
+            ) {
+                Ok(run) => self.cli = Some(run),
+                Err(e) => self.collection_done(Err(e)),
+            },
+        }
+    }
+
+    fn kill_overdue_cli(&mut self, now: Instant) {
+        if self.cli.as_ref().is_some_and(|c| now >= c.deadline) {
+            if let Some(cli) = self.cli.take() {
+                cli.kill();
+            }
+            let c = &self.s.collector;
+            let e = format!(
+                "{} stats did not finish within {}s and was killed",
+                c.cli_path,
+                c.cli_timeout.as_secs()
+            );
+            self.collection_done(Err(e));
+        }
+    }
+
+    fn collection_done(&mut self, result: Result<Collected, String>) {
+        self.collected = true;
+        let collected = match result {
+            Ok(c) => c,
+            Err(e) => {
+                error!("{e}; tick skipped");
+                self.failed = true;
+                return;
+            }
+        };
+        if collected.truncated {
+            warn!(
+                "stats input over {} bytes: the rest was ignored",
+                collect::MAX_STATS_BYTES
+            );
+        }
+        // An unfinished previous tick goes to the queue (bounded) so the newer figures are not held up.
+        self.feed(true);
+        let source = match self.s.collector.mode {
+            Mode::File => format!("stats file {}", self.s.collector.file_path),
+            Mode::Cli => format!("{} stats", self.s.collector.cli_path),
+        };
+        self.tick = Some(Tick::new(source, collected.text, unix_millis()));
+        let dropped = self.session.take_dropped();
+        if dropped > 0 {
+            warn!(
+                "message buffer full ({}): {dropped} oldest messages dropped",
+                self.s.mqtt.max_buffered_messages
+            );
+            self.failed = true;
+        }
+    }
+
+    /// Moves records from the tick into the session while it has room (all of them when `all`).
+    fn feed(&mut self, all: bool) {
+        let Agent {
+            tick,
+            session,
+            scratch,
+            s,
+            ..
+        } = self;
+        let Some(t) = tick else { return };
+        let p = Publishing {
+            template: &s.mqtt.template,
+            qos: s.mqtt.qos,
+            retain: s.mqtt.retain,
+        };
+        while all || session.has_room() {
+            if !t.step(&p, scratch, &mut |m| session.enqueue(m)) {
+                let bad = if t.bad_records > 0 {
+                    format!(", {} bad records skipped", t.bad_records)
+                } else {
+                    String::new()
+                };
+                info!(
+                    "tick: {} containers, {} messages{}",
+                    t.containers, t.messages, bad
+                );
+                *tick = None;
+                return;
+            }
+        }
+    }
+
+    fn connect_if_due(&mut self, now: Instant) {
+        if self.link.is_some() || now < self.reconnect_at {
+            return;
+        }
+        let (host, port) = (&self.s.mqtt.host, self.s.mqtt.port);
+        match open(host, port) {
+            Ok(stream) => {
+                debug!("TCP connection to {host}:{port} open");
+                self.link = Some(Link {
+                    stream,
+                    stalled_since: None,
+                });
+                self.session.connected(now);
+            }
+            Err(e) => {
+                let delay = self.backoff.next_delay();
+                warn!(
+                    "broker {host}:{port} unreachable: {e}; retrying in {:.1}s",
+                    delay.as_secs_f32()
+                );
+                self.reconnect_at = now + delay;
+            }
+        }
+    }
+
+    /// Feeds, polls the session and writes until the socket is full or nothing is left to move.
+    fn pump(&mut self, now: Instant) -> Option<Instant> {
+        loop {
+            self.feed(false);
+            let deadline = match self.session.poll(now) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.link_failed(now, LinkError::Session(e));
+                    return None;
+                }
+            };
+            let all_written = self.write(now);
+            let more =
+                self.session.can_send_more() || (self.tick.is_some() && self.session.has_room());
+            if !all_written || !more || self.link.is_none() {
+                return deadline;
+            }
+        }
+    }
+
+    /// Writes what the socket takes; true when nothing is left waiting.
+    fn write(&mut self, now: Instant) -> bool {
+        let Some(link) = self.link.as_mut() else {
+            return true;
+        };
+        let result = loop {
+            let out = self.session.outbound();
+            if out.is_empty() {
+                link.stalled_since = None;
+                break Ok(true);
+            }
+            match link.stream.write(out) {
+                Ok(0) => break Err(LinkError::Closed),
+                Ok(n) => {
+                    self.session.consumed(n);
+                    link.stalled_since = None;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let since = *link.stalled_since.get_or_insert(now);
+                    break if now - since >= WRITE_TIMEOUT {
+                        Err(LinkError::WriteStalled)
+                    } else {
+                        Ok(false)
+                    };
+                }
+                Err(e) => break Err(LinkError::Io(e)),
+            }
+        };
+        result.unwrap_or_else(|e| {
+            self.link_failed(now, e);
+            true
+        })
+    }
+
+    fn read(&mut self, now: Instant) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        let result = loop {
+            match link.stream.read(&mut buf) {
+                Ok(0) => break Err(LinkError::Closed),
+                Ok(n) => {
+                    if let Err(e) = self.session.receive(now, &buf[..n]) {
+                        break Err(LinkError::Session(e));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(()),
+                Err(e) => break Err(LinkError::Io(e)),
+            }
+        };
+        for event in self.session.take_events() {
+            match event {
+                Event::Connected { .. } => {
+                    info!(
+                        "connected to broker {}:{}",
+                        self.s.mqtt.host, self.s.mqtt.port
+                    );
+                    self.backoff.reset();
+                }
+                Event::Message { topic, .. } => debug!("message on {topic} ignored"),
+                Event::Subscribed { .. } => {}
+            }
+        }
+        if let Err(e) = result {
+            self.link_failed(now, e);
+        }
+    }
+
+    fn link_failed(&mut self, now: Instant, e: LinkError) {
+        let was_up = self.session.is_up();
+        self.link = None;
+        self.session.disconnected();
+        let delay = self.backoff.next_delay();
+        self.reconnect_at = now + delay;
+        let what = if was_up {
+            "connection to broker lost"
+        } else {
+            "could not connect to broker"
+        };
+        warn!("{what}: {e}; retrying in {:.1}s", delay.as_secs_f32());
+    }
+
+    /// Sleeps in one `poll` on the socket and the CLI's pipes until one is ready, `wake`, or a signal.
+    fn wait(&mut self, now: Instant, wake: Option<Instant>) {
+        let mut fds = [libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        }; 3];
+        if let Some(link) = &self.link {
+            let out = if self.session.outbound().is_empty() {
+                0
+            } else {
+                libc::POLLOUT
+            };
+            fds[0] = libc::pollfd {
+                fd: link.stream.as_raw_fd(),
+                events: libc::POLLIN | out,
+                revents: 0,
+            };
+        }
+        if let Some(cli) = &self.cli {
+            for (slot, fd) in fds[1..].iter_mut().zip(cli.fds()) {
+                *slot = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+            }
+        }
+        // Round up so we never wake just before a deadline and spin; a minute at most as a safety net.
+        let timeout_ms = wake.map_or(60_000, |w| {
+            let d = w.saturating_duration_since(now);
+            d.as_millis().min(60_000) as i32 + i32::from(d.subsec_nanos() % 1_000_000 != 0)
+        });
+        // SAFETY: `fds` is a live array of three pollfd; negative fds are ignored by poll.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if ready <= 0 {
+            return; // timeout, or EINTR from a stop signal: the loop looks again
+        }
+        let now = Instant::now();
+        if fds[0].revents != 0 {
+            if fds[0].revents & libc::POLLOUT != 0 {
+                self.write(now);
+            }
+            if fds[0].revents & !libc::POLLOUT != 0 {
+                self.read(now);
+            }
+        }
+        if fds[1..].iter().any(|f| f.revents != 0) {
+            if let Some(cli) = self.cli.as_mut() {
+                cli.read_available();
+                if cli.is_done() {
+                    let result = self.cli.take().map(CliRun::finish);
+                    if let Some(r) = result {
+                        self.collection_done(r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops collecting, flushes until `flush_until`, says goodbye and returns the exit code.
+    fn stop(mut self, flush_until: Instant) -> i32 {
+        if let Some(cli) = self.cli.take() {
+            cli.kill();
+        }
+        loop {
+            let now = Instant::now();
+            if now >= flush_until
+                || self.link.is_none()
+                || (self.tick.is_none() && self.session.is_idle())
+            {
+                break;
+            }
+            let deadline = self.pump(now).map_or(flush_until, |d| d.min(flush_until));
+            self.wait(now, Some(deadline));
+        }
+        let undelivered = self.tick.is_some() || !self.session.is_idle();
+        if let Some(mut link) = self.link.take() {
+            self.session
+                .disconnect(Instant::now(), self.offline.as_ref());
+            let goodbye_until = Instant::now() + STOP_GOODBYE;
+            let _ = link.stream.set_nonblocking(false);
+            let _ = link.stream.set_write_timeout(Some(STOP_GOODBYE));
+            while Instant::now() < goodbye_until && !self.session.outbound().is_empty() {
+                match link.stream.write(self.session.outbound()) {
+                    Ok(n) if n > 0 => self.session.consumed(n),
+                    _ => break,
+                }
+            }
+            let _ = link.stream.shutdown(std::net::Shutdown::Both);
+        }
+        if undelivered {
+            let pending = self.session.queued() + self.session.inflight();
+            warn!(
+                "stopped with {pending} messages undelivered{}",
+                if self.tick.is_some() {
+                    " (and part of a tick)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if self.s.once && (self.failed || undelivered) {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+fn open(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(ErrorKind::NotFound, "no address");
+    for addr in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                stream.set_nonblocking(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

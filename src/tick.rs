@@ -1,0 +1,192 @@
+//! One collection's text on its way to messages: collect -> parse -> publish, a record at a time.
+//!
+//! The text is held once and turned into encoded messages only as the session has room for them, so a
+//! large tick never exists twice in memory. Bad records are logged with their line number and skipped;
+//! good ones are published whatever their neighbours hold.
+
+use crate::balena::service_name;
+use crate::mqtt::Message;
+use crate::payload::write_value;
+use crate::records::Cursor;
+use crate::stats::{parse_line, FieldWarning};
+use crate::topics::{Names, TopicTemplate};
+use mqttrs::QoS;
+
+/// How messages are named and sent; fixed for the life of the agent.
+pub struct Publishing<'a> {
+    pub template: &'a TopicTemplate,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// Buffers reused from record to record, so naming a message allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    topic: String,
+    payload: Vec<u8>,
+    warnings: Vec<FieldWarning>,
+}
+
+pub struct Tick {
+    /// Where the text came from, for warnings (`file /data/x` or `balena stats`).
+    source: String,
+    text: Vec<u8>,
+    cursor: Cursor,
+    timestamp_ms: u64,
+    pub containers: usize,
+    pub messages: usize,
+    pub bad_records: usize,
+}
+
+impl Tick {
+    pub fn new(source: String, text: Vec<u8>, timestamp_ms: u64) -> Tick {
+        Tick {
+            source,
+            text,
+            cursor: Cursor::default(),
+            timestamp_ms,
+            containers: 0,
+            messages: 0,
+            bad_records: 0,
+        }
+    }
+
+    /// Turns the next record into messages for `sink`. Returns false once the text is used up.
+    pub fn step(
+        &mut self,
+        p: &Publishing,
+        scratch: &mut Scratch,
+        sink: &mut dyn FnMut(Message),
+    ) -> bool {
+        let Some(record) = self.cursor.next(&self.text) else {
+            return false;
+        };
+        let line = match record.text {
+            Ok(line) => line,
+            Err(e) => {
+                self.bad_records += 1;
+                crate::warn!("{} line {}: {}", self.source, record.line, e);
+                return true;
+            }
+        };
+        scratch.warnings.clear();
+        let stats = match parse_line(line, &mut scratch.warnings) {
+            Ok(s) => s,
+            Err(e) => {
+                self.bad_records += 1;
+                crate::warn!("{} line {}: {}, skipped", self.source, record.line, e);
+                return true;
+            }
+        };
+        for w in &scratch.warnings {
+            crate::warn!(
+                "{} line {} ({}): {}; that metric is left out",
+                self.source,
+                record.line,
+                stats.name,
+                w
+            );
+        }
+        self.containers += 1;
+
+        let service = service_name(&stats.name);
+        let names = Names {
+            service_name: &service,
+            container_name: &stats.name,
+            container_id: &stats.id,
+        };
+        scratch.topic.clear();
+        p.template.render_root(&names, &mut scratch.topic);
+        scratch.topic.push('/');
+        let root_len = scratch.topic.len();
+        for (metric, value) in stats.figures.iter() {
+            scratch.topic.truncate(root_len);
+            scratch.topic.push_str(metric.name());
+            scratch.payload.clear();
+            write_value(&mut scratch.payload, value, self.timestamp_ms);
+            match Message::publish(&scratch.topic, &scratch.payload, p.qos, p.retain) {
+                Ok(m) => {
+                    self.messages += 1;
+                    sink(m);
+                }
+                Err(e) => crate::warn!(
+                    "{} line {}: {}: {}",
+                    self.source,
+                    record.line,
+                    scratch.topic,
+                    e
+                ),
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::frame::{decode, Incoming};
+
+    fn run(text: &str) -> (Tick, Vec<(String, String)>) {
+        let template = TopicTemplate::parse(crate::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let p = Publishing {
+            template: &template,
+            qos: QoS::AtMostOnce,
+            retain: false,
+        };
+        let mut tick = Tick::new("test".into(), text.as_bytes().to_vec(), 1234);
+        let mut scratch = Scratch::default();
+        let mut out = Vec::new();
+        while tick.step(&p, &mut scratch, &mut |m| {
+            if let Ok(Incoming::Publish { topic, payload, .. }) = decode(m.bytes()) {
+                out.push((
+                    topic.to_owned(),
+                    String::from_utf8(payload.to_vec()).unwrap(),
+                ));
+            }
+        }) {}
+        (tick, out)
+    }
+
+    #[test]
+    fn good_lines_are_published_around_bad_ones() {
+        let text = concat!(
+            r#"{"Name":"web_1_2","CPUPerc":"1.50%","PIDs":"3"}"#,
+            "\nnot json\n",
+            r#"{"Name":"db","MemUsage":"-- / --","NetIO":"1kB / 2kB"}"#,
+            "\n"
+        );
+        let (tick, out) = run(text);
+        assert_eq!(
+            (tick.containers, tick.messages, tick.bad_records),
+            (2, 4, 1)
+        );
+        assert_eq!(
+            out,
+            vec![
+                (
+                    "root/dev/telemetry/system/web/cpu_usage_in_percent".into(),
+                    r#"{"value":1.5,"timestamp":1234}"#.into()
+                ),
+                (
+                    "root/dev/telemetry/system/web/pids".into(),
+                    r#"{"value":3,"timestamp":1234}"#.into()
+                ),
+                (
+                    "root/dev/telemetry/system/db/network_received_in_bytes".into(),
+                    r#"{"value":1000,"timestamp":1234}"#.into()
+                ),
+                (
+                    "root/dev/telemetry/system/db/network_sent_in_bytes".into(),
+                    r#"{"value":2000,"timestamp":1234}"#.into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_names_stay_in_one_level() {
+        let (_, out) = run(r#"{"Name":"a/b#c","PIDs":"1"}"#);
+        assert_eq!(out[0].0, "root/dev/telemetry/system/a_b_c/pids");
+    }
+}
