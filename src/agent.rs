@@ -140,9 +140,6 @@ impl Agent {
                 info!("stopping");
                 return self.stop(now + STOP_FLUSH);
             }
-            if self.s.once && self.collected && self.tick.is_none() && self.session.is_idle() {
-                return self.stop(now);
-            }
             if once_deadline.is_some_and(|d| now >= d) {
                 error!(
                     "--once: gave up after {}s with messages undelivered",
@@ -154,6 +151,9 @@ impl Agent {
             self.collect_if_due(now);
             self.connect_if_due(now);
             let session_deadline = self.pump(now);
+            if self.s.once && self.collected && self.tick.is_none() && self.session.is_idle() {
+                return self.stop(now);
+            }
             let wake = [
                 session_deadline,
                 (!(self.s.once && self.collected) && self.cli.is_none())

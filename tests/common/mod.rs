@@ -1,0 +1,437 @@
+//! Test harness: a real mosquitto on a free loopback port, a real subscriber (mosquitto_sub), scratch
+//! config directories and the agent binary as cargo built it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_balena-multi-container-telemetry");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn sample_stats() -> PathBuf {
+    repo().join("tests/data/sample-stats.jsonl")
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("bmct-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real mosquitto, killed on drop.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+    extra: String,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Broker::start_with("")
+    }
+
+    /// `extra` is appended to the config (password files, persistence...). `{dir}` in it names the
+    /// broker's own scratch directory.
+    pub fn start_with(extra: &str) -> Broker {
+        // Another test may take the same free port between our probe and mosquitto's bind: then this
+        // mosquitto exits at once, and we try another port.
+        for _ in 0..10 {
+            let mut b = Broker {
+                child: None,
+                port: free_port(),
+                dir: TempDir::new("broker"),
+                extra: extra.to_owned(),
+            };
+            if b.try_start() {
+                return b;
+            }
+        }
+        panic!("could not start mosquitto on a free port");
+    }
+
+    /// Starts (again) on the same port, as a broker restart does.
+    pub fn restart(&mut self) {
+        for _ in 0..50 {
+            if self.try_start() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("mosquitto did not restart on port {}", self.port);
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn try_start(&mut self) -> bool {
+        self.stop();
+        let conf = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\n{}\n",
+            self.port,
+            self.extra
+                .replace("{dir}", &self.dir.path().display().to_string())
+        );
+        let conf_path = self.dir.write("mosquitto.conf", &conf);
+        let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto is installed (make test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() >= deadline || self.exited() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Something answered; make sure it is ours and not another test's broker on the same port.
+        std::thread::sleep(Duration::from_millis(100));
+        !self.exited()
+    }
+
+    fn exited(&mut self) -> bool {
+        let gone = self
+            .child
+            .as_mut()
+            .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+        if gone {
+            self.child = None;
+        }
+        gone
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM so a persistent broker saves its state.
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A real subscriber: `mosquitto_sub -v` on a topic filter, lines collected as they arrive.
+pub struct Subscriber {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, filter: &str) -> Subscriber {
+        Subscriber::start_args(port, &["-t", filter, "-t", "probe/ready"])
+    }
+
+    pub fn start_args(port: u16, args: &[&str]) -> Subscriber {
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-q", "1"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub is installed");
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let s = Subscriber { child, lines };
+        s.wait_ready(port);
+        s
+    }
+
+    /// mosquitto_sub says nothing when subscribed; publish probes until one comes back.
+    fn wait_ready(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let _ = Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    "probe/ready",
+                    "-m",
+                    "x",
+                ])
+                .status();
+            std::thread::sleep(Duration::from_millis(100));
+            if self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|x| x.starts_with("probe/ready"))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "subscriber never became ready");
+        }
+    }
+
+    /// Lines other than the readiness probes.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.starts_with("probe/ready"))
+            .cloned()
+            .collect()
+    }
+
+    pub fn wait_for(&self, pred: impl Fn(&[String]) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.lines()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `n` lines have arrived, and a little longer to see that no more follow.
+    pub fn collect(&self, n: usize, timeout: Duration) -> Vec<String> {
+        self.wait_for(|l| l.len() >= n, timeout);
+        std::thread::sleep(Duration::from_millis(200));
+        self.lines()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config directory for the agent.
+pub fn config_dir(collector: &str, mqtt: &str) -> TempDir {
+    let d = TempDir::new("config");
+    d.write("balena_stats_collector.config.json", collector);
+    d.write("mqtt.config.json", mqtt);
+    d
+}
+
+pub fn agent(config: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--config-dir")
+        .arg(config)
+        .env_remove("BALENA_DEVICE_UUID")
+        .env_remove("MQTT_PASSWORD");
+    c.env("LOG_LEVEL", "debug");
+    c
+}
+
+/// Runs to completion with a hard limit, so a hung agent fails the test instead of hanging it.
+pub fn run_limited(cmd: &mut Command, limit: Duration) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(err), &mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, reader.join().unwrap())
+}
+
+/// `topic payload` lines -> (topic, value, timestamp) for metric messages.
+pub fn parse_metric(line: &str) -> Option<(String, f64, u64)> {
+    let (topic, payload) = line.split_once(' ')?;
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    Some((
+        topic.to_owned(),
+        v.get("value")?.as_f64()?,
+        v.get("timestamp")?.as_u64()?,
+    ))
+}
+
+/// What the sample file must produce, worked out by hand from docker's unit rules (not by the agent's
+/// code): service/metric and value.
+pub const SAMPLE_EXPECTED: &[(&str, f64)] = &[
+    ("main/cpu_usage_in_percent", 1.75),
+    ("main/memory_usage_in_percent", 4.07),
+    ("main/memory_usage_in_bytes", 334076314.0),
+    ("main/memory_limit_in_bytes", 8242042241.0),
+    ("main/network_received_in_bytes", 999000000.0),
+    ("main/network_sent_in_bytes", 512.0),
+    ("main/block_read_in_bytes", 1000000.0),
+    ("main/block_written_in_bytes", 2460000000.0),
+    ("main/pids", 23.0),
+    ("data_logger/cpu_usage_in_percent", 0.0),
+    ("data_logger/memory_usage_in_percent", 0.56),
+    ("data_logger/memory_usage_in_bytes", 46126858.0),
+    ("data_logger/memory_limit_in_bytes", 8242042241.0),
+    ("data_logger/network_received_in_bytes", 1200.0),
+    ("data_logger/network_sent_in_bytes", 648.0),
+    ("data_logger/block_read_in_bytes", 12300000.0),
+    ("data_logger/block_written_in_bytes", 0.0),
+    ("data_logger/pids", 2.0),
+    ("cpu-burner/cpu_usage_in_percent", 398.71),
+    ("cpu-burner/memory_usage_in_percent", 99.80),
+    ("cpu-burner/memory_usage_in_bytes", 66972549.0),
+    ("cpu-burner/memory_limit_in_bytes", 67108864.0),
+    ("cpu-burner/network_received_in_bytes", 0.0),
+    ("cpu-burner/network_sent_in_bytes", 0.0),
+    ("cpu-burner/block_read_in_bytes", 0.0),
+    ("cpu-burner/block_written_in_bytes", 0.0),
+    ("cpu-burner/pids", 5.0),
+    ("frontend/cpu_usage_in_percent", 0.12),
+    ("frontend/memory_usage_in_percent", 1.23),
+    ("frontend/memory_usage_in_bytes", 101187584.0),
+    ("frontend/memory_limit_in_bytes", 8242042241.0),
+    ("frontend/network_received_in_bytes", 3400000000.0),
+    ("frontend/network_sent_in_bytes", 1100000000.0),
+    ("frontend/block_read_in_bytes", 5550000.0),
+    ("frontend/block_written_in_bytes", 1000000000.0),
+    ("frontend/pids", 11.0),
+    ("balena_supervisor/cpu_usage_in_percent", 0.35),
+    ("balena_supervisor/memory_usage_in_percent", 0.32),
+    ("balena_supervisor/memory_usage_in_bytes", 26298286.0),
+    ("balena_supervisor/memory_limit_in_bytes", 8242042241.0),
+    ("balena_supervisor/network_received_in_bytes", 18200000.0),
+    ("balena_supervisor/network_sent_in_bytes", 2050000.0),
+    ("balena_supervisor/block_read_in_bytes", 41000.0),
+    ("balena_supervisor/block_written_in_bytes", 8190.0),
+    ("balena_supervisor/pids", 14.0),
+    ("proj_web_1/cpu_usage_in_percent", 0.02),
+    ("proj_web_1/memory_usage_in_percent", 0.10),
+    ("proj_web_1/memory_usage_in_bytes", 8204059.0),
+    ("proj_web_1/memory_limit_in_bytes", 8242042241.0),
+    ("proj_web_1/network_received_in_bytes", 726.0),
+    ("proj_web_1/network_sent_in_bytes", 0.0),
+    ("proj_web_1/block_read_in_bytes", 0.0),
+    ("proj_web_1/block_written_in_bytes", 4100.0),
+    ("proj_web_1/pids", 1.0),
+    ("my-db/cpu_usage_in_percent", 0.01),
+    ("my-db/memory_usage_in_percent", 0.05),
+    ("my-db/memory_usage_in_bytes", 4099932.0),
+    ("my-db/memory_limit_in_bytes", 8242042241.0),
+    ("my-db/network_received_in_bytes", 1500000.0),
+    ("my-db/network_sent_in_bytes", 2300000.0),
+    ("my-db/block_read_in_bytes", 0.0),
+    ("my-db/block_written_in_bytes", 0.0),
+    ("my-db/pids", 7.0),
+];
+
+/// Checks that `lines` hold exactly the sample's figures under `root/<device>/telemetry/system/`, each
+/// once, all with one timestamp close to now.
+pub fn assert_sample_figures(lines: &[String], device: &str) {
+    let prefix = format!("root/{device}/telemetry/system/");
+    let mut got: Vec<(String, f64, u64)> = lines
+        .iter()
+        .filter_map(|l| parse_metric(l))
+        .filter(|(t, _, _)| t.starts_with(&prefix))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want: Vec<(String, f64)> = SAMPLE_EXPECTED
+        .iter()
+        .map(|(t, v)| (format!("{prefix}{t}"), *v))
+        .collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    let got_pairs: Vec<(String, f64)> = got.iter().map(|(t, v, _)| (t.clone(), *v)).collect();
+    assert_eq!(
+        got_pairs, want,
+        "published figures differ from the sample's"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ts = got[0].2;
+    assert!(
+        got.iter().all(|g| g.2 == ts),
+        "one collection, one timestamp"
+    );
+    assert!(
+        now_ms.abs_diff(ts) < 60_000,
+        "timestamp {ts} is the collection time (now {now_ms})"
+    );
+}
+
+/// The agent with `--once`.
+pub fn once(config: &Path) -> Command {
+    let mut c = agent(config);
+    c.arg("--once");
+    c
+}
