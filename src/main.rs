@@ -7,6 +7,7 @@ mod balena;
 mod cli;
 mod collect;
 mod config;
+mod fuzz;
 mod log;
 mod mqtt;
 mod payload;

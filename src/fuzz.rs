@@ -1,0 +1,278 @@
+//! A deterministic mutation fuzzer for the two places outside bytes enter: stats text and broker bytes.
+//!
+//! It runs as ordinary tests (a few tens of thousands of cases in `make test`) and, with `FUZZ_CASES=N`,
+//! as `make fuzz` for as many cases as asked. Each case mutates a seed from a corpus of real inputs with
+//! byte flips, splices of "interesting" tokens, truncations and duplications, then checks that nothing
+//! panics and that the invariants hold: every parsed figure is finite and non-negative, the session's
+//! buffers stay bounded, and a protocol error is always reported as an `Err`. Crashers found are kept as
+//! regression cases in `regressions`.
+
+#![cfg(test)]
+
+use crate::mqtt::frame::{self, MAX_INCOMING_PACKET};
+use crate::mqtt::session::{Options, Session};
+use crate::records::Cursor;
+use crate::stats::{parse_line, Value};
+use std::time::{Duration, Instant};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64: fast, and every seed gives a different stream.
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+fn cases(default: u64) -> u64 {
+    std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn mutate(rng: &mut Rng, seed: &[u8], tokens: &[&[u8]]) -> Vec<u8> {
+    let mut data = seed.to_vec();
+    for _ in 0..1 + rng.below(6) {
+        let at = rng.below(data.len() + 1);
+        match rng.below(7) {
+            0 if !data.is_empty() => {
+                let i = rng.below(data.len());
+                data[i] ^= 1 << rng.below(8);
+            }
+            1 if !data.is_empty() => {
+                let i = rng.below(data.len());
+                data[i] = rng.next() as u8;
+            }
+            2 => {
+                let t = tokens[rng.below(tokens.len())];
+                data.splice(at..at, t.iter().copied());
+            }
+            3 => data.truncate(at),
+            4 if !data.is_empty() => {
+                let end = (at + 1 + rng.below(16)).min(data.len());
+                let from = at.min(end);
+                data.drain(from..end);
+            }
+            5 => {
+                // Duplicate a run: grows lengths and nesting.
+                let end = (at + rng.below(64)).min(data.len());
+                let run: Vec<u8> = data[at.min(end)..end].to_vec();
+                data.splice(at..at, run);
+            }
+            _ => {
+                let n = rng.below(8);
+                for _ in 0..n {
+                    data.insert(at.min(data.len()), rng.next() as u8);
+                }
+            }
+        }
+    }
+    data
+}
+
+const STATS_SEEDS: &[&str] = &[
+    include_str!("../tests/data/sample-stats.jsonl"),
+    r#"{"BlockIO":"--","CPUPerc":"--","Container":"a","ID":"a","MemPerc":"--","MemUsage":"-- / --","Name":"x","NetIO":"--","PIDs":"--"}"#,
+    r#"[{"Name":"a","MemUsage":"1.5GiB"},{"Name":"b","NetIO":"1e+03kB / 9.99MB"}]"#,
+    r#""{"Name":"q","CPUPerc":"12.50%","PIDs":"4"}""#,
+];
+
+const STATS_TOKENS: &[&[u8]] = &[
+    b"--",
+    b"-- / --",
+    b"1e+308",
+    b"1e+999",
+    b"NaN",
+    b"inf",
+    b"-5",
+    b"%",
+    b"GiB",
+    b"kB",
+    b"EB",
+    b"\\u0000",
+    b"\\\"",
+    b"\"",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b":",
+    b"/",
+    b"\r\n",
+    b"\n",
+    b"\xff",
+    b"\xc3",
+    b"e+",
+    b".",
+    b"99999999999999999999999",
+    b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+    b"null",
+    b"\"Name\":",
+];
+
+/// One fuzz case for the stats path: split into records, parse each, check every figure.
+fn stats_case(input: &[u8]) {
+    let mut cursor = Cursor::default();
+    let mut warnings = Vec::new();
+    let mut records = 0;
+    while let Some(record) = cursor.next(input) {
+        records += 1;
+        assert!(records <= input.len() + 1, "the cursor always advances");
+        let Ok(line) = record.text else { continue };
+        warnings.clear();
+        if let Ok(stats) = parse_line(line, &mut warnings) {
+            assert!(!stats.name.is_empty());
+            for (_, value) in stats.figures.iter() {
+                if let Value::Percent(p) = value {
+                    assert!(p.is_finite() && p >= 0.0, "{p}");
+                }
+            }
+        }
+    }
+}
+
+fn connack() -> &'static [u8] {
+    &[0x20, 0x02, 0x00, 0x00]
+}
+
+const BROKER_SEEDS: &[&[u8]] = &[
+    &[0x20, 0x02, 0x00, 0x00, 0x40, 0x02, 0x00, 0x01, 0xd0, 0x00],
+    &[0x40, 0x02, 0x00, 0x01, 0x40, 0x02, 0x00, 0x02],
+    &[0x90, 0x04, 0x00, 0x01, 0x01, 0x80],
+    &[0x31, 0x07, 0x00, 0x03, b'a', b'/', b'b', b'o', b'n'],
+    &[0x32, 0x08, 0x00, 0x01, b's', 0x00, 0x07, b'o', b'n', b'!'],
+    &[0x30, 0xff, 0xff, 0xff, 0x7f],
+    &[0xb0, 0x02, 0x00, 0x01, 0xd0, 0x00],
+];
+
+const BROKER_TOKENS: &[&[u8]] = &[
+    &[0x40, 0x00],
+    &[0x20, 0x00],
+    &[0x32, 0x03, 0x00, 0x01, b'a'],
+    &[0x30, 0x04, 0x00, 0x09, b'a', b'b'],
+    &[0xff, 0xff, 0xff, 0xff, 0x01],
+    &[0x80],
+    &[0x00],
+    &[0x40, 0x02, 0x00, 0x00],
+    &[0x36],
+    &[0x90, 0x02],
+    &[0x30, 0x80, 0x80, 0x04],
+];
+
+fn session() -> Session {
+    Session::new(Options {
+        client_id: "fuzz".into(),
+        keep_alive: 5,
+        username: None,
+        password: None,
+        will: None,
+        birth: None,
+        max_inflight: 4,
+        max_queued: 8,
+        connack_timeout: Duration::from_secs(1),
+        ack_timeout: Duration::from_secs(1),
+    })
+}
+
+/// One fuzz case for the broker path: frame-by-frame checks, then a session fed in random chunks.
+fn broker_case(rng: &mut Rng, input: &[u8]) {
+    // Framing and decoding alone, as the session does it.
+    let mut at = 0;
+    while at < input.len() {
+        match frame::frame_len(&input[at..]) {
+            Ok(Some(n)) => {
+                assert!(n <= MAX_INCOMING_PACKET);
+                let _ = frame::decode(&input[at..at + n]);
+                at += n;
+            }
+            _ => break,
+        }
+    }
+    // A connected session with messages in flight, fed the bytes in random pieces.
+    let t0 = Instant::now();
+    let mut s = session();
+    for i in 0..6 {
+        let m =
+            crate::mqtt::Message::publish(&format!("t/{i}"), b"v", mqttrs::QoS::AtLeastOnce, false)
+                .unwrap();
+        s.enqueue(m);
+    }
+    s.connected(t0);
+    let _ = s.receive(t0, connack());
+    let _ = s.poll(t0);
+    let mut rest = input;
+    while !rest.is_empty() {
+        let n = 1 + rng.below(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let n_out = s.outbound().len();
+        s.consumed(n_out);
+        if s.receive(t0, chunk).is_err() {
+            // The caller drops the connection; the session must accept that and stay consistent.
+            s.disconnected();
+            assert!(s.inflight() == 0 && s.queued() <= 8);
+            return;
+        }
+        let _ = s.poll(t0 + Duration::from_millis(rng.below(3000) as u64));
+    }
+    assert!(s.inflight() <= 4 && s.queued() <= 8);
+}
+
+fn run_stats(n: u64, seed: u64) {
+    let mut rng = Rng(seed);
+    for _ in 0..n {
+        let base = STATS_SEEDS[rng.below(STATS_SEEDS.len())].as_bytes();
+        stats_case(&mutate(&mut rng, base, STATS_TOKENS));
+    }
+}
+
+fn run_broker(n: u64, seed: u64) {
+    let mut rng = Rng(seed);
+    for _ in 0..n {
+        let base = BROKER_SEEDS[rng.below(BROKER_SEEDS.len())];
+        let input = mutate(&mut rng, base, BROKER_TOKENS);
+        broker_case(&mut rng, &input);
+    }
+}
+
+#[test]
+fn fuzz_stats_parser() {
+    run_stats(cases(20_000), 0x5eed_0001);
+}
+
+#[test]
+fn fuzz_broker_bytes() {
+    run_broker(cases(50_000), 0x5eed_0002);
+}
+
+/// Inputs that once broke an assumption, kept so they never do again.
+#[test]
+fn regressions() {
+    // mqttrs 0.4.1 panics on these without our framing checks (see frame.rs).
+    for bytes in [
+        &[0x40, 0x00][..],
+        &[0x20, 0x00],
+        &[0x32, 0x03, 0x00, 0x01, b'a'],
+        &[0x30, 0x02, 0x00, 0x09],
+    ] {
+        broker_case(&mut Rng(1), bytes);
+    }
+    // Deep nesting and a 1 MB line.
+    stats_case("[".repeat(100_000).as_bytes());
+    stats_case(format!("{{\"Name\":\"{}\"}}", "x".repeat(1 << 20)).as_bytes());
+    stats_case(b"{\"Name\":\"a\",\"MemUsage\":\"1e+308GB / -5MB\",\"CPUPerc\":\"NaN%\"}");
+}

@@ -1,0 +1,231 @@
+//! A fault-injecting broker: the first connection gets hostile bytes (or silence, or a reset), later ones a
+//! well-behaved minimal broker. The agent must survive, drop the bad connection, back off, reconnect and
+//! deliver; nothing may panic.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+enum Fault {
+    /// Answer the CONNECT with these bytes, then keep the connection open.
+    Reply(Vec<u8>),
+    /// Read the CONNECT and never answer.
+    Silence,
+    /// CONNACK, read a little of what follows, then close the socket under the agent's writes.
+    CloseMidStream,
+}
+
+/// What the well-behaved connections received.
+#[derive(Default)]
+struct Seen {
+    connections: usize,
+    topics: Vec<String>,
+}
+
+struct FaultBroker {
+    port: u16,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl FaultBroker {
+    fn start(fault: Fault) -> FaultBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let shared = seen.clone();
+        std::thread::spawn(move || {
+            for (i, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { continue };
+                shared.lock().unwrap().connections += 1;
+                let shared = shared.clone();
+                let fault = fault.clone();
+                std::thread::spawn(move || {
+                    if i == 0 {
+                        misbehave(stream, fault);
+                    } else {
+                        behave(stream, &shared);
+                    }
+                });
+            }
+        });
+        FaultBroker { port, seen }
+    }
+}
+
+/// Reads one whole MQTT packet; None when the peer closed.
+fn read_packet(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = [0u8; 1];
+    s.read_exact(&mut head).ok()?;
+    let mut packet = vec![head[0]];
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).ok()?;
+        packet.push(b[0]);
+        len |= usize::from(b[0] & 0x7f) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    packet.extend(body);
+    Some(packet)
+}
+
+fn misbehave(mut s: TcpStream, fault: Fault) {
+    let _ = read_packet(&mut s); // CONNECT
+    match fault {
+        Fault::Reply(bytes) => {
+            let _ = s.write_all(&bytes);
+            let mut sink = [0u8; 4096];
+            while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        }
+        Fault::Silence => {
+            let mut sink = [0u8; 4096];
+            while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        }
+        Fault::CloseMidStream => {
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]);
+            let mut some = [0u8; 10];
+            let _ = s.read(&mut some);
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Just enough broker: CONNACK, PUBACK for QoS 1, PINGRESP.
+fn behave(mut s: TcpStream, seen: &Mutex<Seen>) {
+    while let Some(p) = read_packet(&mut s) {
+        let reply: Vec<u8> = match mqttrs::decode_slice(&p) {
+            Ok(Some(mqttrs::Packet::Connect(_))) => vec![0x20, 0x02, 0x00, 0x00],
+            Ok(Some(mqttrs::Packet::Publish(publish))) => {
+                seen.lock().unwrap().topics.push(publish.topic_name.to_owned());
+                match publish.qospid {
+                    mqttrs::QosPid::AtLeastOnce(pid) => {
+                        let id = pid.get();
+                        vec![0x40, 0x02, (id >> 8) as u8, id as u8]
+                    }
+                    _ => vec![],
+                }
+            }
+            Ok(Some(mqttrs::Packet::Pingreq)) => vec![0xd0, 0x00],
+            _ => vec![],
+        };
+        if s.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn start_agent(port: u16) -> (Child, TempDir) {
+    let collector = format!(
+        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1}}"#,
+        sample_stats().display()
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "dev1", "reconnect_max_delay_in_seconds": 1}}"#
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    let child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
+    (child, cfg)
+}
+
+fn stop(mut child: Child) -> String {
+    assert!(child.try_wait().unwrap().is_none(), "the agent is still running");
+    std::process::Command::new("kill").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    log
+}
+
+/// Runs the agent against `fault` and checks it recovers and delivers every metric of a tick.
+fn survives(fault: Fault, expect_in_log: &str, within: Duration) -> String {
+    let broker = FaultBroker::start(fault);
+    let (child, _cfg) = start_agent(broker.port);
+    let deadline = Instant::now() + within;
+    loop {
+        {
+            let seen = broker.seen.lock().unwrap();
+            let metrics = seen.topics.iter().filter(|t| !t.ends_with("/availability")).count();
+            if seen.connections >= 2 && metrics >= 63 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the agent did not recover and deliver in {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = stop(child);
+    assert!(log.contains(expect_in_log), "expected {expect_in_log:?} in:\n{log}");
+    let topics = broker.seen.lock().unwrap().topics.clone();
+    for (metric, _) in SAMPLE_EXPECTED {
+        let topic = format!("root/dev1/telemetry/system/{metric}");
+        assert!(topics.contains(&topic), "{topic} delivered after recovering");
+    }
+    log
+}
+
+const QUICK: Duration = Duration::from_secs(15);
+
+#[test]
+fn puback_without_packet_id() {
+    survives(Fault::Reply(vec![0x20, 0x02, 0x00, 0x00, 0x40, 0x00]), "malformed PUBACK packet", QUICK);
+}
+
+#[test]
+fn connack_without_body() {
+    survives(Fault::Reply(vec![0x20, 0x00]), "malformed CONNACK packet", QUICK);
+}
+
+#[test]
+fn publish_whose_topic_runs_past_the_packet() {
+    let bytes = vec![0x20, 0x02, 0x00, 0x00, 0x30, 0x04, 0x00, 0x09, b'a', b'b'];
+    survives(Fault::Reply(bytes), "malformed PUBLISH (topic or packet id past the end) packet", QUICK);
+}
+
+#[test]
+fn largest_remaining_length() {
+    let bytes = vec![0x20, 0x02, 0x00, 0x00, 0x30, 0xff, 0xff, 0xff, 0x7f];
+    survives(Fault::Reply(bytes), "packet of 268435460 bytes exceeds the 65536 byte limit", QUICK);
+}
+
+#[test]
+fn five_byte_remaining_length() {
+    let bytes = vec![0x20, 0x02, 0x00, 0x00, 0x30, 0xff, 0xff, 0xff, 0xff, 0x01];
+    survives(Fault::Reply(bytes), "malformed remaining length", QUICK);
+}
+
+#[test]
+fn unexpected_packet_types() {
+    survives(Fault::Reply(vec![0x20, 0x02, 0x00, 0x00, 0xc0, 0x00]), "unexpected PINGREQ packet", QUICK);
+    survives(Fault::Reply(vec![0x50, 0x02, 0x00, 0x01]), "unexpected QoS 2 packet", QUICK);
+}
+
+#[test]
+fn unsolicited_puback() {
+    let bytes = vec![0x20, 0x02, 0x00, 0x00, 0x40, 0x02, 0x12, 0x34];
+    survives(Fault::Reply(bytes), "PUBACK for a packet id not in flight", QUICK);
+}
+
+#[test]
+fn connack_refusal_in_words() {
+    survives(Fault::Reply(vec![0x20, 0x02, 0x00, 0x05]), "connection refused: not authorised", QUICK);
+}
+
+#[test]
+fn connack_never_sent() {
+    survives(Fault::Silence, "timed out waiting for CONNACK", Duration::from_secs(25));
+}
+
+#[test]
+fn connection_closed_mid_stream() {
+    survives(Fault::CloseMidStream, "connection to broker lost", QUICK);
+}
