@@ -1,4 +1,5 @@
-//! The main loop: the one place that touches the broker socket, the CLI child, the stats file and the clock.
+//! The main loop: the one place that touches the broker socket, the CLI child, the stats file, the engine
+//! socket (through `engine`) and the clock.
 //!
 //! Each turn: collect if a tick is due, feed the tick's records to the session as it has room, (re)connect
 //! when the backoff allows, let the session check its deadlines and fill the outbound buffer, write what
@@ -8,6 +9,7 @@
 use crate::backoff::Backoff;
 use crate::collect::{self, CliRun, Collected};
 use crate::config::{Collector, Mode, Mqtt};
+use crate::engine::Engine;
 use crate::mqtt::{session, Event, Message, Options, Session, Will};
 use crate::schedule::Schedule;
 use crate::tick::{Publishing, Scratch, Tick};
@@ -72,6 +74,7 @@ pub struct Agent {
     reconnect_at: Instant,
     schedule: Schedule,
     cli: Option<CliRun>,
+    engine: Engine,
     tick: Option<Tick>,
     scratch: Scratch,
     offline: Option<Message>,
@@ -113,6 +116,7 @@ impl Agent {
             reconnect_at: now,
             schedule: Schedule::new(now, s.collector.interval),
             cli: None,
+            engine: Engine::new(s.collector.engine_socket.clone()),
             tick: None,
             scratch: Scratch::default(),
             offline: availability(b"offline"),
@@ -125,7 +129,7 @@ impl Agent {
     /// Runs until stopped (or, with `--once`, until done); returns the exit code.
     pub fn run(mut self) -> i32 {
         let start = Instant::now();
-        let cli_time = if self.s.collector.mode == Mode::Cli {
+        let cli_time = if self.s.collector.mode != Mode::File {
             self.s.collector.cli_timeout
         } else {
             Duration::ZERO
@@ -192,6 +196,23 @@ impl Agent {
                 Ok(run) => self.cli = Some(run),
                 Err(e) => self.collection_done(Err(e)),
             },
+            Mode::Engine => {
+                // Blocks this loop for the collection (milliseconds per container, plus one bounded
+                // second-sample wait of about 1 s on a first tick); cli_timeout bounds the whole of it.
+                let socket = self.engine.socket();
+                let result = self.engine.collect(
+                    &socket,
+                    now + self.s.collector.cli_timeout,
+                    &signal::stop_requested,
+                );
+                match result {
+                    Ok(stats) => {
+                        let tick = Tick::parsed(format!("engine {socket}"), stats, unix_millis());
+                        self.start_tick(tick);
+                    }
+                    Err(e) => self.collection_done(Err(e)),
+                }
+            }
         }
     }
 
@@ -226,13 +247,18 @@ impl Agent {
                 collect::MAX_STATS_BYTES
             );
         }
-        // An unfinished previous tick goes to the queue (bounded) so the newer figures are not held up.
-        self.feed(true);
         let source = match self.s.collector.mode {
             Mode::File => format!("stats file {}", self.s.collector.file_path),
-            Mode::Cli => format!("{} stats", self.s.collector.cli_path),
+            _ => format!("{} stats", self.s.collector.cli_path),
         };
-        self.tick = Some(Tick::new(source, collected.text, unix_millis()));
+        self.start_tick(Tick::new(source, collected.text, unix_millis()));
+    }
+
+    fn start_tick(&mut self, tick: Tick) {
+        self.collected = true;
+        // An unfinished previous tick goes to the queue (bounded) so the newer figures are not held up.
+        self.feed(true);
+        self.tick = Some(tick);
         let dropped = self.session.take_dropped();
         if dropped > 0 {
             warn!(

@@ -33,6 +33,8 @@ impl std::fmt::Display for ConfigError {
 pub enum Mode {
     Cli,
     File,
+    /// The engine's API over its unix socket.
+    Engine,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub struct Collector {
     pub cli_path: String,
     pub file_path: String,
     pub cli_timeout: Duration,
+    /// ENGINE mode's socket; `None`: `DOCKER_HOST` (`unix://`) or the usual places (see `engine`).
+    pub engine_socket: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +85,7 @@ const COLLECTOR_KEYS: &[&str] = &[
     "cli_path",
     "file_path",
     "cli_timeout_in_seconds",
+    "engine_socket",
 ];
 
 const MQTT_KEYS: &[&str] = &[
@@ -111,10 +116,11 @@ pub fn parse_collector(src: &Source, warnings: &mut Vec<String>) -> Result<Colle
     let mode = match f.string("mode")?.as_deref().unwrap_or("CLI") {
         "CLI" => Mode::Cli,
         "FILE" => Mode::File,
+        "ENGINE" => Mode::Engine,
         other => {
             return Err(f.error(
                 "mode",
-                format!("{other:?} is not a mode (use \"CLI\" or \"FILE\")"),
+                format!("{other:?} is not a mode (use \"CLI\", \"FILE\" or \"ENGINE\")"),
             ))
         }
     };
@@ -136,12 +142,23 @@ pub fn parse_collector(src: &Source, warnings: &mut Vec<String>) -> Result<Colle
     if mode == Mode::File && file_path.is_empty() {
         return Err(f.error("file_path", "must not be empty in FILE mode".into()));
     }
+    let engine_socket = f.string("engine_socket")?.filter(|s| !s.is_empty());
+    if let Some(s) = &engine_socket {
+        let path = s.strip_prefix("unix://").unwrap_or(s);
+        if !path.starts_with('/') {
+            return Err(f.error(
+                "engine_socket",
+                format!("{s:?} must be an absolute path to a unix socket (or unix:///path)"),
+            ));
+        }
+    }
     Ok(Collector {
         mode,
         interval: Duration::from_secs(interval),
         cli_path,
         file_path,
         cli_timeout: Duration::from_secs(cli_timeout),
+        engine_socket,
     })
 }
 
@@ -538,6 +555,27 @@ mod tests {
             .unwrap_err()
             .message
             .contains("JSON object"));
+    }
+
+    #[test]
+    fn engine_mode_and_socket() {
+        let c = collector(Some(
+            r#"{"mode": "ENGINE", "engine_socket": "/var/run/docker.sock"}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.mode, Mode::Engine);
+        assert_eq!(c.engine_socket.as_deref(), Some("/var/run/docker.sock"));
+        let c = collector(Some(r#"{"mode": "ENGINE", "engine_socket": ""}"#)).unwrap();
+        assert_eq!(c.engine_socket, None, "empty means the default search");
+        assert_eq!(collector(None).unwrap().engine_socket, None);
+        assert_eq!(
+            key_of(collector(Some(r#"{"engine_socket": "docker.sock"}"#))),
+            Some("engine_socket")
+        );
+        assert_eq!(
+            key_of(collector(Some(r#"{"engine_socket": 1}"#))),
+            Some("engine_socket")
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod balena;
 mod cli;
 mod collect;
 mod config;
+mod engine;
 mod fuzz;
 mod log;
 mod mqtt;
@@ -73,6 +74,7 @@ fn run() -> i32 {
         match settings.collector.mode {
             config::Mode::Cli => "CLI",
             config::Mode::File => "FILE",
+            config::Mode::Engine => "ENGINE",
         },
         settings.collector.interval.as_secs(),
         settings.mqtt.host,

@@ -87,6 +87,9 @@ pub struct ContainerStats {
     pub name: String,
     /// Short id (`ID`, or `Container` when `ID` is absent); may be empty.
     pub id: String,
+    /// The service name when the source says it outright (ENGINE mode's `io.balena.service-name`
+    /// label); otherwise it is read from `name`.
+    pub service: Option<String>,
     pub figures: Figures,
 }
 
@@ -195,7 +198,12 @@ pub fn parse_line(
     read("BlockIO", wr, Metric::BlockWritten, bytes);
     read("PIDs", raw.pids.as_deref(), Metric::Pids, count);
 
-    Ok(ContainerStats { name, id, figures })
+    Ok(ContainerStats {
+        name,
+        id,
+        service: None,
+        figures,
+    })
 }
 
 fn is_unavailable(text: &str) -> bool {

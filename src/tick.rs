@@ -1,14 +1,15 @@
-//! One collection's text on its way to messages: collect -> parse -> publish, a record at a time.
+//! One collection on its way to messages: collect -> parse -> publish, a record at a time.
 //!
 //! The text is held once and turned into encoded messages only as the session has room for them, so a
 //! large tick never exists twice in memory. Bad records are logged with their line number and skipped;
-//! good ones are published whatever their neighbours hold.
+//! good ones are published whatever their neighbours hold. ENGINE mode hands over figures it has already
+//! computed; they go out through the same naming and payload code.
 
-use crate::balena::service_name;
+use crate::balena::{service_name, topic_level};
 use crate::mqtt::Message;
 use crate::payload::write_value;
 use crate::records::Cursor;
-use crate::stats::{parse_line, FieldWarning};
+use crate::stats::{parse_line, ContainerStats, FieldWarning};
 use crate::topics::{Names, TopicTemplate};
 use mqttrs::QoS;
 
@@ -27,11 +28,16 @@ pub struct Scratch {
     warnings: Vec<FieldWarning>,
 }
 
+/// What a tick holds: stats text read record by record, or figures already parsed.
+enum Records {
+    Text { text: Vec<u8>, cursor: Cursor },
+    Parsed(std::vec::IntoIter<ContainerStats>),
+}
+
 pub struct Tick {
-    /// Where the text came from, for warnings (`file /data/x` or `balena stats`).
+    /// Where the records came from, for warnings (`file /data/x`, `balena stats`, `engine /x.sock`).
     source: String,
-    text: Vec<u8>,
-    cursor: Cursor,
+    records: Records,
     timestamp_ms: u64,
     pub containers: usize,
     pub messages: usize,
@@ -40,10 +46,25 @@ pub struct Tick {
 
 impl Tick {
     pub fn new(source: String, text: Vec<u8>, timestamp_ms: u64) -> Tick {
+        Tick::with(
+            source,
+            Records::Text {
+                text,
+                cursor: Cursor::default(),
+            },
+            timestamp_ms,
+        )
+    }
+
+    /// A tick of figures that need no parsing (ENGINE mode).
+    pub fn parsed(source: String, stats: Vec<ContainerStats>, timestamp_ms: u64) -> Tick {
+        Tick::with(source, Records::Parsed(stats.into_iter()), timestamp_ms)
+    }
+
+    fn with(source: String, records: Records, timestamp_ms: u64) -> Tick {
         Tick {
             source,
-            text,
-            cursor: Cursor::default(),
+            records,
             timestamp_ms,
             containers: 0,
             messages: 0,
@@ -51,45 +72,57 @@ impl Tick {
         }
     }
 
-    /// Turns the next record into messages for `sink`. Returns false once the text is used up.
+    /// Turns the next record into messages for `sink`. Returns false once the records are used up.
     pub fn step(
         &mut self,
         p: &Publishing,
         scratch: &mut Scratch,
         sink: &mut dyn FnMut(Message),
     ) -> bool {
-        let Some(record) = self.cursor.next(&self.text) else {
-            return false;
-        };
-        let line = match record.text {
-            Ok(line) => line,
-            Err(e) => {
-                self.bad_records += 1;
-                crate::warn!("{} line {}: {}", self.source, record.line, e);
-                return true;
+        let (stats, line) = match &mut self.records {
+            Records::Parsed(stats) => match stats.next() {
+                Some(s) => (s, None),
+                None => return false,
+            },
+            Records::Text { text, cursor } => {
+                let Some(record) = cursor.next(text) else {
+                    return false;
+                };
+                let line = match record.text {
+                    Ok(line) => line,
+                    Err(e) => {
+                        self.bad_records += 1;
+                        crate::warn!("{} line {}: {}", self.source, record.line, e);
+                        return true;
+                    }
+                };
+                scratch.warnings.clear();
+                let stats = match parse_line(line, &mut scratch.warnings) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.bad_records += 1;
+                        crate::warn!("{} line {}: {}, skipped", self.source, record.line, e);
+                        return true;
+                    }
+                };
+                for w in &scratch.warnings {
+                    crate::warn!(
+                        "{} line {} ({}): {}; that metric is left out",
+                        self.source,
+                        record.line,
+                        stats.name,
+                        w
+                    );
+                }
+                (stats, Some(record.line))
             }
         };
-        scratch.warnings.clear();
-        let stats = match parse_line(line, &mut scratch.warnings) {
-            Ok(s) => s,
-            Err(e) => {
-                self.bad_records += 1;
-                crate::warn!("{} line {}: {}, skipped", self.source, record.line, e);
-                return true;
-            }
-        };
-        for w in &scratch.warnings {
-            crate::warn!(
-                "{} line {} ({}): {}; that metric is left out",
-                self.source,
-                record.line,
-                stats.name,
-                w
-            );
-        }
         self.containers += 1;
 
-        let service = service_name(&stats.name);
+        let service = match &stats.service {
+            Some(s) => topic_level(s),
+            None => service_name(&stats.name),
+        };
         let names = Names {
             service_name: &service,
             container_name: &stats.name,
@@ -109,13 +142,12 @@ impl Tick {
                     self.messages += 1;
                     sink(m);
                 }
-                Err(e) => crate::warn!(
-                    "{} line {}: {}: {}",
-                    self.source,
-                    record.line,
-                    scratch.topic,
-                    e
-                ),
+                Err(e) => match line {
+                    Some(n) => crate::warn!("{} line {n}: {}: {e}", self.source, scratch.topic),
+                    None => {
+                        crate::warn!("{} ({}): {}: {e}", self.source, stats.name, scratch.topic)
+                    }
+                },
             }
         }
         true
@@ -128,13 +160,16 @@ mod tests {
     use crate::mqtt::frame::{decode, Incoming};
 
     fn run(text: &str) -> (Tick, Vec<(String, String)>) {
+        drain(Tick::new("test".into(), text.as_bytes().to_vec(), 1234))
+    }
+
+    fn drain(mut tick: Tick) -> (Tick, Vec<(String, String)>) {
         let template = TopicTemplate::parse(crate::topics::DEFAULT_TEMPLATE, "dev").unwrap();
         let p = Publishing {
             template: &template,
             qos: QoS::AtMostOnce,
             retain: false,
         };
-        let mut tick = Tick::new("test".into(), text.as_bytes().to_vec(), 1234);
         let mut scratch = Scratch::default();
         let mut out = Vec::new();
         while tick.step(&p, &mut scratch, &mut |m| {
@@ -180,6 +215,38 @@ mod tests {
                     "root/dev/telemetry/system/db/network_sent_in_bytes".into(),
                     r#"{"value":2000,"timestamp":1234}"#.into()
                 ),
+            ]
+        );
+    }
+
+    #[test]
+    fn parsed_figures_use_the_label_service_and_the_same_payloads() {
+        use crate::stats::{Figures, Metric, Value};
+        let mut f = Figures::default();
+        f.set(Metric::CpuPercent, Value::Percent(62.5));
+        f.set(Metric::MemoryLimit, Value::Count(67_108_864));
+        let labelled = ContainerStats {
+            name: "whatever_1_2".into(),
+            id: "abc".into(),
+            service: Some("api/v2".into()),
+            figures: f.clone(),
+        };
+        let named = ContainerStats {
+            name: "db_12_34".into(),
+            id: "def".into(),
+            service: None,
+            figures: f,
+        };
+        let (tick, out) = drain(Tick::parsed("engine".into(), vec![labelled, named], 99));
+        assert_eq!((tick.containers, tick.messages), (2, 4));
+        let got: Vec<_> = out.iter().map(|(t, p)| format!("{t} {p}")).collect();
+        assert_eq!(
+            got,
+            vec![
+                r#"root/dev/telemetry/system/api_v2/cpu_usage_in_percent {"value":62.5,"timestamp":99}"#,
+                r#"root/dev/telemetry/system/api_v2/memory_limit_in_bytes {"value":67108864,"timestamp":99}"#,
+                r#"root/dev/telemetry/system/db/cpu_usage_in_percent {"value":62.5,"timestamp":99}"#,
+                r#"root/dev/telemetry/system/db/memory_limit_in_bytes {"value":67108864,"timestamp":99}"#,
             ]
         );
     }

@@ -1,0 +1,486 @@
+//! The Engine API's JSON, read into the same figures CLI mode publishes, computed the way the docker CLI
+//! computes them (docker/cli `cli/command/container/stats_helpers.go`), so the two modes agree.
+//!
+//! Pure: bodies in, figures out. Fields the engine leaves out are absent (or 0 where the CLI sums over an
+//! empty set, as for networks and block I/O); nothing here can panic on hostile JSON.
+
+use crate::stats::{ContainerStats, Figures, Metric, Value};
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// The label every balena-supervised container carries.
+pub const SERVICE_LABEL: &str = "io.balena.service-name";
+
+/// One running container from `GET /containers/json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: String,
+    /// First name, leading `/` dropped.
+    pub name: String,
+    /// `io.balena.service-name`, when set and non-empty.
+    pub service: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawListed {
+    #[serde(rename = "Id")]
+    id: Option<String>,
+    #[serde(rename = "Names")]
+    names: Option<Vec<String>>,
+    #[serde(rename = "Labels")]
+    labels: Option<HashMap<String, String>>,
+}
+
+/// Reads the container list. Entries without an id are skipped; one without a name is named by its
+/// short id, as the CLI does.
+pub fn parse_list(body: &[u8]) -> Result<Vec<Listed>, String> {
+    let raw: Vec<RawListed> = serde_json::from_slice(body)
+        .map_err(|e| format!("container list is not the expected JSON: {e}"))?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|c| {
+            let id = c.id.filter(|i| is_id(i))?;
+            let name = c
+                .names
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .find(|n| !n.is_empty())
+                .unwrap_or_else(|| short_id(&id).to_owned());
+            let service = c
+                .labels
+                .and_then(|mut l| l.remove(SERVICE_LABEL))
+                .filter(|s| !s.is_empty());
+            Some(Listed { id, name, service })
+        })
+        .collect())
+}
+
+/// Container ids go into a request path: only hex digits are let through.
+fn is_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// The `message` of an engine error body, clipped, or the body itself when it is not one.
+pub fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct E {
+        message: String,
+    }
+    let text = match serde_json::from_slice::<E>(body) {
+        Ok(e) => e.message,
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    let text = text.trim();
+    match text.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+/// What CPU % needs from one sample: the container's and the whole system's CPU time so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuSample {
+    pub total: u64,
+    pub system: u64,
+    pub online_cpus: u64,
+}
+
+/// One `GET /containers/{id}/stats` answer, reduced to what we publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// `None` when the engine had no CPU figures (a stopped container answers with zeros).
+    pub cpu: Option<CpuSample>,
+    /// What the engine itself gives as the previous sample (filled without `one-shot`, zeros with it).
+    pub precpu: Option<CpuSample>,
+    /// Everything but CPU %, complete.
+    pub figures: Figures,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawStats {
+    read: Option<String>,
+    cpu_stats: RawCpu,
+    precpu_stats: RawCpu,
+    memory_stats: RawMemory,
+    networks: Option<HashMap<String, RawNetwork>>,
+    blkio_stats: RawBlkio,
+    pids_stats: RawPids,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawCpu {
+    cpu_usage: RawCpuUsage,
+    system_cpu_usage: Option<u64>,
+    online_cpus: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawCpuUsage {
+    total_usage: Option<u64>,
+    percpu_usage: Option<Vec<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawMemory {
+    usage: Option<u64>,
+    limit: Option<u64>,
+    stats: Option<HashMap<String, u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNetwork {
+    rx_bytes: u64,
+    tx_bytes: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawBlkio {
+    io_service_bytes_recursive: Option<Vec<RawBlkioEntry>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawBlkioEntry {
+    op: String,
+    value: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawPids {
+    current: Option<u64>,
+}
+
+impl RawCpu {
+    fn sample(&self) -> Option<CpuSample> {
+        let total = self.cpu_usage.total_usage?;
+        let system = self.system_cpu_usage.filter(|&s| s > 0)?;
+        // The CLI falls back to the per-CPU list's length on engines that do not send online_cpus.
+        let online_cpus = self
+            .online_cpus
+            .filter(|&n| n > 0)
+            .or_else(|| self.cpu_usage.percpu_usage.as_ref().map(|p| p.len() as u64))
+            .filter(|&n| n > 0)?;
+        Some(CpuSample {
+            total,
+            system,
+            online_cpus,
+        })
+    }
+}
+
+/// Why a stats answer gave nothing to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SampleError {
+    Json(String),
+    /// The engine answered with an empty sample: the container is no longer running.
+    NotRunning,
+}
+
+impl std::fmt::Display for SampleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            SampleError::Json(e) => write!(f, "stats are not the expected JSON: {e}"),
+            SampleError::NotRunning => f.write_str("no sample (the container is not running)"),
+        }
+    }
+}
+
+/// Reads a stats body into a sample. Memory, network, block I/O and PIDs are final here; CPU % needs a
+/// second sample, see [`cpu_percent`].
+pub fn parse_stats(body: &[u8]) -> Result<Sample, SampleError> {
+    let raw: RawStats =
+        serde_json::from_slice(body).map_err(|e| SampleError::Json(clip(&e.to_string())))?;
+    // A container that is not running is answered with an all-zero sample read at the zero time.
+    let read_never = raw.read.as_deref().is_none_or(|r| r.starts_with("0001-"));
+    let cpu = raw.cpu_stats.sample();
+    if read_never && cpu.is_none() {
+        return Err(SampleError::NotRunning);
+    }
+    let mut f = Figures::default();
+    let mem = &raw.memory_stats;
+    if let Some(usage) = mem.usage {
+        // cgroup v1 reports total_inactive_file, v2 inactive_file; the CLI subtracts that page cache.
+        let stats = mem.stats.as_ref();
+        let cache = stats
+            .and_then(|s| s.get("total_inactive_file"))
+            .filter(|&&v| v < usage)
+            .or_else(|| {
+                stats
+                    .and_then(|s| s.get("inactive_file"))
+                    .filter(|&&v| v < usage)
+            })
+            .copied()
+            .unwrap_or(0);
+        let used = usage - cache;
+        f.set(Metric::MemoryUsage, Value::Count(used));
+        if let Some(limit) = mem.limit.filter(|&l| l > 0) {
+            f.set(
+                Metric::MemoryPercent,
+                Value::Percent(two_places(used as f64 / limit as f64 * 100.0)),
+            );
+        }
+    }
+    if let Some(limit) = mem.limit.filter(|&l| l > 0) {
+        f.set(Metric::MemoryLimit, Value::Count(limit));
+    }
+    // As the CLI: a container without networks (`--network none`) shows 0 received and 0 sent.
+    let (rx, tx) = raw
+        .networks
+        .iter()
+        .flat_map(|n| n.values())
+        .fold((0u64, 0u64), |(r, t), n| {
+            (r.saturating_add(n.rx_bytes), t.saturating_add(n.tx_bytes))
+        });
+    f.set(Metric::NetworkReceived, Value::Count(rx));
+    f.set(Metric::NetworkSent, Value::Count(tx));
+    let (mut read, mut written) = (0u64, 0u64);
+    for e in raw.blkio_stats.io_service_bytes_recursive.iter().flatten() {
+        if e.op.eq_ignore_ascii_case("read") {
+            read = read.saturating_add(e.value);
+        } else if e.op.eq_ignore_ascii_case("write") {
+            written = written.saturating_add(e.value);
+        }
+    }
+    f.set(Metric::BlockRead, Value::Count(read));
+    f.set(Metric::BlockWritten, Value::Count(written));
+    if let Some(p) = raw.pids_stats.current {
+        f.set(Metric::Pids, Value::Count(p));
+    }
+    Ok(Sample {
+        cpu,
+        precpu: raw.precpu_stats.sample(),
+        figures: f,
+    })
+}
+
+/// CPU % between two samples of one container: (cpu delta / system delta) x online CPUs x 100, rounded
+/// to two places as the CLI prints it. `None` when the pair cannot give one (no time passed on the system
+/// clock, or the counters went backwards because the container restarted).
+pub fn cpu_percent(before: &CpuSample, now: &CpuSample) -> Option<f64> {
+    let system = now.system.checked_sub(before.system).filter(|&d| d > 0)?;
+    let cpu = now.total.checked_sub(before.total)?;
+    Some(two_places(
+        cpu as f64 / system as f64 * now.online_cpus as f64 * 100.0,
+    ))
+}
+
+fn two_places(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(120) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+/// A container's figures, ready for the tick.
+pub fn container_stats(listed: &Listed, figures: Figures) -> ContainerStats {
+    ContainerStats {
+        name: listed.name.clone(),
+        id: short_id(&listed.id).to_owned(),
+        service: listed.service.clone(),
+        figures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shaped like Docker Engine 20.10's answer on cgroup v1 (trimmed), with round numbers to check by
+    /// hand.
+    const V1: &str = r#"{"read":"2026-11-25T09:19:41.269701798Z","preread":"0001-01-01T00:00:00Z",
+        "pids_stats":{"current":3},
+        "blkio_stats":{"io_service_bytes_recursive":[
+            {"major":8,"minor":0,"op":"Read","value":4096},{"major":8,"minor":0,"op":"Write","value":100},
+            {"major":8,"minor":0,"op":"Sync","value":7},{"major":8,"minor":0,"op":"Total","value":4196},
+            {"major":8,"minor":16,"op":"read","value":4}]},
+        "cpu_stats":{"cpu_usage":{"total_usage":5000000000,"percpu_usage":[1,2]},
+            "system_cpu_usage":100000000000,"online_cpus":2},
+        "precpu_stats":{"cpu_usage":{"total_usage":0}},
+        "memory_stats":{"usage":10485760,"limit":67108864,
+            "stats":{"inactive_file":1,"total_inactive_file":2097152}},
+        "networks":{"eth0":{"rx_bytes":1000,"tx_bytes":20},"eth1":{"rx_bytes":5,"tx_bytes":6}},
+        "name":"/web","id":"ae05"}"#;
+
+    fn count(f: &Figures, m: Metric) -> Option<u64> {
+        match f.get(m) {
+            Some(Value::Count(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn figures_as_the_cli_computes_them() {
+        let s = parse_stats(V1.as_bytes()).unwrap();
+        let f = &s.figures;
+        assert_eq!(count(f, Metric::MemoryUsage), Some(8_388_608));
+        assert_eq!(count(f, Metric::MemoryLimit), Some(67_108_864));
+        assert_eq!(f.get(Metric::MemoryPercent), Some(Value::Percent(12.5)));
+        assert_eq!(count(f, Metric::NetworkReceived), Some(1005));
+        assert_eq!(count(f, Metric::NetworkSent), Some(26));
+        assert_eq!(count(f, Metric::BlockRead), Some(4100));
+        assert_eq!(count(f, Metric::BlockWritten), Some(100));
+        assert_eq!(count(f, Metric::Pids), Some(3));
+        assert_eq!(f.get(Metric::CpuPercent), None);
+        assert_eq!(
+            s.cpu,
+            Some(CpuSample {
+                total: 5_000_000_000,
+                system: 100_000_000_000,
+                online_cpus: 2
+            })
+        );
+        assert_eq!(s.precpu, None, "one-shot leaves the previous sample empty");
+    }
+
+    #[test]
+    fn cgroup_v2_subtracts_inactive_file() {
+        let body = r#"{"read":"2026-01-01T00:00:00Z","memory_stats":{"usage":3000,"limit":10000,
+            "stats":{"inactive_file":1000,"anon":5}},"cpu_stats":{"cpu_usage":{"total_usage":1},
+            "system_cpu_usage":9,"online_cpus":4}}"#;
+        let s = parse_stats(body.as_bytes()).unwrap();
+        assert_eq!(count(&s.figures, Metric::MemoryUsage), Some(2000));
+        assert_eq!(
+            s.figures.get(Metric::MemoryPercent),
+            Some(Value::Percent(20.0))
+        );
+        // No networks and no block I/O: zeros, as the CLI prints "0B / 0B".
+        assert_eq!(count(&s.figures, Metric::NetworkReceived), Some(0));
+        assert_eq!(count(&s.figures, Metric::BlockWritten), Some(0));
+        // No pids_stats: absent, not 0.
+        assert_eq!(s.figures.get(Metric::Pids), None);
+    }
+
+    #[test]
+    fn cache_larger_than_usage_is_not_subtracted() {
+        let body = r#"{"read":"2026-01-01T00:00:00Z","memory_stats":{"usage":3000,
+            "stats":{"total_inactive_file":5000}}}"#;
+        let s = parse_stats(body.as_bytes()).unwrap();
+        assert_eq!(count(&s.figures, Metric::MemoryUsage), Some(3000));
+        assert_eq!(s.figures.get(Metric::MemoryLimit), None);
+        assert_eq!(s.figures.get(Metric::MemoryPercent), None);
+    }
+
+    #[test]
+    fn cpu_percent_against_a_previous_sample() {
+        let before = CpuSample {
+            total: 1_000_000_000,
+            system: 10_000_000_000,
+            online_cpus: 2,
+        };
+        // 0.75 s of one container's CPU over 2 s of system time on 2 CPUs (1 s of wall time): 75 %.
+        let now = CpuSample {
+            total: 1_750_000_000,
+            system: 12_000_000_000,
+            online_cpus: 2,
+        };
+        assert_eq!(cpu_percent(&before, &now), Some(75.0));
+        assert_eq!(cpu_percent(&before, &before), None, "no time passed");
+        assert_eq!(cpu_percent(&now, &before), None, "counters went back");
+        let idle = CpuSample {
+            system: 11_000_000_000,
+            ..before
+        };
+        assert_eq!(cpu_percent(&before, &idle), Some(0.0));
+    }
+
+    #[test]
+    fn percpu_length_stands_in_for_online_cpus() {
+        let body = r#"{"read":"2026-01-01T00:00:00Z","cpu_stats":{"cpu_usage":{"total_usage":7,
+            "percpu_usage":[3,4,0,0]},"system_cpu_usage":90},
+            "precpu_stats":{"cpu_usage":{"total_usage":2},"system_cpu_usage":40,"online_cpus":4}}"#;
+        let s = parse_stats(body.as_bytes()).unwrap();
+        assert_eq!(s.cpu.map(|c| c.online_cpus), Some(4));
+        assert_eq!(s.precpu.map(|c| c.total), Some(2));
+        assert_eq!(cpu_percent(&s.precpu.unwrap(), &s.cpu.unwrap()), Some(40.0));
+    }
+
+    #[test]
+    fn a_stopped_container_has_no_sample() {
+        let body = r#"{"read":"0001-01-01T00:00:00Z","preread":"0001-01-01T00:00:00Z",
+            "pids_stats":{},"cpu_stats":{"cpu_usage":{"total_usage":0}},"memory_stats":{},
+            "name":"/x","id":"ab"}"#;
+        assert_eq!(parse_stats(body.as_bytes()), Err(SampleError::NotRunning));
+    }
+
+    #[test]
+    fn hostile_stats_are_errors() {
+        for body in [
+            "",
+            "[]",
+            "null",
+            r#"{"memory_stats":{"usage":-1}}"#,
+            r#"{"memory_stats":{"usage":1e400}}"#,
+            r#"{"networks":{"eth0":{"rx_bytes":"x"}}}"#,
+            r#"{"cpu_stats":{"cpu_usage":{"total_usage":18446744073709551616}}}"#,
+        ] {
+            assert!(parse_stats(body.as_bytes()).is_err(), "{body}");
+        }
+        let deep = "[".repeat(10_000);
+        assert!(parse_stats(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn sums_saturate() {
+        let body = format!(
+            r#"{{"read":"2026-01-01T00:00:00Z","networks":{{"a":{{"rx_bytes":{m}}},"b":{{"rx_bytes":{m}}}}}}}"#,
+            m = u64::MAX
+        );
+        let s = parse_stats(body.as_bytes()).unwrap();
+        assert_eq!(count(&s.figures, Metric::NetworkReceived), Some(u64::MAX));
+    }
+
+    #[test]
+    fn list_with_labels_and_odd_entries() {
+        let body = br#"[
+            {"Id":"ae05f919de0719981a6c958d10cfe32823041cc51818c13ff040239b3c5c6f91","Names":["/main_1_2"],
+             "Labels":{"io.balena.service-name":"main","other":"x"},"State":"running"},
+            {"Id":"bb05f919de07","Names":["/plain"],"Labels":null},
+            {"Id":"cc05f919de07","Names":[]},
+            {"Id":"../../version?","Names":["/evil"]},
+            {"Names":["/noid"]},
+            {"Id":"dd05f919de07","Names":["/x"],"Labels":{"io.balena.service-name":""}}
+        ]"#;
+        let l = parse_list(body).unwrap();
+        let got: Vec<_> = l
+            .iter()
+            .map(|c| (short_id(&c.id), c.name.as_str(), c.service.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("ae05f919de07", "main_1_2", Some("main")),
+                ("bb05f919de07", "plain", None),
+                ("cc05f919de07", "cc05f919de07", None),
+                ("dd05f919de07", "x", None),
+            ]
+        );
+        assert!(parse_list(b"{\"message\":\"x\"}").is_err());
+        assert!(parse_list(b"").is_err());
+    }
+
+    #[test]
+    fn error_bodies() {
+        assert_eq!(
+            error_message(br#"{"message":"No such container: abc"}"#),
+            "No such container: abc"
+        );
+        assert_eq!(error_message(b"plain text\n"), "plain text");
+        assert!(error_message(&[b'x'; 1000]).len() < 210);
+    }
+}
