@@ -106,7 +106,10 @@ fn behave(mut s: TcpStream, seen: &Mutex<Seen>) {
         let reply: Vec<u8> = match mqttrs::decode_slice(&p) {
             Ok(Some(mqttrs::Packet::Connect(_))) => vec![0x20, 0x02, 0x00, 0x00],
             Ok(Some(mqttrs::Packet::Publish(publish))) => {
-                seen.lock().unwrap().topics.push(publish.topic_name.to_owned());
+                seen.lock()
+                    .unwrap()
+                    .topics
+                    .push(publish.topic_name.to_owned());
                 match publish.qospid {
                     mqttrs::QosPid::AtLeastOnce(pid) => {
                         let id = pid.get();
@@ -138,8 +141,14 @@ fn start_agent(port: u16) -> (Child, TempDir) {
 }
 
 fn stop(mut child: Child) -> String {
-    assert!(child.try_wait().unwrap().is_none(), "the agent is still running");
-    std::process::Command::new("kill").arg(child.id().to_string()).status().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the agent is still running"
+    );
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{log}");
@@ -155,20 +164,33 @@ fn survives(fault: Fault, expect_in_log: &str, within: Duration) -> String {
     loop {
         {
             let seen = broker.seen.lock().unwrap();
-            let metrics = seen.topics.iter().filter(|t| !t.ends_with("/availability")).count();
+            let metrics = seen
+                .topics
+                .iter()
+                .filter(|t| !t.ends_with("/availability"))
+                .count();
             if seen.connections >= 2 && metrics >= 63 {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "the agent did not recover and deliver in {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not recover and deliver in {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = stop(child);
-    assert!(log.contains(expect_in_log), "expected {expect_in_log:?} in:\n{log}");
+    assert!(
+        log.contains(expect_in_log),
+        "expected {expect_in_log:?} in:\n{log}"
+    );
     let topics = broker.seen.lock().unwrap().topics.clone();
     for (metric, _) in SAMPLE_EXPECTED {
         let topic = format!("root/dev1/telemetry/system/{metric}");
-        assert!(topics.contains(&topic), "{topic} delivered after recovering");
+        assert!(
+            topics.contains(&topic),
+            "{topic} delivered after recovering"
+        );
     }
     log
 }
@@ -177,24 +199,40 @@ const QUICK: Duration = Duration::from_secs(15);
 
 #[test]
 fn puback_without_packet_id() {
-    survives(Fault::Reply(vec![0x20, 0x02, 0x00, 0x00, 0x40, 0x00]), "malformed PUBACK packet", QUICK);
+    survives(
+        Fault::Reply(vec![0x20, 0x02, 0x00, 0x00, 0x40, 0x00]),
+        "malformed PUBACK packet",
+        QUICK,
+    );
 }
 
 #[test]
 fn connack_without_body() {
-    survives(Fault::Reply(vec![0x20, 0x00]), "malformed CONNACK packet", QUICK);
+    survives(
+        Fault::Reply(vec![0x20, 0x00]),
+        "malformed CONNACK packet",
+        QUICK,
+    );
 }
 
 #[test]
 fn publish_whose_topic_runs_past_the_packet() {
     let bytes = vec![0x20, 0x02, 0x00, 0x00, 0x30, 0x04, 0x00, 0x09, b'a', b'b'];
-    survives(Fault::Reply(bytes), "malformed PUBLISH (topic or packet id past the end) packet", QUICK);
+    survives(
+        Fault::Reply(bytes),
+        "malformed PUBLISH (topic or packet id past the end) packet",
+        QUICK,
+    );
 }
 
 #[test]
 fn largest_remaining_length() {
     let bytes = vec![0x20, 0x02, 0x00, 0x00, 0x30, 0xff, 0xff, 0xff, 0x7f];
-    survives(Fault::Reply(bytes), "packet of 268435460 bytes exceeds the 65536 byte limit", QUICK);
+    survives(
+        Fault::Reply(bytes),
+        "packet of 268435460 bytes exceeds the 65536 byte limit",
+        QUICK,
+    );
 }
 
 #[test]
@@ -205,24 +243,44 @@ fn five_byte_remaining_length() {
 
 #[test]
 fn unexpected_packet_types() {
-    survives(Fault::Reply(vec![0x20, 0x02, 0x00, 0x00, 0xc0, 0x00]), "unexpected PINGREQ packet", QUICK);
-    survives(Fault::Reply(vec![0x50, 0x02, 0x00, 0x01]), "unexpected QoS 2 packet", QUICK);
+    survives(
+        Fault::Reply(vec![0x20, 0x02, 0x00, 0x00, 0xc0, 0x00]),
+        "unexpected PINGREQ packet",
+        QUICK,
+    );
+    survives(
+        Fault::Reply(vec![0x50, 0x02, 0x00, 0x01]),
+        "unexpected QoS 2 packet",
+        QUICK,
+    );
 }
 
 #[test]
 fn unsolicited_puback() {
     let bytes = vec![0x20, 0x02, 0x00, 0x00, 0x40, 0x02, 0x12, 0x34];
-    survives(Fault::Reply(bytes), "PUBACK for a packet id not in flight", QUICK);
+    survives(
+        Fault::Reply(bytes),
+        "PUBACK for a packet id not in flight",
+        QUICK,
+    );
 }
 
 #[test]
 fn connack_refusal_in_words() {
-    survives(Fault::Reply(vec![0x20, 0x02, 0x00, 0x05]), "connection refused: not authorised", QUICK);
+    survives(
+        Fault::Reply(vec![0x20, 0x02, 0x00, 0x05]),
+        "connection refused: not authorised",
+        QUICK,
+    );
 }
 
 #[test]
 fn connack_never_sent() {
-    survives(Fault::Silence, "timed out waiting for CONNACK", Duration::from_secs(25));
+    survives(
+        Fault::Silence,
+        "timed out waiting for CONNACK",
+        Duration::from_secs(25),
+    );
 }
 
 #[test]

@@ -107,11 +107,19 @@ impl Broker {
 
     fn try_start(&mut self) -> bool {
         self.stop();
+        let extra = self
+            .extra
+            .replace("{dir}", &self.dir.path().display().to_string());
+        let anonymous = if extra.contains("allow_anonymous") {
+            ""
+        } else {
+            "allow_anonymous true\n"
+        };
+        // `user root`: started as root (CI), mosquitto would otherwise switch to the `mosquitto` user and
+        // could not write its persistence file or read a password file in our scratch directory.
         let conf = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\n{}\n",
-            self.port,
-            self.extra
-                .replace("{dir}", &self.dir.path().display().to_string())
+            "listener {} 127.0.0.1\nuser root\n{anonymous}{extra}\n",
+            self.port
         );
         let conf_path = self.dir.write("mosquitto.conf", &conf);
         let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
@@ -196,12 +204,18 @@ impl Subscriber {
             }
         });
         let s = Subscriber { child, lines };
-        s.wait_ready(port);
+        // The readiness probe needs the same credentials as the subscriber.
+        let auth: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "-u" || w[0] == "-P")
+            .flat_map(|w| [w[0], w[1]])
+            .collect();
+        s.wait_ready(port, &auth);
         s
     }
 
     /// mosquitto_sub says nothing when subscribed; publish probes until one comes back.
-    fn wait_ready(&self, port: u16) {
+    fn wait_ready(&self, port: u16, auth: &[&str]) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let _ = Command::new("mosquitto_pub")
@@ -215,6 +229,8 @@ impl Subscriber {
                     "-m",
                     "x",
                 ])
+                .args(auth)
+                .stderr(Stdio::null())
                 .status();
             std::thread::sleep(Duration::from_millis(100));
             if self

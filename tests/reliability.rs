@@ -1,0 +1,184 @@
+//! Outages against a real mosquitto: absent at start, restarted mid-run, wrong password. Delivery is
+//! counted through a persistent subscriber session on a broker with persistence, so messages published
+//! while the subscriber is away are still counted.
+
+mod common;
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+const PERSISTENT: &str =
+    "persistence true\npersistence_location {dir}/\nmax_queued_messages 100000\n";
+
+fn start_agent(port: u16) -> (Child, TempDir) {
+    let collector = format!(
+        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1}}"#,
+        sample_stats().display()
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "dev1", "qos": 1, "reconnect_max_delay_in_seconds": 1}}"#
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    let child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
+    (child, cfg)
+}
+
+fn stop_agent(child: Child) -> String {
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    log
+}
+
+/// A subscriber with a persistent session (clean session off, fixed client id).
+fn persistent_subscriber(port: u16) -> Subscriber {
+    Subscriber::start_args(
+        port,
+        &[
+            "-c",
+            "-i",
+            "counting-subscriber",
+            "-t",
+            "root/#",
+            "-t",
+            "probe/ready",
+        ],
+    )
+}
+
+/// Groups delivered metric messages by collection timestamp: timestamp -> distinct topics.
+fn by_tick(lines: &[String]) -> BTreeMap<u64, BTreeSet<String>> {
+    let mut ticks: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for (topic, _, ts) in lines.iter().filter_map(|l| parse_metric(l)) {
+        ticks.entry(ts).or_default().insert(topic);
+    }
+    ticks
+}
+
+/// Every tick the agent logged arrived whole: (delivered, expected) distinct messages.
+fn check_every_tick_delivered(lines: &[String], log: &str) -> (usize, usize) {
+    let ticks_logged = log.matches("INFO tick: 8 containers, 63 messages").count();
+    let ticks = by_tick(lines);
+    let delivered: usize = ticks.values().map(BTreeSet::len).sum();
+    let expected = ticks_logged * 63;
+    eprintln!("delivered {delivered} of {expected} distinct messages over {ticks_logged} ticks");
+    for (ts, topics) in &ticks {
+        assert_eq!(topics.len(), 63, "tick {ts} arrived whole");
+    }
+    assert_eq!(ticks.len(), ticks_logged, "every tick arrived:\n{log}");
+    (delivered, expected)
+}
+
+#[test]
+fn broker_absent_at_start_then_appears() {
+    let mut broker = Broker::start_with(PERSISTENT);
+    // Register the persistent session, then take the broker away before the agent starts.
+    drop(persistent_subscriber(broker.port));
+    broker.stop();
+
+    let (agent, _cfg) = start_agent(broker.port);
+    std::thread::sleep(Duration::from_millis(3500));
+    broker.restart();
+    let sub = persistent_subscriber(broker.port);
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = stop_agent(agent);
+    let lines = sub.collect(usize::MAX, Duration::from_secs(2));
+    assert!(
+        log.contains("could not connect to broker") || log.contains("unreachable"),
+        "{log}"
+    );
+    let (delivered, expected) = check_every_tick_delivered(&lines, &log);
+    assert!(
+        expected >= 5 * 63,
+        "ticks ran while the broker was away: {expected}"
+    );
+    assert_eq!(delivered, expected);
+}
+
+#[test]
+fn broker_restarted_mid_run_loses_nothing_at_qos1() {
+    let mut broker = Broker::start_with(PERSISTENT);
+    let sub = persistent_subscriber(broker.port);
+    let (agent, _cfg) = start_agent(broker.port);
+    assert!(sub.wait_for(|l| by_tick(l).len() >= 2, Duration::from_secs(10)));
+    let mut lines = sub.lines();
+    drop(sub);
+    broker.stop();
+    std::thread::sleep(Duration::from_millis(3000));
+    broker.restart();
+    let sub = persistent_subscriber(broker.port);
+    std::thread::sleep(Duration::from_millis(3000));
+    let log = stop_agent(agent);
+    // The persistent session replays what was published while no subscriber was there.
+    lines.extend(sub.collect(usize::MAX, Duration::from_secs(2)));
+    assert!(log.contains("connection to broker lost"), "{log}");
+    let (delivered, expected) = check_every_tick_delivered(&lines, &log);
+    assert_eq!(delivered, expected);
+}
+
+#[test]
+fn wrong_password_is_logged_in_words_and_retried_without_crashing() {
+    // mosquitto reads the password file at start, so it is written first.
+    let secrets = TempDir::new("secrets");
+    let passwd = secrets.path().join("passwd");
+    let ok = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["agent", "right-secret"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let broker = Broker::start_with(&format!(
+        "allow_anonymous false\npassword_file {}\n",
+        passwd.display()
+    ));
+
+    let collector = format!(
+        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1}}"#,
+        sample_stats().display()
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "{}", "device_id": "dev1", "username": "agent", "password": "wrong-secret", "reconnect_max_delay_in_seconds": 2}}"#,
+        broker.url()
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    let child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(4000));
+    let log = stop_agent(child);
+    let refusals = log.matches("connection refused: not authorised").count()
+        + log
+            .matches("connection refused: bad user name or password")
+            .count();
+    assert!(refusals >= 2, "refused, backed off and retried:\n{log}");
+    assert!(refusals <= 6, "backoff spaces the attempts:\n{log}");
+    assert!(
+        !log.contains("wrong-secret"),
+        "the password is never logged"
+    );
+
+    // The right password from the environment wins over the file and gets through.
+    let sub = Subscriber::start_args(
+        broker.port,
+        &[
+            "-u",
+            "agent",
+            "-P",
+            "right-secret",
+            "-t",
+            "root/#",
+            "-t",
+            "probe/ready",
+        ],
+    );
+    let (code, log) = run_limited(
+        once(cfg.path()).env("MQTT_PASSWORD", "right-secret"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert_sample_figures(&sub.collect(65, Duration::from_secs(5)), "dev1");
+}
