@@ -18,6 +18,8 @@ enum Fault {
     Silence,
     /// CONNACK, read a little of what follows, then close the socket under the agent's writes.
     CloseMidStream,
+    /// CONNACK, then never read again (the agent's writes back up).
+    StopReading,
 }
 
 /// What the well-behaved connections received.
@@ -90,6 +92,10 @@ fn misbehave(mut s: TcpStream, fault: Fault) {
         Fault::Silence => {
             let mut sink = [0u8; 4096];
             while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        }
+        Fault::StopReading => {
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]);
+            std::thread::sleep(Duration::from_secs(60));
         }
         Fault::CloseMidStream => {
             let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]);
@@ -286,4 +292,52 @@ fn connack_never_sent() {
 #[test]
 fn connection_closed_mid_stream() {
     survives(Fault::CloseMidStream, "connection to broker lost", QUICK);
+}
+
+#[test]
+fn broker_that_stops_reading_does_not_stall_the_schedule() {
+    // 20,000 containers at QoS 0: far more than the socket buffers hold once the broker stops reading.
+    let dir = TempDir::new("flood");
+    let line = r#"{"Name":"svc#_1_2","CPUPerc":"1.00%","MemPerc":"1.00%","MemUsage":"1MiB / 2MiB","NetIO":"1kB / 2kB","BlockIO":"1kB / 2kB","PIDs":"3"}"#;
+    let text: String = (0..20_000)
+        .map(|i| line.replace('#', &i.to_string()) + "\n")
+        .collect();
+    let file = dir.write("stats.jsonl", &text);
+    let broker = FaultBroker::start(Fault::StopReading);
+    let collector = format!(
+        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1}}"#,
+        file.display()
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "tcp://127.0.0.1:{}", "device_id": "d", "qos": 0, "reconnect_max_delay_in_seconds": 1}}"#,
+        broker.port
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    let child = agent(cfg.path())
+        .env("LOG_LEVEL", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while broker.seen.lock().unwrap().topics.len() < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never came back after the write timeout"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = stop(child);
+    assert!(
+        log.contains("connection to broker lost: the broker took no data for 10s"),
+        "{log}"
+    );
+    // Ticks went on while the broker was stuck: one a second for the ten seconds before the timeout.
+    let before_timeout = log.split("took no data").next().unwrap();
+    assert!(
+        before_timeout
+            .matches("INFO tick: 20000 containers")
+            .count()
+            >= 8,
+        "{log}"
+    );
 }

@@ -182,3 +182,99 @@ fn wrong_password_is_logged_in_words_and_retried_without_crashing() {
     assert_eq!(code, Some(0), "{log}");
     assert_sample_figures(&sub.collect(65, Duration::from_secs(5)), "dev1");
 }
+
+#[test]
+fn full_buffer_drops_oldest_and_says_so_once_per_tick() {
+    // Nothing listens on this port: every tick's messages go to a buffer of 100.
+    let port = free_port();
+    let collector = format!(
+        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1}}"#,
+        sample_stats().display()
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "d", "max_buffered_messages": 100}}"#
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    let child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(4500));
+    let log = stop_agent(child);
+    let drops: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("message buffer full (100)"))
+        .collect();
+    let ticks = log.matches("INFO tick:").count();
+    assert!(!drops.is_empty(), "{log}");
+    assert!(
+        drops.len() <= ticks,
+        "at most one drop line per tick:\n{log}"
+    );
+    // 63 messages a tick into a buffer of 100: the third tick pushes out 26, later ones 63 each.
+    assert!(drops[0].contains(": 26 oldest messages dropped"), "{log}");
+}
+
+#[test]
+fn once_gives_up_on_an_absent_broker_with_exit_1() {
+    let port = free_port();
+    let collector = format!(
+        r#"{{"mode": "FILE", "file_path": "{}"}}"#,
+        sample_stats().display()
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "d", "once_timeout_in_seconds": 2}}"#
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    let started = std::time::Instant::now();
+    let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("--once: gave up after 2s with messages undelivered"),
+        "{log}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn oversized_stats_input_is_cut_with_a_warning() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "root/#");
+    let dir = TempDir::new("huge");
+    let sample = std::fs::read_to_string(sample_stats()).unwrap();
+    // The sample first, then filler lines past 16 MiB (with no figure, so they publish nothing): the
+    // sample is published, the part past the cap ignored.
+    let sample_len = sample.len();
+    let filler =
+        format!("{}\n", r#"{"Name":"filler","PIDs":"--"}"#).repeat(17 * 1024 * 1024 / 30 + 1);
+    let file = dir.write("stats.jsonl", &(sample + &filler));
+    let collector = format!(r#"{{"mode": "FILE", "file_path": "{}"}}"#, file.display());
+    let mqtt = format!(
+        r#"{{"broker_url": "{}", "device_id": "dev1", "once_timeout_in_seconds": 60}}"#,
+        broker.url()
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    let (code, log) = run_limited(
+        once(cfg.path()).env("LOG_LEVEL", "info"),
+        Duration::from_secs(90),
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("stats input over 16777216 bytes: the rest was ignored"),
+        "{log}"
+    );
+    assert_sample_figures(&sub.collect(65, Duration::from_secs(5)), "dev1");
+    // Whole lines up to 16 MiB were read, and not one more.
+    let containers: usize = log
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("INFO tick: ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    assert_eq!(
+        containers,
+        8 + (16 * 1024 * 1024 - sample_len) / 30,
+        "{log}"
+    );
+}
