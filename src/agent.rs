@@ -100,6 +100,7 @@ impl Agent {
                 retain: true,
             }),
             birth: availability(b"online"),
+            subscriptions: Vec::new(),
             max_inflight: MAX_INFLIGHT,
             max_queued: m.max_buffered_messages,
             connack_timeout: CONNACK_TIMEOUT,

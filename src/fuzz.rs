@@ -181,6 +181,7 @@ fn session() -> Session {
         password: None,
         will: None,
         birth: None,
+        subscriptions: vec!["homeassistant/status".into()],
         max_inflight: 4,
         max_queued: 8,
         connack_timeout: Duration::from_secs(1),
@@ -252,7 +253,10 @@ fn run_broker(n: u64, seed: u64) {
 fn timed(name: &str, n: u64, run: impl FnOnce()) {
     let started = Instant::now();
     run();
-    eprintln!("{name}: {n} cases, no failure, {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{name}: {n} cases, no failure, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@
 
 use super::frame::{self, FrameError, Incoming};
 use super::message::Message;
-use mqttrs::{Connect, ConnectReturnCode, LastWill, Packet, Pid, Protocol, QoS};
+use mqttrs::{Connect, ConnectReturnCode, LastWill, Packet, Pid, Protocol, QoS, Subscribe, SubscribeTopic};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,8 @@ pub struct Options {
     pub will: Option<Will>,
     /// Sent first after every CONNACK (the retained `online` availability message).
     pub birth: Option<Message>,
+    /// Topic filters subscribed at QoS 1 after every CONNACK (clean sessions forget them).
+    pub subscriptions: Vec<String>,
     pub max_inflight: usize,
     pub max_queued: usize,
     pub connack_timeout: Duration,
@@ -270,6 +272,7 @@ impl Session {
                 if let Some(birth) = &self.opts.birth {
                     self.out.extend_from_slice(birth.bytes());
                 }
+                self.write_subscribe(now);
                 self.events.push(Event::Connected { session_present });
                 self.poll(now).map(|_| ())
             }
@@ -473,6 +476,27 @@ impl Session {
         }
     }
 
+    /// One SUBSCRIBE for all filters. Its packet id is taken from the PUBLISH id space but never
+    /// recorded in flight: SUBACK is reported as an event, not matched.
+    fn write_subscribe(&mut self, now: Instant) {
+        let mut topics = heapless::Vec::<SubscribeTopic, 5>::new();
+        for filter in &self.opts.subscriptions {
+            let Ok(path) = heapless::String::<256>::try_from(filter.as_str()) else { continue };
+            let _ = topics.push(SubscribeTopic { topic_path: path, qos: QoS::AtLeastOnce });
+        }
+        if topics.is_empty() {
+            return;
+        }
+        let pid = self.allocate_pid();
+        self.release_pid(pid);
+        let packet = Packet::Subscribe(Subscribe::new(Pid::try_from(pid).unwrap_or_default(), topics));
+        let mut buf = [0u8; 5 * 260 + 8];
+        if let Ok(n) = mqttrs::encode_slice(&packet, &mut buf) {
+            self.out.extend_from_slice(&buf[..n]);
+            self.last_sent = Some(now);
+        }
+    }
+
     fn write_packet(&mut self, packet: &Packet, now: Instant) {
         let mut buf = [0u8; 4];
         if let Ok(n) = mqttrs::encode_slice(packet, &mut buf) {
@@ -494,6 +518,7 @@ mod tests {
             password: None,
             will: None,
             birth: None,
+            subscriptions: Vec::new(),
             max_inflight: 3,
             max_queued: 5,
             connack_timeout: Duration::from_secs(10),
@@ -608,6 +633,34 @@ mod tests {
             ]
         );
         assert!(!s.is_up());
+    }
+
+    #[test]
+    fn subscribes_after_every_connack() {
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.subscriptions = vec!["homeassistant/status".into()];
+        let mut s = Session::new(o);
+        for _ in 0..2 {
+            s.connected(t0);
+            sent(&mut s);
+            s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+            let bytes = s.outbound().to_vec();
+            s.consumed(bytes.len());
+            let pid = match mqttrs::decode_slice(&bytes).unwrap().unwrap() {
+                Packet::Subscribe(sub) => {
+                    assert_eq!(sub.topics.len(), 1);
+                    assert_eq!(sub.topics[0].topic_path.as_str(), "homeassistant/status");
+                    assert_eq!(sub.topics[0].qos, QoS::AtLeastOnce);
+                    sub.pid.get()
+                }
+                other => panic!("expected SUBSCRIBE, got {other:?}"),
+            };
+            s.receive(t0, &[0x90, 0x03, (pid >> 8) as u8, pid as u8, 0x01]).unwrap();
+            let events = s.take_events();
+            assert_eq!(events.last(), Some(&Event::Subscribed { pid, any_refused: false }));
+            s.disconnected();
+        }
     }
 
     #[test]
