@@ -4,11 +4,19 @@
 #   make demo    the agent once on the example configs and a sample stats file, against a throwaway broker
 #   make lint    cargo fmt --check and clippy with warnings as errors
 #   make clean
+#   make aarch64 / armv7 / x86_64   static musl binary in target/<triple>/release/ (rust-lld, no C toolchain)
+#   make dist    the three static binaries, copied to dist/arm64, dist/arm, dist/amd64 (Docker's arch names)
+#   make size    their sizes against the budgets (make test fails when one is over)
+#   make image   the FROM scratch image for PLATFORM (default linux/arm64), tagged $(IMAGE):<arch>
 
 CARGO ?= cargo
 BIN := balena-multi-container-telemetry
 
-.PHONY: all build test demo lint clean deps
+.PHONY: all build test demo lint clean deps aarch64 armv7 x86_64 dist size size-check image
+
+STATIC := sh cross-compile/static.sh
+PLATFORM ?= linux/arm64
+IMAGE ?= balena-multi-container-telemetry
 
 all: build
 
@@ -18,8 +26,10 @@ build:
 deps:
 	@sh tests/scripts/ensure-deps.sh
 
-test: deps
+# dist first: tests/static_build.rs runs those binaries (under qemu for Arm) and the scratch image.
+test: deps dist
 	$(CARGO) test --release -- --test-threads=2
+	@$(STATIC) check
 
 demo: deps build
 	@sh tests/scripts/demo.sh
@@ -31,3 +41,18 @@ lint:
 clean:
 	$(CARGO) clean
 	rm -rf dist
+
+aarch64 armv7 x86_64:
+	@CARGO="$(CARGO)" $(STATIC) build $@
+
+dist:
+	@CARGO="$(CARGO)" $(STATIC) dist
+
+size:
+	@$(STATIC) size
+
+size-check:
+	@$(STATIC) check
+
+image:
+	@CARGO="$(CARGO)" $(STATIC) image "$(PLATFORM)" "$(IMAGE)"
