@@ -1,0 +1,374 @@
+//! The static musl binaries that `make dist` builds (issue 4): each one run for real, the Arm ones under
+//! qemu-user, against a real mosquitto; and the FROM scratch image run on the real Docker Engine.
+//!
+//! `make test` builds the binaries before `cargo test`. A binary that is not there (its target could not
+//! be installed, or `cargo test` ran without `make dist`), a missing qemu or a Docker Engine that does not
+//! answer is a loud SKIPPED line, not a failure.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn skipped(why: &str) {
+    // Both streams: cargo shows stdout of passing tests only with --nocapture, stderr likewise, so say it
+    // where a person reading either will see it.
+    println!("\n#### SKIPPED: {why} ####\n");
+    eprintln!("\n#### SKIPPED: {why} ####\n");
+}
+
+/// Where `make dist` built it (the same CARGO_TARGET_DIR as this test's cargo, if one is set).
+fn static_binary(triple: &str) -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from);
+    repo()
+        .join(target)
+        .join(triple)
+        .join("release/balena-multi-container-telemetry")
+}
+
+/// The binary for `triple` and the command that runs it on this machine (qemu for a foreign CPU), or
+/// None after a SKIPPED line.
+fn runner(triple: &str, qemu: Option<&str>) -> Option<(PathBuf, Command)> {
+    let bin = static_binary(triple);
+    if !bin.is_file() {
+        skipped(&format!(
+            "{triple}: {} not built (target not installable, or run `make dist`; `make test` does)",
+            bin.display()
+        ));
+        return None;
+    }
+    let cmd = match qemu {
+        Some(q) => {
+            if Command::new(q)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_err()
+            {
+                skipped(&format!(
+                    "{triple}: {q} is missing (apt-get install qemu-user-static)"
+                ));
+                return None;
+            }
+            let mut c = Command::new(q);
+            c.arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    Some((bin, cmd))
+}
+
+/// Reads the ELF header (no dependency on the `file` tool): the right CPU, and no PT_INTERP, so no
+/// dynamic loader and no libc assumption on the host.
+fn assert_static_elf(bin: &Path, machine: u16) {
+    let data = std::fs::read(bin).unwrap();
+    assert_eq!(&data[..4], b"\x7fELF", "{} is not ELF", bin.display());
+    let is64 = data[4] == 2;
+    assert_eq!(data[5], 1, "little-endian");
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap());
+    assert_eq!(u16_at(18), machine, "e_machine of {}", bin.display());
+    let (phoff, phentsize, phnum) = if is64 {
+        (
+            u64_at(32) as usize,
+            u16_at(54) as usize,
+            u16_at(56) as usize,
+        )
+    } else {
+        (
+            u32_at(28) as usize,
+            u16_at(42) as usize,
+            u16_at(44) as usize,
+        )
+    };
+    const PT_INTERP: u32 = 3;
+    for i in 0..phnum {
+        let p_type = u32_at(phoff + i * phentsize);
+        assert_ne!(
+            p_type,
+            PT_INTERP,
+            "{} asks for a dynamic loader: not static",
+            bin.display()
+        );
+    }
+}
+
+fn file_mode_config(broker: &Broker, stats: &Path) -> TempDir {
+    config_dir(
+        &format!(
+            r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 3600}}"#,
+            stats.display()
+        ),
+        &format!(
+            r#"{{"broker_url": "{}", "device_id": "static1"}}"#,
+            broker.url()
+        ),
+    )
+}
+
+/// `--version`, then a FILE-mode `--once` on the sample file with every published figure checked.
+fn run_binary(triple: &str, qemu: Option<&str>, machine: u16) {
+    let Some((bin, _)) = runner(triple, qemu) else {
+        return;
+    };
+    assert_static_elf(&bin, machine);
+
+    let (_, mut version) = runner(triple, qemu).unwrap();
+    let out = version.arg("--version").output().unwrap();
+    assert!(out.status.success(), "{triple} --version: {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "balena-multi-container-telemetry {}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "{triple} --version"
+    );
+
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "root/#");
+    let cfg = file_mode_config(&broker, &sample_stats());
+    let (_, mut once) = runner(triple, qemu).unwrap();
+    once.arg("--once")
+        .arg("--config-dir")
+        .arg(cfg.path())
+        .env_remove("BALENA_DEVICE_UUID")
+        .env_remove("MQTT_PASSWORD")
+        .env("LOG_LEVEL", "debug");
+    // qemu-user emulation is slow to start; the limit only guards against a hang.
+    let (code, log) = run_limited(&mut once, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{triple} --once: {log}");
+    let lines = sub.collect(SAMPLE_EXPECTED.len() + 2, Duration::from_secs(10));
+    assert_sample_figures(&lines, "static1");
+    let avail: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("root/static1/telemetry/system/availability "))
+        .collect();
+    assert_eq!(
+        avail,
+        [
+            "root/static1/telemetry/system/availability online",
+            "root/static1/telemetry/system/availability offline"
+        ],
+        "{triple}"
+    );
+}
+
+const EM_ARM: u16 = 40;
+const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
+
+#[test]
+fn aarch64_static_binary_under_qemu() {
+    run_binary(
+        "aarch64-unknown-linux-musl",
+        Some("qemu-aarch64-static"),
+        EM_AARCH64,
+    );
+}
+
+#[test]
+fn armv7_static_binary_under_qemu() {
+    run_binary(
+        "armv7-unknown-linux-musleabihf",
+        Some("qemu-arm-static"),
+        EM_ARM,
+    );
+}
+
+#[test]
+fn x86_64_static_binary() {
+    run_binary("x86_64-unknown-linux-musl", None, EM_X86_64);
+}
+
+// ---- the scratch image on the real engine ----
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker runs")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Removes the test's container and image however the test ends, and the classic builder's intermediate
+/// images when a build fails half way (a successful build's are removed with its tag).
+struct DockerCleanup {
+    container: String,
+    image: String,
+    layers: Vec<String>,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.container]);
+        if !self.image.is_empty() {
+            let _ = docker(&["rmi", "-f", &self.image]);
+        }
+        for id in self.layers.iter().rev() {
+            let _ = docker(&["rmi", id]);
+        }
+    }
+}
+
+#[test]
+fn scratch_image_runs_on_the_engine_and_stops_cleanly() {
+    let engine = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(engine, Ok(s) if s.success()) {
+        skipped("scratch image test: no Docker Engine answers (`docker info` failed)");
+        return;
+    }
+    let bin = repo().join("dist/amd64/balena-multi-container-telemetry");
+    if !bin.is_file() {
+        skipped(&format!(
+            "scratch image test: {} not built (run `make dist`; `make test` does)",
+            bin.display()
+        ));
+        return;
+    }
+    assert_static_elf(&bin, EM_X86_64);
+
+    let pid = std::process::id();
+    let mut guard = DockerCleanup {
+        container: format!("bmct-static-test-{pid}"),
+        image: format!("bmct-static-test:{pid}"),
+        layers: Vec::new(),
+    };
+    // The root Dockerfile as `make image` uses it, with the classic builder (no buildx here), which needs
+    // TARGETARCH passed in. No cache, so every intermediate image is this build's own to remove.
+    let root = repo().display().to_string();
+    let build = Command::new("docker")
+        .args(["build", "--no-cache", "--force-rm", "--build-arg"])
+        .args(["TARGETARCH=amd64", "-t", &guard.image, &root])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let build_log = String::from_utf8_lossy(&build.stdout);
+    guard.layers = build_log
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("---> "))
+        .filter(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        build.status.success(),
+        "docker build failed:\n{build_log}{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    assert_eq!(
+        docker_ok(&["image", "inspect", "-f", "{{.Config.User}}", &guard.image]),
+        "65534:65534",
+        "runs as nobody"
+    );
+
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "root/#");
+    // Paths as the container sees them: the stats file and config dir are bind-mounted.
+    let cfg = file_mode_config(&broker, Path::new("/data/balena-stats.jsonl"));
+    let stats_mount = format!("{}:/data/balena-stats.jsonl:ro", sample_stats().display());
+    let config_mount = format!("{}:/config:ro", cfg.path().display());
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &guard.container,
+        "--network",
+        "host",
+        "-e",
+        "BALENA_DEVICE_UUID=img1",
+        "-v",
+        &stats_mount,
+        "-v",
+        &config_mount,
+        &guard.image,
+    ]);
+
+    let arrived = sub.wait_for(|l| l.len() > SAMPLE_EXPECTED.len(), Duration::from_secs(30));
+    let logs = || {
+        let out = docker(&["logs", &guard.container]);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(
+        arrived,
+        "messages did not arrive: {:?}\n{}",
+        sub.lines(),
+        logs()
+    );
+
+    // docker stop sends SIGTERM to the agent (PID 1 in the container): it must publish `offline` and exit 0
+    // well within docker's 10 s grace period.
+    docker_ok(&["stop", "-t", "10", &guard.container]);
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &guard.container]),
+        "0",
+        "exit code after docker stop\n{}",
+        logs()
+    );
+    let lines = sub.collect(SAMPLE_EXPECTED.len() + 2, Duration::from_secs(5));
+    // BALENA_DEVICE_UUID came through the container's environment.
+    assert_sample_figures(&lines, "img1");
+    let avail: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("root/img1/telemetry/system/availability "))
+        .collect();
+    assert_eq!(
+        avail,
+        [
+            "root/img1/telemetry/system/availability online",
+            "root/img1/telemetry/system/availability offline"
+        ]
+    );
+
+    // The defaults baked into the image are the example configs, byte for byte.
+    let probe = format!("{}-cp", guard.container);
+    let _probe_guard = DockerCleanup {
+        container: probe.clone(),
+        image: String::new(),
+        layers: Vec::new(),
+    };
+    docker_ok(&["create", "--name", &probe, &guard.image]);
+    let out_dir = TempDir::new("image-config");
+    for (inside, example) in [
+        (
+            "/config/balena_stats_collector.config.json",
+            "config/balena_stats_collector.example-config.json",
+        ),
+        (
+            "/config/mqtt.config.json",
+            "config/mqtt.example-config.json",
+        ),
+    ] {
+        let dest = out_dir.path().join("copied.json");
+        docker_ok(&[
+            "cp",
+            &format!("{probe}:{inside}"),
+            &dest.display().to_string(),
+        ]);
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            std::fs::read(repo().join(example)).unwrap(),
+            "{inside} in the image"
+        );
+    }
+}
