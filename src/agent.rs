@@ -206,6 +206,10 @@ impl Agent {
                     now + self.s.collector.cli_timeout,
                     &signal::stop_requested,
                 );
+                debug!(
+                    "engine collection took {} ms",
+                    Instant::now().saturating_duration_since(now).as_millis()
+                );
                 match result {
                     Ok(stats) => {
                         let tick = Tick::parsed(format!("engine {socket}"), stats, unix_millis());

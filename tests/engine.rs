@@ -182,7 +182,7 @@ fn publish_once(
 /// Checks that hold for both modes; `plain` is the service the plain-named container publishes under.
 fn check_mode(mode: &str, f: &Fixture, got: &BTreeMap<String, BTreeMap<String, f64>>, plain: &str) {
     let services: Vec<&String> = got.keys().collect();
-    let mut want = vec![f.service("burner"), f.service("idle"), plain.to_owned()];
+    let mut want = [f.service("burner"), f.service("idle"), plain.to_owned()];
     want.sort();
     assert_eq!(
         services,

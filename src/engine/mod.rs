@@ -13,6 +13,7 @@ use crate::stats::{ContainerStats, Figures, Metric, Value};
 use api::{CpuSample, Listed};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -101,16 +102,18 @@ impl Engine {
         self.previous
             .retain(|id, _| listed.iter().any(|c| &c.id == id));
 
+        let started = Instant::now();
+        let first = samples(socket, &listed.iter().collect::<Vec<_>>(), deadline);
         let mut out: Vec<(Listed, Figures)> = Vec::with_capacity(listed.len());
         let mut waiting: Vec<(usize, CpuSample)> = Vec::new();
-        for c in listed {
-            let Some(sample) = sample(socket, &c, deadline) else {
+        for (c, sample) in listed.into_iter().zip(first) {
+            let Some(sample) = sample else {
                 continue;
             };
             let mut figures = sample.figures;
             if let Some(now) = sample.cpu {
-                // Against our own last sample; else the engine's (older engines fill precpu_stats);
-                // else a second sample shortly.
+                // Against our own last sample; else the engine's (older engines ignore one-shot and
+                // fill precpu_stats); else a second sample shortly.
                 let pct = self
                     .previous
                     .get(&c.id)
@@ -126,24 +129,27 @@ impl Engine {
         }
 
         if !waiting.is_empty() && !cancelled() {
-            let wake = Instant::now() + SECOND_SAMPLE_AFTER;
+            // About a second after the first samples were asked for (the engine may already have
+            // taken most of that second to answer).
+            let wake = started + SECOND_SAMPLE_AFTER;
             if wake + Duration::from_millis(100) < deadline {
                 // The one blocking sleep in the agent: short, bounded, and cut short by a stop request.
                 while Instant::now() < wake && !cancelled() {
                     std::thread::sleep(Duration::from_millis(50).min(wake - Instant::now()));
                 }
-                for (i, before) in waiting {
-                    if cancelled() {
-                        break;
+                if !cancelled() {
+                    let again: Vec<&Listed> = waiting.iter().map(|(i, _)| &out[*i].0).collect();
+                    let second = samples(socket, &again, deadline);
+                    for ((i, before), sample) in waiting.into_iter().zip(second) {
+                        let Some(now) = sample.and_then(|s| s.cpu) else {
+                            continue;
+                        };
+                        let (c, figures) = &mut out[i];
+                        if let Some(p) = api::cpu_percent(&before, &now) {
+                            figures.set(Metric::CpuPercent, Value::Percent(p));
+                        }
+                        self.previous.insert(c.id.clone(), now);
                     }
-                    let (c, figures) = &mut out[i];
-                    let Some(now) = sample(socket, c, deadline).and_then(|s| s.cpu) else {
-                        continue;
-                    };
-                    if let Some(p) = api::cpu_percent(&before, &now) {
-                        figures.set(Metric::CpuPercent, Value::Percent(p));
-                    }
-                    self.previous.insert(c.id.clone(), now);
                 }
             } else {
                 crate::warn!(
@@ -158,84 +164,182 @@ impl Engine {
     }
 }
 
-/// One container's sample, or a warning and `None`.
-fn sample(socket: &str, c: &Listed, deadline: Instant) -> Option<api::Sample> {
-    let path = format!("/containers/{}/stats?stream=false&one-shot=true", c.id);
-    let result = request(socket, &path, MAX_STATS_BODY, deadline).and_then(|r| match r.status {
-        200 => api::parse_stats(&r.body).map_err(|e| e.to_string()),
-        404 => Err(format!(
-            "gone between list and stats ({})",
-            api::error_message(&r.body)
-        )),
-        s => Err(format!("answered {s}: {}", api::error_message(&r.body))),
-    });
-    match result {
-        Ok(s) => Some(s),
-        Err(e) => {
-            crate::warn!(
-                "engine: container {} ({}): {e}; left out this tick",
-                c.name,
-                api::short_id(&c.id)
-            );
-            None
-        }
-    }
+/// Samples of `containers`, all asked at once: the engine answers a one-shot stats request at its next
+/// internal sampling (up to a second away), so asking one after another would cost a second each. A
+/// container whose sample failed gets a warning and `None`.
+fn samples(socket: &str, containers: &[&Listed], deadline: Instant) -> Vec<Option<api::Sample>> {
+    let paths: Vec<String> = containers
+        .iter()
+        .map(|c| format!("/containers/{}/stats?stream=false&one-shot=true", c.id))
+        .collect();
+    let answers = requests(socket, &paths, MAX_STATS_BODY, deadline);
+    containers
+        .iter()
+        .zip(answers)
+        .map(|(c, answer)| {
+            let result = answer.and_then(|r| match r.status {
+                200 => api::parse_stats(&r.body).map_err(|e| e.to_string()),
+                404 => Err(format!(
+                    "gone between list and stats ({})",
+                    api::error_message(&r.body)
+                )),
+                s => Err(format!("answered {s}: {}", api::error_message(&r.body))),
+            });
+            result
+                .map_err(|e| {
+                    crate::warn!(
+                        "engine: container {} ({}): {e}; left out this tick",
+                        c.name,
+                        api::short_id(&c.id)
+                    )
+                })
+                .ok()
+        })
+        .collect()
 }
 
-/// One GET over a fresh connection, read until the response is whole, with every wait bounded.
+/// One GET, see [`requests`].
 fn request(
     socket: &str,
     path: &str,
     max_body: usize,
     deadline: Instant,
 ) -> Result<http::Response, String> {
-    let fail = |what: String| format!("engine {socket}: GET {}: {what}", strip_query(path));
-    let until = deadline.min(Instant::now() + REQUEST_TIMEOUT);
-    let left = || {
-        until
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| fail("timed out".into()))
-    };
+    let mut answers = requests(socket, &[path.to_owned()], max_body, deadline);
+    answers.pop().unwrap_or_else(|| Err("no answer".into()))
+}
+
+/// GETs over fresh connections, up to [`MAX_PARALLEL`] at a time, waited on together in one `poll` and
+/// each read until its response is whole. Every wait is bounded by [`REQUEST_TIMEOUT`] and `deadline`;
+/// every answer by `max_body`. One result per path, in order.
+fn requests(
+    socket: &str,
+    paths: &[String],
+    max_body: usize,
+    deadline: Instant,
+) -> Vec<Result<http::Response, String>> {
+    let mut out: Vec<Option<Result<http::Response, String>>> = paths.iter().map(|_| None).collect();
+    for batch in (0..paths.len()).collect::<Vec<_>>().chunks(MAX_PARALLEL) {
+        let until = deadline.min(Instant::now() + REQUEST_TIMEOUT);
+        let mut open: Vec<Open> = Vec::new();
+        for &i in batch {
+            match send(socket, &paths[i], until) {
+                Ok(stream) => open.push(Open {
+                    index: i,
+                    stream,
+                    buf: Vec::new(),
+                }),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        while !open.is_empty() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                for o in open.drain(..) {
+                    out[o.index] = Some(Err(failure(socket, &paths[o.index], "timed out")));
+                }
+                break;
+            }
+            let mut fds: Vec<libc::pollfd> = open
+                .iter()
+                .map(|o| libc::pollfd {
+                    fd: o.stream.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            let ms = left.as_millis().min(60_000) as i32 + 1;
+            // SAFETY: `fds` is a live array of pollfd for sockets we own, its length passed with it.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if ready <= 0 {
+                continue; // timeout or EINTR: the deadline check above decides
+            }
+            let mut k = 0;
+            open.retain_mut(|o| {
+                let woke = fds[k].revents != 0;
+                k += 1;
+                if !woke {
+                    return true;
+                }
+                match o.read(max_body) {
+                    None => true,
+                    Some(r) => {
+                        let path = &paths[o.index];
+                        out[o.index] = Some(r.map_err(|e| failure(socket, path, &e)));
+                        false
+                    }
+                }
+            });
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("not asked".into())))
+        .collect()
+}
+
+/// Most requests in flight at once (each holds a descriptor).
+const MAX_PARALLEL: usize = 32;
+
+struct Open {
+    index: usize,
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Open {
+    /// Reads what is there; `None` while the response is not whole yet.
+    fn read(&mut self, max_body: usize) -> Option<Result<http::Response, String>> {
+        // Bytes on the wire may exceed the body (chunk framing); past this the peer is not making sense.
+        let max_wire = max_body.saturating_mul(2) + http::MAX_HEAD + 64 * 1024;
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let n = match self.stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+                Err(e) => return Some(Err(e.to_string())),
+            };
+            self.buf.extend_from_slice(&chunk[..n]);
+            if self.buf.len() > max_wire {
+                return Some(Err(format!("answer over {max_wire} bytes")));
+            }
+            match http::parse(&self.buf, n == 0, max_body) {
+                Ok(None) => {}
+                Ok(Some(r)) => return Some(Ok(r)),
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+    }
+}
+
+fn failure(socket: &str, path: &str, what: &str) -> String {
+    format!("engine {socket}: GET {}: {what}", strip_query(path))
+}
+
+/// Connects and sends the request (a few hundred bytes: the socket buffer takes it at once); the stream
+/// comes back non-blocking, to be polled.
+fn send(socket: &str, path: &str, until: Instant) -> Result<UnixStream, String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         let hint = match e.kind() {
             ErrorKind::NotFound => {
-                " (no engine socket there: set engine_socket, or mount the \
-                                    socket with the label io.balena.features.balena-socket)"
+                " (no engine socket there: set engine_socket, or mount the socket with the label \
+                 io.balena.features.balena-socket)"
             }
             ErrorKind::PermissionDenied => " (run as root or in the socket's group)",
             _ => "",
         };
         format!("engine {socket}: cannot connect: {e}{hint}")
     })?;
+    let left = until
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| failure(socket, path, "timed out"))?;
     stream
-        .set_write_timeout(Some(left()?))
+        .set_write_timeout(Some(left))
         .and_then(|_| stream.write_all(&http::get_request(path)))
-        .map_err(|e| fail(format!("cannot send: {e}")))?;
-    // Bytes on the wire may exceed the body (chunk framing); past this the peer is not making sense.
-    let max_wire = max_body.saturating_mul(2) + http::MAX_HEAD + 64 * 1024;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        stream
-            .set_read_timeout(Some(left()?))
-            .map_err(|e| fail(e.to_string()))?;
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(fail("timed out".into()))
-            }
-            Err(e) => return Err(fail(e.to_string())),
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > max_wire {
-            return Err(fail(format!("answer over {max_wire} bytes")));
-        }
-        if let Some(r) = http::parse(&buf, n == 0, max_body).map_err(|e| fail(e.to_string()))? {
-            return Ok(r);
-        }
-    }
+        .and_then(|_| stream.set_nonblocking(true))
+        .map_err(|e| failure(socket, path, &format!("cannot send: {e}")))?;
+    Ok(stream)
 }
 
 fn strip_query(path: &str) -> &str {
