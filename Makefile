@@ -48,10 +48,10 @@ aarch64 armv7 x86_64:
 dist:
 	@CARGO="$(CARGO)" $(STATIC) dist
 
-size:
+size: dist
 	@$(STATIC) size
 
-size-check:
+size-check: dist
 	@$(STATIC) check
 
 image:

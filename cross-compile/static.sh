@@ -3,8 +3,10 @@
 #
 #   static.sh build ARCH...   cargo build --release --target <triple> (rustup target add first if needed)
 #   static.sh dist ARCH...    build, then copy to dist/<docker arch>/
-#   static.sh size ARCH...    print each binary's size and its budget
-#   static.sh check ARCH...   fail (exit 1) when a built binary is over its budget
+#   static.sh size ARCH...    print each dist/ binary's size and its budget
+#   static.sh check ARCH...   fail (exit 1) when a dist/ binary is over its budget
+#                             (dist/, not target/: what make test just built and ran, even if another
+#                             cargo run rewrites target/ meanwhile)
 #   static.sh image PLATFORM NAME
 #                             dist for PLATFORM (linux/arm64, linux/arm/v7, linux/amd64), then the root
 #                             Dockerfile's FROM scratch image, tagged NAME:<docker arch>
@@ -122,7 +124,7 @@ for arch in "$@"; do
         build) build "$arch" ;;
         dist) dist "$arch" ;;
         size | check)
-            p=$(path "$arch")
+            p="dist/$(docker_arch "$arch")/$BIN"
             if [ ! -f "$p" ]; then
                 if [ "$cmd" = check ]; then skipped "size check for $arch: $p was not built"; else echo "$arch: not built ($p)"; fi
                 continue
