@@ -4,6 +4,7 @@
 #   make demo    the agent once on the example configs and a sample stats file, against a throwaway broker
 #   make lint    cargo fmt --check and clippy with warnings as errors
 #   make clean
+#   make fuzz    the fuzzers for FUZZ_CASES cases each (default 1,000,000)
 #   make aarch64 / armv7 / x86_64   static musl binary in target/<triple>/release/ (rust-lld, no C toolchain)
 #   make dist    the three static binaries, copied to dist/arm64, dist/arm, dist/amd64 (Docker's arch names)
 #   make size    their sizes against the budgets (make test fails when one is over)
@@ -56,3 +57,16 @@ size-check: dist
 
 image:
 	@CARGO="$(CARGO)" $(STATIC) image "$(PLATFORM)" "$(IMAGE)"
+
+# make bench: binary sizes, FILE-mode CPU/RSS per tick at 8 / 1,000 / 10,000 containers, --once publishing
+# against mosquitto_pub, CLI and ENGINE mode on real containers (issue 6). Report in target/bench/.
+.PHONY: bench
+bench: deps build
+	@python3 tests/bench/bench.py
+
+# make fuzz: the deterministic fuzzers of src/fuzz.rs (stats text and broker bytes), FUZZ_CASES each
+# (default 1,000,000); make test runs them for 20,000 and 50,000 cases.
+.PHONY: fuzz
+FUZZ_CASES ?= 1000000
+fuzz:
+	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release fuzz_ -- --test-threads=2 --nocapture

@@ -14,7 +14,9 @@
 
 use super::frame::{self, FrameError, Incoming};
 use super::message::Message;
-use mqttrs::{Connect, ConnectReturnCode, LastWill, Packet, Pid, Protocol, QoS, Subscribe, SubscribeTopic};
+use mqttrs::{
+    Connect, ConnectReturnCode, LastWill, Packet, Pid, Protocol, QoS, Subscribe, SubscribeTopic,
+};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -481,15 +483,25 @@ impl Session {
     fn write_subscribe(&mut self, now: Instant) {
         let mut topics = heapless::Vec::<SubscribeTopic, 5>::new();
         for filter in &self.opts.subscriptions {
-            let Ok(path) = heapless::String::<256>::try_from(filter.as_str()) else { continue };
-            let _ = topics.push(SubscribeTopic { topic_path: path, qos: QoS::AtLeastOnce });
+            // heapless' `From<&str>` panics past its capacity; push_str reports it instead.
+            let mut path = heapless::String::<256>::new();
+            if path.push_str(filter).is_err() {
+                continue;
+            }
+            let _ = topics.push(SubscribeTopic {
+                topic_path: path,
+                qos: QoS::AtLeastOnce,
+            });
         }
         if topics.is_empty() {
             return;
         }
         let pid = self.allocate_pid();
         self.release_pid(pid);
-        let packet = Packet::Subscribe(Subscribe::new(Pid::try_from(pid).unwrap_or_default(), topics));
+        let packet = Packet::Subscribe(Subscribe::new(
+            Pid::try_from(pid).unwrap_or_default(),
+            topics,
+        ));
         let mut buf = [0u8; 5 * 260 + 8];
         if let Ok(n) = mqttrs::encode_slice(&packet, &mut buf) {
             self.out.extend_from_slice(&buf[..n]);
@@ -656,11 +668,30 @@ mod tests {
                 }
                 other => panic!("expected SUBSCRIBE, got {other:?}"),
             };
-            s.receive(t0, &[0x90, 0x03, (pid >> 8) as u8, pid as u8, 0x01]).unwrap();
+            s.receive(t0, &[0x90, 0x03, (pid >> 8) as u8, pid as u8, 0x01])
+                .unwrap();
             let events = s.take_events();
-            assert_eq!(events.last(), Some(&Event::Subscribed { pid, any_refused: false }));
+            assert_eq!(
+                events.last(),
+                Some(&Event::Subscribed {
+                    pid,
+                    any_refused: false
+                })
+            );
             s.disconnected();
         }
+    }
+
+    #[test]
+    fn overlong_subscription_is_skipped_not_a_panic() {
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.subscriptions = vec!["x".repeat(300)];
+        let mut s = Session::new(o);
+        s.connected(t0);
+        sent(&mut s);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        assert!(s.outbound().is_empty(), "nothing subscribed");
     }
 
     #[test]
