@@ -9,6 +9,7 @@
 use crate::backoff::Backoff;
 use crate::collect::{self, CliRun, Collected};
 use crate::config::{Collector, Mode, Mqtt};
+use crate::discovery::{self, Discovery};
 use crate::engine::Engine;
 use crate::mqtt::{session, Event, Message, Options, Session, Will};
 use crate::schedule::Schedule;
@@ -78,6 +79,7 @@ pub struct Agent {
     tick: Option<Tick>,
     scratch: Scratch,
     offline: Option<Message>,
+    discovery: Option<Discovery>,
     // For --once: the collection has run, and whether anything was lost.
     collected: bool,
     failed: bool,
@@ -89,6 +91,15 @@ impl Agent {
         let availability = |payload: &[u8]| {
             Message::publish(&m.availability_topic, payload, QoS::AtMostOnce, true).ok()
         };
+        let discovery = m.home_assistant.as_ref().map(|ha| {
+            Discovery::new(discovery::Settings {
+                prefix: ha.prefix.clone(),
+                device_id: m.device_id.clone(),
+                availability_topic: m.availability_topic.clone(),
+                mode: m.payload_mode,
+                expire_after: ha.expire_after,
+            })
+        });
         let opts = Options {
             client_id: m.client_id.clone(),
             keep_alive: m.keep_alive,
@@ -100,7 +111,7 @@ impl Agent {
                 retain: true,
             }),
             birth: availability(b"online"),
-            subscriptions: Vec::new(),
+            subscriptions: discovery.iter().map(Discovery::status_topic).collect(),
             max_inflight: MAX_INFLIGHT,
             max_queued: m.max_buffered_messages,
             connack_timeout: CONNACK_TIMEOUT,
@@ -121,6 +132,7 @@ impl Agent {
             tick: None,
             scratch: Scratch::default(),
             offline: availability(b"offline"),
+            discovery,
             collected: false,
             failed: false,
             s,
@@ -169,6 +181,7 @@ impl Agent {
                     .and_then(|l| l.stalled_since)
                     .map(|t| t + WRITE_TIMEOUT),
                 self.cli.as_ref().map(|c| c.deadline),
+                self.discovery.as_ref().and_then(Discovery::next_deadline),
                 once_deadline,
             ];
             let wake = wake.into_iter().flatten().min();
@@ -276,11 +289,13 @@ impl Agent {
 
     /// Moves records from the tick into the session while it has room (all of them when `all`).
     fn feed(&mut self, all: bool) {
+        let now = Instant::now();
         let Agent {
             tick,
             session,
             scratch,
             s,
+            discovery,
             ..
         } = self;
         let Some(t) = tick else { return };
@@ -288,9 +303,11 @@ impl Agent {
             template: &s.mqtt.template,
             qos: s.mqtt.qos,
             retain: s.mqtt.retain,
+            mode: s.mqtt.payload_mode,
         };
         while all || session.has_room() {
-            if !t.step(&p, scratch, &mut |m| session.enqueue(m)) {
+            let d = discovery.as_mut().map(|d| (d, now));
+            if !t.step(&p, scratch, d, &mut |m| session.enqueue(m)) {
                 let bad = if t.bad_records > 0 {
                     format!(", {} bad records skipped", t.bad_records)
                 } else {
@@ -302,6 +319,18 @@ impl Agent {
                 );
                 *tick = None;
                 return;
+            }
+        }
+    }
+
+    /// Home Assistant re-announcements and removals that are due.
+    fn announce(&mut self, now: Instant) {
+        let Some(d) = self.discovery.as_mut() else {
+            return;
+        };
+        for c in d.poll(now) {
+            if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
+                self.session.enqueue(m);
             }
         }
     }
@@ -333,6 +362,7 @@ impl Agent {
 
     /// Feeds, polls the session and writes until the socket is full or nothing is left to move.
     fn pump(&mut self, now: Instant) -> Option<Instant> {
+        self.announce(now);
         loop {
             self.feed(false);
             let deadline = match self.session.poll(now) {
@@ -413,7 +443,13 @@ impl Agent {
                     );
                     self.backoff.reset();
                 }
-                Event::Message { topic, .. } => debug!("message on {topic} ignored"),
+                Event::Message { topic, payload } => {
+                    debug!("message on {topic}");
+                    let jitter = self.backoff.random();
+                    if let Some(d) = self.discovery.as_mut() {
+                        d.on_message(now, &topic, &payload, jitter);
+                    }
+                }
                 Event::Subscribed { .. } => {}
             }
         }

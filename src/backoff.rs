@@ -32,8 +32,9 @@ impl Backoff {
         half + Duration::from_millis(jitter_ms)
     }
 
-    /// xorshift64: enough to spread devices apart, and no dependency.
-    fn random(&mut self) -> u64 {
+    /// xorshift64: enough to spread devices apart, and no dependency. The agent's one source of jitter
+    /// (also for Home Assistant re-announcements).
+    pub fn random(&mut self) -> u64 {
         let mut x = self.rng;
         x ^= x << 13;
         x ^= x >> 7;

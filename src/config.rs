@@ -5,6 +5,7 @@
 //! A missing file means the built-in defaults, which equal the shipped example files (a test holds them
 //! to that).
 
+pub use crate::discovery::PayloadMode;
 use crate::topics::{TopicTemplate, DEFAULT_TEMPLATE};
 use mqttrs::QoS;
 use serde_json::{Map, Value};
@@ -64,6 +65,15 @@ pub struct Mqtt {
     pub max_buffered_messages: usize,
     pub availability_topic: String,
     pub once_timeout: Duration,
+    pub payload_mode: PayloadMode,
+    pub home_assistant: Option<HomeAssistant>,
+}
+
+/// Home Assistant MQTT discovery, when `home_assistant_discovery` is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeAssistant {
+    pub prefix: String,
+    pub expire_after: Option<Duration>,
 }
 
 /// What the process environment contributes.
@@ -102,6 +112,10 @@ const MQTT_KEYS: &[&str] = &[
     "max_buffered_messages",
     "availability_topic",
     "once_timeout_in_seconds",
+    "payload_mode",
+    "home_assistant_discovery",
+    "home_assistant_discovery_prefix",
+    "home_assistant_expire_after_in_seconds",
 ];
 
 /// Built-in defaults, equal to `config/*.example-config.json`.
@@ -248,6 +262,42 @@ pub fn parse_mqtt(
         None => template.default_availability_topic(),
     };
     let once_timeout = f.uint("once_timeout_in_seconds", 1, 3_600)?.unwrap_or(30);
+    let payload_mode = match f.string("payload_mode")?.as_deref().unwrap_or("per_metric") {
+        "per_metric" => PayloadMode::PerMetric,
+        "per_service" => PayloadMode::PerService,
+        other => {
+            return Err(f.error(
+                "payload_mode",
+                format!("{other:?} is not a payload mode (use \"per_metric\" or \"per_service\")"),
+            ))
+        }
+    };
+    let prefix = f
+        .string("home_assistant_discovery_prefix")?
+        .unwrap_or_else(|| "homeassistant".into());
+    // The prefix goes into a SUBSCRIBE filter (`<prefix>/status`), which we keep under 256 bytes.
+    if prefix.is_empty()
+        || prefix.len() > 200
+        || prefix.contains(['+', '#', '\0'])
+        || prefix.ends_with('/')
+    {
+        return Err(f.error(
+            "home_assistant_discovery_prefix",
+            format!(
+                "{prefix:?} must be a topic of 1 to 200 bytes without '+', '#' or a trailing '/'"
+            ),
+        ));
+    }
+    let expire = f
+        .uint("home_assistant_expire_after_in_seconds", 0, 31_536_000)?
+        .unwrap_or(0);
+    let home_assistant = f
+        .boolean("home_assistant_discovery")?
+        .unwrap_or(false)
+        .then(|| HomeAssistant {
+            prefix,
+            expire_after: (expire > 0).then(|| Duration::from_secs(expire)),
+        });
 
     Ok(Mqtt {
         host,
@@ -264,6 +314,8 @@ pub fn parse_mqtt(
         max_buffered_messages,
         availability_topic,
         once_timeout: Duration::from_secs(once_timeout),
+        payload_mode,
+        home_assistant,
     })
 }
 
@@ -705,6 +757,59 @@ mod tests {
         assert!(parse_broker_url("tcp://h:x").is_err());
         assert!(parse_broker_url("tcp://[::1").is_err());
         assert!(parse_broker_url("tcp://user@h").is_err());
+    }
+
+    #[test]
+    fn home_assistant_and_payload_mode() {
+        let m = mqtt(r#"{}"#).unwrap();
+        assert_eq!(
+            (m.payload_mode, m.home_assistant.clone()),
+            (PayloadMode::PerMetric, None)
+        );
+        let m = mqtt(
+            r#"{"home_assistant_discovery": true, "payload_mode": "per_service",
+                "home_assistant_expire_after_in_seconds": 600}"#,
+        )
+        .unwrap();
+        assert_eq!(m.payload_mode, PayloadMode::PerService);
+        assert_eq!(
+            m.home_assistant,
+            Some(HomeAssistant {
+                prefix: "homeassistant".into(),
+                expire_after: Some(Duration::from_secs(600))
+            })
+        );
+        let m =
+            mqtt(r#"{"home_assistant_discovery": true, "home_assistant_discovery_prefix": "ha"}"#)
+                .unwrap();
+        assert_eq!(
+            m.home_assistant.unwrap(),
+            HomeAssistant {
+                prefix: "ha".into(),
+                expire_after: None
+            }
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"payload_mode": "per_container"}"#)),
+            Some("payload_mode")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"home_assistant_discovery": "yes"}"#)),
+            Some("home_assistant_discovery")
+        );
+        for bad in [r#""""#, r#""ha/+""#, r#""ha/""#] {
+            let text = format!(r#"{{"home_assistant_discovery_prefix": {bad}}}"#);
+            assert_eq!(
+                key_of(mqtt(&text)),
+                Some("home_assistant_discovery_prefix"),
+                "{bad}"
+            );
+        }
+        let long = format!(
+            r#"{{"home_assistant_discovery_prefix": "{}"}}"#,
+            "h".repeat(201)
+        );
+        assert_eq!(key_of(mqtt(&long)), Some("home_assistant_discovery_prefix"));
     }
 
     #[test]

@@ -6,18 +6,21 @@
 //! computed; they go out through the same naming and payload code.
 
 use crate::balena::{service_name, topic_level};
+use crate::discovery::{Discovery, PayloadMode};
 use crate::mqtt::Message;
-use crate::payload::write_value;
+use crate::payload::{write_service, write_value};
 use crate::records::Cursor;
 use crate::stats::{parse_line, ContainerStats, FieldWarning};
 use crate::topics::{Names, TopicTemplate};
 use mqttrs::QoS;
+use std::time::Instant;
 
 /// How messages are named and sent; fixed for the life of the agent.
 pub struct Publishing<'a> {
     pub template: &'a TopicTemplate,
     pub qos: QoS,
     pub retain: bool,
+    pub mode: PayloadMode,
 }
 
 /// Buffers reused from record to record, so naming a message allocates nothing.
@@ -26,6 +29,12 @@ pub struct Scratch {
     topic: String,
     payload: Vec<u8>,
     warnings: Vec<FieldWarning>,
+}
+
+/// Where a record came from, for warnings: its line in stats text, or the container (ENGINE mode).
+struct Where<'a> {
+    line: Option<usize>,
+    container: &'a str,
 }
 
 /// What a tick holds: stats text read record by record, or figures already parsed.
@@ -72,11 +81,13 @@ impl Tick {
         }
     }
 
-    /// Turns the next record into messages for `sink`. Returns false once the records are used up.
+    /// Turns the next record into messages for `sink`: first any Home Assistant configs `discovery` has
+    /// not sent yet for this container, then its figures. Returns false once the records are used up.
     pub fn step(
         &mut self,
         p: &Publishing,
         scratch: &mut Scratch,
+        discovery: Option<(&mut Discovery, Instant)>,
         sink: &mut dyn FnMut(Message),
     ) -> bool {
         let (stats, line) = match &mut self.records {
@@ -130,6 +141,25 @@ impl Tick {
         };
         scratch.topic.clear();
         p.template.render_root(&names, &mut scratch.topic);
+        if let Some((d, now)) = discovery {
+            let metrics = stats.figures.iter().map(|(m, _)| m);
+            for c in d.seen(now, &service, &scratch.topic, metrics) {
+                // Configs are retained and must arrive: QoS 1 whatever the metrics use.
+                if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
+                    sink(m);
+                }
+            }
+        }
+        let at = Where {
+            line,
+            container: &stats.name,
+        };
+        if p.mode == PayloadMode::PerService {
+            scratch.payload.clear();
+            write_service(&mut scratch.payload, &stats.figures, self.timestamp_ms);
+            self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
+            return true;
+        }
         scratch.topic.push('/');
         let root_len = scratch.topic.len();
         for (metric, value) in stats.figures.iter() {
@@ -137,20 +167,29 @@ impl Tick {
             scratch.topic.push_str(metric.name());
             scratch.payload.clear();
             write_value(&mut scratch.payload, value, self.timestamp_ms);
-            match Message::publish(&scratch.topic, &scratch.payload, p.qos, p.retain) {
-                Ok(m) => {
-                    self.messages += 1;
-                    sink(m);
-                }
-                Err(e) => match line {
-                    Some(n) => crate::warn!("{} line {n}: {}: {e}", self.source, scratch.topic),
-                    None => {
-                        crate::warn!("{} ({}): {}: {e}", self.source, stats.name, scratch.topic)
-                    }
-                },
-            }
+            self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
         }
         true
+    }
+
+    fn publish(
+        &mut self,
+        p: &Publishing,
+        topic: &str,
+        payload: &[u8],
+        at: &Where,
+        sink: &mut dyn FnMut(Message),
+    ) {
+        match Message::publish(topic, payload, p.qos, p.retain) {
+            Ok(m) => {
+                self.messages += 1;
+                sink(m);
+            }
+            Err(e) => match at.line {
+                Some(n) => crate::warn!("{} line {n}: {topic}: {e}", self.source),
+                None => crate::warn!("{} ({}): {topic}: {e}", self.source, at.container),
+            },
+        }
     }
 }
 
@@ -169,10 +208,11 @@ mod tests {
             template: &template,
             qos: QoS::AtMostOnce,
             retain: false,
+            mode: PayloadMode::PerMetric,
         };
         let mut scratch = Scratch::default();
         let mut out = Vec::new();
-        while tick.step(&p, &mut scratch, &mut |m| {
+        while tick.step(&p, &mut scratch, None, &mut |m| {
             if let Ok(Incoming::Publish { topic, payload, .. }) = decode(m.bytes()) {
                 out.push((
                     topic.to_owned(),

@@ -238,7 +238,7 @@ impl Subscriber {
                 .lock()
                 .unwrap()
                 .iter()
-                .any(|x| x.starts_with("probe/ready"))
+                .any(|x| x.contains("probe/ready"))
             {
                 return;
             }
@@ -252,7 +252,7 @@ impl Subscriber {
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| !l.starts_with("probe/ready"))
+            .filter(|l| !l.contains("probe/ready"))
             .cloned()
             .collect()
     }
