@@ -164,7 +164,7 @@ pub fn parse_line(
                     text: Option<&str>,
                     metric: Metric,
                     f: fn(&str) -> Result<Value, UnitError>| {
-        let Some(text) = text.map(str::trim).filter(|t| !is_unavailable(t)) else {
+        let Some(text) = text.map(str::trim_ascii).filter(|t| !is_unavailable(t)) else {
             return;
         };
         match f(text) {

@@ -66,13 +66,13 @@ fn number_len(s: &[u8]) -> usize {
 }
 
 fn split_number(s: &str) -> Result<(f64, &str), UnitError> {
-    let s = s.trim();
+    let s = s.trim_ascii();
     let n = number_len(s.as_bytes());
     if n == 0 {
         return Err(UnitError::NotANumber);
     }
     let value: f64 = s[..n].parse().map_err(|_| UnitError::NotANumber)?;
-    Ok((value, s[n..].trim_start()))
+    Ok((value, s[n..].trim_ascii_start()))
 }
 
 /// `"7.676GiB"` -> 8241927356, `"1e+03kB"` -> 1000000, `"0B"` -> 0. Rounded to the nearest byte.
@@ -105,7 +105,7 @@ pub fn parse_percent(s: &str) -> Result<f64, UnitError> {
 
 /// `"12"` -> 12. A plain non-negative integer.
 pub fn parse_count(s: &str) -> Result<u64, UnitError> {
-    let s = s.trim();
+    let s = s.trim_ascii();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(UnitError::NotANumber);
     }
