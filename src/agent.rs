@@ -77,9 +77,13 @@ pub struct Agent {
     cli: Option<CliRun>,
     engine: Engine,
     tick: Option<Tick>,
+    /// The last finished tick's text buffer, reused by the next FILE read.
+    spare_text: Vec<u8>,
     scratch: Scratch,
     offline: Option<Message>,
     discovery: Option<Discovery>,
+    /// Waiting for every acknowledgement (--once after its collection, or stopping): read eagerly.
+    draining: bool,
     // For --once: the collection has run, and whether anything was lost.
     collected: bool,
     failed: bool,
@@ -130,9 +134,11 @@ impl Agent {
             cli: None,
             engine: Engine::new(s.collector.engine_socket.clone()),
             tick: None,
+            spare_text: Vec::new(),
             scratch: Scratch::default(),
             offline: availability(b"offline"),
             discovery,
+            draining: false,
             collected: false,
             failed: false,
             s,
@@ -185,6 +191,7 @@ impl Agent {
                 once_deadline,
             ];
             let wake = wake.into_iter().flatten().min();
+            self.draining = self.s.once && self.collected;
             self.wait(now, wake);
         }
     }
@@ -200,7 +207,8 @@ impl Agent {
         }
         match self.s.collector.mode {
             Mode::File => {
-                let result = collect::read_file(&self.s.collector.file_path);
+                let spare = std::mem::take(&mut self.spare_text);
+                let result = collect::read_file(&self.s.collector.file_path, spare);
                 self.collection_done(result);
             }
             Mode::Cli => match CliRun::spawn(
@@ -296,6 +304,7 @@ impl Agent {
             scratch,
             s,
             discovery,
+            spare_text,
             ..
         } = self;
         let Some(t) = tick else { return };
@@ -317,7 +326,9 @@ impl Agent {
                     "tick: {} containers, {} messages{}",
                     t.containers, t.messages, bad
                 );
-                *tick = None;
+                if let Some(done) = tick.take() {
+                    *spare_text = done.into_text();
+                }
                 return;
             }
         }
@@ -485,9 +496,15 @@ impl Agent {
             } else {
                 libc::POLLOUT
             };
+            // Acknowledgements of a tick that fits the window need not wake us: they are read at the next
+            // turn. At 8 containers, waking for each PUBACK batch cost more than the rest of the tick
+            // (0.82 ms against 0.36 ms at QoS 0, measured).
+            let wants_input =
+                self.session.wants_input() || (self.draining && !self.session.is_idle());
+            let input = if wants_input { libc::POLLIN } else { 0 };
             fds[0] = libc::pollfd {
                 fd: link.stream.as_raw_fd(),
-                events: libc::POLLIN | out,
+                events: input | out,
                 revents: 0,
             };
         }
@@ -507,17 +524,15 @@ impl Agent {
         });
         // SAFETY: `fds` is a live array of three pollfd; negative fds are ignored by poll.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        let now = Instant::now();
+        if fds[0].revents & libc::POLLOUT != 0 {
+            self.write(now);
+        }
+        // Whatever woke us (a deadline, the CLI, a signal), take what the broker sent meanwhile, so
+        // deadlines are checked against every acknowledgement that has arrived.
+        self.read(now);
         if ready <= 0 {
             return; // timeout, or EINTR from a stop signal: the loop looks again
-        }
-        let now = Instant::now();
-        if fds[0].revents != 0 {
-            if fds[0].revents & libc::POLLOUT != 0 {
-                self.write(now);
-            }
-            if fds[0].revents & !libc::POLLOUT != 0 {
-                self.read(now);
-            }
         }
         if fds[1..].iter().any(|f| f.revents != 0) {
             if let Some(cli) = self.cli.as_mut() {
@@ -534,6 +549,7 @@ impl Agent {
 
     /// Stops collecting, flushes until `flush_until`, says goodbye and returns the exit code.
     fn stop(mut self, flush_until: Instant) -> i32 {
+        self.draining = true;
         if let Some(cli) = self.cli.take() {
             cli.kill();
         }

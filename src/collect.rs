@@ -21,10 +21,12 @@ pub struct Collected {
 }
 
 /// Reads the stats file, at most [`MAX_STATS_BYTES`], cut back to the last whole line when longer.
-pub fn read_file(path: &str) -> Result<Collected, String> {
+/// `text` is the previous tick's buffer, reused: a fresh one each tick made musl's allocator map and unmap
+/// memory every tick.
+pub fn read_file(path: &str, mut text: Vec<u8>) -> Result<Collected, String> {
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot open stats file {path}: {e}"))?;
-    let mut text = Vec::new();
+    text.clear();
     file.take(MAX_STATS_BYTES as u64 + 1)
         .read_to_end(&mut text)
         .map_err(|e| format!("cannot read stats file {path}: {e}"))?;

@@ -65,6 +65,14 @@ impl Tick {
         )
     }
 
+    /// The text buffer, for the next collection to reuse (empty for parsed ticks).
+    pub fn into_text(self) -> Vec<u8> {
+        match self.records {
+            Records::Text { text, .. } => text,
+            Records::Parsed(_) => Vec::new(),
+        }
+    }
+
     /// A tick of figures that need no parsing (ENGINE mode).
     pub fn parsed(source: String, stats: Vec<ContainerStats>, timestamp_ms: u64) -> Tick {
         Tick::with(source, Records::Parsed(stats.into_iter()), timestamp_ms)

@@ -438,6 +438,18 @@ impl Session {
         }
     }
 
+    /// Whether incoming bytes matter now, or can wait for the caller's next turn: during the handshake,
+    /// while a PINGRESP is due, and while queued QoS 1 messages wait for the window to reopen.
+    pub fn wants_input(&self) -> bool {
+        match self.state {
+            State::Down => false,
+            State::AwaitingConnack { .. } => true,
+            State::Up { ping_deadline } => {
+                ping_deadline.is_some() || (self.window_shut && !self.queue.is_empty())
+            }
+        }
+    }
+
     /// True when [`Session::poll`] would move queued messages out now.
     pub fn can_send_more(&self) -> bool {
         self.is_up()
