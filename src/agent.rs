@@ -30,8 +30,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// under 2 s.
 const STOP_FLUSH: Duration = Duration::from_millis(1500);
 const STOP_GOODBYE: Duration = Duration::from_millis(300);
-/// QoS 1 messages awaiting PUBACK at once.
-const MAX_INFLIGHT: usize = 512;
+/// QoS 1 messages awaiting PUBACK at once. Measured against mosquitto on loopback (static musl build,
+/// 1,000 containers = 9,000 messages a tick; 90,000 messages with --once): 512 left each half-window
+/// refill waiting on mosquitto's Nagle-delayed PUBACKs and our delayed ACK (7.75 s for 90,000 messages);
+/// 2,048 sends them in 0.6 s at 10.8 ms CPU and 1.6 MiB peak RSS per 9,000-message tick; 4,096 and more
+/// cost RSS without being faster. (Forcing quick ACKs instead cost 40-55 ms CPU per tick.)
+const MAX_INFLIGHT: usize = 2048;
 
 pub struct Settings {
     pub collector: Collector,
@@ -285,6 +289,11 @@ impl Agent {
         // An unfinished previous tick goes to the queue (bounded) so the newer figures are not held up.
         self.feed(true);
         self.tick = Some(tick);
+        self.report_drops();
+    }
+
+    /// Messages the full buffer pushed out since the last report: one line per tick (and at the end).
+    fn report_drops(&mut self) {
         let dropped = self.session.take_dropped();
         if dropped > 0 {
             warn!(
@@ -564,6 +573,7 @@ impl Agent {
             let deadline = self.pump(now).map_or(flush_until, |d| d.min(flush_until));
             self.wait(now, Some(deadline));
         }
+        self.report_drops();
         let undelivered = self.tick.is_some() || !self.session.is_idle();
         if let Some(mut link) = self.link.take() {
             self.session

@@ -215,7 +215,7 @@ impl Session {
 
     /// True when queueing more would only make it wait: lets the caller feed messages as room opens.
     pub fn has_room(&self) -> bool {
-        self.is_up() && self.queue.len() < self.opts.max_inflight
+        self.is_up() && self.queue.len() < self.opts.max_inflight.min(self.opts.max_queued)
     }
 
     pub fn take_events(&mut self) -> Vec<Event> {
@@ -889,6 +889,27 @@ mod tests {
         let resent = sent(&mut s2);
         let view: Vec<_> = resent.iter().map(|p| (p.0, p.2.as_str())).collect();
         assert_eq!(view, vec![(0x3a, "t/1"), (0x3a, "t/2"), (0x32, "t/3")]);
+    }
+
+    #[test]
+    fn room_is_bounded_by_the_queue_as_well_as_the_window() {
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.max_inflight = 100;
+        o.max_queued = 5;
+        let mut s = Session::new(o);
+        s.connected(t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        let mut fed = 0;
+        while s.has_room() {
+            s.enqueue(msg("t", QoS::AtLeastOnce));
+            fed += 1;
+        }
+        assert_eq!(
+            (fed, s.take_dropped()),
+            (5, 0),
+            "feeding stops before the queue drops anything"
+        );
     }
 
     #[test]
