@@ -179,17 +179,21 @@ fn dechunk(mut rest: &[u8], max_body: usize) -> Result<Option<Vec<u8>>, Error> {
                 rest = &rest[eol + 2..];
             }
         }
-        if body.len() + size > max_body {
+        // Checked: on 32-bit targets a 15-digit size could wrap these sums.
+        if body.len().checked_add(size).is_none_or(|n| n > max_body) {
             return Err(Error::BodyTooLarge(max_body));
         }
-        if rest.len() < size + 2 {
+        let Some(end) = size.checked_add(2) else {
+            return Err(Error::BodyTooLarge(max_body));
+        };
+        if rest.len() < end {
             return Ok(None);
         }
-        if &rest[size..size + 2] != b"\r\n" {
+        if &rest[size..end] != b"\r\n" {
             return Err(Error::Malformed("chunk not followed by CRLF"));
         }
         body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
+        rest = &rest[end..];
     }
 }
 

@@ -474,7 +474,31 @@ def publishing(binary, broker, work, stats_path, containers):
             theirs.append(b)
         mo = statistics.median(r["wall_s"] for r in ours)
         mt = statistics.median(r["wall_s"] for r in theirs)
+        # A reference that does deliver every message: the same payload published `messages` times with
+        # --repeat, which waits for each QoS 1 acknowledgement's room like the agent must.
+        payload = (lines_first(lines))
+        rep_argv = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", str(qos), "-t", topic,
+                    "-m", payload, "--repeat", str(messages)]
+        sub = RES.popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "-q", "1",
+                         "-C", str(messages), "-W", "120"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                        text=True)
+        time.sleep(0.5)
+        log(f"mosquitto_pub --repeat, QoS {qos}, counted")
+        timed_run(rep_argv, broker=broker)
+        try:
+            out, _ = sub.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            sub.terminate()
+            out, _ = sub.communicate(timeout=5)
+        rep_delivered = len(out.splitlines())
+        reps = []
+        for run in range(RUNS):
+            log(f"mosquitto_pub --repeat, QoS {qos}, run {run + 1}/{RUNS}")
+            reps.append(timed_run(rep_argv, broker=broker))
+        mr = statistics.median(r["wall_s"] for r in reps)
         results["qos"][qos] = {
+            "rep_wall_s": mr, "rep_delivered": rep_delivered, "ratio_repeat": mo / mr,
+            "rep_cpu_s": statistics.median(r["cpu_s"] for r in reps),
             "ours_wall_s": mo, "pub_wall_s": mt, "ratio": mo / mt, "pub_delivered": pub_delivered,
             "ratio_per_message": (mo / messages) / (mt / max(pub_delivered, 1)),
             "ours_runs": [r["wall_s"] for r in ours], "pub_runs": [r["wall_s"] for r in theirs],
@@ -484,6 +508,11 @@ def publishing(binary, broker, work, stats_path, containers):
             "pub_broker_cpu_s": statistics.median(r["broker_cpu_s"] for r in theirs),
         }
     return results
+
+
+def lines_first(path):
+    with open(path) as f:
+        return f.readline().rstrip("\n")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -624,6 +653,18 @@ def render(res):
                      f"{q['ours_broker_cpu_s'] * 1000:.0f} ms | {q['pub_broker_cpu_s'] * 1000:.0f} ms | "
                      f"{q['pub_delivered']:,} of {p['messages']:,} | {q['ratio_per_message']:.2f} |")
         L.append("")
+        L.append("`mosquitto_pub -l` does not deliver every line at QoS 1 (see the delivered column), so its time is no "
+                 "like-for-like reference there. The same count of same-size messages from `mosquitto_pub --repeat N` "
+                 "(one topic, every message delivered):")
+        L.append("")
+        L.append("| QoS | agent --once | mosquitto_pub --repeat | ratio agent / mosquitto_pub --repeat | "
+                 "mosquitto_pub --repeat CPU | delivered |")
+        L.append("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        for qos, q in sorted(p["qos"].items()):
+            L.append(f"| {qos} | {q['ours_wall_s'] * 1000:.0f} ms | {q['rep_wall_s'] * 1000:.0f} ms | "
+                     f"**{q['ratio_repeat']:.2f}** | {q['rep_cpu_s'] * 1000:.0f} ms | "
+                     f"{q['rep_delivered']:,} of {p['messages']:,} |")
+        L.append("")
         for qos, q in sorted(p["qos"].items()):
             L.append(f"QoS {qos} runs (s): agent {', '.join(f'{x:.3f}' for x in q['ours_runs'])}; "
                      f"mosquitto_pub {', '.join(f'{x:.3f}' for x in q['pub_runs'])}.  ")
@@ -678,8 +719,12 @@ def targets(res):
                     "measured": str(by[1000]["threads"]), "unit": ""})
     p = res.get("publishing")
     if p and "error" not in p and 1 in p["qos"]:
-        out.append({"what": "QoS 1 publishing ratio agent / mosquitto_pub <= 1.0", "value": p["qos"][1]["ratio"],
-                    "limit": 1.0, "measured": f"{p['qos'][1]['ratio']:.2f}", "unit": "x"})
+        out.append({"what": "QoS 1 publishing ratio agent / mosquitto_pub -l <= 1.0", "value": p["qos"][1]["ratio"],
+                    "limit": 1.0, "measured": f"{p['qos'][1]['ratio']:.2f} (mosquitto_pub -l delivered "
+                    f"{p['qos'][1]['pub_delivered']:,} of {p['messages']:,})", "unit": "x"})
+        out.append({"what": "QoS 1 publishing ratio agent / mosquitto_pub --repeat <= 1.0",
+                    "value": p["qos"][1]["ratio_repeat"], "limit": 1.0,
+                    "measured": f"{p['qos'][1]['ratio_repeat']:.2f}", "unit": "x"})
     return out
 
 
