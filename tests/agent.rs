@@ -5,13 +5,6 @@ use common::*;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn file_config(file: &std::path::Path, interval: u64) -> String {
-    format!(
-        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": {interval}}}"#,
-        file.display()
-    )
-}
-
 fn mqtt_config(broker: &Broker, extra: &str) -> String {
     format!(
         r#"{{"broker_url": "{}", "device_id": "dev1"{extra}}}"#,
@@ -23,7 +16,10 @@ fn mqtt_config(broker: &Broker, extra: &str) -> String {
 fn file_mode_once_publishes_every_figure_of_the_sample() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "root/#");
-    let cfg = config_dir(&file_config(&sample_stats(), 10), &mqtt_config(&broker, ""));
+    let cfg = config_dir(
+        &file_collector(&sample_stats(), 10),
+        &mqtt_config(&broker, ""),
+    );
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
     assert_eq!(code, Some(0), "{log}");
     let lines = sub.collect(SAMPLE_EXPECTED.len() + 2, Duration::from_secs(5));
@@ -54,7 +50,7 @@ fn qos0_and_a_custom_template_with_every_placeholder() {
         &broker,
         r#", "qos": 0, "root_topic_template": "t/{device_id}/{service_name}/{container_name}/{container_id}""#,
     );
-    let cfg = config_dir(&file_config(&sample_stats(), 10), &mqtt);
+    let cfg = config_dir(&file_collector(&sample_stats(), 10), &mqtt);
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
     assert_eq!(code, Some(0), "{log}");
     let lines = sub.collect(65, Duration::from_secs(5));
@@ -75,7 +71,10 @@ fn qos0_and_a_custom_template_with_every_placeholder() {
 fn balena_device_uuid_wins_over_device_id() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "root/#");
-    let cfg = config_dir(&file_config(&sample_stats(), 10), &mqtt_config(&broker, ""));
+    let cfg = config_dir(
+        &file_collector(&sample_stats(), 10),
+        &mqtt_config(&broker, ""),
+    );
     let (code, log) = run_limited(
         once(cfg.path()).env("BALENA_DEVICE_UUID", "0123abcd"),
         Duration::from_secs(20),
@@ -100,7 +99,7 @@ fn bad_lines_are_reported_by_number_and_good_lines_still_published() {
     lines.insert(4, "");
     let text = lines.join("\r\n") + "\n\u{1}\u{2}garbage\n";
     let file = dir.write("stats.jsonl", &text);
-    let cfg = config_dir(&file_config(&file, 10), &mqtt_config(&broker, ""));
+    let cfg = config_dir(&file_collector(&file, 10), &mqtt_config(&broker, ""));
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
     assert_eq!(code, Some(0), "{log}");
     assert!(
@@ -141,7 +140,7 @@ fn quoted_lines_and_whole_file_arrays_are_accepted() {
         let sub = Subscriber::start(broker.port, "root/#");
         let dir = TempDir::new("forms");
         let file = dir.write("stats.json", &text);
-        let cfg = config_dir(&file_config(&file, 10), &mqtt_config(&broker, ""));
+        let cfg = config_dir(&file_collector(&file, 10), &mqtt_config(&broker, ""));
         let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
         assert_eq!(code, Some(0), "{log}");
         assert_sample_figures(&sub.collect(65, Duration::from_secs(5)), "dev1");
@@ -152,7 +151,7 @@ fn quoted_lines_and_whole_file_arrays_are_accepted() {
 fn missing_stats_file_is_a_warning_and_once_exits_1() {
     let broker = Broker::start();
     let cfg = config_dir(
-        &file_config(std::path::Path::new("/nonexistent/stats.jsonl"), 10),
+        &file_collector(std::path::Path::new("/nonexistent/stats.jsonl"), 10),
         &mqtt_config(&broker, ""),
     );
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
@@ -259,7 +258,10 @@ fn unsafe_kill(pid: u32, sig: &str) {
 fn sigterm_publishes_offline_and_exits_0_within_2_seconds() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "root/#");
-    let cfg = config_dir(&file_config(&sample_stats(), 1), &mqtt_config(&broker, ""));
+    let cfg = config_dir(
+        &file_collector(&sample_stats(), 1),
+        &mqtt_config(&broker, ""),
+    );
     let child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
     assert!(
         sub.wait_for(|l| l.len() >= 64, Duration::from_secs(10)),
@@ -293,7 +295,10 @@ fn sigterm_publishes_offline_and_exits_0_within_2_seconds() {
 #[test]
 fn sigint_also_stops_cleanly() {
     let broker = Broker::start();
-    let cfg = config_dir(&file_config(&sample_stats(), 1), &mqtt_config(&broker, ""));
+    let cfg = config_dir(
+        &file_collector(&sample_stats(), 1),
+        &mqtt_config(&broker, ""),
+    );
     let child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     unsafe_kill(child.id(), "INT");
@@ -307,7 +312,10 @@ fn sigint_also_stops_cleanly() {
 fn ticks_repeat_at_the_interval() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "root/+/telemetry/system/main/pids");
-    let cfg = config_dir(&file_config(&sample_stats(), 1), &mqtt_config(&broker, ""));
+    let cfg = config_dir(
+        &file_collector(&sample_stats(), 1),
+        &mqtt_config(&broker, ""),
+    );
     let mut child = agent(cfg.path()).stderr(Stdio::null()).spawn().unwrap();
     assert!(sub.wait_for(|l| l.len() >= 3, Duration::from_secs(6)));
     unsafe_kill(child.id(), "TERM");
@@ -392,7 +400,8 @@ fn missing_config_files_fall_back_to_defaults_with_a_warning() {
 #[test]
 fn unknown_keys_are_warned_about() {
     let broker = Broker::start();
-    let collector = file_config(&sample_stats(), 10).replace('}', r#", "colection_interval": 3}"#);
+    let collector =
+        file_collector(&sample_stats(), 10).replace('}', r#", "colection_interval": 3}"#);
     let cfg = config_dir(&collector, &mqtt_config(&broker, ""));
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
     assert_eq!(code, Some(0), "{log}");
@@ -430,7 +439,10 @@ fn command_line() {
 fn config_dir_env_and_flag_precedence() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "root/#");
-    let good = config_dir(&file_config(&sample_stats(), 10), &mqtt_config(&broker, ""));
+    let good = config_dir(
+        &file_collector(&sample_stats(), 10),
+        &mqtt_config(&broker, ""),
+    );
     let bad = config_dir(r#"{"mode": "NOPE"}"#, "{}");
     // CONFIG_DIR alone is used...
     let mut cmd = std::process::Command::new(BIN);

@@ -4,7 +4,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 /// `retain|topic|payload` lines from a subscriber started with `-F %r|%t|%p`.
@@ -34,13 +33,6 @@ fn mqtt_config(broker: &Broker, extra: &str) -> String {
     )
 }
 
-fn file_config(file: &std::path::Path, interval: u64) -> String {
-    format!(
-        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": {interval}}}"#,
-        file.display()
-    )
-}
-
 /// Config topic -> parsed config, for the non-empty configs among `recs`.
 fn configs(recs: &[(bool, String, String)]) -> BTreeMap<String, Value> {
     recs.iter()
@@ -55,7 +47,10 @@ fn configs(recs: &[(bool, String, String)]) -> BTreeMap<String, Value> {
 fn every_published_metric_has_exactly_one_retained_config() {
     let broker = Broker::start();
     let sub = formatted_subscriber(broker.port, "#");
-    let cfg = config_dir(&file_config(&sample_stats(), 10), &mqtt_config(&broker, ""));
+    let cfg = config_dir(
+        &file_collector(&sample_stats(), 10),
+        &mqtt_config(&broker, ""),
+    );
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
     assert_eq!(code, Some(0), "{log}");
     let recs = records(&sub.collect(63 * 2 + 2, Duration::from_secs(5)));
@@ -112,27 +107,15 @@ fn every_published_metric_has_exactly_one_retained_config() {
     assert!(late_recs.iter().all(|(retained, _, _)| *retained));
 }
 
-fn start(cfg: &TempDir) -> Child {
-    agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-fn stop(child: Child) -> String {
-    std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{log}");
-    log
-}
-
 #[test]
 fn home_assistant_birth_gets_everything_again() {
     let broker = Broker::start();
     let sub = formatted_subscriber(broker.port, "homeassistant/#");
-    let cfg = config_dir(&file_config(&sample_stats(), 1), &mqtt_config(&broker, ""));
-    let child = start(&cfg);
+    let cfg = config_dir(
+        &file_collector(&sample_stats(), 1),
+        &mqtt_config(&broker, ""),
+    );
+    let child = spawn_agent(cfg.path());
     assert!(sub.wait_for(|l| l.len() >= 63, Duration::from_secs(10)));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
@@ -159,7 +142,7 @@ fn home_assistant_birth_gets_everything_again() {
         "{:?}",
         sub.lines().len()
     );
-    let log = stop(child);
+    let log = stop_agent(child);
     let again = configs(&records(&sub.lines()[64..]));
     assert_eq!(again.len(), 63, "{log}");
 }
@@ -172,10 +155,10 @@ fn services_gone_past_the_expiry_lose_their_configs() {
     let sample = std::fs::read_to_string(sample_stats()).unwrap();
     let file = dir.write("stats.jsonl", &sample);
     let cfg = config_dir(
-        &file_config(&file, 1),
+        &file_collector(&file, 1),
         &mqtt_config(&broker, r#", "home_assistant_expire_after_in_seconds": 2"#),
     );
-    let child = start(&cfg);
+    let child = spawn_agent(cfg.path());
     assert!(sub.wait_for(|l| l.len() >= 63, Duration::from_secs(10)));
     // my-db goes away.
     let without: String = sample
@@ -187,7 +170,7 @@ fn services_gone_past_the_expiry_lose_their_configs() {
     let removed = |l: &[String]| records(l).iter().filter(|(_, _, p)| p.is_empty()).count();
     assert!(sub.wait_for(|l| removed(l) >= 9, Duration::from_secs(8)));
     std::thread::sleep(Duration::from_millis(1500));
-    let log = stop(child);
+    let log = stop_agent(child);
     let recs = records(&sub.lines());
     let empty: BTreeSet<String> = recs
         .iter()
@@ -214,7 +197,7 @@ fn per_service_payloads_carry_every_available_metric() {
     let broker = Broker::start();
     let sub = formatted_subscriber(broker.port, "#");
     let mqtt = mqtt_config(&broker, r#", "payload_mode": "per_service""#);
-    let cfg = config_dir(&file_config(&sample_stats(), 10), &mqtt);
+    let cfg = config_dir(&file_collector(&sample_stats(), 10), &mqtt);
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
     assert_eq!(code, Some(0), "{log}");
     let recs = records(&sub.collect(8 + 63 + 2, Duration::from_secs(5)));

@@ -134,15 +134,12 @@ fn behave(mut s: TcpStream, seen: &Mutex<Seen>) {
 }
 
 fn start_agent(port: u16) -> (Child, TempDir) {
-    let collector = format!(
-        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1}}"#,
-        sample_stats().display()
-    );
+    let collector = file_collector(&sample_stats(), 1);
     let mqtt = format!(
         r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "dev1", "reconnect_max_delay_in_seconds": 1}}"#
     );
     let cfg = config_dir(&collector, &mqtt);
-    let child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = spawn_agent(cfg.path());
     (child, cfg)
 }
 
@@ -151,15 +148,7 @@ fn stop(mut child: Child) -> String {
         child.try_wait().unwrap().is_none(),
         "the agent is still running"
     );
-    std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{log}");
-    assert!(!log.contains("panicked"), "{log}");
-    log
+    stop_agent(child)
 }
 
 /// Runs the agent against `fault` and checks it recovers and delivers every metric of a tick.

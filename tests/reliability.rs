@@ -5,34 +5,20 @@
 mod common;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 const PERSISTENT: &str =
     "persistence true\npersistence_location {dir}/\nmax_queued_messages 100000\n";
 
 fn start_agent(port: u16) -> (Child, TempDir) {
-    let collector = format!(
-        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1}}"#,
-        sample_stats().display()
-    );
+    let collector = file_collector(&sample_stats(), 1);
     let mqtt = format!(
         r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "dev1", "qos": 1, "reconnect_max_delay_in_seconds": 1}}"#
     );
     let cfg = config_dir(&collector, &mqtt);
-    let child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = spawn_agent(cfg.path());
     (child, cfg)
-}
-
-fn stop_agent(child: Child) -> String {
-    std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{log}");
-    log
 }
 
 /// A subscriber with a persistent session (clean session off, fixed client id).
@@ -138,16 +124,13 @@ fn wrong_password_is_logged_in_words_and_retried_without_crashing() {
         passwd.display()
     ));
 
-    let collector = format!(
-        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1}}"#,
-        sample_stats().display()
-    );
+    let collector = file_collector(&sample_stats(), 1);
     let mqtt = format!(
         r#"{{"broker_url": "{}", "device_id": "dev1", "username": "agent", "password": "wrong-secret", "reconnect_max_delay_in_seconds": 2}}"#,
         broker.url()
     );
     let cfg = config_dir(&collector, &mqtt);
-    let child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = spawn_agent(cfg.path());
     std::thread::sleep(Duration::from_millis(4000));
     let log = stop_agent(child);
     let refusals = log.matches("connection refused: not authorised").count()
@@ -187,15 +170,12 @@ fn wrong_password_is_logged_in_words_and_retried_without_crashing() {
 fn full_buffer_drops_oldest_and_says_so_once_per_tick() {
     // Nothing listens on this port: every tick's messages go to a buffer of 100.
     let port = free_port();
-    let collector = format!(
-        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1}}"#,
-        sample_stats().display()
-    );
+    let collector = file_collector(&sample_stats(), 1);
     let mqtt = format!(
         r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "d", "max_buffered_messages": 100}}"#
     );
     let cfg = config_dir(&collector, &mqtt);
-    let child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = spawn_agent(cfg.path());
     std::thread::sleep(Duration::from_millis(4500));
     let log = stop_agent(child);
     let drops: Vec<&str> = log

@@ -451,3 +451,29 @@ pub fn once(config: &Path) -> Command {
     c.arg("--once");
     c
 }
+
+/// A FILE-mode collector config reading `file` every `interval` seconds.
+pub fn file_collector(file: &Path, interval: u64) -> String {
+    format!(
+        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": {interval}}}"#,
+        file.display()
+    )
+}
+
+/// The agent running (not `--once`), its log captured.
+pub fn spawn_agent(config: &Path) -> Child {
+    agent(config).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// SIGTERM, then the log; the agent must exit 0 and must never have panicked.
+pub fn stop_agent(child: Child) -> String {
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    log
+}
