@@ -88,6 +88,8 @@ pub struct Agent {
     discovery: Option<Discovery>,
     /// Waiting for every acknowledgement (--once after its collection, or stopping): read eagerly.
     draining: bool,
+    /// The stats file has not been written for a long time (warned once).
+    stale: bool,
     // For --once: the collection has run, and whether anything was lost.
     collected: bool,
     failed: bool,
@@ -143,6 +145,7 @@ impl Agent {
             offline: availability(b"offline"),
             discovery,
             draining: false,
+            stale: false,
             collected: false,
             failed: false,
             s,
@@ -281,7 +284,30 @@ impl Agent {
             Mode::File => format!("stats file {}", self.s.collector.file_path),
             _ => format!("{} stats", self.s.collector.cli_path),
         };
-        self.start_tick(Tick::new(source, collected.text, unix_millis()));
+        let now_ms = unix_millis();
+        let taken_at = collected.taken_at_ms.unwrap_or(now_ms);
+        self.note_staleness(now_ms.saturating_sub(taken_at));
+        self.start_tick(Tick::new(source, collected.text, taken_at));
+    }
+
+    /// A stats file the host stopped refreshing keeps its old timestamp in every payload; say so once
+    /// when it goes stale (older than ten minutes or three intervals) and once when it is fresh again.
+    fn note_staleness(&mut self, age_ms: u64) {
+        let limit = self.s.collector.interval.as_millis().max(200_000) as u64 * 3;
+        let stale = age_ms > limit;
+        if stale && !self.stale {
+            warn!(
+                "stats file {} was last written {}s ago: is the host's stats job still running?",
+                self.s.collector.file_path,
+                age_ms / 1000
+            );
+        } else if !stale && self.stale {
+            info!(
+                "stats file {} is being written again",
+                self.s.collector.file_path
+            );
+        }
+        self.stale = stale;
     }
 
     fn start_tick(&mut self, tick: Tick) {

@@ -7,7 +7,7 @@
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest stats text we take in one tick (about 60,000 containers' worth).
 pub const MAX_STATS_BYTES: usize = 16 * 1024 * 1024;
@@ -18,6 +18,24 @@ const MAX_STDERR_BYTES: usize = 4 * 1024;
 pub struct Collected {
     pub text: Vec<u8>,
     pub truncated: bool,
+    /// When the figures were taken, in Unix milliseconds, if the source says (a file's modification
+    /// time); otherwise the collection time is used.
+    pub taken_at_ms: Option<u64>,
+}
+
+/// A stats file's figures were taken when the host wrote it, not when we read it: its modification
+/// time, unless that lies in the future (a clock set wrong), where the read time is the honest answer.
+pub fn taken_at(modified: Option<SystemTime>, now: SystemTime) -> u64 {
+    let now_ms = unix_ms(now);
+    match modified.map(unix_ms) {
+        Some(m) if m <= now_ms.saturating_add(60_000) => m.min(now_ms),
+        _ => now_ms,
+    }
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Reads the stats file, at most [`MAX_STATS_BYTES`], cut back to the last whole line when longer.
@@ -26,6 +44,7 @@ pub struct Collected {
 pub fn read_file(path: &str, mut text: Vec<u8>) -> Result<Collected, String> {
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot open stats file {path}: {e}"))?;
+    let modified = file.metadata().and_then(|m| m.modified()).ok();
     text.clear();
     file.take(MAX_STATS_BYTES as u64 + 1)
         .read_to_end(&mut text)
@@ -36,7 +55,12 @@ pub fn read_file(path: &str, mut text: Vec<u8>) -> Result<Collected, String> {
         let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         text.truncate(keep);
     }
-    Ok(Collected { text, truncated })
+    let taken_at_ms = Some(taken_at(modified, SystemTime::now()));
+    Ok(Collected {
+        text,
+        truncated,
+        taken_at_ms,
+    })
 }
 
 /// A running `<cli> stats --no-stream --format {{json .}}`.
@@ -126,6 +150,7 @@ impl CliRun {
         Ok(Collected {
             text,
             truncated: self.truncated,
+            taken_at_ms: None,
         })
     }
 
@@ -166,5 +191,28 @@ fn set_nonblocking(fd: RawFd) {
         if flags >= 0 {
             libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn file_figures_are_stamped_with_the_modification_time() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_800_000_000_000);
+        let earlier = now - Duration::from_secs(42);
+        assert_eq!(taken_at(Some(earlier), now), 1_800_000_000_000 - 42_000);
+        // Slightly ahead (clocks a little apart): capped at now. Far ahead or unknown: now.
+        assert_eq!(
+            taken_at(Some(now + Duration::from_secs(5)), now),
+            1_800_000_000_000
+        );
+        assert_eq!(
+            taken_at(Some(now + Duration::from_secs(3_600)), now),
+            1_800_000_000_000
+        );
+        assert_eq!(taken_at(None, now), 1_800_000_000_000);
     }
 }

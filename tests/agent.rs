@@ -312,11 +312,14 @@ fn sigint_also_stops_cleanly() {
 fn ticks_repeat_at_the_interval() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "root/+/telemetry/system/main/pids");
-    let cfg = config_dir(
-        &file_collector(&sample_stats(), 1),
-        &mqtt_config(&broker, ""),
-    );
-    let mut child = agent(cfg.path()).stderr(Stdio::null()).spawn().unwrap();
+    // CLI mode: each tick's figures carry the time the CLI answered (FILE mode uses the file's time).
+    let (collector, stats) = cli_config(&sample_stats());
+    let cfg = config_dir(&collector, &mqtt_config(&broker, ""));
+    let mut child = agent(cfg.path())
+        .env("FAKE_STATS", &stats)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     assert!(sub.wait_for(|l| l.len() >= 3, Duration::from_secs(6)));
     unsafe_kill(child.id(), "TERM");
     child.wait().unwrap();
@@ -457,4 +460,33 @@ fn config_dir_env_and_flag_precedence() {
     let (code, log) = run_limited(&mut cmd, Duration::from_secs(20));
     assert_eq!(code, Some(0), "{log}");
     assert_sample_figures(&sub.collect(65, Duration::from_secs(5)), "dev1");
+}
+
+#[test]
+fn file_figures_carry_the_time_the_file_was_written() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "root/+/telemetry/system/main/pids");
+    let dir = TempDir::new("mtime");
+    let file = dir.write(
+        "stats.jsonl",
+        &std::fs::read_to_string(sample_stats()).unwrap(),
+    );
+    // Written by the host's job an hour ago, and not since.
+    let ok = std::process::Command::new("touch")
+        .arg("-d")
+        .arg("@1795590000")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let cfg = config_dir(&file_collector(&file, 10), &mqtt_config(&broker, ""));
+    let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{log}");
+    let got = sub.collect(1, Duration::from_secs(5));
+    let (_, _, ts) = parse_metric(&got[0]).unwrap();
+    assert_eq!(ts, 1_795_590_000_000, "{got:?}");
+    assert!(
+        log.contains(&format!("stats file {} was last written", file.display())),
+        "{log}"
+    );
 }

@@ -11,13 +11,22 @@ use std::time::Duration;
 const PERSISTENT: &str =
     "persistence true\npersistence_location {dir}/\nmax_queued_messages 100000\n";
 
+/// CLI mode with the recorded-output stand-in, so that each tick's figures carry their own collection
+/// time (FILE mode would stamp them all with the file's) and delivery can be counted tick by tick.
 fn start_agent(port: u16) -> (Child, TempDir) {
-    let collector = file_collector(&sample_stats(), 1);
+    let collector = format!(
+        r#"{{"mode": "CLI", "cli_path": "{}", "collection_interval_in_seconds": 1}}"#,
+        repo().join("tests/data/fake-balena.sh").display()
+    );
     let mqtt = format!(
         r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "dev1", "qos": 1, "reconnect_max_delay_in_seconds": 1}}"#
     );
     let cfg = config_dir(&collector, &mqtt);
-    let child = spawn_agent(cfg.path());
+    let child = agent(cfg.path())
+        .env("FAKE_STATS", sample_stats())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     (child, cfg)
 }
 

@@ -16,8 +16,18 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A fresh copy of `tests/data/sample-stats.jsonl`, made once per test process. FILE mode stamps figures
+/// with the file's modification time, and a checkout's files can be old.
 pub fn sample_stats() -> PathBuf {
-    repo().join("tests/data/sample-stats.jsonl")
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("bmct-sample-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sample-stats.jsonl");
+        std::fs::copy(repo().join("tests/data/sample-stats.jsonl"), &path).unwrap();
+        path
+    })
+    .clone()
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
