@@ -9,6 +9,7 @@
 use crate::backoff::Backoff;
 use crate::collect::{self, CliRun, Collected};
 use crate::config::{Collector, Mode, Mqtt};
+use crate::connect;
 use crate::discovery::{self, Discovery};
 use crate::engine::Engine;
 use crate::mqtt::{session, Event, Message, Options, Session, Will};
@@ -17,7 +18,7 @@ use crate::tick::{Publishing, Scratch, Tick};
 use crate::{debug, error, info, signal, warn};
 use mqttrs::QoS;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +46,8 @@ pub struct Settings {
 
 struct Link {
     stream: TcpStream,
+    /// While the TCP connect is still in progress: when to give up on it.
+    connecting_until: Option<Instant>,
     /// Since when bytes have been waiting that the socket would not take.
     stalled_since: Option<Instant>,
 }
@@ -90,6 +93,8 @@ pub struct Agent {
     draining: bool,
     /// The stats file has not been written for a long time (warned once).
     stale: bool,
+    /// Which of the broker's addresses the next connect tries.
+    next_addr: usize,
     // For --once: the collection has run, and whether anything was lost.
     collected: bool,
     failed: bool,
@@ -146,6 +151,7 @@ impl Agent {
             discovery,
             draining: false,
             stale: false,
+            next_addr: 0,
             collected: false,
             failed: false,
             s,
@@ -189,6 +195,7 @@ impl Agent {
                 (!(self.s.once && self.collected) && self.cli.is_none())
                     .then(|| self.schedule.next_due()),
                 self.link.is_none().then_some(self.reconnect_at),
+                self.link.as_ref().and_then(|l| l.connecting_until),
                 self.link
                     .as_ref()
                     .and_then(|l| l.stalled_since)
@@ -386,24 +393,67 @@ impl Agent {
             return;
         }
         let (host, port) = (&self.s.mqtt.host, self.s.mqtt.port);
-        match open(host, port) {
+        // Name resolution is the one step that may still block (getaddrinfo has no timeout to give).
+        let addrs: Vec<SocketAddr> = match (host.as_str(), port).to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => return self.connect_failed(now, &e.to_string()),
+        };
+        if addrs.is_empty() {
+            return self.connect_failed(now, "the name has no address");
+        }
+        // One address per attempt, the next one after a failure: a name with an IPv6 and an IPv4 address
+        // reaches a broker that listens on only one of them.
+        let addr = addrs[self.next_addr % addrs.len()];
+        match connect::start(addr) {
             Ok(stream) => {
-                debug!("TCP connection to {host}:{port} open");
+                debug!("connecting to {addr}");
                 self.link = Some(Link {
                     stream,
+                    connecting_until: Some(now + CONNECT_TIMEOUT),
                     stalled_since: None,
                 });
+            }
+            Err(e) => self.connect_failed(now, &e.to_string()),
+        }
+    }
+
+    /// The TCP connect finished (the socket turned writable) or ran out of time.
+    fn connect_finished(&mut self, now: Instant, timed_out: bool) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let outcome = if timed_out {
+            Err(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))
+        } else {
+            connect::outcome(&link.stream).map_err(|e| e.to_string())
+        };
+        match outcome {
+            Ok(()) => {
+                let _ = link.stream.set_nodelay(true);
+                link.connecting_until = None;
+                debug!(
+                    "TCP connection to {}:{} open",
+                    self.s.mqtt.host, self.s.mqtt.port
+                );
                 self.session.connected(now);
             }
             Err(e) => {
-                let delay = self.backoff.next_delay();
-                warn!(
-                    "broker {host}:{port} unreachable: {e}; retrying in {:.1}s",
-                    delay.as_secs_f32()
-                );
-                self.reconnect_at = now + delay;
+                self.link = None;
+                self.connect_failed(now, &e);
             }
         }
+    }
+
+    fn connect_failed(&mut self, now: Instant, why: &str) {
+        self.next_addr = self.next_addr.wrapping_add(1);
+        let delay = self.backoff.next_delay();
+        warn!(
+            "broker {}:{} unreachable: {why}; retrying in {:.1}s",
+            self.s.mqtt.host,
+            self.s.mqtt.port,
+            delay.as_secs_f32()
+        );
+        self.reconnect_at = now + delay;
     }
 
     /// Feeds, polls the session and writes until the socket is full or nothing is left to move.
@@ -525,8 +575,10 @@ impl Agent {
             events: 0,
             revents: 0,
         }; 3];
+        let connecting = self.link.as_ref().and_then(|l| l.connecting_until);
         if let Some(link) = &self.link {
-            let out = if self.session.outbound().is_empty() {
+            // A connect in progress reports its outcome by turning writable.
+            let out = if self.session.outbound().is_empty() && connecting.is_none() {
                 0
             } else {
                 libc::POLLOUT
@@ -560,12 +612,18 @@ impl Agent {
         // SAFETY: `fds` is a live array of three pollfd; negative fds are ignored by poll.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         let now = Instant::now();
-        if fds[0].revents & libc::POLLOUT != 0 {
-            self.write(now);
+        if let Some(until) = connecting {
+            if fds[0].revents != 0 || now >= until {
+                self.connect_finished(now, fds[0].revents == 0);
+            }
+        } else {
+            if fds[0].revents & libc::POLLOUT != 0 {
+                self.write(now);
+            }
+            // Whatever woke us (a deadline, the CLI, a signal), take what the broker sent meanwhile, so
+            // deadlines are checked against every acknowledgement that has arrived.
+            self.read(now);
         }
-        // Whatever woke us (a deadline, the CLI, a signal), take what the broker sent meanwhile, so
-        // deadlines are checked against every acknowledgement that has arrived.
-        self.read(now);
         if ready <= 0 {
             return; // timeout, or EINTR from a stop signal: the loop looks again
         }
@@ -632,21 +690,6 @@ impl Agent {
             0
         }
     }
-}
-
-fn open(host: &str, port: u16) -> std::io::Result<TcpStream> {
-    let mut last = std::io::Error::new(ErrorKind::NotFound, "no address");
-    for addr in (host, port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(stream) => {
-                stream.set_nodelay(true)?;
-                stream.set_nonblocking(true)?;
-                return Ok(stream);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 fn unix_millis() -> u64 {

@@ -7,6 +7,7 @@ mod balena;
 mod cli;
 mod collect;
 mod config;
+mod connect;
 mod discovery;
 mod engine;
 mod fuzz;

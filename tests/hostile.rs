@@ -330,3 +330,56 @@ fn broker_that_stops_reading_does_not_stall_the_schedule() {
         "{log}"
     );
 }
+
+/// A loopback port whose accept queue is full: the kernel drops further SYNs without an answer, as a
+/// broker host that is down (not refusing) does. The returned streams keep the queue full.
+fn silent_port() -> (std::net::TcpListener, u16, Vec<TcpStream>) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket/bind/listen on a descriptor handed to a TcpListener, which owns and closes it.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr = libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        };
+        let len = std::mem::size_of_val(&sin) as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, (&sin as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 0), 0);
+        std::net::TcpListener::from_raw_fd(fd)
+    };
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => held.push(s),
+            Err(_) => return (listener, addr.port(), held),
+        }
+    }
+    panic!("the accept queue never filled");
+}
+
+#[test]
+fn a_broker_host_that_never_answers_does_not_stop_collection() {
+    let (_listener, port, _held) = silent_port();
+    let mqtt = format!(
+        r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "d", "reconnect_max_delay_in_seconds": 1}}"#
+    );
+    let cfg = config_dir(&file_collector(&sample_stats(), 1), &mqtt);
+    let child = agent(cfg.path())
+        .env("LOG_LEVEL", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(6500));
+    let log = stop(child);
+    assert!(log.contains("unreachable: no answer within 5s"), "{log}");
+    // A tick a second all along, the connect attempt notwithstanding.
+    let ticks = log.matches("INFO tick: 8 containers").count();
+    assert!(ticks >= 6, "{ticks} ticks in 6.5 s:\n{log}");
+    assert!(!log.contains("skipped"), "{log}");
+}
