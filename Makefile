@@ -61,7 +61,8 @@ image:
 # make bench: binary sizes, FILE-mode CPU/RSS per tick at 8 / 1,000 / 10,000 containers, --once publishing
 # against mosquitto_pub, CLI and ENGINE mode on real containers (issue 6). Report in target/bench/.
 .PHONY: bench
-bench: deps build dist
+bench: build dist
+	@sh tests/scripts/ensure-deps.sh bench
 	@python3 tests/bench/bench.py
 
 # make fuzz: the deterministic fuzzers of src/fuzz.rs (stats text and broker bytes), FUZZ_CASES each

@@ -276,7 +276,13 @@ impl Agent {
         let collected = match result {
             Ok(c) => c,
             Err(e) => {
-                error!("{e}; tick skipped");
+                // A stats file the host has not written (yet) is expected now and then: a warning. A CLI or
+                // engine that fails is an error.
+                if self.s.collector.mode == Mode::File {
+                    warn!("{e}; tick skipped");
+                } else {
+                    error!("{e}; tick skipped");
+                }
                 self.failed = true;
                 return;
             }
