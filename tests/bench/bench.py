@@ -451,16 +451,7 @@ def publishing(binary, broker, work, stats_path, containers):
         # mosquitto_pub 2.0.11 -l at QoS 1 drops lines it has no in-flight room for (about 73% of 90,000
         # here, whatever -M says): count what it really delivers, untimed, so the ratio can be read per message.
         pub_argv = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", str(qos), "-t", topic, "-l"]
-        sub = RES.popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "-q", "1",
-                         "-C", str(messages), "-W", "60"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        time.sleep(0.5)
-        timed_run(pub_argv, stdin_path=lines)
-        try:
-            out, _ = sub.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            sub.terminate()
-            out, _ = sub.communicate(timeout=5)
-        pub_delivered = len(out.splitlines())
+        pub_delivered = count_delivered(broker, topic, messages, pub_argv, stdin_path=lines)
         ours, theirs = [], []
         for run in range(RUNS):
             log(f"publishing QoS {qos}, run {run + 1}/{RUNS}")
@@ -476,21 +467,11 @@ def publishing(binary, broker, work, stats_path, containers):
         mt = statistics.median(r["wall_s"] for r in theirs)
         # A reference that does deliver every message: the same payload published `messages` times with
         # --repeat, which waits for each QoS 1 acknowledgement's room like the agent must.
-        payload = (lines_first(lines))
+        payload = lines_first(lines)
         rep_argv = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", str(qos), "-t", topic,
                     "-m", payload, "--repeat", str(messages)]
-        sub = RES.popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "-q", "1",
-                         "-C", str(messages), "-W", "120"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                        text=True)
-        time.sleep(0.5)
         log(f"mosquitto_pub --repeat, QoS {qos}, counted")
-        timed_run(rep_argv, broker=broker)
-        try:
-            out, _ = sub.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            sub.terminate()
-            out, _ = sub.communicate(timeout=5)
-        rep_delivered = len(out.splitlines())
+        rep_delivered = count_delivered(broker, topic, messages, rep_argv)
         reps = []
         for run in range(RUNS):
             log(f"mosquitto_pub --repeat, QoS {qos}, run {run + 1}/{RUNS}")
@@ -508,6 +489,20 @@ def publishing(binary, broker, work, stats_path, containers):
             "pub_broker_cpu_s": statistics.median(r["broker_cpu_s"] for r in theirs),
         }
     return results
+
+
+def count_delivered(broker, topic, messages, argv, stdin_path=None):
+    """Runs `argv` once, untimed, while a subscriber counts what reaches the broker on `topic`."""
+    sub = RES.popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "-q", "1",
+                     "-C", str(messages), "-W", "120"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(0.5)
+    timed_run(argv, stdin_path=stdin_path)
+    try:
+        out, _ = sub.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # some never arrived: count what did
+        sub.terminate()
+        out, _ = sub.communicate(timeout=5)
+    return len(out.splitlines())
 
 
 def lines_first(path):
