@@ -699,7 +699,5 @@ impl Agent {
 }
 
 fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    collect::unix_ms(SystemTime::now())
 }
