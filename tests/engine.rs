@@ -190,7 +190,9 @@ fn check_mode(mode: &str, f: &Fixture, got: &BTreeMap<String, BTreeMap<String, f
         "{mode}: services"
     );
     let burner = &got[&f.service("burner")];
-    let cpu = burner["cpu_usage_in_percent"];
+    let cpu = *burner
+        .get("cpu_usage_in_percent")
+        .unwrap_or_else(|| panic!("{mode}: burner published no CPU figure: {burner:?}"));
     assert!(
         cpu > 60.0,
         "{mode}: burner CPU {cpu} % is not well above 50 %"

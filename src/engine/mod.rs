@@ -128,34 +128,48 @@ impl Engine {
             out.push((c, figures));
         }
 
-        if !waiting.is_empty() && !cancelled() {
-            // About a second after the first samples were asked for (the engine may already have
-            // taken most of that second to answer).
-            let wake = started + SECOND_SAMPLE_AFTER;
-            if wake + Duration::from_millis(100) < deadline {
-                // The one blocking sleep in the agent: short, bounded, and cut short by a stop request.
-                while Instant::now() < wake && !cancelled() {
-                    std::thread::sleep(Duration::from_millis(50).min(wake - Instant::now()));
-                }
-                if !cancelled() {
-                    let again: Vec<&Listed> = waiting.iter().map(|(i, _)| &out[*i].0).collect();
-                    let second = samples(socket, &again, deadline);
-                    for ((i, before), sample) in waiting.into_iter().zip(second) {
-                        let Some(now) = sample.and_then(|s| s.cpu) else {
-                            continue;
-                        };
-                        let (c, figures) = &mut out[i];
-                        if let Some(p) = api::cpu_percent(&before, &now) {
-                            figures.set(Metric::CpuPercent, Value::Percent(p));
-                        }
-                        self.previous.insert(c.id.clone(), now);
-                    }
-                }
-            } else {
+        // The engine samples each container about once a second and a one-shot request answers with its
+        // latest sample, so a second request can return the very sample the first one did (no time has
+        // passed between them, no CPU % to compute), more often on a loaded machine. Ask again, up to
+        // three times a second apart, for the containers still without a figure.
+        let mut wake = started;
+        for _ in 0..3 {
+            if waiting.is_empty() || cancelled() {
+                break;
+            }
+            wake += SECOND_SAMPLE_AFTER;
+            if wake + Duration::from_millis(100) >= deadline {
                 crate::warn!(
                     "engine {socket}: no time left for a second sample; CPU % left out this tick"
                 );
+                break;
             }
+            // The one blocking sleep in the agent: short, bounded, and cut short by a stop request.
+            while Instant::now() < wake && !cancelled() {
+                std::thread::sleep(
+                    Duration::from_millis(50).min(wake.saturating_duration_since(Instant::now())),
+                );
+            }
+            if cancelled() {
+                break;
+            }
+            let again: Vec<&Listed> = waiting.iter().map(|(i, _)| &out[*i].0).collect();
+            let second = samples(socket, &again, deadline);
+            let mut still = Vec::new();
+            for ((i, before), sample) in waiting.into_iter().zip(second) {
+                let Some(now) = sample.and_then(|s| s.cpu) else {
+                    continue;
+                };
+                let (c, figures) = &mut out[i];
+                match api::cpu_percent(&before, &now) {
+                    Some(p) => {
+                        figures.set(Metric::CpuPercent, Value::Percent(p));
+                        self.previous.insert(c.id.clone(), now);
+                    }
+                    None => still.push((i, before)),
+                }
+            }
+            waiting = still;
         }
         Ok(out
             .into_iter()
@@ -493,6 +507,28 @@ mod tests {
             e.previous.len(),
             1,
             "vanished containers are not remembered"
+        );
+    }
+
+    #[test]
+    fn a_repeated_engine_sample_is_asked_for_again() {
+        let list = r#"[{"Id":"aaaaaaaaaaaaaaaa","Names":["/web"]}]"#;
+        // The second answer is the engine's same sample again (no time passed): no CPU % from it.
+        let (socket, server) = serve(vec![
+            ok(list),
+            ok(&stats(1_000, 10_000)),
+            ok(&stats(1_000, 10_000)),
+            ok(&stats(1_250, 11_000)),
+        ]);
+        let mut e = Engine::new(None);
+        let got = e
+            .collect(&socket, Instant::now() + Duration::from_secs(10), &|| false)
+            .unwrap();
+        assert_eq!(server.join().unwrap().len(), 4);
+        // 250 of 1000 system ticks on 2 CPUs = 50 %.
+        assert_eq!(
+            got[0].figures.get(Metric::CpuPercent),
+            Some(Value::Percent(50.0))
         );
     }
 
