@@ -7,7 +7,7 @@
 //! Everything that decides anything lives in the pure modules this drives.
 
 use crate::backoff::Backoff;
-use crate::collect::{self, CliRun, Collected};
+use crate::collect::{self, CliRun, Collected, FileRead, FileStamp};
 use crate::config::{Collector, Mode, Mqtt};
 use crate::connect;
 use crate::discovery::{self, Discovery};
@@ -93,6 +93,8 @@ pub struct Agent {
     draining: bool,
     /// The stats file has not been written for a long time (warned once).
     stale: bool,
+    /// The version of the stats file the last tick published, and when it was read.
+    file_seen: Option<(FileStamp, Instant)>,
     /// Which of the broker's addresses the next connect tries.
     next_addr: usize,
     // For --once: the collection has run, and whether anything was lost.
@@ -151,6 +153,7 @@ impl Agent {
             discovery,
             draining: false,
             stale: false,
+            file_seen: None,
             next_addr: 0,
             collected: false,
             failed: false,
@@ -222,8 +225,27 @@ impl Agent {
         match self.s.collector.mode {
             Mode::File => {
                 let spare = std::mem::take(&mut self.spare_text);
-                let result = collect::read_file(&self.s.collector.file_path, spare);
-                self.collection_done(result);
+                // Once the first tick is out, a file nobody has rewritten holds nothing new: publishing it
+                // again would present old figures as a fresh sample.
+                let previous = self.file_seen.map(|(stamp, _)| stamp);
+                match collect::read_file(&self.s.collector.file_path, spare, previous) {
+                    Ok(FileRead::Unchanged { taken_at_ms }) => {
+                        debug!(
+                            "stats file {} unchanged since the last tick: nothing published",
+                            self.s.collector.file_path
+                        );
+                        self.note_staleness(unix_millis().saturating_sub(taken_at_ms));
+                        if let (Some(d), Some((_, read_at))) = (&mut self.discovery, self.file_seen)
+                        {
+                            d.still_present(read_at, now);
+                        }
+                    }
+                    Ok(FileRead::Read(stamp, collected)) => {
+                        self.file_seen = Some((stamp, now));
+                        self.collection_done(Ok(collected));
+                    }
+                    Err(e) => self.collection_done(Err(e)),
+                }
             }
             Mode::Cli => match CliRun::spawn(
                 &self.s.collector.cli_path,
@@ -287,16 +309,21 @@ impl Agent {
                 return;
             }
         };
-        if collected.truncated {
-            warn!(
-                "stats input over {} bytes: the rest was ignored",
-                collect::MAX_STATS_BYTES
-            );
-        }
         let source = match self.s.collector.mode {
             Mode::File => format!("stats file {}", self.s.collector.file_path),
             _ => format!("{} stats", self.s.collector.cli_path),
         };
+        if collected.overflowed {
+            let cap = collect::MAX_STATS_BYTES;
+            if collected.text.is_empty() {
+                warn!("{source}: no line ends within the first {cap} bytes (the input cap): all of it was ignored");
+            } else {
+                warn!(
+                    "{source} is over the input cap of {cap} bytes: its first {} bytes (whole lines) were read, the rest ignored",
+                    collected.text.len()
+                );
+            }
+        }
         let now_ms = unix_millis();
         let taken_at = collected.taken_at_ms.unwrap_or(now_ms);
         self.note_staleness(now_ms.saturating_sub(taken_at));
@@ -365,6 +392,9 @@ impl Agent {
         while all || session.has_room() {
             let d = discovery.as_mut().map(|d| (d, now));
             if !t.step(&p, scratch, d, &mut |m| session.enqueue(m)) {
+                for line in t.take_warnings() {
+                    warn!("{line}");
+                }
                 let bad = if t.bad_records > 0 {
                     format!(", {} bad records skipped", t.bad_records)
                 } else {

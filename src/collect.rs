@@ -17,10 +17,31 @@ const MAX_STDERR_BYTES: usize = 4 * 1024;
 /// The stats text of one collection, with a note when it had to be cut short.
 pub struct Collected {
     pub text: Vec<u8>,
-    pub truncated: bool,
+    /// The input ran past [`MAX_STATS_BYTES`]: `text` is its whole lines before the cap (possibly none).
+    pub overflowed: bool,
     /// When the figures were taken, in Unix milliseconds, if the source says (a file's modification
     /// time); otherwise the collection time is used.
     pub taken_at_ms: Option<u64>,
+}
+
+/// Which version of the stats file a read saw: a writer that replaces the file (`mv`) changes the inode,
+/// one that rewrites it changes its size or modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+/// What a FILE-mode collection found.
+pub enum FileRead {
+    /// The file is the one the previous tick read: nothing new to publish. Its figures' time, for the
+    /// staleness check.
+    Unchanged {
+        taken_at_ms: u64,
+    },
+    Read(FileStamp, Collected),
 }
 
 /// A stats file's figures were taken when the host wrote it, not when we read it: its modification
@@ -38,29 +59,73 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reads the stats file, at most [`MAX_STATS_BYTES`], cut back to the last whole line when longer.
-/// `text` is the previous tick's buffer, reused: a fresh one each tick made musl's allocator map and unmap
-/// memory every tick.
-pub fn read_file(path: &str, mut text: Vec<u8>) -> Result<Collected, String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open stats file {path}: {e}"))?;
-    let modified = file.metadata().and_then(|m| m.modified()).ok();
+/// Reads the stats file, at most [`MAX_STATS_BYTES`], cut back to the last whole line when longer, unless
+/// it is still the version `previous` saw. `text` is the previous tick's buffer, reused: a fresh one each
+/// tick made musl's allocator map and unmap memory every tick.
+///
+/// Only regular files are read, and the open itself cannot wait: opening a FIFO for reading blocks until
+/// a writer appears (it hung the agent for good), so it is opened non-blocking and then refused.
+pub fn read_file(
+    path: &str,
+    mut text: Vec<u8>,
+    previous: Option<FileStamp>,
+) -> Result<FileRead, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot open stats file {path}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read stats file {path}: {e}"))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(format!(
+            "stats file {path} is {what}, not a regular file: FILE mode reads only regular files"
+        ));
+    }
+    let taken_at_ms = taken_at(meta.modified().ok(), SystemTime::now());
+    let stamp = FileStamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: meta.size(),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+    };
+    if previous == Some(stamp) {
+        return Ok(FileRead::Unchanged { taken_at_ms });
+    }
     text.clear();
     file.take(MAX_STATS_BYTES as u64 + 1)
         .read_to_end(&mut text)
         .map_err(|e| format!("cannot read stats file {path}: {e}"))?;
-    let truncated = text.len() > MAX_STATS_BYTES;
-    if truncated {
+    let overflowed = text.len() > MAX_STATS_BYTES;
+    if overflowed {
         text.truncate(MAX_STATS_BYTES);
-        let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        text.truncate(keep);
+        cut_to_whole_lines(&mut text);
     }
-    let taken_at_ms = Some(taken_at(modified, SystemTime::now()));
-    Ok(Collected {
-        text,
-        truncated,
-        taken_at_ms,
-    })
+    Ok(FileRead::Read(
+        stamp,
+        Collected {
+            text,
+            overflowed,
+            taken_at_ms: Some(taken_at_ms),
+        },
+    ))
+}
+
+/// Drops a partial last line (all of the text when it holds no line break).
+fn cut_to_whole_lines(text: &mut Vec<u8>) {
+    text.truncate(text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1));
 }
 
 /// A running `<cli> stats --no-stream --format {{json .}}`.
@@ -145,11 +210,11 @@ impl CliRun {
         }
         let mut text = self.out;
         if self.truncated {
-            text.truncate(text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1));
+            cut_to_whole_lines(&mut text);
         }
         Ok(Collected {
             text,
-            truncated: self.truncated,
+            overflowed: self.truncated,
             taken_at_ms: None,
         })
     }

@@ -102,6 +102,16 @@ impl Discovery {
             .collect()
     }
 
+    /// The sample read at `read_at` still stands (its file was not rewritten): the services it listed are
+    /// still there, so they do not expire, though none of them was published again.
+    pub fn still_present(&mut self, read_at: Instant, now: Instant) {
+        for s in self.services.values_mut() {
+            if s.last_seen >= read_at {
+                s.last_seen = now;
+            }
+        }
+    }
+
     /// A message arrived on a subscribed topic; `rand` spreads a fleet's answers to one HA restart.
     pub fn on_message(&mut self, now: Instant, topic: &str, payload: &[u8], rand: u64) {
         if topic == self.status_topic() && payload.eq_ignore_ascii_case(b"online") {
@@ -367,6 +377,21 @@ mod tests {
         assert_eq!(again.len(), 10);
         assert!(again.iter().all(|c| !c.payload.is_empty()));
         assert!(d.poll(due).is_empty(), "once per birth");
+    }
+
+    #[test]
+    fn an_unchanged_sample_keeps_its_services_but_not_the_ones_it_lost() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, Some(60));
+        let s = |secs| t0 + Duration::from_secs(secs);
+        d.seen(s(0), "gone", "r/gone", [Metric::Pids].into_iter());
+        // The sample read at 10 s lists only "kept"; it is still the file's content at 50 s and 100 s.
+        d.seen(s(10), "kept", "r/kept", [Metric::Pids].into_iter());
+        d.still_present(s(10), s(50));
+        d.still_present(s(10), s(100));
+        let removed: Vec<_> = d.poll(s(100)).into_iter().map(|c| c.topic).collect();
+        assert_eq!(removed, vec!["homeassistant/sensor/dev_1_gone/pids/config"]);
+        assert_eq!(d.next_deadline(), Some(s(160)));
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod stats;
 mod tick;
 mod topics;
 mod units;
+mod warnings;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

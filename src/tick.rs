@@ -9,9 +9,10 @@ use crate::balena::{service_name, topic_level};
 use crate::discovery::{Discovery, PayloadMode};
 use crate::mqtt::Message;
 use crate::payload::{write_service, write_value};
-use crate::records::Cursor;
-use crate::stats::{parse_line, ContainerStats, FieldWarning};
+use crate::records::{Cursor, RecordError};
+use crate::stats::{parse_line, ContainerStats, FieldWarning, LineError};
 use crate::topics::{Names, TopicTemplate};
+use crate::warnings::{Kind, Warnings};
 use mqttrs::QoS;
 use std::time::Instant;
 
@@ -51,6 +52,8 @@ pub struct Tick {
     pub containers: usize,
     pub messages: usize,
     pub bad_records: usize,
+    /// What was wrong with the input, summarised for one report at the tick's end.
+    warnings: Warnings,
 }
 
 impl Tick {
@@ -63,6 +66,11 @@ impl Tick {
             },
             timestamp_ms,
         )
+    }
+
+    /// The input's problems, one line per kind, for the log at the tick's end.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        self.warnings.take_lines(&self.source)
     }
 
     /// The text buffer, for the next collection to reuse (empty for parsed ticks).
@@ -86,6 +94,7 @@ impl Tick {
             containers: 0,
             messages: 0,
             bad_records: 0,
+            warnings: Warnings::default(),
         }
     }
 
@@ -111,7 +120,12 @@ impl Tick {
                     Ok(line) => line,
                     Err(e) => {
                         self.bad_records += 1;
-                        crate::warn!("{} line {}: {}", self.source, record.line, e);
+                        let kind = Kind::Record(match e {
+                            RecordError::TooLong(_) => "too long",
+                            RecordError::NotUtf8 => "not valid UTF-8",
+                        });
+                        self.warnings
+                            .note(kind, format_args!("line {}", record.line), &e);
                         return true;
                     }
                 };
@@ -120,17 +134,20 @@ impl Tick {
                     Ok(s) => s,
                     Err(e) => {
                         self.bad_records += 1;
-                        crate::warn!("{} line {}: {}, skipped", self.source, record.line, e);
+                        let kind = Kind::Record(match e {
+                            LineError::Json(_) => "not a stats object",
+                            LineError::NoName => "no container Name",
+                        });
+                        self.warnings
+                            .note(kind, format_args!("line {}", record.line), &e);
                         return true;
                     }
                 };
                 for w in &scratch.warnings {
-                    crate::warn!(
-                        "{} line {} ({}): {}; that metric is left out",
-                        self.source,
-                        record.line,
-                        stats.name,
-                        w
+                    self.warnings.note(
+                        Kind::Field(w.field),
+                        format_args!("line {} ({})", record.line, stats.name),
+                        w,
                     );
                 }
                 (stats, Some(record.line))
@@ -193,10 +210,19 @@ impl Tick {
                 self.messages += 1;
                 sink(m);
             }
-            Err(e) => match at.line {
-                Some(n) => crate::warn!("{} line {n}: {topic}: {e}", self.source),
-                None => crate::warn!("{} ({}): {topic}: {e}", self.source, at.container),
-            },
+            Err(e) => {
+                let detail = format!("{topic}: {e}");
+                match at.line {
+                    Some(n) => self
+                        .warnings
+                        .note(Kind::Message, format_args!("line {n}"), &detail),
+                    None => self.warnings.note(
+                        Kind::Message,
+                        format_args!("({})", at.container),
+                        &detail,
+                    ),
+                }
+            }
         }
     }
 }

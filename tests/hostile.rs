@@ -293,10 +293,7 @@ fn broker_that_stops_reading_does_not_stall_the_schedule() {
         .collect();
     let file = dir.write("stats.jsonl", &text);
     let broker = FaultBroker::start(Fault::StopReading);
-    let collector = format!(
-        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1}}"#,
-        file.display()
-    );
+    let collector = cli_collector(1);
     let mqtt = format!(
         r#"{{"broker_url": "tcp://127.0.0.1:{}", "device_id": "d", "qos": 0, "reconnect_max_delay_in_seconds": 1}}"#,
         broker.port
@@ -304,6 +301,7 @@ fn broker_that_stops_reading_does_not_stall_the_schedule() {
     let cfg = config_dir(&collector, &mqtt);
     let child = agent(cfg.path())
         .env("LOG_LEVEL", "info")
+        .env("FAKE_STATS", &file)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -369,9 +367,10 @@ fn a_broker_host_that_never_answers_does_not_stop_collection() {
     let mqtt = format!(
         r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "d", "reconnect_max_delay_in_seconds": 1}}"#
     );
-    let cfg = config_dir(&file_collector(&sample_stats(), 1), &mqtt);
+    let cfg = config_dir(&cli_collector(1), &mqtt);
     let child = agent(cfg.path())
         .env("LOG_LEVEL", "info")
+        .env("FAKE_STATS", sample_stats())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -177,14 +177,22 @@ fn wrong_password_is_logged_in_words_and_retried_without_crashing() {
 
 #[test]
 fn full_buffer_drops_oldest_and_says_so_once_per_tick() {
-    // Nothing listens on this port: every tick's messages go to a buffer of 100.
+    // Nothing listens on this port: every tick's messages go to a buffer of 100. CLI mode, so every tick
+    // is a new sample (FILE mode publishes a file only once per version).
     let port = free_port();
-    let collector = file_collector(&sample_stats(), 1);
+    let collector = format!(
+        r#"{{"mode": "CLI", "cli_path": "{}", "collection_interval_in_seconds": 1, "cli_timeout_in_seconds": 2}}"#,
+        repo().join("tests/data/fake-balena.sh").display()
+    );
     let mqtt = format!(
         r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "d", "max_buffered_messages": 100}}"#
     );
     let cfg = config_dir(&collector, &mqtt);
-    let child = spawn_agent(cfg.path());
+    let child = agent(cfg.path())
+        .env("FAKE_STATS", sample_stats())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(4500));
     let log = stop_agent(child);
     let drops: Vec<&str> = log
@@ -246,7 +254,11 @@ fn oversized_stats_input_is_cut_with_a_warning() {
     );
     assert_eq!(code, Some(0), "{log}");
     assert!(
-        log.contains("stats input over 16777216 bytes: the rest was ignored"),
+        log.contains(&format!(
+            "stats file {} is over the input cap of 16777216 bytes: its first {} bytes (whole lines) were read, the rest ignored",
+            file.display(),
+            sample_len + (16 * 1024 * 1024 - sample_len) / 30 * 30
+        )),
         "{log}"
     );
     assert_sample_figures(&sub.collect(65, Duration::from_secs(5)), "dev1");

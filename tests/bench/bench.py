@@ -286,8 +286,21 @@ class Agent:
         return self.proc.returncode
 
 
-def measure_ticks(binary, confdir, logpath, ticks, timeout_per_tick=10):
+def keep_touching(path, stop):
+    """FILE mode publishes a file once per version: bump its modification time five times a second so
+    every tick reads, parses and publishes it, as it would a file the host rewrites each interval."""
+    while not stop.wait(0.2):
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+
+
+def measure_ticks(binary, confdir, logpath, ticks, timeout_per_tick=10, touch=None):
     """CPU per tick between the 2nd tick line and `ticks` tick lines later, then peak RSS and threads."""
+    stop_touching = threading.Event()
+    if touch:
+        threading.Thread(target=keep_touching, args=(touch, stop_touching), daemon=True).start()
     agent = Agent(binary, confdir, logpath)
     try:
         agent.wait_ticks(2, 60)  # the first tick also connects: measure from the end of the second
@@ -304,6 +317,7 @@ def measure_ticks(binary, confdir, logpath, ticks, timeout_per_tick=10):
         skipped = sum("tick(s) skipped" in l for l in agent.lines)
         bad = [l for l in agent.lines if l.startswith(("WARN", "ERROR"))]
     finally:
+        stop_touching.set()
         rc = agent.stop()
     return {
         "ticks": ticks,
@@ -832,7 +846,8 @@ def main():
             write_config(conf, broker, {"mode": "FILE", "file_path": stats, "collection_interval_in_seconds": 1})
             log(f"FILE mode, {containers} containers, {ticks} ticks")
             try:
-                row = measure_ticks(binary, conf, os.path.join(work, f"agent-file-{containers}.log"), ticks)
+                row = measure_ticks(binary, conf, os.path.join(work, f"agent-file-{containers}.log"), ticks,
+                                    touch=stats)
                 row["containers"] = containers
             except Failure as e:
                 failures += 1
@@ -846,7 +861,8 @@ def main():
             conf = os.path.join(work, "file-1000")
             log(f"FILE mode, 1000 containers, x86_64 glibc build, {ticks_big or 20} ticks")
             try:
-                row = measure_ticks(glibc_copy, conf, os.path.join(work, "agent-file-1000-glibc.log"), ticks_big or 20)
+                row = measure_ticks(glibc_copy, conf, os.path.join(work, "agent-file-1000-glibc.log"), ticks_big or 20,
+                                    touch=os.path.join(work, "stats-1000.jsonl"))
             except Failure as e:
                 failures += 1
                 row = {"error": str(e)}

@@ -470,6 +470,16 @@ pub fn file_collector(file: &Path, interval: u64) -> String {
     )
 }
 
+/// A CLI-mode collector config running tests/data/fake-balena.sh every `interval` seconds; the agent needs
+/// `FAKE_STATS` set to the recording to print. Unlike FILE mode, which publishes a file once per version,
+/// every tick is a new sample.
+pub fn cli_collector(interval: u64) -> String {
+    format!(
+        r#"{{"mode": "CLI", "cli_path": "{}", "collection_interval_in_seconds": {interval}, "cli_timeout_in_seconds": 5}}"#,
+        repo().join("tests/data/fake-balena.sh").display()
+    )
+}
+
 /// The agent running (not `--once`), its log captured.
 pub fn spawn_agent(config: &Path) -> Child {
     agent(config).stderr(Stdio::piped()).spawn().unwrap()
