@@ -241,12 +241,29 @@ pub fn parse_mqtt(
     if let Some(u) = &username {
         check_mqtt_string(u).map_err(|m| f.error("username", m))?;
     }
-    let password = match env.mqtt_password.clone().filter(|p| !p.is_empty()) {
+    let env_password = env.mqtt_password.clone().filter(|p| !p.is_empty());
+    let from_env = env_password.is_some();
+    let password = match env_password {
         Some(p) => Some(p),
         None => f.string("password")?.filter(|p| !p.is_empty()),
     };
     if let Some(p) = &password {
         check_mqtt_string(p).map_err(|m| f.error("password", m))?;
+        // MQTT-3.1.2-22: a CONNECT may carry a password only with a user name; brokers refuse it, and
+        // retrying could never succeed.
+        if username.is_none() {
+            let message =
+                "is set but \"username\" is not: MQTT sends a password only with a user name";
+            return Err(if from_env {
+                ConfigError {
+                    file: "environment".into(),
+                    key: Some("MQTT_PASSWORD"),
+                    message: message.into(),
+                }
+            } else {
+                f.error("password", message.into())
+            });
+        }
     }
     let reconnect_max_delay = f
         .uint("reconnect_max_delay_in_seconds", 1, 3_600)?
@@ -717,6 +734,23 @@ mod tests {
         assert_eq!(
             key_of(mqtt_env(Some(r#"{"device_id": ""}"#), &empty)),
             Some("device_id")
+        );
+    }
+
+    #[test]
+    fn a_password_without_a_user_name_is_refused() {
+        let env = Env::default();
+        let e = mqtt_env(Some(r#"{"password": "pw"}"#), &env).unwrap_err();
+        assert_eq!(e.key, Some("password"));
+        assert!(e.message.contains("\"username\" is not"), "{e}");
+        let from_env = Env {
+            device_uuid: None,
+            mqtt_password: Some("envpw".into()),
+        };
+        let e = mqtt_env(Some(r#"{"username": ""}"#), &from_env).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key),
+            ("environment", Some("MQTT_PASSWORD"))
         );
     }
 

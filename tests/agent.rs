@@ -361,6 +361,11 @@ fn config_errors_name_file_and_key_and_exit_2() {
         ),
         (r#"{}"#, r#"{"broker_url": "http://x"}"#, "\"broker_url\""),
         (
+            r#"{}"#,
+            r#"{"password": "secret"}"#,
+            "mqtt.config.json: \"password\": is set but \"username\" is not",
+        ),
+        (
             r#"{"#,
             r#"{}"#,
             "balena_stats_collector.config.json: is not valid JSON",
@@ -376,6 +381,26 @@ fn config_errors_name_file_and_key_and_exit_2() {
         );
         assert!(!log.contains("panicked"));
     }
+}
+
+/// A password without a user name breaks MQTT-3.1.2-22 and every broker refuses it: the agent used to
+/// retry forever. From `MQTT_PASSWORD` too, it is a config error naming the variable.
+#[test]
+fn mqtt_password_without_a_user_name_is_a_config_error() {
+    let cfg = config_dir(r#"{}"#, r#"{}"#);
+    let (code, log) = run_limited(
+        once(cfg.path()).env("MQTT_PASSWORD", "hunter2"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("environment: \"MQTT_PASSWORD\": is set but \"username\" is not"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("hunter2"),
+        "the password is never logged: {log}"
+    );
 }
 
 #[test]
