@@ -29,7 +29,7 @@ deps:
 
 # dist first: tests/static_build.rs runs those binaries (under qemu for Arm) and the scratch image.
 test: deps dist
-	$(CARGO) test --release -- --test-threads=2
+	$(CARGO) test --release --no-fail-fast -- --test-threads=2
 	@$(STATIC) check
 
 demo: deps build

@@ -105,14 +105,18 @@ pub struct Agent {
 impl Agent {
     pub fn new(s: Settings, now: Instant) -> Agent {
         let m = &s.mqtt;
+        // A --once run (cron) says nothing about availability: an `offline` at its end, or a will, would
+        // show every entity unavailable between runs.
         let availability = |payload: &[u8]| {
-            Message::publish(&m.availability_topic, payload, QoS::AtMostOnce, true).ok()
+            Message::publish(&m.availability_topic, payload, QoS::AtMostOnce, true)
+                .ok()
+                .filter(|_| !s.once)
         };
         let discovery = m.home_assistant.as_ref().map(|ha| {
             Discovery::new(discovery::Settings {
                 prefix: ha.prefix.clone(),
                 device_id: m.device_id.clone(),
-                availability_topic: m.availability_topic.clone(),
+                availability_topic: (!s.once).then(|| m.availability_topic.clone()),
                 mode: m.payload_mode,
                 expire_after: ha.expire_after,
             })
@@ -122,7 +126,7 @@ impl Agent {
             keep_alive: m.keep_alive,
             username: m.username.clone(),
             password: m.password.as_ref().map(|p| p.as_bytes().to_vec()),
-            will: Some(Will {
+            will: (!s.once).then(|| Will {
                 topic: m.availability_topic.clone(),
                 payload: b"offline".to_vec(),
                 retain: true,
@@ -383,12 +387,7 @@ impl Agent {
             ..
         } = self;
         let Some(t) = tick else { return };
-        let p = Publishing {
-            template: &s.mqtt.template,
-            qos: s.mqtt.qos,
-            retain: s.mqtt.retain,
-            mode: s.mqtt.payload_mode,
-        };
+        let p = publishing(s);
         while all || session.has_room() {
             let d = discovery.as_mut().map(|d| (d, now));
             if !t.step(&p, scratch, d, &mut |m| session.enqueue(m)) {
@@ -694,7 +693,12 @@ impl Agent {
             self.wait(now, Some(deadline));
         }
         self.report_drops();
-        let undelivered = self.tick.is_some() || !self.session.is_idle();
+        // Figures still waiting as text were never encoded: count them too, or a --once that gave up
+        // before connecting reported "0 messages undelivered".
+        let in_tick = self.tick.take().map_or(0, |mut t| {
+            t.count_rest(&publishing(&self.s), &mut self.scratch)
+        });
+        let undelivered = in_tick > 0 || !self.session.is_idle();
         if let Some(mut link) = self.link.take() {
             self.session
                 .disconnect(Instant::now(), self.offline.as_ref());
@@ -710,21 +714,24 @@ impl Agent {
             let _ = link.stream.shutdown(std::net::Shutdown::Both);
         }
         if undelivered {
-            let pending = self.session.queued() + self.session.inflight();
-            warn!(
-                "stopped with {pending} messages undelivered{}",
-                if self.tick.is_some() {
-                    " (and part of a tick)"
-                } else {
-                    ""
-                }
-            );
+            let pending = self.session.queued() + self.session.inflight() + in_tick;
+            warn!("stopped with {pending} messages undelivered: they are lost");
         }
         if self.s.once && (self.failed || undelivered) {
             1
         } else {
             0
         }
+    }
+}
+
+/// How figures are named and sent, from the settings.
+fn publishing(s: &Settings) -> Publishing<'_> {
+    Publishing {
+        template: &s.mqtt.template,
+        qos: s.mqtt.qos,
+        retain: s.mqtt.retain,
+        mode: s.mqtt.payload_mode,
     }
 }
 

@@ -30,7 +30,8 @@ pub enum PayloadMode {
 pub struct Settings {
     pub prefix: String,
     pub device_id: String,
-    pub availability_topic: String,
+    /// Where the agent says `online`/`offline`; none for `--once` runs, which say neither.
+    pub availability_topic: Option<String>,
     pub mode: PayloadMode,
     pub expire_after: Option<Duration>,
 }
@@ -185,9 +186,6 @@ impl Discovery {
             "object_id": id_safe(&format!("{}_{}", service, metric.name())),
             "state_topic": state_topic,
             "value_template": format!("{{{{ value_json.{key} }}}}"),
-            "availability_topic": self.s.availability_topic,
-            "payload_available": "online",
-            "payload_not_available": "offline",
             "device": {
                 "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
                 "name": format!("{service} on {}", self.s.device_id),
@@ -197,6 +195,11 @@ impl Discovery {
             },
             "origin": { "name": PRODUCT, "sw_version": VERSION },
         });
+        if let Some(topic) = &self.s.availability_topic {
+            c["availability_topic"] = json!(topic);
+            c["payload_available"] = json!("online");
+            c["payload_not_available"] = json!("offline");
+        }
         let extra = classes(metric);
         if let (Json::Object(map), Json::Object(more)) = (&mut c, extra) {
             map.extend(more);
@@ -267,7 +270,7 @@ mod tests {
         Discovery::new(Settings {
             prefix: "homeassistant".into(),
             device_id: "dev.1".into(),
-            availability_topic: "root/dev.1/telemetry/system/availability".into(),
+            availability_topic: Some("root/dev.1/telemetry/system/availability".into()),
             mode,
             expire_after: expire.map(Duration::from_secs),
         })
@@ -377,6 +380,19 @@ mod tests {
         assert_eq!(again.len(), 10);
         assert!(again.iter().all(|c| !c.payload.is_empty()));
         assert!(d.poll(due).is_empty(), "once per birth");
+    }
+
+    #[test]
+    fn without_an_availability_topic_configs_name_none() {
+        let mut d = Discovery::new(Settings {
+            availability_topic: None,
+            ..discovery(PayloadMode::PerMetric, None).s
+        });
+        let c = d.seen(Instant::now(), "web", "r/web", [Metric::Pids].into_iter());
+        let json: Json = serde_json::from_slice(&c[0].payload).unwrap();
+        assert!(json.get("availability_topic").is_none(), "{json}");
+        assert!(json.get("payload_available").is_none(), "{json}");
+        assert_eq!(json["state_topic"], "r/web/pids");
     }
 
     #[test]

@@ -68,6 +68,14 @@ impl Tick {
         )
     }
 
+    /// How many figure messages the records not yet stepped through would have made (at a stop, so the
+    /// log can say what is lost). Consumes them.
+    pub fn count_rest(&mut self, p: &Publishing, scratch: &mut Scratch) -> usize {
+        let before = self.messages;
+        while self.step(p, scratch, None, &mut |_| {}) {}
+        self.messages - before
+    }
+
     /// The input's problems, one line per kind, for the log at the tick's end.
     pub fn take_warnings(&mut self) -> Vec<String> {
         self.warnings.take_lines(&self.source)

@@ -22,19 +22,13 @@ fn file_mode_once_publishes_every_figure_of_the_sample() {
     );
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
     assert_eq!(code, Some(0), "{log}");
-    let lines = sub.collect(SAMPLE_EXPECTED.len() + 2, Duration::from_secs(5));
+    sub.sync(broker.port);
+    let lines = sub.lines();
     assert_sample_figures(&lines, "dev1");
-    // The availability topic saw the agent come and go.
-    let avail: Vec<_> = lines
-        .iter()
-        .filter(|l| l.starts_with("root/dev1/telemetry/system/availability "))
-        .collect();
     assert_eq!(
-        avail,
-        [
-            "root/dev1/telemetry/system/availability online",
-            "root/dev1/telemetry/system/availability offline"
-        ]
+        lines.len(),
+        SAMPLE_EXPECTED.len(),
+        "figures only: {lines:#?}"
     );
     assert!(
         log.contains("INFO tick: 8 containers, 63 messages"),
@@ -290,6 +284,39 @@ fn sigterm_publishes_offline_and_exits_0_within_2_seconds() {
         |l| l == ["root/dev1/telemetry/system/availability offline"],
         Duration::from_secs(2)
     ));
+}
+
+/// A --once run from cron publishes figures and Home Assistant configs but no availability: an `offline`
+/// at its end (or a will) made every entity unavailable between runs.
+#[test]
+fn once_says_nothing_about_availability_and_sets_no_will() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "#");
+    let mqtt = mqtt_config(&broker, r#", "home_assistant_discovery": true"#);
+    let cfg = config_dir(&file_collector(&sample_stats(), 10), &mqtt);
+    let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{log}");
+    let got = sub.collect(63 * 2, Duration::from_secs(5));
+    assert_eq!(got.len(), 126, "63 figures and 63 configs: {got:#?}");
+    assert!(!got.iter().any(|l| l.contains("availability")), "{got:#?}");
+
+    // No will: an agent killed while connected leaves no `offline` behind.
+    let (collector, stats) = cli_config(&sample_stats());
+    let cfg = config_dir(&collector, &mqtt_config(&broker, ""));
+    let watcher = Subscriber::start(broker.port, "root/dev1/telemetry/system/availability");
+    let mut child = once(cfg.path())
+        .env("FAKE_STATS", &stats)
+        .env("FAKE_MODE", "hang")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("connected to broker"), "{log}");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(watcher.lines().is_empty(), "{:?}", watcher.lines());
 }
 
 #[test]

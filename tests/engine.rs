@@ -144,6 +144,47 @@ fn start_containers(f: &mut Fixture) {
     docker(&["stop", "-t", "0", &stopped]).expect("container stops");
 }
 
+/// CPU time a container has used so far, in nanoseconds, from its own cgroup accounting: the truth the
+/// published CPU share is checked against, measured in the same run whatever else loads the machine.
+/// The cgroup is found from the main process's /proc/<pid>/cgroup (v1 cpuacct, or the v2 unified line).
+fn cpu_used_ns(container: &str) -> u64 {
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", container]).expect("inspect");
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup file");
+    for line in groups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+        let (Some(controllers), Some(path)) = (controllers, path) else {
+            continue;
+        };
+        if controllers.split(',').any(|c| c == "cpuacct") {
+            let text =
+                std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct{path}/cpuacct.usage"))
+                    .expect("cpuacct.usage");
+            return text.trim().parse().expect("a number");
+        }
+        if controllers.is_empty() {
+            let text = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.stat"))
+                .expect("cpu.stat");
+            let usec: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("usage_usec");
+            return usec * 1000;
+        }
+    }
+    panic!("no CPU accounting for {container} in {groups}");
+}
+
+/// The agent's run and the container's mean CPU share over it (percent of one CPU).
+fn with_cpu_truth<T>(container: &str, run: impl FnOnce() -> T) -> (T, f64) {
+    let (used0, t0) = (cpu_used_ns(container), std::time::Instant::now());
+    let out = run();
+    let (used1, t1) = (cpu_used_ns(container), std::time::Instant::now());
+    let share = (used1 - used0) as f64 / (t1 - t0).as_nanos() as f64 * 100.0;
+    (out, share)
+}
+
 /// Runs the agent once with this collector config; returns service -> metric -> value for our containers.
 fn publish_once(
     f: &Fixture,
@@ -160,9 +201,8 @@ fn publish_once(
     let cfg = config_dir(collector, &mqtt);
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(60));
     assert_eq!(code, Some(0), "agent --once failed:\n{log}");
-    // `offline` on the availability topic is the agent's last word.
-    let done = |l: &[String]| l.iter().any(|x| x.ends_with("/availability offline"));
-    assert!(sub.wait_for(done, Duration::from_secs(10)), "no goodbye");
+    // Everything the agent published was acknowledged before it exited 0.
+    sub.sync(broker.port);
     let lines = sub.lines();
     let mut got: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     for (topic, value, _) in lines.iter().filter_map(|l| parse_metric(l)) {
@@ -179,8 +219,15 @@ fn publish_once(
     (got, log)
 }
 
-/// Checks that hold for both modes; `plain` is the service the plain-named container publishes under.
-fn check_mode(mode: &str, f: &Fixture, got: &BTreeMap<String, BTreeMap<String, f64>>, plain: &str) {
+/// Checks that hold for both modes; `plain` is the service the plain-named container publishes under,
+/// `burner_truth` the burner's mean CPU share over the agent's run by its own cgroup accounting.
+fn check_mode(
+    mode: &str,
+    f: &Fixture,
+    got: &BTreeMap<String, BTreeMap<String, f64>>,
+    plain: &str,
+    burner_truth: f64,
+) {
     let services: Vec<&String> = got.keys().collect();
     let mut want = [f.service("burner"), f.service("idle"), plain.to_owned()];
     want.sort();
@@ -193,10 +240,19 @@ fn check_mode(mode: &str, f: &Fixture, got: &BTreeMap<String, BTreeMap<String, f
     let cpu = *burner
         .get("cpu_usage_in_percent")
         .unwrap_or_else(|| panic!("{mode}: burner published no CPU figure: {burner:?}"));
+    // A busy 2-core machine gives the burner anything from 20 % to 100 %: compare with what its cgroup
+    // says it got over the same run (the agent's sample covers about a second of it), and with the idle
+    // container, never with a fixed share.
     assert!(
-        cpu > 60.0,
-        "{mode}: burner CPU {cpu} % is not well above 50 %"
+        (cpu - burner_truth).abs() <= 20.0 + burner_truth * 0.5,
+        "{mode}: burner CPU {cpu} % against {burner_truth:.1} % by its cgroup over the run"
     );
+    let idle_cpu = got[&f.service("idle")]["cpu_usage_in_percent"];
+    assert!(
+        cpu >= idle_cpu + 5.0,
+        "{mode}: burner {cpu} % is not well above idle {idle_cpu} %"
+    );
+    eprintln!("{mode}: burner CPU {cpu} %, {burner_truth:.1} % by its cgroup over the run");
     assert_eq!(burner["memory_limit_in_bytes"], LIMIT_64M, "{mode}");
     let mem = burner["memory_usage_in_bytes"];
     assert!(mem > 0.0 && mem < LIMIT_64M, "{mode}: burner memory {mem}");
@@ -230,14 +286,22 @@ fn cli_and_engine_modes_against_real_containers_agree() {
     std::thread::sleep(Duration::from_millis(700));
     let broker = Broker::start();
 
+    let burner = f.containers[0].clone();
     let cli = r#"{"mode": "CLI", "cli_path": "docker", "cli_timeout_in_seconds": 30}"#;
-    let (by_cli, cli_log) = publish_once(&f, &broker, cli);
-    check_mode("CLI", &f, &by_cli, &f.service("plain"));
+    let ((by_cli, cli_log), cli_truth) = with_cpu_truth(&burner, || publish_once(&f, &broker, cli));
+    check_mode("CLI", &f, &by_cli, &f.service("plain"), cli_truth);
     assert!(cli_log.contains("CLI mode"), "{cli_log}");
 
     let engine = format!(r#"{{"mode": "ENGINE", "engine_socket": "{SOCKET}"}}"#);
-    let (by_engine, engine_log) = publish_once(&f, &broker, &engine);
-    check_mode("ENGINE", &f, &by_engine, &f.service("from-label"));
+    let ((by_engine, engine_log), engine_truth) =
+        with_cpu_truth(&burner, || publish_once(&f, &broker, &engine));
+    check_mode(
+        "ENGINE",
+        &f,
+        &by_engine,
+        &f.service("from-label"),
+        engine_truth,
+    );
     assert!(
         engine_log.contains("ENGINE mode"),
         "the agent said which mode it ran: {engine_log}"
@@ -269,19 +333,12 @@ fn cli_and_engine_modes_against_real_containers_agree() {
             assert_eq!(c[m], e[m], "{m}");
         }
     }
-    let (cc, ec) = (
-        by_cli[&f.service("burner")]["cpu_usage_in_percent"],
-        by_engine[&f.service("burner")]["cpu_usage_in_percent"],
-    );
-    assert!(
-        (cc - ec).abs() <= 15.0,
-        "burner CPU: CLI {cc} % vs ENGINE {ec} %"
-    );
+    // CPU: each mode was checked against the cgroup's truth over its own run (check_mode); the two runs
+    // are seconds apart, and a busy machine's share moves in between.
     assert_eq!(
         by_engine[&f.service("burner")]["memory_limit_in_bytes"],
         by_cli[&f.service("burner")]["memory_limit_in_bytes"]
     );
-    eprintln!("burner CPU: CLI {cc} %, ENGINE {ec} %");
 }
 
 #[test]

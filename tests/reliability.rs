@@ -227,6 +227,11 @@ fn once_gives_up_on_an_absent_broker_with_exit_1() {
         log.contains("--once: gave up after 2s with messages undelivered"),
         "{log}"
     );
+    // The tick never reached the broker: all 63 of its figures are counted as lost.
+    assert!(
+        log.contains("stopped with 63 messages undelivered: they are lost"),
+        "{log}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 

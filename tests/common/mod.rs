@@ -256,6 +256,33 @@ impl Subscriber {
         }
     }
 
+    /// Waits until everything the broker took before now has reached this subscriber: a probe published
+    /// now arrives after it (one broker, one subscriber session, in order). For a `--once` run that has
+    /// exited, whose messages the broker acknowledged.
+    pub fn sync(&self, port: u16) {
+        let probes = || {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|x| x.contains("probe/ready"))
+                .count()
+        };
+        let before = probes();
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-q", "1", "-t", "probe/ready", "-m", "sync"])
+            .stderr(Stdio::null())
+            .status()
+            .expect("mosquitto_pub runs");
+        assert!(status.success(), "sync probe published");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while probes() == before {
+            assert!(Instant::now() < deadline, "sync probe never came back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Lines other than the readiness probes.
     pub fn lines(&self) -> Vec<String> {
         self.lines
