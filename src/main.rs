@@ -11,6 +11,7 @@ mod connect;
 mod discovery;
 mod engine;
 mod fuzz;
+mod handover;
 mod log;
 mod mqtt;
 mod payload;

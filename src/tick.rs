@@ -7,6 +7,7 @@
 
 use crate::balena::{service_name, topic_level};
 use crate::discovery::{Discovery, PayloadMode};
+use crate::handover::{Handover, Verdict};
 use crate::mqtt::Message;
 use crate::payload::{write_service, write_value};
 use crate::records::{Cursor, RecordError};
@@ -24,12 +25,14 @@ pub struct Publishing<'a> {
     pub mode: PayloadMode,
 }
 
-/// Buffers reused from record to record, so naming a message allocates nothing.
+/// What one tick hands to the next: buffers reused from record to record, so naming a message allocates
+/// nothing, and the services' releases seen, for hand-over updates.
 #[derive(Default)]
 pub struct Scratch {
     topic: String,
     payload: Vec<u8>,
     warnings: Vec<FieldWarning>,
+    handover: Handover,
 }
 
 /// Where a record came from, for warnings: its line in stats text, or the container (ENGINE mode).
@@ -118,10 +121,14 @@ impl Tick {
         let (stats, line) = match &mut self.records {
             Records::Parsed(stats) => match stats.next() {
                 Some(s) => (s, None),
-                None => return false,
+                None => {
+                    scratch.handover.end_tick();
+                    return false;
+                }
             },
             Records::Text { text, cursor } => {
                 let Some(record) = cursor.next(text) else {
+                    scratch.handover.end_tick();
                     return false;
                 };
                 let line = match record.text {
@@ -161,12 +168,30 @@ impl Tick {
                 (stats, Some(record.line))
             }
         };
+        // `docker stats` lists a container that started while it ran with the Name `--` and zero figures:
+        // there is nothing to publish about it yet (it was publishing nine zeros under a service "--").
+        if stats.name == "--" {
+            return true;
+        }
         self.containers += 1;
 
         let service = match &stats.service {
             Some(s) => topic_level(s),
             None => service_name(&stats.name),
         };
+        if let Verdict::Older {
+            newer_release,
+            first,
+        } = scratch.handover.judge(&service, &stats.name)
+        {
+            if first {
+                crate::info!(
+                    "service {service}: two containers run at once (a hand-over update); publishing release {newer_release}'s figures, not {}'s",
+                    stats.name
+                );
+            }
+            return true;
+        }
         let names = Names {
             service_name: &service,
             container_name: &stats.name,
@@ -331,6 +356,48 @@ mod tests {
                 r#"root/dev/telemetry/system/db/memory_limit_in_bytes {"value":67108864,"timestamp":99}"#,
             ]
         );
+    }
+
+    #[test]
+    fn rows_of_starting_containers_are_skipped() {
+        let text = concat!(
+            r#"{"Name":"--","ID":"--","CPUPerc":"0.00%","MemUsage":"0B / 0B","NetIO":"0B / 0B","PIDs":"0"}"#,
+            "\n",
+            r#"{"Name":"web_1_2","PIDs":"3"}"#,
+            "\n"
+        );
+        let (tick, out) = run(text);
+        assert_eq!((tick.containers, tick.bad_records), (1, 0));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, "root/dev/telemetry/system/web/pids");
+    }
+
+    #[test]
+    fn a_hand_over_publishes_the_newer_release_from_the_second_tick() {
+        let text = concat!(
+            r#"{"Name":"main_11_101_bbbb","PIDs":"2"}"#,
+            "\n",
+            r#"{"Name":"main_10_100_localrelease","PIDs":"1"}"#,
+            "\n"
+        );
+        let template = TopicTemplate::parse(crate::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let p = Publishing {
+            template: &template,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            mode: PayloadMode::PerMetric,
+        };
+        let mut scratch = Scratch::default();
+        for _ in 0..2 {
+            let mut tick = Tick::new("t".into(), text.as_bytes().to_vec(), 1);
+            let mut payloads = Vec::new();
+            while tick.step(&p, &mut scratch, None, &mut |m| {
+                if let Ok(Incoming::Publish { payload, .. }) = decode(m.bytes()) {
+                    payloads.push(String::from_utf8(payload.to_vec()).unwrap());
+                }
+            }) {}
+            assert_eq!(payloads, [r#"{"value":2,"timestamp":1}"#]);
+        }
     }
 
     #[test]
