@@ -583,6 +583,13 @@ pub fn origins(
                 Some(f) if f.set_by_env(key) => {
                     format!("environment variable {}", f.env_var(key).unwrap_or(""))
                 }
+                // parse_mqtt's rule: the balena UUID wins over the file's device_id.
+                _ if key == "device_id"
+                    && prefix == MQTT_PREFIX
+                    && env.device_uuid.as_deref().is_some_and(|u| !u.is_empty()) =>
+                {
+                    "environment variable BALENA_DEVICE_UUID".to_owned()
+                }
                 Some(f) if f.get(key).is_some() => src.path.to_owned(),
                 _ => "default".to_owned(),
             };
@@ -1282,7 +1289,13 @@ mod tests {
         assert_eq!(of("qos"), "m.json");
         assert_eq!(of("retain"), "default");
         assert_eq!(of("client_id"), "default");
+        assert_eq!(of("device_id"), "default");
         assert_eq!(o.len(), MQTT_KEYS.len());
+        let mut env = env;
+        env.device_uuid = Some("uuid".into());
+        let o = origins(&src, MQTT_KEYS, MQTT_PREFIX, &env);
+        let of = |key: &str| o.iter().find(|(k, _)| *k == key).unwrap().1.clone();
+        assert_eq!(of("device_id"), "environment variable BALENA_DEVICE_UUID");
     }
 
     #[test]
