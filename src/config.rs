@@ -1315,4 +1315,23 @@ mod tests {
             "{s}"
         );
     }
+
+    #[test]
+    fn readme_lists_every_variable() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("<!-- env-vars -->")
+            .expect("README has the variable list");
+        let end = readme.find("<!-- /env-vars -->").unwrap();
+        let listed: Vec<&str> = readme[start..end].split('`').skip(1).step_by(2).collect();
+        let expected: Vec<String> = COLLECTOR_KEYS
+            .iter()
+            .map(|k| env_name(COLLECTOR_PREFIX, k))
+            .chain(MQTT_KEYS.iter().map(|k| env_name(MQTT_PREFIX, k)))
+            .collect();
+        assert_eq!(
+            listed, expected,
+            "README.md's list, in the key lists' order"
+        );
+    }
 }
