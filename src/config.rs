@@ -605,7 +605,7 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         Mode::File => "FILE",
         Mode::Engine => "ENGINE",
     };
-    let mut s = format!("mode {mode}, every {}s", c.interval.as_secs());
+    let mut s = format!("{mode} mode, every {}s", c.interval.as_secs());
     match c.mode {
         Mode::Cli => {
             s += &format!(

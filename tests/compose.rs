@@ -228,7 +228,7 @@ services:
     );
     let log = logs();
     assert!(
-        log.contains("INFO balena-multi-container-telemetry") && log.contains("mode ENGINE"),
+        log.contains("INFO balena-multi-container-telemetry") && log.contains("ENGINE mode, every"),
         "the image's default is ENGINE mode: {log}"
     );
     let pids = sub

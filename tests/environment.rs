@@ -55,7 +55,7 @@ fn runs_on_the_environment_alone_without_any_config_file() {
         .collect();
     assert_eq!(start.len(), 1, "{log}");
     assert!(
-        start[0].contains(&format!("mode FILE, every 3600s, file_path {stats:?}")),
+        start[0].contains(&format!("FILE mode, every 3600s, file_path {stats:?}")),
         "{}",
         start[0]
     );
