@@ -387,3 +387,66 @@ fn scratch_image_runs_on_the_engine_and_stops_cleanly() {
         "the image's collector config"
     );
 }
+
+#[test]
+fn make_image_builds_one_platform_after_another() {
+    // The classic builder's cache ignores the platform: a second platform used to reuse the first's
+    // layers and fail. Two platforms in turn, through the script `make image` runs.
+    let engine = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(engine, Ok(s) if s.success()) {
+        skipped("make image test: no Docker Engine answers (`docker info` failed)");
+        return;
+    }
+    let platforms = [
+        ("linux/arm/v6", "armv6", "arm", "v6"),
+        ("linux/amd64", "x86_64", "amd64", ""),
+        ("linux/arm/v7", "armv7", "arm", "v7"),
+    ];
+    if let Some((p, ..)) = platforms
+        .iter()
+        .find(|(_, _, arch, v)| !static_binary(&format!("{arch}/{v}")).is_file())
+    {
+        skipped(&format!(
+            "make image test: no binary for {p} in dist/ (run `make dist`)"
+        ));
+        return;
+    }
+    let name = format!("bmct-image-test-{}", std::process::id());
+    // Every image stays until the end: the earlier ones are the cache that used to break the later.
+    let mut guards = Vec::new();
+    for (platform, tag, arch, variant) in platforms {
+        let image = format!("{name}:{tag}");
+        guards.push(DockerCleanup {
+            container: String::new(),
+            image: image.clone(),
+            layers: Vec::new(),
+        });
+        let out = Command::new("sh")
+            .arg(repo().join("cross-compile/static.sh"))
+            .args(["image", platform, &name])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "static.sh image {platform}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            docker_ok(&[
+                "image",
+                "inspect",
+                "-f",
+                "{{.Architecture}}/{{.Variant}}",
+                &image
+            ]),
+            format!("{arch}/{variant}"),
+            "{platform}"
+        );
+    }
+}
