@@ -1,17 +1,25 @@
-# The agent alone: one static musl binary and its default configs, no shell, no libc.
-# Build with `make image PLATFORM=linux/arm64` (or linux/arm/v7, linux/amd64), which first puts the binary
-# for that platform in dist/<TARGETARCH>/. buildx sets TARGETARCH from --platform; the classic builder
-# needs --build-arg TARGETARCH=arm64|arm|amd64.
+# The agent alone: one static musl binary, no shell, no libc. Its default is ENGINE mode: a scratch
+# image has no CLI, and on balena the `io.balena.features.balena-socket` label hands it the engine socket
+# (and DOCKER_HOST, which the agent follows). Everything else is configured with STATS_* and MQTT_*
+# environment variables (README.md, Configuration), or with config files mounted on /config.
+#
+# Build with `make image PLATFORM=linux/arm64` (or linux/arm/v7, linux/arm/v6, linux/amd64), which first
+# puts the binary for that platform in dist/<TARGETARCH>[/<TARGETVARIANT>]/. buildx sets TARGETARCH and
+# TARGETVARIANT from --platform; the classic builder needs them as --build-arg (make image does that).
 FROM scratch
-# The example configs as defaults; WORKDIR / makes the agent's `config/` resolve to /config. Mount your
-# own directory over /config (or point CONFIG_DIR elsewhere) to configure it.
-# (They come before the ARG on purpose: the classic builder of Docker 20.10 records an ARG step right
+# The one default that differs from the agent's built-in ones: "mode": "ENGINE". It is a file, not an ENV
+# line, so that a STATS_MODE variable still wins over it and a config directory mounted on /config
+# replaces it (an ENV default would override the mounted file's mode). WORKDIR / makes the agent's
+# `config/` resolve to /config.
+# (It comes before the ARGs on purpose: the classic builder of Docker 20.10 records an ARG step right
 # after FROM scratch as the host's platform, and a later step then fails for any other --platform.)
-COPY config/balena_stats_collector.example-config.json /config/balena_stats_collector.config.json
-COPY config/mqtt.example-config.json /config/mqtt.config.json
+COPY config/image/balena_stats_collector.config.json /config/balena_stats_collector.config.json
 ARG TARGETARCH
-COPY dist/${TARGETARCH}/balena-multi-container-telemetry /balena-multi-container-telemetry
+ARG TARGETVARIANT
+COPY dist/${TARGETARCH}/${TARGETVARIANT}/balena-multi-container-telemetry /balena-multi-container-telemetry
 WORKDIR /
-# nobody:nogroup. FILE mode only needs to read the mounted stats file.
+# nobody:nogroup: enough for FILE mode, which only reads the mounted stats file. The engine socket
+# belongs to root, so ENGINE mode needs `user: "0"` in the compose file (or the socket's group): see
+# docker-compose.yaml.
 USER 65534:65534
 ENTRYPOINT ["/balena-multi-container-telemetry"]

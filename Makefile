@@ -5,15 +5,18 @@
 #   make lint    cargo fmt --check and clippy with warnings as errors
 #   make clean
 #   make fuzz    the fuzzers for FUZZ_CASES cases each (default 1,000,000)
-#   make aarch64 / armv7 / x86_64   static musl binary in target/<triple>/release/ (rust-lld, no C toolchain)
-#   make dist    the three static binaries, copied to dist/arm64, dist/arm, dist/amd64 (Docker's arch names)
+#   make aarch64 / armv7 / armv6 / x86_64
+#                static musl binary in target/device/<triple>/release/ (rust-lld, no C toolchain)
+#   make dist    the four static binaries, copied to dist/arm64, dist/arm/v7, dist/arm/v6, dist/amd64
+#                (Docker's platform names, TARGETARCH/TARGETVARIANT)
 #   make size    their sizes against the budgets (make test fails when one is over)
-#   make image   the FROM scratch image for PLATFORM (default linux/arm64), tagged $(IMAGE):<arch>
+#   make image   the FROM scratch image for PLATFORM (default linux/arm64; linux/arm/v7, linux/arm/v6,
+#                linux/amd64), tagged $(IMAGE):<arch>
 
 CARGO ?= cargo
 BIN := balena-multi-container-telemetry
 
-.PHONY: all build test demo lint clean deps aarch64 armv7 x86_64 dist size size-check image
+.PHONY: all build test demo lint clean deps aarch64 armv7 armv6 x86_64 dist size size-check image
 
 STATIC := sh cross-compile/static.sh
 PLATFORM ?= linux/arm64
@@ -43,7 +46,7 @@ clean:
 	$(CARGO) clean
 	rm -rf dist
 
-aarch64 armv7 x86_64:
+aarch64 armv7 armv6 x86_64:
 	@CARGO="$(CARGO)" $(STATIC) build $@
 
 dist:

@@ -1,51 +1,63 @@
 #!/bin/sh
-# Static musl builds for balena devices (issue 4); the Makefile's aarch64/armv7/x86_64/dist/size targets.
+# Static musl builds for balena devices (issues 4 and 14); the Makefile's aarch64/armv7/armv6/x86_64/
+# dist/size/image targets.
 #
-#   static.sh build ARCH...   cargo build --release --target <triple> (rustup target add first if needed)
-#   static.sh dist ARCH...    build, then copy to dist/<docker arch>/
+#   static.sh build ARCH...   cargo build --release --target <triple>, in the device target directory
+#   static.sh dist ARCH...    build, then copy to dist/<docker platform dir>/
 #   static.sh size ARCH...    print each dist/ binary's size and its budget
 #   static.sh check ARCH...   fail (exit 1) when a dist/ binary is over its budget
 #                             (dist/, not target/: what make test just built and ran, even if another
 #                             cargo run rewrites target/ meanwhile)
 #   static.sh image PLATFORM NAME
-#                             dist for PLATFORM (linux/arm64, linux/arm/v7, linux/amd64), then the root
-#                             Dockerfile's FROM scratch image, tagged NAME:<docker arch>
+#                             dist for PLATFORM (linux/arm64, linux/arm/v7, linux/arm/v6, linux/amd64),
+#                             then the root Dockerfile's FROM scratch image, tagged NAME:<arch>
 #
-# ARCH is aarch64, armv7 or x86_64. dist/ uses Docker's TARGETARCH names (arm64, arm, amd64) so the root
-# Dockerfile can pick the binary for the platform it builds. A target that rustup cannot install is
-# reported with a loud SKIPPED line and does not fail the build; the tests skip it the same way.
-# Linking uses rust-lld (.cargo/config.toml): the crate has no C code, so no C cross toolchain is needed.
+# ARCH is aarch64, armv7, armv6 or x86_64 (all four when none is given). dist/ is laid out by Docker
+# platform, TARGETARCH[/TARGETVARIANT]: dist/arm64, dist/arm/v7, dist/arm/v6, dist/amd64, so the root
+# Dockerfile can pick the binary for the platform it builds.
+#
+# Device builds have their own target directory (target/device, or $CARGO_TARGET_DIR/device): they
+# build with other RUSTFLAGS than `cargo build`/`cargo test`, and sharing one directory made each of
+# them rebuild serde and the crate after the other.
+# Linking uses rust-lld (.cargo/config.toml). The crate has no C code, so no C cross toolchain is needed.
 set -eu
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 BIN=balena-multi-container-telemetry
+TARGET_DIR="${CARGO_TARGET_DIR:-target}/device"
 
-triple() {
-    case "$1" in
-        aarch64) echo aarch64-unknown-linux-musl ;;
-        armv7) echo armv7-unknown-linux-musleabihf ;;
-        x86_64) echo x86_64-unknown-linux-musl ;;
-        *) echo "unknown arch '$1' (aarch64, armv7 or x86_64)" >&2; exit 2 ;;
-    esac
+# One line per device target:
+#   arch  Rust triple  dist/ directory (Docker platform)  size budget in bytes  where libc comes from
+# libc "rustup": the target's rust-std component (`rustup target add`), which ships musl's crt objects
+# and libc.a. Otherwise the directory of Debian's musl-dev for that architecture (the package named in
+# the last column): rustup's prebuilt armv7 std cannot be fetched everywhere, and needs not be, since std
+# is rebuilt from rust-src anyway; musl for ARMv6 (armel) is Debian's too. No rustup target at all then.
+# Budgets: aarch64's is the issue's 450 KiB; 32-bit Arm code is denser, so armv7 and armv6 get the
+# same; x86_64 code runs about 12% larger than aarch64's (std + musl alone: 363 KiB vs 325 KiB), so it
+# gets 512 KiB. Override with SIZE_BUDGET_<ARCH>=bytes.
+TARGETS='
+aarch64 aarch64-unknown-linux-musl     arm64  460800 rustup
+armv7   armv7-unknown-linux-musleabihf arm/v7 460800 /usr/lib/arm-linux-musleabihf musl-dev:armhf
+armv6   arm-unknown-linux-musleabi     arm/v6 460800 /usr/lib/arm-linux-musleabi   musl-dev:armel
+x86_64  x86_64-unknown-linux-musl      amd64  524288 rustup
+'
+ALL_ARCHS=$(echo "$TARGETS" | awk 'NF { printf "%s ", $1 }')
+
+# field ARCH N: column N of ARCH's line.
+field() {
+    v=$(echo "$TARGETS" | awk -v a="$1" -v n="$2" '$1 == a { print $n }')
+    if [ -z "$v" ] && [ "$2" -le 5 ]; then
+        echo "unknown arch '$1' (one of: $ALL_ARCHS)" >&2
+        exit 2
+    fi
+    echo "$v"
 }
-
-docker_arch() {
-    case "$1" in
-        aarch64) echo arm64 ;;
-        armv7) echo arm ;;
-        x86_64) echo amd64 ;;
-    esac
-}
-
-# Stripped sizes in bytes. aarch64's is the issue's budget (450 KiB); 32-bit Thumb-2 code is denser, so
-# armv7 gets the same; x86_64 code runs about 12% larger than aarch64's (std + musl alone: 363 KiB vs
-# 325 KiB), so it gets 512 KiB. Override with SIZE_BUDGET_<ARCH>=bytes.
+triple() { field "$1" 2; }
+dist_dir() { echo "dist/$(field "$1" 3)"; }
+libc_dir() { field "$1" 5; }
 budget() {
-    case "$1" in
-        aarch64) echo "${SIZE_BUDGET_AARCH64:-460800}" ;;
-        armv7) echo "${SIZE_BUDGET_ARMV7:-460800}" ;;
-        x86_64) echo "${SIZE_BUDGET_X86_64:-524288}" ;;
-    esac
+    override=$(eval "echo \${SIZE_BUDGET_$(echo "$1" | tr '[:lower:]' '[:upper:]'):-}")
+    echo "${override:-$(field "$1" 4)}"
 }
 
 skipped() {
@@ -55,7 +67,7 @@ skipped() {
 }
 
 # True when the target's standard library is there (or rustup just installed it).
-have_target() {
+have_rustup_target() {
     t=$(triple "$1")
     command -v rustup >/dev/null 2>&1 || return 0 # no rustup: let cargo say what is missing
     rustup target list --installed 2>/dev/null | grep -qx "$t" && return 0
@@ -63,26 +75,29 @@ have_target() {
     if out=$(rustup target add "$t" 2>&1); then
         return 0
     fi
-    # rustup's own message, without the stack trace RUST_BACKTRACE may add to it.
-    printf '%s\n' "$out" | sed '/^Stack backtrace/,$d' >&2
-    skipped "$1 target not installable (rustup target add failed)"
+    # rustup's own message, one line, without the stack trace RUST_BACKTRACE may add to it.
+    printf '%s\n' "$out" | sed '/^Stack backtrace/,$d' | grep -m1 -i error >&2 || true
+    skipped "$1 target not installable (rustup target add $t failed)"
     return 1
 }
 
-# The device build rebuilds std for size with the `immediate-abort` panic strategy: a panic (a bug; no
-# input can cause one) aborts at once, so std's panic message formatting, backtrace symbolisation
-# (gimli, addr2line, miniz, demangling) and unwinder are not linked. That halves the binary (aarch64:
-# 621 KiB with the prebuilt std, 304 KiB this way, measured). -Zbuild-std and -Cpanic=immediate-abort are
-# unstable options: RUSTC_BOOTSTRAP=1 lets this stable toolchain take them, and they need the rust-src
-# component. STD=prebuilt builds with the prebuilt std instead (plain `cargo build --target` does too).
-build() {
-    have_target "$1" || return 0
-    if [ "${STD:-rebuilt}" = prebuilt ] || ! have_rust_src; then
-        "$CARGO" build --release --target "$(triple "$1")"
-        return
+# True when Debian's musl for the target is installed, or was just installed (as root with apt-get).
+have_debian_musl() {
+    dir=$(libc_dir "$1")
+    pkg=$(field "$1" 6)
+    [ -f "$dir/libc.a" ] && return 0
+    debarch=${pkg#*:}
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing $pkg (musl for $1)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        dpkg --add-architecture "$debarch"
+        # A mirror mid-sync can fail one index; what matters is whether the package then installs.
+        apt-get update -qq >/dev/null 2>&1 || true
+        apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null || true
+        [ -f "$dir/libc.a" ] && return 0
     fi
-    RUSTC_BOOTSTRAP=1 RUSTFLAGS="${RUSTFLAGS:-} -Zunstable-options -Cpanic=immediate-abort" \
-        "$CARGO" build --release --target "$(triple "$1")" -Z build-std=std,panic_abort
+    skipped "$1: $dir/libc.a missing (dpkg --add-architecture $debarch && apt-get update && apt-get install $pkg)"
+    return 1
 }
 
 have_rust_src() {
@@ -93,39 +108,93 @@ have_rust_src() {
     return 1
 }
 
-path() {
-    echo "${CARGO_TARGET_DIR:-target}/$(triple "$1")/release/$BIN"
+# Link flags for a target whose libc is Debian's musl rather than rust-std's self-contained copy:
+# rustc would look for crt1.o/crti.o/crtn.o, libc.a and libunwind.a in the target's rustlib directory,
+# which does not exist without `rustup target add`. So: not self-contained, Debian's directory on the
+# library path, its start files around the link (crt1.o and crti.o first, crtn.o last, as a C compiler
+# driver would order them), and an empty libunwind.a, which std's `unwind` crate names for static musl
+# but nothing calls: with immediate-abort nothing unwinds.
+debian_musl_flags() {
+    dir=$(libc_dir "$1")
+    extra="$TARGET_DIR/musl-extra"
+    mkdir -p "$extra"
+    [ -f "$extra/libunwind.a" ] || printf '!<arch>\n' >"$extra/libunwind.a"
+    extra=$(cd "$extra" && pwd)
+    echo "-Clink-self-contained=no -L$dir -L$extra -Zpre-link-arg=$dir/crt1.o -Zpre-link-arg=$dir/crti.o -Clink-arg=$dir/crtn.o"
 }
 
-# buildx when the client has it; otherwise the classic builder, which does not set TARGETARCH itself.
-image() {
-    case "$1" in
-        linux/arm64 | linux/arm64/v8) arch=aarch64 ;;
-        linux/arm | linux/arm/v7) arch=armv7 ;;
-        linux/amd64) arch=x86_64 ;;
-        *) echo "unsupported PLATFORM '$1' (linux/arm64, linux/arm/v7, linux/amd64)" >&2; exit 2 ;;
-    esac
-    dist "$arch"
-    if [ ! -f "dist/$(docker_arch "$arch")/$BIN" ]; then
-        echo "no $arch binary to put in the image (see the SKIPPED line above)" >&2
-        exit 1
-    fi
-    tag="$2:$(docker_arch "$arch")"
-    if docker buildx version >/dev/null 2>&1; then
-        docker buildx build --platform "$1" --load -t "$tag" .
+# The device build rebuilds std for size with the `immediate-abort` panic strategy: a panic (a bug; no
+# input can cause one) aborts at once, so std's panic message formatting, backtrace symbolisation
+# (gimli, addr2line, miniz, demangling) and unwinder are not linked. That halves the binary (aarch64:
+# 621 KiB with the prebuilt std, 304 KiB this way, measured). -Zbuild-std, -Cpanic=immediate-abort and
+# -Zpre-link-arg are unstable options: RUSTC_BOOTSTRAP=1 lets this stable toolchain take them, and they
+# need the rust-src component. STD=prebuilt builds with the prebuilt std instead (rustup targets only).
+build() {
+    t=$(triple "$1")
+    if [ "$(libc_dir "$1")" = rustup ]; then
+        have_rustup_target "$1" || return 0
+        flags=""
+        if [ "${STD:-rebuilt}" = prebuilt ] || ! have_rust_src; then
+            CARGO_TARGET_DIR="$TARGET_DIR" "$CARGO" build --release --target "$t"
+            return
+        fi
     else
-        DOCKER_BUILDKIT=0 docker build --platform "$1" --build-arg "TARGETARCH=$(docker_arch "$arch")" -t "$tag" .
+        have_debian_musl "$1" || return 0
+        if ! have_rust_src; then
+            skipped "$1 needs rust-src (its std is always rebuilt: rustup component add rust-src)"
+            return 0
+        fi
+        flags=$(debian_musl_flags "$1")
     fi
-    echo "image: $tag"
+    RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$TARGET_DIR" \
+        RUSTFLAGS="${RUSTFLAGS:-} -Zunstable-options -Cpanic=immediate-abort $flags" \
+        "$CARGO" build --release --target "$t" -Z build-std=std,panic_abort
+}
+
+path() {
+    echo "$TARGET_DIR/$(triple "$1")/release/$BIN"
 }
 
 dist() {
     build "$1"
     if [ -f "$(path "$1")" ]; then
-        mkdir -p "dist/$(docker_arch "$1")"
-        cp "$(path "$1")" "dist/$(docker_arch "$1")/$BIN"
-        echo "dist/$(docker_arch "$1")/$BIN"
+        mkdir -p "$(dist_dir "$1")"
+        cp "$(path "$1")" "$(dist_dir "$1")/$BIN"
+        echo "$(dist_dir "$1")/$BIN"
     fi
+}
+
+# buildx when the client has it; otherwise the classic builder, which does not set TARGETARCH and
+# TARGETVARIANT itself.
+image() {
+    case "$1" in
+        linux/arm64 | linux/arm64/v8) arch=aarch64 ;;
+        linux/arm | linux/arm/v7) arch=armv7 ;;
+        linux/arm/v6) arch=armv6 ;;
+        linux/amd64) arch=x86_64 ;;
+        *) echo "unsupported PLATFORM '$1' (linux/arm64, linux/arm/v7, linux/arm/v6, linux/amd64)" >&2; exit 2 ;;
+    esac
+    dist "$arch"
+    if [ ! -f "$(dist_dir "$arch")/$BIN" ]; then
+        echo "no $arch binary to put in the image (see the SKIPPED line above)" >&2
+        exit 1
+    fi
+    platform="linux/$(field "$arch" 3)"
+    targetarch=${platform#linux/}
+    targetarch=${targetarch%%/*}
+    variant=""
+    case "$platform" in linux/*/*) variant=${platform##*/} ;; esac
+    tag="$2:$arch"
+    if docker buildx version >/dev/null 2>&1; then
+        docker buildx build --platform "$platform" --load -t "$tag" .
+    else
+        # The classic builder's cache ignores the platform: without --no-cache, a second platform
+        # reuses the first one's layers (the FROM scratch base and every COPY), and the image is
+        # labelled with the first platform. The image is a few files, so building it afresh is cheap.
+        DOCKER_BUILDKIT=0 docker build --no-cache --platform "$platform" \
+            --build-arg "TARGETARCH=$targetarch" --build-arg "TARGETVARIANT=$variant" -t "$tag" .
+    fi
+    echo "image: $tag ($platform)"
 }
 
 cmd=${1:-}
@@ -135,7 +204,8 @@ if [ "$cmd" = image ]; then
     image "$1" "$2"
     exit 0
 fi
-[ $# -gt 0 ] || set -- aarch64 armv7 x86_64
+# shellcheck disable=SC2086
+[ $# -gt 0 ] || set -- $ALL_ARCHS
 status=0
 for arch in "$@"; do
     triple "$arch" >/dev/null
@@ -143,7 +213,7 @@ for arch in "$@"; do
         build) build "$arch" ;;
         dist) dist "$arch" ;;
         size | check)
-            p="dist/$(docker_arch "$arch")/$BIN"
+            p="$(dist_dir "$arch")/$BIN"
             if [ ! -f "$p" ]; then
                 if [ "$cmd" = check ]; then skipped "size check for $arch: $p was not built"; else echo "$arch: not built ($p)"; fi
                 continue
@@ -160,7 +230,7 @@ for arch in "$@"; do
                 echo "$line"
             fi
             ;;
-        *) echo "usage: $0 build|dist|size|check [aarch64|armv7|x86_64]..." >&2; exit 2 ;;
+        *) echo "usage: $0 build|dist|size|check [$ALL_ARCHS]..." >&2; exit 2 ;;
     esac
 done
 [ "$cmd" = size ] && exit 0

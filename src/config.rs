@@ -1,12 +1,16 @@
-//! The two JSON config files, checked key by key.
+//! The two JSON config files and the environment, checked key by key.
 //!
-//! Pure: the caller reads the files and the environment and hands over their text. Every error names the
-//! file and the key; unknown keys are warnings, because a typo silently falling back to a default is worse.
-//! A missing file means the built-in defaults, which equal the shipped example files (a test holds them
-//! to that).
+//! Pure: the caller reads the files and the environment and hands over their text. Every key of a file
+//! can also be set by an environment variable, `STATS_` (collector file) or `MQTT_` (MQTT file) and the
+//! key in capitals; the variable wins over the file, the file over the built-in default. The variable's
+//! text is put into the file's object before the checks, so the same checks apply, and an error names
+//! the variable instead of the file. Every error names the file (or variable) and the key; unknown keys
+//! and unknown `STATS_`/`MQTT_` variables are warnings, because a typo silently falling back to a default
+//! is worse. A missing file means the built-in defaults, which equal the shipped example files (a test
+//! holds them to that).
 
 pub use crate::discovery::PayloadMode;
-use crate::topics::{TopicTemplate, DEFAULT_TEMPLATE};
+use crate::topics::{TopicTemplate, DEFAULT_TEMPLATE, DEFAULT_UNIT};
 use mqttrs::QoS;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -80,7 +84,29 @@ pub struct HomeAssistant {
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     pub device_uuid: Option<String>,
-    pub mqtt_password: Option<String>,
+    /// Every `STATS_*` and `MQTT_*` variable, name and value (`MQTT_PASSWORD` among them).
+    pub vars: Vec<(String, String)>,
+}
+
+impl Env {
+    /// The variable's value; an empty one counts as unset (balena cannot unset a fleet variable for one
+    /// device, but it can blank it).
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Prefixes of the variables that set keys of each file.
+pub const COLLECTOR_PREFIX: &str = "STATS_";
+pub const MQTT_PREFIX: &str = "MQTT_";
+
+/// The variable that sets `key`: `MQTT_` + `broker_url` -> `MQTT_BROKER_URL`.
+pub fn env_name(prefix: &str, key: &str) -> String {
+    format!("{prefix}{}", key.to_ascii_uppercase())
 }
 
 /// The text of a config file, or `None` when it does not exist.
@@ -89,7 +115,7 @@ pub struct Source<'a> {
     pub text: Option<&'a str>,
 }
 
-const COLLECTOR_KEYS: &[&str] = &[
+pub const COLLECTOR_KEYS: &[&str] = &[
     "mode",
     "collection_interval_in_seconds",
     "cli_path",
@@ -98,9 +124,11 @@ const COLLECTOR_KEYS: &[&str] = &[
     "engine_socket",
 ];
 
-const MQTT_KEYS: &[&str] = &[
+pub const MQTT_KEYS: &[&str] = &[
     "broker_url",
     "device_id",
+    // The original program's topic level for `{unit}` in the template.
+    "unit",
     "root_topic_template",
     "client_id",
     "qos",
@@ -125,8 +153,12 @@ pub const DEFAULT_FILE_PATH: &str = "/data/balena-stats.jsonl";
 pub const DEFAULT_BROKER_URL: &str = "tcp://localhost:1883";
 pub const DEFAULT_DEVICE_ID: &str = "my-device";
 
-pub fn parse_collector(src: &Source, warnings: &mut Vec<String>) -> Result<Collector, ConfigError> {
-    let f = Fields::new(src, COLLECTOR_KEYS, warnings)?;
+pub fn parse_collector(
+    src: &Source,
+    env: &Env,
+    warnings: &mut Vec<String>,
+) -> Result<Collector, ConfigError> {
+    let f = Fields::new(src, COLLECTOR_KEYS, COLLECTOR_PREFIX, env, warnings)?;
     let mode = match f.string("mode")?.as_deref().unwrap_or("CLI") {
         "CLI" => Mode::Cli,
         "FILE" => Mode::File,
@@ -181,13 +213,16 @@ pub fn parse_mqtt(
     env: &Env,
     warnings: &mut Vec<String>,
 ) -> Result<Mqtt, ConfigError> {
-    let f = Fields::new(src, MQTT_KEYS, warnings)?;
+    let f = Fields::new(src, MQTT_KEYS, MQTT_PREFIX, env, warnings)?;
     let url = f
         .string("broker_url")?
         .unwrap_or_else(|| DEFAULT_BROKER_URL.into());
     let (host, port) = parse_broker_url(&url).map_err(|m| f.error("broker_url", m))?;
 
-    let device_id = match env.device_uuid.as_deref().filter(|s| !s.is_empty()) {
+    // MQTT_DEVICE_ID, set for this agent on purpose, wins over the UUID balena sets everywhere; the
+    // UUID wins over the file's device_id.
+    let uuid = env.device_uuid.as_deref().filter(|s| !s.is_empty());
+    let device_id = match uuid.filter(|_| !f.set_by_env("device_id")) {
         Some(uuid) => {
             check_level(uuid).map_err(|m| ConfigError {
                 file: "environment".into(),
@@ -211,10 +246,15 @@ pub fn parse_mqtt(
         }
     };
 
+    let unit = f.string("unit")?.unwrap_or_else(|| DEFAULT_UNIT.into());
+    check_level(&unit).map_err(|m| f.error("unit", m))?;
+    if unit.is_empty() {
+        return Err(f.error("unit", "must not be empty".into()));
+    }
     let template_text = f
         .string("root_topic_template")?
         .unwrap_or_else(|| DEFAULT_TEMPLATE.into());
-    let template = TopicTemplate::parse(&template_text, &device_id)
+    let template = TopicTemplate::parse_with_unit(&template_text, &device_id, &unit)
         .map_err(|m| f.error("root_topic_template", m))?;
     if !template.is_per_container() {
         warnings.push(format!(
@@ -241,28 +281,17 @@ pub fn parse_mqtt(
     if let Some(u) = &username {
         check_mqtt_string(u).map_err(|m| f.error("username", m))?;
     }
-    let env_password = env.mqtt_password.clone().filter(|p| !p.is_empty());
-    let from_env = env_password.is_some();
-    let password = match env_password {
-        Some(p) => Some(p),
-        None => f.string("password")?.filter(|p| !p.is_empty()),
-    };
+    let password = f.string("password")?.filter(|p| !p.is_empty());
     if let Some(p) = &password {
         check_mqtt_string(p).map_err(|m| f.error("password", m))?;
         // MQTT-3.1.2-22: a CONNECT may carry a password only with a user name; brokers refuse it, and
         // retrying could never succeed.
         if username.is_none() {
-            let message =
-                "is set but \"username\" is not: MQTT sends a password only with a user name";
-            return Err(if from_env {
-                ConfigError {
-                    file: "environment".into(),
-                    key: Some("MQTT_PASSWORD"),
-                    message: message.into(),
-                }
-            } else {
-                f.error("password", message.into())
-            });
+            return Err(f.error(
+                "password",
+                "is set but \"username\" is not: MQTT sends a password only with a user name"
+                    .into(),
+            ));
         }
     }
     let reconnect_max_delay = f
@@ -275,6 +304,7 @@ pub fn parse_mqtt(
         Some(t) => {
             check_topic(&t).map_err(|m| f.error("availability_topic", m))?;
             t.replace("{device_id}", &device_id)
+                .replace("{unit}", &unit)
         }
         None => template.default_availability_topic(),
     };
@@ -401,16 +431,21 @@ fn check_topic(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// One config file's top-level object, read key by key.
+/// One config file's top-level object with the environment's values put in, read key by key.
 struct Fields<'a> {
     path: &'a str,
     map: Map<String, Value>,
+    /// Keys whose value came from the environment, with the variable's name. Their values are the
+    /// variable's text (a JSON string), converted by the typed getters below.
+    env_keys: Vec<(&'static str, String)>,
 }
 
 impl<'a> Fields<'a> {
     fn new(
         src: &Source<'a>,
-        known: &[&str],
+        known: &[&'static str],
+        prefix: &str,
+        env: &Env,
         warnings: &mut Vec<String>,
     ) -> Result<Fields<'a>, ConfigError> {
         let error = |message: String| ConfigError {
@@ -418,11 +453,8 @@ impl<'a> Fields<'a> {
             key: None,
             message,
         };
-        let map = match src.text {
-            None => {
-                warnings.push(format!("{} not found: using built-in defaults", src.path));
-                Map::new()
-            }
+        let mut map = match src.text {
+            None => Map::new(),
             Some(text) => match serde_json::from_str::<Value>(text) {
                 Ok(Value::Object(map)) => map,
                 Ok(_) => return Err(error("must hold a JSON object".into())),
@@ -436,15 +468,48 @@ impl<'a> Fields<'a> {
                 known.join(", ")
             ));
         }
+        let mut env_keys = Vec::new();
+        for &key in known {
+            let name = env_name(prefix, key);
+            if let Some(value) = env.get(&name) {
+                map.insert(key.to_owned(), Value::String(value.to_owned()));
+                env_keys.push((key, name));
+            }
+        }
+        // Not an error: fleet-wide variables reach every service, and may be meant for another one.
+        for (name, _) in env.vars.iter().filter(|(n, _)| n.starts_with(prefix)) {
+            if !known.iter().any(|k| env_name(prefix, k) == *name) {
+                warnings.push(format!(
+                    "environment variable {name} ignored: no such key (variables {prefix}<KEY> set: {})",
+                    known.join(", ")
+                ));
+            }
+        }
         Ok(Fields {
             path: src.path,
             map,
+            env_keys,
         })
+    }
+
+    /// The variable that set `key`, if one did.
+    fn env_var(&self, key: &str) -> Option<&str> {
+        self.env_keys
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, n)| n.as_str())
+    }
+
+    fn set_by_env(&self, key: &str) -> bool {
+        self.env_var(key).is_some()
     }
 
     fn error(&self, key: &'static str, message: String) -> ConfigError {
         ConfigError {
-            file: self.path.to_owned(),
+            file: match self.env_var(key) {
+                Some(name) => format!("environment variable {name}"),
+                None => self.path.to_owned(),
+            },
             key: Some(key),
             message,
         }
@@ -453,6 +518,12 @@ impl<'a> Fields<'a> {
     /// `null` counts as absent, so a key can be blanked without deleting it.
     fn get(&self, key: &str) -> Option<&Value> {
         self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    /// A value from the environment: always text, to be read as the key's type.
+    fn env_text(&self, key: &str) -> Option<&str> {
+        self.env_var(key)?;
+        self.get(key)?.as_str()
     }
 
     fn string(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
@@ -464,25 +535,145 @@ impl<'a> Fields<'a> {
     }
 
     fn uint(&self, key: &'static str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
+        let range_error = |v: &dyn std::fmt::Display| {
+            self.error(
+                key,
+                format!("must be an integer from {min} to {max}, not {v}"),
+            )
+        };
+        if let Some(text) = self.env_text(key) {
+            return match text.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(range_error(&format_args!("{text:?}"))),
+            };
+        }
         match self.get(key) {
             None => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                _ => Err(self.error(
-                    key,
-                    format!("must be an integer from {min} to {max}, not {v}"),
-                )),
+                _ => Err(range_error(v)),
             },
         }
     }
 
     fn boolean(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+        if let Some(text) = self.env_text(key) {
+            return match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" => Ok(Some(true)),
+                "false" | "0" => Ok(Some(false)),
+                _ => Err(self.error(
+                    key,
+                    format!("must be true or false (or 1 or 0), not {text:?}"),
+                )),
+            };
+        }
         match self.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(other) => Err(self.error(key, format!("must be true or false, not {other}"))),
         }
     }
+}
+
+/// Where each key's value comes from, for the debug log: `key: environment variable X`, `key: <file>`
+/// or `key: default`. Pure, like the parsers; a file that is not valid JSON counts as empty here (the
+/// parser reports it).
+pub fn origins(
+    src: &Source,
+    known: &[&'static str],
+    prefix: &str,
+    env: &Env,
+) -> Vec<(&'static str, String)> {
+    let fields = Fields::new(src, known, prefix, env, &mut Vec::new()).ok();
+    known
+        .iter()
+        .map(|&key| {
+            let origin = match &fields {
+                Some(f) if f.set_by_env(key) => {
+                    format!("environment variable {}", f.env_var(key).unwrap_or(""))
+                }
+                // parse_mqtt's rule: the balena UUID wins over the file's device_id.
+                _ if key == "device_id"
+                    && prefix == MQTT_PREFIX
+                    && env.device_uuid.as_deref().is_some_and(|u| !u.is_empty()) =>
+                {
+                    "environment variable BALENA_DEVICE_UUID".to_owned()
+                }
+                Some(f) if f.get(key).is_some() => src.path.to_owned(),
+                _ => "default".to_owned(),
+            };
+            (key, origin)
+        })
+        .collect()
+}
+
+/// The effective settings in one line, secrets masked.
+pub fn summary(c: &Collector, m: &Mqtt) -> String {
+    let mode = match c.mode {
+        Mode::Cli => "CLI",
+        Mode::File => "FILE",
+        Mode::Engine => "ENGINE",
+    };
+    let mut s = format!("{mode} mode, every {}s", c.interval.as_secs());
+    match c.mode {
+        Mode::Cli => {
+            s += &format!(
+                ", cli_path {:?}, cli_timeout {}s",
+                c.cli_path,
+                c.cli_timeout.as_secs()
+            )
+        }
+        Mode::File => s += &format!(", file_path {:?}", c.file_path),
+        Mode::Engine => {
+            s += &format!(
+                ", engine_socket {}, timeout {}s",
+                c.engine_socket
+                    .as_deref()
+                    .unwrap_or("(DOCKER_HOST or the usual places)"),
+                c.cli_timeout.as_secs()
+            )
+        }
+    }
+    s += &format!(
+        "; broker {}:{}, device_id {:?}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
+         username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {}, \
+         reconnect_max_delay {}s, once_timeout {}s, home_assistant {}",
+        m.host,
+        m.port,
+        m.device_id,
+        {
+            let mut root = String::new();
+            let names = crate::topics::Names {
+                service_name: "{service_name}",
+                container_name: "{container_name}",
+                container_id: "{container_id}",
+            };
+            m.template.render_root(&names, &mut root);
+            root
+        },
+        m.client_id,
+        match m.qos {
+            QoS::AtMostOnce => 0,
+            _ => 1,
+        },
+        m.retain,
+        m.keep_alive,
+        m.username.as_deref().map_or("(none)".into(), |u| format!("{u:?}")),
+        if m.password.is_some() { "***" } else { "(none)" },
+        m.availability_topic,
+        match m.payload_mode {
+            PayloadMode::PerMetric => "per_metric",
+            PayloadMode::PerService => "per_service",
+        },
+        m.max_buffered_messages,
+        m.reconnect_max_delay.as_secs(),
+        m.once_timeout.as_secs(),
+        match &m.home_assistant {
+            None => "off".to_owned(),
+            Some(h) => format!("on (prefix {:?})", h.prefix),
+        },
+    );
+    s
 }
 
 #[cfg(test)]
@@ -494,13 +685,29 @@ mod tests {
     const MQTT_EXAMPLE: &str = include_str!("../config/mqtt.example-config.json");
 
     fn collector(text: Option<&str>) -> Result<Collector, ConfigError> {
+        collector_env(text, &Env::default())
+    }
+
+    fn collector_env(text: Option<&str>, env: &Env) -> Result<Collector, ConfigError> {
         parse_collector(
             &Source {
                 path: "c.json",
                 text,
             },
+            env,
             &mut Vec::new(),
         )
+    }
+
+    /// An environment with these variables (and no BALENA_DEVICE_UUID).
+    fn vars(pairs: &[(&str, &str)]) -> Env {
+        Env {
+            device_uuid: None,
+            vars: pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
     }
 
     fn mqtt_env(text: Option<&str>, env: &Env) -> Result<Mqtt, ConfigError> {
@@ -536,17 +743,19 @@ mod tests {
     }
 
     #[test]
-    fn missing_file_warns_with_its_path() {
+    fn missing_file_is_no_warning() {
+        // Running on the environment alone is normal; main.rs logs the missing file at info.
         let mut w = Vec::new();
         parse_collector(
             &Source {
                 path: "/x/c.json",
                 text: None,
             },
+            &Env::default(),
             &mut w,
         )
         .unwrap();
-        assert_eq!(w, vec!["/x/c.json not found: using built-in defaults"]);
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
@@ -655,6 +864,7 @@ mod tests {
                 path: "c.json",
                 text: Some(r#"{"intervall": 5}"#),
             },
+            &Env::default(),
             &mut w,
         )
         .unwrap();
@@ -707,7 +917,7 @@ mod tests {
     fn device_uuid_from_the_environment_wins() {
         let env = Env {
             device_uuid: Some("abc123".into()),
-            mqtt_password: None,
+            vars: Vec::new(),
         };
         let m = mqtt_env(Some(r#"{"device_id": "file-id"}"#), &env).unwrap();
         assert_eq!(m.device_id, "abc123");
@@ -717,7 +927,7 @@ mod tests {
         );
         let empty = Env {
             device_uuid: Some(String::new()),
-            mqtt_password: None,
+            vars: Vec::new(),
         };
         assert_eq!(
             mqtt_env(Some(r#"{"device_id": "file-id"}"#), &empty)
@@ -727,7 +937,7 @@ mod tests {
         );
         let bad = Env {
             device_uuid: Some("a+b".into()),
-            mqtt_password: None,
+            vars: Vec::new(),
         };
         let e = mqtt_env(None, &bad).unwrap_err();
         assert_eq!(e.key, Some("BALENA_DEVICE_UUID"));
@@ -743,23 +953,17 @@ mod tests {
         let e = mqtt_env(Some(r#"{"password": "pw"}"#), &env).unwrap_err();
         assert_eq!(e.key, Some("password"));
         assert!(e.message.contains("\"username\" is not"), "{e}");
-        let from_env = Env {
-            device_uuid: None,
-            mqtt_password: Some("envpw".into()),
-        };
+        let from_env = vars(&[("MQTT_PASSWORD", "envpw")]);
         let e = mqtt_env(Some(r#"{"username": ""}"#), &from_env).unwrap_err();
         assert_eq!(
             (e.file.as_str(), e.key),
-            ("environment", Some("MQTT_PASSWORD"))
+            ("environment variable MQTT_PASSWORD", Some("password"))
         );
     }
 
     #[test]
     fn password_from_the_environment_wins() {
-        let env = Env {
-            device_uuid: None,
-            mqtt_password: Some("envpw".into()),
-        };
+        let env = vars(&[("MQTT_PASSWORD", "envpw")]);
         let m = mqtt_env(Some(r#"{"username": "u", "password": "filepw"}"#), &env).unwrap();
         assert_eq!(
             (m.username.as_deref(), m.password.as_deref()),
@@ -851,5 +1055,306 @@ mod tests {
         let m = mqtt(r#"{"client_id": null, "qos": null}"#).unwrap();
         assert_eq!(m.client_id, "balena-telemetry-my-device");
         assert_eq!(m.qos, QoS::AtLeastOnce);
+    }
+
+    // ---- the environment ----
+
+    /// A value for every key, none of them the default: as JSON for a file, and as the text of the
+    /// environment variable that means the same.
+    const EVERY_COLLECTOR_KEY: &[(&str, &str, &str)] = &[
+        ("mode", r#""ENGINE""#, "ENGINE"),
+        ("collection_interval_in_seconds", "7", "7"),
+        ("cli_path", r#""docker""#, "docker"),
+        ("file_path", r#""/s.jsonl""#, "/s.jsonl"),
+        ("cli_timeout_in_seconds", "4", "4"),
+        ("engine_socket", r#""/run/e.sock""#, "/run/e.sock"),
+    ];
+    const EVERY_MQTT_KEY: &[(&str, &str, &str)] = &[
+        ("broker_url", r#""tcp://b:1884""#, "tcp://b:1884"),
+        ("device_id", r#""d1""#, "d1"),
+        ("unit", r#""u1""#, "u1"),
+        (
+            "root_topic_template",
+            r#""x/{device_id}/{unit}/{container_id}""#,
+            "x/{device_id}/{unit}/{container_id}",
+        ),
+        ("client_id", r#""c1""#, "c1"),
+        ("qos", "0", "0"),
+        ("retain", "true", "true"),
+        ("keep_alive_in_seconds", "30", "30"),
+        ("username", r#""u""#, "u"),
+        ("password", r#""p""#, "p"),
+        ("reconnect_max_delay_in_seconds", "9", "9"),
+        ("max_buffered_messages", "77", "77"),
+        (
+            "availability_topic",
+            r#""av/{device_id}""#,
+            "av/{device_id}",
+        ),
+        ("once_timeout_in_seconds", "8", "8"),
+        ("payload_mode", r#""per_service""#, "per_service"),
+        ("home_assistant_discovery", "true", "TRUE"),
+        ("home_assistant_discovery_prefix", r#""ha""#, "ha"),
+        ("home_assistant_expire_after_in_seconds", "60", "60"),
+    ];
+
+    fn file_of(values: &[(&str, &str, &str)]) -> String {
+        let body: Vec<String> = values
+            .iter()
+            .map(|(k, j, _)| format!("{k:?}: {j}"))
+            .collect();
+        format!("{{{}}}", body.join(", "))
+    }
+
+    fn env_of(prefix: &str, values: &[(&str, &str, &str)]) -> Env {
+        let pairs: Vec<(String, String)> = values
+            .iter()
+            .map(|(k, _, v)| (env_name(prefix, k), v.to_string()))
+            .collect();
+        Env {
+            device_uuid: None,
+            vars: pairs,
+        }
+    }
+
+    #[test]
+    fn every_key_can_come_from_the_environment() {
+        // The lists above must name every key, so a new key cannot miss this test.
+        let names = |v: &[(&str, &str, &str)]| -> Vec<String> {
+            let mut n: Vec<String> = v.iter().map(|(k, _, _)| k.to_string()).collect();
+            n.sort();
+            n
+        };
+        let sorted = |v: &[&str]| -> Vec<String> {
+            let mut n: Vec<String> = v.iter().map(|k| k.to_string()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(EVERY_COLLECTOR_KEY), sorted(COLLECTOR_KEYS));
+        assert_eq!(names(EVERY_MQTT_KEY), sorted(MQTT_KEYS));
+
+        let from_file = collector(Some(&file_of(EVERY_COLLECTOR_KEY))).unwrap();
+        let from_env = collector_env(None, &env_of("STATS_", EVERY_COLLECTOR_KEY)).unwrap();
+        assert_eq!(from_env, from_file);
+        assert_ne!(from_env, collector(None).unwrap(), "not the defaults");
+
+        let from_file = mqtt(&file_of(EVERY_MQTT_KEY)).unwrap();
+        let from_env = mqtt_env(None, &env_of("MQTT_", EVERY_MQTT_KEY)).unwrap();
+        assert_eq!(from_env, from_file);
+        assert_eq!(from_env.device_id, "d1");
+        assert_eq!(from_env.availability_topic, "av/d1");
+        assert_ne!(from_env, mqtt_env(None, &Env::default()).unwrap());
+    }
+
+    #[test]
+    fn environment_then_file_then_default() {
+        let file = r#"{"mode": "FILE", "collection_interval_in_seconds": 5, "file_path": "/f"}"#;
+        let env = vars(&[("STATS_COLLECTION_INTERVAL_IN_SECONDS", "30")]);
+        let c = collector_env(Some(file), &env).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(30), "environment over file");
+        assert_eq!(c.mode, Mode::File, "file over default");
+        assert_eq!(c.cli_path, DEFAULT_CLI_PATH, "default");
+        // A blank variable is unset: the file's value stays.
+        let env = vars(&[("STATS_COLLECTION_INTERVAL_IN_SECONDS", "")]);
+        let c = collector_env(Some(file), &env).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(5));
+
+        let m = mqtt_env(
+            Some(r#"{"qos": 1, "retain": true, "broker_url": "tcp://f:1"}"#),
+            &vars(&[("MQTT_QOS", " 0 "), ("MQTT_RETAIN", "false")]),
+        )
+        .unwrap();
+        assert_eq!((m.qos, m.retain), (QoS::AtMostOnce, false));
+        assert_eq!((m.host.as_str(), m.port), ("f", 1));
+        // A file value that is null is absent; the variable still applies.
+        let m = mqtt_env(Some(r#"{"qos": null}"#), &vars(&[("MQTT_QOS", "0")])).unwrap();
+        assert_eq!(m.qos, QoS::AtMostOnce);
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable() {
+        let e = mqtt_env(None, &vars(&[("MQTT_QOS", "2")])).unwrap_err();
+        assert_eq!(e.file, "environment variable MQTT_QOS");
+        assert_eq!(e.key, Some("qos"));
+        assert_eq!(
+            e.to_string(),
+            r#"environment variable MQTT_QOS: "qos": must be an integer from 0 to 1, not "2""#
+        );
+        for (name, value, key) in [
+            ("MQTT_RETAIN", "yes", "retain"),
+            ("MQTT_KEEP_ALIVE_IN_SECONDS", "-1", "keep_alive_in_seconds"),
+            ("MQTT_KEEP_ALIVE_IN_SECONDS", "1.5", "keep_alive_in_seconds"),
+            ("MQTT_BROKER_URL", "ssl://x", "broker_url"),
+            ("MQTT_DEVICE_ID", "a/b", "device_id"),
+            ("MQTT_UNIT", "a+b", "unit"),
+            (
+                "MQTT_ROOT_TOPIC_TEMPLATE",
+                "a/{nope}",
+                "root_topic_template",
+            ),
+            ("MQTT_PAYLOAD_MODE", "x", "payload_mode"),
+            ("MQTT_PASSWORD", "a\0b", "password"),
+        ] {
+            let e = mqtt_env(Some("{}"), &vars(&[(name, value)])).unwrap_err();
+            assert_eq!(e.file, format!("environment variable {name}"), "{value}");
+            assert_eq!(e.key, Some(key), "{name}");
+        }
+        let e = collector_env(None, &vars(&[("STATS_MODE", "SOCKET")])).unwrap_err();
+        assert_eq!(e.file, "environment variable STATS_MODE");
+        // The same value in the file names the file.
+        let e = mqtt(r#"{"qos": 2}"#).unwrap_err();
+        assert_eq!(e.file, "m.json");
+    }
+
+    #[test]
+    fn unknown_variables_warn_and_do_not_fail() {
+        let env = vars(&[
+            ("MQTT_BROKER", "tcp://x"),
+            ("MQTT_QOS", "0"),
+            ("STATS_MODEE", "FILE"),
+            ("BALENA_APP_NAME", "a"),
+        ]);
+        let mut w = Vec::new();
+        let m = parse_mqtt(
+            &Source {
+                path: "m.json",
+                text: None,
+            },
+            &env,
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(m.qos, QoS::AtMostOnce);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("environment variable MQTT_BROKER ignored: no such key"),
+            "{}",
+            w[0]
+        );
+        let mut w = Vec::new();
+        parse_collector(
+            &Source {
+                path: "c.json",
+                text: None,
+            },
+            &env,
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("STATS_MODEE"), "{}", w[0]);
+    }
+
+    #[test]
+    fn device_id_variable_wins_over_the_balena_uuid() {
+        let mut env = vars(&[("MQTT_DEVICE_ID", "mine")]);
+        env.device_uuid = Some("uuid1".into());
+        let file = r#"{"device_id": "file-id"}"#;
+        assert_eq!(mqtt_env(Some(file), &env).unwrap().device_id, "mine");
+        env.vars.clear();
+        assert_eq!(mqtt_env(Some(file), &env).unwrap().device_id, "uuid1");
+    }
+
+    #[test]
+    fn the_original_programs_config_runs_unchanged() {
+        // Its default config/mqtt.config.json, with the `unit` key and the `{unit}` placeholder.
+        let original = r#"{
+  "broker_url": "tcp://127.0.0.1:1883",
+  "device_id": "d35a7ea843c61c723a12f19a41c26ef1",
+  "unit": "my-unit",
+  "root_topic_template": "isb/{device_id}/telemetry/{unit}/{service_name}"
+}"#;
+        let mut w = Vec::new();
+        let m = parse_mqtt(
+            &Source {
+                path: "m.json",
+                text: Some(original),
+            },
+            &Env::default(),
+            &mut w,
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let mut root = String::new();
+        m.template.render_root(
+            &crate::topics::Names {
+                service_name: "main",
+                container_name: "main_1_2",
+                container_id: "abc",
+            },
+            &mut root,
+        );
+        assert_eq!(
+            root,
+            "isb/d35a7ea843c61c723a12f19a41c26ef1/telemetry/my-unit/main"
+        );
+        assert_eq!(
+            m.availability_topic,
+            "isb/d35a7ea843c61c723a12f19a41c26ef1/telemetry/my-unit/availability"
+        );
+        // Without `unit`, {unit} is the default template's level.
+        let m = mqtt(r#"{"root_topic_template": "a/{unit}/{service_name}"}"#).unwrap();
+        assert_eq!(m.availability_topic, "a/system/availability");
+        assert_eq!(key_of(mqtt(r#"{"unit": "a/b"}"#)), Some("unit"));
+        assert_eq!(key_of(mqtt(r#"{"unit": ""}"#)), Some("unit"));
+    }
+
+    #[test]
+    fn origins_say_where_each_value_came_from() {
+        let src = Source {
+            path: "m.json",
+            text: Some(r#"{"qos": 0, "retain": null}"#),
+        };
+        let env = vars(&[("MQTT_BROKER_URL", "tcp://e:1"), ("MQTT_CLIENT_ID", "")]);
+        let o = origins(&src, MQTT_KEYS, MQTT_PREFIX, &env);
+        let of = |key: &str| o.iter().find(|(k, _)| *k == key).unwrap().1.clone();
+        assert_eq!(of("broker_url"), "environment variable MQTT_BROKER_URL");
+        assert_eq!(of("qos"), "m.json");
+        assert_eq!(of("retain"), "default");
+        assert_eq!(of("client_id"), "default");
+        assert_eq!(of("device_id"), "default");
+        assert_eq!(o.len(), MQTT_KEYS.len());
+        let mut env = env;
+        env.device_uuid = Some("uuid".into());
+        let o = origins(&src, MQTT_KEYS, MQTT_PREFIX, &env);
+        let of = |key: &str| o.iter().find(|(k, _)| *k == key).unwrap().1.clone();
+        assert_eq!(of("device_id"), "environment variable BALENA_DEVICE_UUID");
+    }
+
+    #[test]
+    fn summary_masks_the_password() {
+        let m = mqtt_env(
+            Some(r#"{"username": "bob", "password": "s3cret"}"#),
+            &vars(&[("MQTT_QOS", "0")]),
+        )
+        .unwrap();
+        let s = summary(&collector(None).unwrap(), &m);
+        assert!(!s.contains("s3cret"), "{s}");
+        assert!(s.contains("password ***"), "{s}");
+        assert!(s.contains("username \"bob\""), "{s}");
+        assert!(s.contains("qos 0"), "{s}");
+        assert!(
+            s.contains(r#"root topic "root/my-device/telemetry/system/{service_name}""#),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn readme_lists_every_variable() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("<!-- env-vars -->")
+            .expect("README has the variable list");
+        let end = readme.find("<!-- /env-vars -->").unwrap();
+        let listed: Vec<&str> = readme[start..end].split('`').skip(1).step_by(2).collect();
+        let expected: Vec<String> = COLLECTOR_KEYS
+            .iter()
+            .map(|k| env_name(COLLECTOR_PREFIX, k))
+            .chain(MQTT_KEYS.iter().map(|k| env_name(MQTT_PREFIX, k)))
+            .collect();
+        assert_eq!(
+            listed, expected,
+            "README.md's list, in the key lists' order"
+        );
     }
 }

@@ -73,17 +73,9 @@ fn run() -> i32 {
         }
     };
     info!(
-        "balena-multi-container-telemetry {}: {} mode every {}s, broker {}:{}, device {}",
+        "balena-multi-container-telemetry {}: {}",
         env!("CARGO_PKG_VERSION"),
-        match settings.collector.mode {
-            config::Mode::Cli => "CLI",
-            config::Mode::File => "FILE",
-            config::Mode::Engine => "ENGINE",
-        },
-        settings.collector.interval.as_secs(),
-        settings.mqtt.host,
-        settings.mqtt.port,
-        settings.mqtt.device_id
+        config::summary(&settings.collector, &settings.mqtt)
     );
     signal::install();
     agent::Agent::new(settings, Instant::now()).run()
@@ -96,34 +88,71 @@ fn load_settings(dir: &Path, once: bool) -> Result<agent::Settings, config::Conf
     let mqtt_text = read_config(&mqtt_path)?;
     let env = config::Env {
         device_uuid: std::env::var("BALENA_DEVICE_UUID").ok(),
-        mqtt_password: std::env::var("MQTT_PASSWORD").ok(),
+        vars: config_vars()?,
     };
     let mut warnings = Vec::new();
     let collector_path = collector_path.to_string_lossy();
     let mqtt_path = mqtt_path.to_string_lossy();
-    let collector = config::parse_collector(
-        &config::Source {
-            path: &collector_path,
-            text: collector_text.as_deref(),
-        },
-        &mut warnings,
-    );
-    let mqtt = config::parse_mqtt(
-        &config::Source {
-            path: &mqtt_path,
-            text: mqtt_text.as_deref(),
-        },
-        &env,
-        &mut warnings,
-    );
+    let collector_src = config::Source {
+        path: &collector_path,
+        text: collector_text.as_deref(),
+    };
+    let mqtt_src = config::Source {
+        path: &mqtt_path,
+        text: mqtt_text.as_deref(),
+    };
+    // Running on the environment alone is normal in a container, so a missing file is no warning.
+    for src in [&collector_src, &mqtt_src] {
+        if src.text.is_none() {
+            info!(
+                "config: {} not found: settings from the environment and built-in defaults",
+                src.path
+            );
+        }
+    }
+    let collector = config::parse_collector(&collector_src, &env, &mut warnings);
+    let mqtt = config::parse_mqtt(&mqtt_src, &env, &mut warnings);
     for w in warnings {
         warn!("config: {w}");
+    }
+    if log::enabled(log::Level::Debug) {
+        let keys = [
+            (
+                &collector_src,
+                config::COLLECTOR_KEYS,
+                config::COLLECTOR_PREFIX,
+            ),
+            (&mqtt_src, config::MQTT_KEYS, config::MQTT_PREFIX),
+        ];
+        for (src, known, prefix) in keys {
+            for (key, origin) in config::origins(src, known, prefix, &env) {
+                debug!("config: {key} from {origin}");
+            }
+        }
     }
     Ok(agent::Settings {
         collector: collector?,
         mqtt: mqtt?,
         once,
     })
+}
+
+/// The `STATS_*` and `MQTT_*` variables of the process; one that is not UTF-8 is an error naming it.
+fn config_vars() -> Result<Vec<(String, String)>, config::ConfigError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(config::COLLECTOR_PREFIX) && !name.starts_with(config::MQTT_PREFIX) {
+            continue;
+        }
+        let value = value.into_string().map_err(|_| config::ConfigError {
+            file: format!("environment variable {name}"),
+            key: None,
+            message: "is not valid UTF-8".into(),
+        })?;
+        vars.push((name.to_owned(), value));
+    }
+    Ok(vars)
 }
 
 /// The file's text; `None` when it does not exist (defaults apply), an error when it cannot be read.

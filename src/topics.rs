@@ -7,6 +7,8 @@
 use crate::balena::topic_level;
 
 pub const DEFAULT_TEMPLATE: &str = "root/{device_id}/telemetry/system/{service_name}";
+/// What `{unit}` stands for when the config has no `unit`: the level the default template has there.
+pub const DEFAULT_UNIT: &str = "system";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -30,7 +32,18 @@ pub struct TopicTemplate {
 
 impl TopicTemplate {
     /// Splits `template` into literal text and placeholders. `device_id` must already be a valid level.
+    #[cfg(test)]
     pub fn parse(template: &str, device_id: &str) -> Result<TopicTemplate, String> {
+        TopicTemplate::parse_with_unit(template, device_id, DEFAULT_UNIT)
+    }
+
+    /// As `parse`, with `{unit}` (the original program's placeholder, a fixed level from its `unit` key)
+    /// filled in like `{device_id}`. `unit` must already be a valid level.
+    pub fn parse_with_unit(
+        template: &str,
+        device_id: &str,
+        unit: &str,
+    ) -> Result<TopicTemplate, String> {
         if template.is_empty() {
             return Err("must not be empty".into());
         }
@@ -57,13 +70,17 @@ impl TopicTemplate {
                     literal.push_str(device_id);
                     None
                 }
+                "unit" => {
+                    literal.push_str(unit);
+                    None
+                }
                 "service_name" => Some(Part::ServiceName),
                 "container_name" => Some(Part::ContainerName),
                 "container_id" => Some(Part::ContainerId),
                 other => {
                     return Err(format!(
-                        "has an unknown placeholder {{{other}}} (known: {{device_id}}, {{service_name}}, \
-                         {{container_name}}, {{container_id}})"
+                        "has an unknown placeholder {{{other}}} (known: {{device_id}}, {{unit}}, \
+                         {{service_name}}, {{container_name}}, {{container_id}})"
                     ))
                 }
             };
@@ -167,6 +184,24 @@ mod tests {
         assert!(TopicTemplate::parse("a/{container_id}", "d")
             .unwrap()
             .is_per_container());
+    }
+
+    #[test]
+    fn the_original_programs_unit_placeholder() {
+        let t = TopicTemplate::parse_with_unit(
+            "isb/{device_id}/telemetry/{unit}/{service_name}",
+            "dev42",
+            "my-unit",
+        )
+        .unwrap();
+        let mut out = String::new();
+        t.render_root(&names(), &mut out);
+        assert_eq!(out, "isb/dev42/telemetry/my-unit/main");
+        assert_eq!(
+            t.default_availability_topic(),
+            "isb/dev42/telemetry/my-unit/availability"
+        );
+        assert_eq!(render("a/{unit}/{service_name}"), "a/system/main");
     }
 
     #[test]

@@ -35,7 +35,8 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 NAME = "balena-multi-container-telemetry"
 OUT_DIR = os.path.join(ROOT, "target", "bench")
-TRIPLES = ["aarch64-unknown-linux-musl", "armv7-unknown-linux-musleabihf", "x86_64-unknown-linux-musl"]
+TRIPLES = ["aarch64-unknown-linux-musl", "armv7-unknown-linux-musleabihf", "arm-unknown-linux-musleabi",
+           "x86_64-unknown-linux-musl"]
 METRICS_PER_CONTAINER = 9
 TICK_RE = re.compile(r"tick: (\d+) containers, (\d+) messages")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -403,8 +404,9 @@ def elf_facts(path):
     return ".symtab" not in names, static
 
 
-DIST_ARCH = {"aarch64-unknown-linux-musl": "arm64", "armv7-unknown-linux-musleabihf": "arm",
-             "x86_64-unknown-linux-musl": "amd64"}
+# dist/ is laid out by Docker platform (cross-compile/static.sh).
+DIST_ARCH = {"aarch64-unknown-linux-musl": "arm64", "armv7-unknown-linux-musleabihf": "arm/v7",
+             "arm-unknown-linux-musleabi": "arm/v6", "x86_64-unknown-linux-musl": "amd64"}
 
 
 def binary_sizes():
