@@ -343,6 +343,8 @@ fn discovery_configs_survive_an_outage_that_overflows_the_buffer() {
     };
     let complete = sub.wait_for(|l| configs(l).len() >= 63, Duration::from_secs(10));
     let got = configs(&sub.lines()).len();
+    let largest = sub.lines().iter().map(|l| l.len()).max().unwrap_or(0);
+    eprintln!("discovery: {got} configs retained, the largest line {largest} bytes");
     let log = agent.stop();
     assert!(complete, "{got} of 63 discovery configs retained:\n{log}");
     assert_eq!(got, 63);
