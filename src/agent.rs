@@ -352,7 +352,11 @@ impl Agent {
             mode: s.mqtt.payload_mode,
         };
         while all || session.has_room() {
-            let d = discovery.as_mut().map(|d| (d, now));
+            let d = discovery.as_mut().map(|d| {
+                // Without room (an outage, a slow link) configs wait in discovery, not in the session.
+                d.hold(!session.has_room());
+                (d, now)
+            });
             let mut sink = |m, tag| match tag {
                 Some(tag) => session.enqueue_kept(m, tag),
                 None => session.enqueue(m),
@@ -381,7 +385,7 @@ impl Agent {
         let Some(d) = self.discovery.as_mut() else {
             return;
         };
-        for c in d.poll(now) {
+        for c in d.poll(now, self.session.room()) {
             if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
                 self.session.enqueue_kept(m, c.tag);
             }

@@ -13,8 +13,9 @@
 //! Configs must not be lost: a sensor whose config is dropped never appears in Home Assistant. So each
 //! config carries a tag; the caller hands it to a queue that never drops it and reports its PUBACK back
 //! with [`Discovery::delivered`]. A sensor counts as announced only then. At most one message per sensor
-//! waits for its PUBACK at a time (a newer one waits here until then), so what waits in the session is
-//! bounded by services x metrics, however long an outage lasts.
+//! waits for its PUBACK at a time (a newer one waits here until then), and while the session has no room
+//! (during an outage, say) configs are not handed out at all but remembered as a bit per sensor, then
+//! handed out as room opens: what waits in the session stays within its in-flight window.
 
 use crate::mqtt::session::Tag;
 use crate::stats::Metric;
@@ -74,6 +75,8 @@ pub struct Discovery {
     next_id: u64,
     /// Services with sensors in `todo` that may have become ready to go out.
     dirty: BTreeSet<u64>,
+    /// The session has no room: [`Discovery::seen`] remembers rather than hands out.
+    holding: bool,
     republish_at: Option<Instant>,
 }
 
@@ -85,6 +88,7 @@ impl Discovery {
             ids: BTreeMap::new(),
             next_id: 0,
             dirty: BTreeSet::new(),
+            holding: false,
             republish_at: None,
         }
     }
@@ -94,7 +98,15 @@ impl Discovery {
         format!("{}/status", self.s.prefix)
     }
 
-    /// A container was collected: returns configs for whatever of it was not handed out yet.
+    /// Whether the session has no room for configs now: then [`Discovery::seen`] hands out nothing, and
+    /// [`Discovery::poll`] hands the sensors out later. Two bytes per service wait here instead of an
+    /// encoded message per sensor in the session.
+    pub fn hold(&mut self, holding: bool) {
+        self.holding = holding;
+    }
+
+    /// A container was collected: returns configs for whatever of it was not handed out yet (nothing
+    /// while holding).
     pub fn seen(
         &mut self,
         now: Instant,
@@ -137,7 +149,13 @@ impl Discovery {
         svc.todo |= seen & !svc.metrics;
         svc.metrics |= seen;
         let mut out = Vec::new();
-        self.hand_out(id, &mut out);
+        if self.holding {
+            if svc.todo != 0 {
+                self.dirty.insert(id);
+            }
+        } else {
+            self.hand_out(id, &mut out);
+        }
         out
     }
 
@@ -212,8 +230,9 @@ impl Discovery {
     }
 
     /// Re-announcements after an HA birth, removals of expired services, and configs that waited for an
-    /// earlier one of the same sensor to be acknowledged.
-    pub fn poll(&mut self, now: Instant) -> Vec<Config> {
+    /// earlier one of the same sensor to be acknowledged, or for room: about `room` of them at most (whole
+    /// services), the rest at later calls.
+    pub fn poll(&mut self, now: Instant, room: usize) -> Vec<Config> {
         if let Some(expire) = self.s.expire_after {
             for (id, svc) in self.services.iter_mut() {
                 if !svc.gone && now >= svc.last_seen + expire {
@@ -233,7 +252,10 @@ impl Discovery {
             }
         }
         let mut out = Vec::new();
-        for id in std::mem::take(&mut self.dirty) {
+        while out.len() < room {
+            let Some(id) = self.dirty.pop_first() else {
+                break;
+            };
             self.hand_out(id, &mut out);
             if let Some(svc) = self.services.get(&id) {
                 if svc.gone && svc.todo == 0 && svc.pending == 0 {
@@ -464,11 +486,11 @@ mod tests {
         d.on_message(t0, "homeassistant/status", b"online", 1_000);
         let due = d.next_deadline().unwrap();
         assert_eq!(due, t0 + Duration::from_millis(1_500));
-        assert!(d.poll(t0).is_empty());
-        let again = d.poll(due);
+        assert!(d.poll(t0, usize::MAX).is_empty());
+        let again = d.poll(due, usize::MAX);
         assert_eq!(again.len(), 10);
         assert!(again.iter().all(|c| !c.payload.is_empty()));
-        assert!(d.poll(due).is_empty(), "once per birth");
+        assert!(d.poll(due, usize::MAX).is_empty(), "once per birth");
     }
 
     #[test]
@@ -490,7 +512,7 @@ mod tests {
         );
         deliver(&mut d, &new);
         assert_eq!(d.next_deadline(), Some(t0 + Duration::from_secs(60)));
-        let removed = d.poll(t0 + Duration::from_secs(60));
+        let removed = d.poll(t0 + Duration::from_secs(60), usize::MAX);
         let topics: Vec<_> = removed
             .iter()
             .map(|c| (c.topic.as_str(), c.payload.len()))
@@ -530,11 +552,11 @@ mod tests {
         // birth does not send it twice...
         d.on_message(t0, "homeassistant/status", b"online", 0);
         let later = t0 + Duration::from_secs(5);
-        assert!(d.poll(later).is_empty());
+        assert!(d.poll(later, usize::MAX).is_empty());
         // ...but once it is acknowledged, the next birth does.
         deliver(&mut d, &sent);
         d.on_message(later, "homeassistant/status", b"online", 0);
-        let again = d.poll(later + Duration::from_secs(5));
+        let again = d.poll(later + Duration::from_secs(5), usize::MAX);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].topic, sent[0].topic);
         assert_eq!(again[0].tag, sent[0].tag, "the same sensor");
@@ -550,7 +572,7 @@ mod tests {
         // is handed out while the first config waits, however long that is.
         for i in 1..1000u64 {
             let now = t0 + Duration::from_secs(2 * i);
-            assert!(d.poll(now).is_empty());
+            assert!(d.poll(now, usize::MAX).is_empty());
             let root = format!("r/web/{i}");
             assert!(d
                 .seen(now, "web", &root, [Metric::Pids].into_iter())
@@ -559,7 +581,7 @@ mod tests {
         deliver(&mut d, &first);
         let now = t0 + Duration::from_secs(2000);
         let next = d.seen(now, "web", "r/web/1000", [Metric::Pids].into_iter());
-        assert!(d.poll(now).is_empty());
+        assert!(d.poll(now, usize::MAX).is_empty());
         assert_eq!(next.len(), 1, "only the latest state of the sensor");
         assert_eq!(parse(&next[0])["state_topic"], "r/web/1000/pids");
         assert_eq!(d.services.len(), 1);
@@ -571,9 +593,12 @@ mod tests {
         let mut d = discovery(PayloadMode::PerMetric, Some(60));
         let config = d.seen(t0, "old", "r/old", [Metric::Pids].into_iter());
         let expired = t0 + Duration::from_secs(60);
-        assert!(d.poll(expired).is_empty(), "the config is still on its way");
+        assert!(
+            d.poll(expired, usize::MAX).is_empty(),
+            "the config is still on its way"
+        );
         deliver(&mut d, &config);
-        let removal = d.poll(expired);
+        let removal = d.poll(expired, usize::MAX);
         assert_eq!(removal.len(), 1);
         assert!(removal[0].payload.is_empty());
         assert_eq!(
@@ -585,6 +610,33 @@ mod tests {
         assert!(d.services.is_empty() && d.ids.is_empty());
         // A late or repeated acknowledgement of a forgotten service is ignored.
         deliver(&mut d, &removal);
+    }
+
+    #[test]
+    fn without_room_configs_wait_here_and_go_out_as_room_opens() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, None);
+        d.hold(true);
+        for i in 0..100 {
+            let name = format!("svc{i}");
+            assert!(d
+                .seen(t0, &name, &name, Metric::ALL.iter().copied())
+                .is_empty());
+        }
+        assert!(d.poll(t0, 0).is_empty());
+        d.hold(false);
+        // Whole services, about as many sensors as there is room for.
+        let first = d.poll(t0, 20);
+        assert_eq!(first.len(), 27);
+        let rest = d.poll(t0, usize::MAX);
+        assert_eq!(rest.len(), 873);
+        let mut topics: Vec<_> = first.iter().chain(&rest).map(|c| &c.topic).collect();
+        topics.sort();
+        topics.dedup();
+        assert_eq!(topics.len(), 900, "each sensor once");
+        assert!(d
+            .seen(t0, "svc0", "svc0", [Metric::Pids].into_iter())
+            .is_empty());
     }
 
     #[test]

@@ -289,7 +289,16 @@ impl Session {
 
     /// True when queueing more would only make it wait: lets the caller feed messages as room opens.
     pub fn has_room(&self) -> bool {
-        self.is_up() && self.queued() < self.opts.max_inflight.min(self.opts.max_queued)
+        self.room() > 0
+    }
+
+    /// How many more messages may be queued before [`Session::has_room`] turns false.
+    pub fn room(&self) -> usize {
+        if !self.is_up() {
+            return 0;
+        }
+        let limit = self.opts.max_inflight.min(self.opts.max_queued);
+        limit.saturating_sub(self.queued())
     }
 
     pub fn take_events(&mut self) -> Vec<Event> {
