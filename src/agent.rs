@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNACK_TIMEOUT: Duration = Duration::from_secs(10);
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-/// A broker that takes none of our bytes for this long is treated as gone.
+/// A broker that takes none of our bytes, and acknowledges nothing, for this long is treated as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stop (SIGTERM/SIGINT) may spend flushing before it says goodbye; the whole stop stays
 /// under 2 s.
@@ -48,15 +48,12 @@ struct Link {
     stream: TcpStream,
     /// While the TCP connect is still in progress: when to give up on it.
     connecting_until: Option<Instant>,
-    /// Since when bytes have been waiting that the socket would not take.
-    stalled_since: Option<Instant>,
 }
 
 enum LinkError {
     Io(std::io::Error),
     Closed,
     Session(session::Error),
-    WriteStalled,
 }
 
 impl std::fmt::Display for LinkError {
@@ -65,11 +62,6 @@ impl std::fmt::Display for LinkError {
             LinkError::Io(e) => write!(f, "{e}"),
             LinkError::Closed => f.write_str("closed by the broker"),
             LinkError::Session(e) => write!(f, "{e}"),
-            LinkError::WriteStalled => write!(
-                f,
-                "the broker took no data for {}s",
-                WRITE_TIMEOUT.as_secs()
-            ),
         }
     }
 }
@@ -137,6 +129,7 @@ impl Agent {
             max_queued: m.max_buffered_messages,
             connack_timeout: CONNACK_TIMEOUT,
             ack_timeout: ACK_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
         };
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -203,10 +196,6 @@ impl Agent {
                     .then(|| self.schedule.next_due()),
                 self.link.is_none().then_some(self.reconnect_at),
                 self.link.as_ref().and_then(|l| l.connecting_until),
-                self.link
-                    .as_ref()
-                    .and_then(|l| l.stalled_since)
-                    .map(|t| t + WRITE_TIMEOUT),
                 self.cli.as_ref().map(|c| c.deadline),
                 self.discovery.as_ref().and_then(Discovery::next_deadline),
                 once_deadline,
@@ -389,8 +378,16 @@ impl Agent {
         let Some(t) = tick else { return };
         let p = publishing(s);
         while all || session.has_room() {
-            let d = discovery.as_mut().map(|d| (d, now));
-            if !t.step(&p, scratch, d, &mut |m| session.enqueue(m)) {
+            let d = discovery.as_mut().map(|d| {
+                // Without room (an outage, a slow link) configs wait in discovery, not in the session.
+                d.hold(!session.has_room());
+                (d, now)
+            });
+            let mut sink = |m, tag| match tag {
+                Some(tag) => session.enqueue_kept(m, tag),
+                None => session.enqueue(m),
+            };
+            if !t.step(&p, scratch, d, &mut sink) {
                 for line in t.take_warnings() {
                     warn!("{line}");
                 }
@@ -411,14 +408,15 @@ impl Agent {
         }
     }
 
-    /// Home Assistant re-announcements and removals that are due.
+    /// Home Assistant configs that are due: re-announcements, removals, and changes that waited for an
+    /// earlier config of the same sensor to be acknowledged. Kept: the buffer bound never drops them.
     fn announce(&mut self, now: Instant) {
         let Some(d) = self.discovery.as_mut() else {
             return;
         };
-        for c in d.poll(now) {
+        for c in d.poll(now, self.session.room()) {
             if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
-                self.session.enqueue(m);
+                self.session.enqueue_kept(m, c.tag);
             }
         }
     }
@@ -445,7 +443,6 @@ impl Agent {
                 self.link = Some(Link {
                     stream,
                     connecting_until: Some(now + CONNECT_TIMEOUT),
-                    stalled_since: None,
                 });
             }
             Err(e) => self.connect_failed(now, &e.to_string()),
@@ -520,22 +517,16 @@ impl Agent {
         let result = loop {
             let out = self.session.outbound();
             if out.is_empty() {
-                link.stalled_since = None;
                 break Ok(true);
             }
             match link.stream.write(out) {
                 Ok(0) => break Err(LinkError::Closed),
-                Ok(n) => {
-                    self.session.consumed(n);
-                    link.stalled_since = None;
-                }
+                Ok(n) => self.session.consumed(now, n),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    let since = *link.stalled_since.get_or_insert(now);
-                    break if now - since >= WRITE_TIMEOUT {
-                        Err(LinkError::WriteStalled)
-                    } else {
-                        Ok(false)
+                    break match self.session.write_blocked(now) {
+                        Ok(()) => Ok(false),
+                        Err(e) => Err(LinkError::Session(e)),
                     };
                 }
                 Err(e) => break Err(LinkError::Io(e)),
@@ -582,6 +573,11 @@ impl Agent {
                     }
                 }
                 Event::Subscribed { .. } => {}
+                Event::Delivered(tag) => {
+                    if let Some(d) = self.discovery.as_mut() {
+                        d.delivered(tag);
+                    }
+                }
             }
         }
         if let Err(e) = result {
@@ -700,14 +696,13 @@ impl Agent {
         });
         let undelivered = in_tick > 0 || !self.session.is_idle();
         if let Some(mut link) = self.link.take() {
-            self.session
-                .disconnect(Instant::now(), self.offline.as_ref());
+            self.session.disconnect(self.offline.as_ref());
             let goodbye_until = Instant::now() + STOP_GOODBYE;
             let _ = link.stream.set_nonblocking(false);
             let _ = link.stream.set_write_timeout(Some(STOP_GOODBYE));
             while Instant::now() < goodbye_until && !self.session.outbound().is_empty() {
                 match link.stream.write(self.session.outbound()) {
-                    Ok(n) if n > 0 => self.session.consumed(n),
+                    Ok(n) if n > 0 => self.session.consumed(Instant::now(), n),
                     _ => break,
                 }
             }

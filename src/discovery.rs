@@ -9,10 +9,18 @@
 //! Configs go out when a service (or a metric of it) is first seen, all again a little after Home
 //! Assistant announces `online` on `<prefix>/status`, and as empty retained payloads (which remove the
 //! entities) when a service has been gone for the configured expiry.
+//!
+//! Configs must not be lost: a sensor whose config is dropped never appears in Home Assistant. So each
+//! config carries a tag; the caller hands it to a queue that never drops it and reports its PUBACK back
+//! with [`Discovery::delivered`]. A sensor counts as announced only then. At most one message per sensor
+//! waits for its PUBACK at a time (a newer one waits here until then), and while the session has no room
+//! (during an outage, say) configs are not handed out at all but remembered as a bit per sensor, then
+//! handed out as room opens: what waits in the session stays within its in-flight window.
 
+use crate::mqtt::session::Tag;
 use crate::stats::Metric;
 use serde_json::{json, Value as Json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 const PRODUCT: &str = "balena-multi-container-telemetry";
@@ -41,19 +49,35 @@ pub struct Settings {
 pub struct Config {
     pub topic: String,
     pub payload: Vec<u8>,
+    /// Names the sensor: hand it to [`Discovery::delivered`] once the broker acknowledged this message.
+    pub tag: Tag,
 }
 
+/// One HA device. Bits are per `Metric`.
 struct Service {
+    name: String,
     root_topic: String,
-    /// Bit per `Metric` already announced.
-    announced: u16,
+    /// The metrics it publishes: these should have a config, the others none.
+    metrics: u16,
+    /// Sensors whose current config (or removal) has not been handed out yet.
+    todo: u16,
+    /// Sensors with a config (or removal) handed out and not acknowledged yet.
+    pending: u16,
+    /// Expired: its configs are being removed; the entry goes once that is acknowledged.
+    gone: bool,
     last_seen: Instant,
 }
 
 pub struct Discovery {
     s: Settings,
-    /// Keyed by service name: one HA device per service.
-    services: BTreeMap<String, Service>,
+    /// Keyed by a number that is never reused, so a late acknowledgement cannot hit another service.
+    services: BTreeMap<u64, Service>,
+    ids: BTreeMap<String, u64>,
+    next_id: u64,
+    /// Services with sensors in `todo` that may have become ready to go out.
+    dirty: BTreeSet<u64>,
+    /// The session has no room: [`Discovery::seen`] remembers rather than hands out.
+    holding: bool,
     republish_at: Option<Instant>,
 }
 
@@ -62,6 +86,10 @@ impl Discovery {
         Discovery {
             s,
             services: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            next_id: 0,
+            dirty: BTreeSet::new(),
+            holding: false,
             republish_at: None,
         }
     }
@@ -71,7 +99,15 @@ impl Discovery {
         format!("{}/status", self.s.prefix)
     }
 
-    /// A container was collected: returns configs for whatever of it was not announced yet.
+    /// Whether the session has no room for configs now: then [`Discovery::seen`] hands out nothing, and
+    /// [`Discovery::poll`] hands the sensors out later. Two bytes per service wait here instead of an
+    /// encoded message per sensor in the session.
+    pub fn hold(&mut self, holding: bool) {
+        self.holding = holding;
+    }
+
+    /// A container was collected: returns configs for whatever of it was not handed out yet (nothing
+    /// while holding).
     pub fn seen(
         &mut self,
         now: Instant,
@@ -79,28 +115,98 @@ impl Discovery {
         root_topic: &str,
         metrics: impl Iterator<Item = Metric>,
     ) -> Vec<Config> {
-        let entry = self
-            .services
-            .entry(service.to_owned())
-            .or_insert_with(|| Service {
-                root_topic: root_topic.to_owned(),
-                announced: 0,
-                last_seen: now,
-            });
-        entry.last_seen = now;
-        if entry.root_topic != root_topic {
+        let id = match self.ids.get(service) {
+            Some(id) => *id,
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.ids.insert(service.to_owned(), id);
+                self.services.insert(
+                    id,
+                    Service {
+                        name: service.to_owned(),
+                        root_topic: root_topic.to_owned(),
+                        metrics: 0,
+                        todo: 0,
+                        pending: 0,
+                        gone: false,
+                        last_seen: now,
+                    },
+                );
+                id
+            }
+        };
+        let Some(svc) = self.services.get_mut(&id) else {
+            return Vec::new();
+        };
+        svc.last_seen = now;
+        svc.gone = false;
+        if svc.root_topic != root_topic {
             // Same service under a new root (a template naming the container id): follow the newest.
-            entry.root_topic = root_topic.to_owned();
-            entry.announced = 0;
+            svc.root_topic = root_topic.to_owned();
+            svc.todo |= svc.metrics;
         }
-        let new: Vec<Metric> = metrics.filter(|m| entry.announced & bit(*m) == 0).collect();
-        for m in &new {
-            entry.announced |= bit(*m);
+        let seen = metrics.fold(0, |bits, m| bits | bit(m));
+        svc.todo |= seen & !svc.metrics;
+        svc.metrics |= seen;
+        let mut out = Vec::new();
+        if self.holding {
+            if svc.todo != 0 {
+                self.dirty.insert(id);
+            }
+        } else {
+            self.hand_out(id, &mut out);
         }
-        let root = entry.root_topic.clone();
-        new.into_iter()
-            .map(|m| self.config(service, &root, m))
-            .collect()
+        out
+    }
+
+    /// The broker acknowledged the config (or removal) of this tag.
+    pub fn delivered(&mut self, tag: Tag) {
+        let id = tag >> 4;
+        let Some(svc) = self.services.get_mut(&id) else {
+            return;
+        };
+        svc.pending &= !(1 << (tag & 15));
+        if svc.todo != 0 {
+            // A newer config of the same sensor waited for this one.
+            self.dirty.insert(id);
+        } else if svc.gone && svc.pending == 0 {
+            self.forget(id);
+        }
+    }
+
+    /// Moves the service's due sensors (in `todo`, none pending) to `out`, marking them pending.
+    fn hand_out(&mut self, id: u64, out: &mut Vec<Config>) {
+        let Some(svc) = self.services.get_mut(&id) else {
+            return;
+        };
+        let due = svc.todo & !svc.pending;
+        if due == 0 {
+            return;
+        }
+        svc.todo &= !due;
+        svc.pending |= due;
+        let (name, root, metrics) = (svc.name.clone(), svc.root_topic.clone(), svc.metrics);
+        for m in Metric::ALL.iter().filter(|m| due & bit(**m) != 0) {
+            let mut c = if metrics & bit(*m) != 0 {
+                self.config(&name, &root, *m)
+            } else {
+                Config {
+                    topic: self.config_topic(&name, *m),
+                    payload: Vec::new(),
+                    tag: 0,
+                }
+            };
+            c.tag = id << 4 | Tag::from(*m as u16);
+            out.push(c);
+        }
+    }
+
+    fn forget(&mut self, id: u64) {
+        if let Some(svc) = self.services.remove(&id) {
+            self.ids.remove(&svc.name);
+        }
+        self.dirty.remove(&id);
     }
 
     /// The sample read at `read_at` still stands (its file was not rewritten): the services it listed are
@@ -121,41 +227,50 @@ impl Discovery {
         }
     }
 
-    /// When [`Discovery::poll`] next has something to do.
+    /// When [`Discovery::poll`] next has something to do on its own (it also hands out, at every call,
+    /// what [`Discovery::delivered`] made ready).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let expiry = self
-            .s
-            .expire_after
-            .and_then(|e| self.services.values().map(|s| s.last_seen + e).min());
+        let expiry = self.s.expire_after.and_then(|e| {
+            self.services
+                .values()
+                .filter(|s| !s.gone)
+                .map(|s| s.last_seen + e)
+                .min()
+        });
         [self.republish_at, expiry].into_iter().flatten().min()
     }
 
-    /// Re-announcements after an HA birth, and removals of expired services.
-    pub fn poll(&mut self, now: Instant) -> Vec<Config> {
-        let mut out = Vec::new();
+    /// Re-announcements after an HA birth, removals of expired services, and configs that waited for an
+    /// earlier one of the same sensor to be acknowledged, or for room: about `room` of them at most (whole
+    /// services), the rest at later calls.
+    pub fn poll(&mut self, now: Instant, room: usize) -> Vec<Config> {
         if let Some(expire) = self.s.expire_after {
-            let gone: Vec<String> = self
-                .services
-                .iter()
-                .filter(|(_, s)| now >= s.last_seen + expire)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for name in gone {
-                if let Some(svc) = self.services.remove(&name) {
-                    for m in Metric::ALL.iter().filter(|m| svc.announced & bit(**m) != 0) {
-                        out.push(Config {
-                            topic: self.config_topic(&name, *m),
-                            payload: Vec::new(),
-                        });
-                    }
+            for (id, svc) in self.services.iter_mut() {
+                if !svc.gone && now >= svc.last_seen + expire {
+                    svc.gone = true;
+                    svc.todo |= svc.metrics;
+                    svc.metrics = 0;
+                    self.dirty.insert(*id);
                 }
             }
         }
         if self.republish_at.is_some_and(|t| now >= t) {
             self.republish_at = None;
-            for (name, svc) in &self.services {
-                for m in Metric::ALL.iter().filter(|m| svc.announced & bit(**m) != 0) {
-                    out.push(self.config(name, &svc.root_topic, *m));
+            for (id, svc) in self.services.iter_mut() {
+                // Those pending are on their way already.
+                svc.todo |= svc.metrics & !svc.pending;
+                self.dirty.insert(*id);
+            }
+        }
+        let mut out = Vec::new();
+        while out.len() < room {
+            let Some(id) = self.dirty.pop_first() else {
+                break;
+            };
+            self.hand_out(id, &mut out);
+            if let Some(svc) = self.services.get(&id) {
+                if svc.gone && svc.todo == 0 && svc.pending == 0 {
+                    self.forget(id);
                 }
             }
         }
@@ -207,6 +322,7 @@ impl Discovery {
         Config {
             topic: self.config_topic(service, metric),
             payload: c.to_string().into_bytes(),
+            tag: 0,
         }
     }
 }
@@ -274,6 +390,13 @@ mod tests {
             mode,
             expire_after: expire.map(Duration::from_secs),
         })
+    }
+
+    /// The broker acknowledged these.
+    fn deliver(d: &mut Discovery, configs: &[Config]) {
+        for c in configs {
+            d.delivered(c.tag);
+        }
     }
 
     fn parse(c: &Config) -> Json {
@@ -368,18 +491,19 @@ mod tests {
     fn home_assistant_birth_republishes_everything_after_a_delay() {
         let t0 = Instant::now();
         let mut d = discovery(PayloadMode::PerMetric, None);
-        d.seen(t0, "a", "r/a", Metric::ALL.iter().copied());
-        d.seen(t0, "b", "r/b", [Metric::Pids].into_iter());
+        let mut first = d.seen(t0, "a", "r/a", Metric::ALL.iter().copied());
+        first.extend(d.seen(t0, "b", "r/b", [Metric::Pids].into_iter()));
+        deliver(&mut d, &first);
         d.on_message(t0, "homeassistant/status", b"offline", 7);
         assert_eq!(d.next_deadline(), None);
         d.on_message(t0, "homeassistant/status", b"online", 1_000);
         let due = d.next_deadline().unwrap();
         assert_eq!(due, t0 + Duration::from_millis(1_500));
-        assert!(d.poll(t0).is_empty());
-        let again = d.poll(due);
+        assert!(d.poll(t0, usize::MAX).is_empty());
+        let again = d.poll(due, usize::MAX);
         assert_eq!(again.len(), 10);
         assert!(again.iter().all(|c| !c.payload.is_empty()));
-        assert!(d.poll(due).is_empty(), "once per birth");
+        assert!(d.poll(due, usize::MAX).is_empty(), "once per birth");
     }
 
     #[test]
@@ -400,12 +524,18 @@ mod tests {
         let t0 = Instant::now();
         let mut d = discovery(PayloadMode::PerMetric, Some(60));
         let s = |secs| t0 + Duration::from_secs(secs);
-        d.seen(s(0), "gone", "r/gone", [Metric::Pids].into_iter());
+        let gone = d.seen(s(0), "gone", "r/gone", [Metric::Pids].into_iter());
+        deliver(&mut d, &gone);
         // The sample read at 10 s lists only "kept"; it is still the file's content at 50 s and 100 s.
-        d.seen(s(10), "kept", "r/kept", [Metric::Pids].into_iter());
+        let kept = d.seen(s(10), "kept", "r/kept", [Metric::Pids].into_iter());
+        deliver(&mut d, &kept);
         d.still_present(s(10), s(50));
         d.still_present(s(10), s(100));
-        let removed: Vec<_> = d.poll(s(100)).into_iter().map(|c| c.topic).collect();
+        let removed: Vec<_> = d
+            .poll(s(100), usize::MAX)
+            .into_iter()
+            .map(|c| c.topic)
+            .collect();
         assert_eq!(removed, vec!["homeassistant/sensor/dev_1_gone/pids/config"]);
         assert_eq!(d.next_deadline(), Some(s(160)));
     }
@@ -414,20 +544,22 @@ mod tests {
     fn services_gone_for_the_expiry_are_removed_with_empty_payloads() {
         let t0 = Instant::now();
         let mut d = discovery(PayloadMode::PerMetric, Some(60));
-        d.seen(
+        let old = d.seen(
             t0,
             "old",
             "r/old",
             [Metric::CpuPercent, Metric::Pids].into_iter(),
         );
-        d.seen(
+        deliver(&mut d, &old);
+        let new = d.seen(
             t0 + Duration::from_secs(30),
             "new",
             "r/new",
             [Metric::Pids].into_iter(),
         );
+        deliver(&mut d, &new);
         assert_eq!(d.next_deadline(), Some(t0 + Duration::from_secs(60)));
-        let removed = d.poll(t0 + Duration::from_secs(60));
+        let removed = d.poll(t0 + Duration::from_secs(60), usize::MAX);
         let topics: Vec<_> = removed
             .iter()
             .map(|c| (c.topic.as_str(), c.payload.len()))
@@ -442,6 +574,8 @@ mod tests {
                 ("homeassistant/sensor/dev_1_old/pids/config", 0)
             ]
         );
+        deliver(&mut d, &removed);
+        assert_eq!(d.services.len(), 1, "forgotten once removed");
         // Seen again later: announced afresh.
         assert_eq!(
             d.seen(
@@ -453,6 +587,103 @@ mod tests {
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn a_config_counts_as_announced_only_once_acknowledged() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, None);
+        let sent = d.seen(t0, "web", "r/web", [Metric::CpuPercent].into_iter());
+        assert_eq!(sent.len(), 1);
+        // Home Assistant restarts before the broker acknowledged it: the config is on its way, so the
+        // birth does not send it twice...
+        d.on_message(t0, "homeassistant/status", b"online", 0);
+        let later = t0 + Duration::from_secs(5);
+        assert!(d.poll(later, usize::MAX).is_empty());
+        // ...but once it is acknowledged, the next birth does.
+        deliver(&mut d, &sent);
+        d.on_message(later, "homeassistant/status", b"online", 0);
+        let again = d.poll(later + Duration::from_secs(5), usize::MAX);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].topic, sent[0].topic);
+        assert_eq!(again[0].tag, sent[0].tag, "the same sensor");
+    }
+
+    #[test]
+    fn one_message_per_sensor_waits_for_its_acknowledgement() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, Some(1));
+        let first = d.seen(t0, "web", "r/web/0", [Metric::Pids].into_iter());
+        assert_eq!(first.len(), 1);
+        // An outage: the container restarts under new roots and expires again and again. Nothing more
+        // is handed out while the first config waits, however long that is.
+        for i in 1..1000u64 {
+            let now = t0 + Duration::from_secs(2 * i);
+            assert!(d.poll(now, usize::MAX).is_empty());
+            let root = format!("r/web/{i}");
+            assert!(d
+                .seen(now, "web", &root, [Metric::Pids].into_iter())
+                .is_empty());
+        }
+        deliver(&mut d, &first);
+        let now = t0 + Duration::from_secs(2000);
+        let next = d.seen(now, "web", "r/web/1000", [Metric::Pids].into_iter());
+        assert!(d.poll(now, usize::MAX).is_empty());
+        assert_eq!(next.len(), 1, "only the latest state of the sensor");
+        assert_eq!(parse(&next[0])["state_topic"], "r/web/1000/pids");
+        assert_eq!(d.services.len(), 1);
+    }
+
+    #[test]
+    fn a_removal_waits_for_the_config_it_removes() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, Some(60));
+        let config = d.seen(t0, "old", "r/old", [Metric::Pids].into_iter());
+        let expired = t0 + Duration::from_secs(60);
+        assert!(
+            d.poll(expired, usize::MAX).is_empty(),
+            "the config is still on its way"
+        );
+        deliver(&mut d, &config);
+        let removal = d.poll(expired, usize::MAX);
+        assert_eq!(removal.len(), 1);
+        assert!(removal[0].payload.is_empty());
+        assert_eq!(
+            d.next_deadline(),
+            None,
+            "a gone service does not expire again"
+        );
+        deliver(&mut d, &removal);
+        assert!(d.services.is_empty() && d.ids.is_empty());
+        // A late or repeated acknowledgement of a forgotten service is ignored.
+        deliver(&mut d, &removal);
+    }
+
+    #[test]
+    fn without_room_configs_wait_here_and_go_out_as_room_opens() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, None);
+        d.hold(true);
+        for i in 0..100 {
+            let name = format!("svc{i}");
+            assert!(d
+                .seen(t0, &name, &name, Metric::ALL.iter().copied())
+                .is_empty());
+        }
+        assert!(d.poll(t0, 0).is_empty());
+        d.hold(false);
+        // Whole services, about as many sensors as there is room for.
+        let first = d.poll(t0, 20);
+        assert_eq!(first.len(), 27);
+        let rest = d.poll(t0, usize::MAX);
+        assert_eq!(rest.len(), 873);
+        let mut topics: Vec<_> = first.iter().chain(&rest).map(|c| &c.topic).collect();
+        topics.sort();
+        topics.dedup();
+        assert_eq!(topics.len(), 900, "each sensor once");
+        assert!(d
+            .seen(t0, "svc0", "svc0", [Metric::Pids].into_iter())
+            .is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use crate::balena::{service_name, topic_level};
 use crate::discovery::{Discovery, PayloadMode};
 use crate::handover::{Handover, Verdict};
+use crate::mqtt::session::Tag;
 use crate::mqtt::Message;
 use crate::payload::{write_service, write_value};
 use crate::records::{Cursor, RecordError};
@@ -75,7 +76,7 @@ impl Tick {
     /// log can say what is lost). Consumes them.
     pub fn count_rest(&mut self, p: &Publishing, scratch: &mut Scratch) -> usize {
         let before = self.messages;
-        while self.step(p, scratch, None, &mut |_| {}) {}
+        while self.step(p, scratch, None, &mut |_, _| {}) {}
         self.messages - before
     }
 
@@ -110,13 +111,14 @@ impl Tick {
     }
 
     /// Turns the next record into messages for `sink`: first any Home Assistant configs `discovery` has
-    /// not sent yet for this container, then its figures. Returns false once the records are used up.
+    /// not sent yet for this container (with their tag: they must not be dropped), then its figures
+    /// (without). Returns false once the records are used up.
     pub fn step(
         &mut self,
         p: &Publishing,
         scratch: &mut Scratch,
         discovery: Option<(&mut Discovery, Instant)>,
-        sink: &mut dyn FnMut(Message),
+        sink: &mut dyn FnMut(Message, Option<Tag>),
     ) -> bool {
         let (stats, line) = match &mut self.records {
             Records::Parsed(stats) => match stats.next() {
@@ -204,7 +206,7 @@ impl Tick {
             for c in d.seen(now, &service, &scratch.topic, metrics) {
                 // Configs are retained and must arrive: QoS 1 whatever the metrics use.
                 if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
-                    sink(m);
+                    sink(m, Some(c.tag));
                 }
             }
         }
@@ -236,12 +238,12 @@ impl Tick {
         topic: &str,
         payload: &[u8],
         at: &Where,
-        sink: &mut dyn FnMut(Message),
+        sink: &mut dyn FnMut(Message, Option<Tag>),
     ) {
         match Message::publish(topic, payload, p.qos, p.retain) {
             Ok(m) => {
                 self.messages += 1;
-                sink(m);
+                sink(m, None);
             }
             Err(e) => {
                 let detail = format!("{topic}: {e}");
@@ -279,7 +281,7 @@ mod tests {
         };
         let mut scratch = Scratch::default();
         let mut out = Vec::new();
-        while tick.step(&p, &mut scratch, None, &mut |m| {
+        while tick.step(&p, &mut scratch, None, &mut |m, _| {
             if let Ok(Incoming::Publish { topic, payload, .. }) = decode(m.bytes()) {
                 out.push((
                     topic.to_owned(),
@@ -391,7 +393,7 @@ mod tests {
         for _ in 0..2 {
             let mut tick = Tick::new("t".into(), text.as_bytes().to_vec(), 1);
             let mut payloads = Vec::new();
-            while tick.step(&p, &mut scratch, None, &mut |m| {
+            while tick.step(&p, &mut scratch, None, &mut |m, _| {
                 if let Ok(Incoming::Publish { payload, .. }) = decode(m.bytes()) {
                     payloads.push(String::from_utf8(payload.to_vec()).unwrap());
                 }

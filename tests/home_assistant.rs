@@ -51,9 +51,11 @@ fn every_published_metric_has_exactly_one_retained_config() {
         &file_collector(&sample_stats(), 10),
         &mqtt_config(&broker, ""),
     );
-    let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{log}");
-    let recs = records(&sub.collect(63 * 2 + 2, Duration::from_secs(5)));
+    // Running, not --once: configs then name the availability topic (a --once run has none).
+    let child = spawn_agent(cfg.path());
+    assert!(sub.wait_for(|l| l.len() >= 63 * 2 + 1, Duration::from_secs(10)));
+    stop_agent(child);
+    let recs = records(&sub.lines());
     let metric_topics: BTreeSet<String> = recs
         .iter()
         .filter(|(_, t, _)| t.starts_with("root/") && !t.ends_with("/availability"))

@@ -2,15 +2,26 @@
 //!
 //! Methods change state and fill an output buffer; none touches the network or reads a clock. The caller
 //! owns the socket: it calls [`Session::connected`] once a transport is up, feeds received bytes to
-//! [`Session::receive`], writes [`Session::outbound`] and reports progress with [`Session::consumed`], calls
-//! [`Session::poll`] at the deadline it returned, and [`Session::disconnected`] when the transport is gone.
-//! Any `Err` means the connection is no longer usable: drop it.
+//! [`Session::receive`], writes [`Session::outbound`] and reports progress with [`Session::consumed`] (or
+//! [`Session::write_blocked`] when the socket takes nothing), calls [`Session::poll`] at the deadline it
+//! returned, and [`Session::disconnected`] when the transport is gone. Any `Err` means the connection is
+//! no longer usable: drop it.
+//!
+//! The link is judged by progress, not by the clock alone: a PUBACK is awaited from when the socket took
+//! the PUBLISH's last byte, and every PUBACK that arrives restarts the wait, so a slow link on which
+//! acknowledgements keep coming is kept; one that takes no bytes and acknowledges nothing for the write
+//! timeout is dropped. Keep-alive watches both directions: PINGREQ goes out a little before the keep-alive
+//! runs out since we last sent or last received anything, so a broker that went silent is noticed even
+//! when we only publish at QoS 0.
 //!
 //! Invariants:
-//! - Messages leave in the order they were queued; `inflight` holds the QoS 1 ones not yet acknowledged,
-//!   oldest first, and on disconnect they go back to the front of the queue, marked DUP.
-//! - `queue` never holds more than `max_queued` messages: the oldest are dropped and counted.
+//! - Messages leave in the order they were queued, kept ones (see [`Session::enqueue_kept`]) first;
+//!   `inflight` holds the QoS 1 ones not yet acknowledged, oldest first, and on disconnect they go back to
+//!   the front of their queue, marked DUP.
+//! - `queue` never holds more than `max_queued` messages: the oldest are dropped and counted. `kept` is
+//!   never dropped from; its producer bounds it.
 //! - At most `max_inflight` QoS 1 messages await a PUBACK, and no two of them share a packet id.
+//! - The in-flight messages whose bytes the socket has taken are a prefix of `inflight` (`stamped`).
 
 use super::frame::{self, FrameError, Incoming};
 use super::message::Message;
@@ -46,8 +57,14 @@ pub struct Options {
     pub max_inflight: usize,
     pub max_queued: usize,
     pub connack_timeout: Duration,
+    /// How long a PUBACK may take once the PUBLISH has left, and since the last PUBACK.
     pub ack_timeout: Duration,
+    /// How long the socket may take none of our bytes while no PUBACK arrives either.
+    pub write_timeout: Duration,
 }
+
+/// Names a kept message (see [`Session::enqueue_kept`]) in [`Event::Delivered`].
+pub type Tag = u64;
 
 /// What happened, for the caller to log or act on.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +81,8 @@ pub enum Event {
         pid: u16,
         any_refused: bool,
     },
+    /// The broker acknowledged the kept message of this tag (QoS 0: the message was written).
+    Delivered(Tag),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +93,11 @@ pub enum Error {
     /// A packet that is well formed but wrong in this state.
     Unexpected(&'static str),
     Timeout(&'static str),
+    /// The peer answered the CONNECT with something that is no MQTT at all (an HTTP server, say): the
+    /// start of what it sent, made printable.
+    NotMqtt(String),
+    /// The socket took none of our bytes, and no PUBACK came, for this long.
+    Stalled(Duration),
 }
 
 impl std::fmt::Display for Error {
@@ -83,6 +107,12 @@ impl std::fmt::Display for Error {
             Error::Refused(code) => write!(f, "connection refused: {}", refusal_text(*code)),
             Error::Unexpected(what) => write!(f, "protocol error: {what}"),
             Error::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            Error::NotMqtt(sent) => write!(f, "not an MQTT broker (it sent '{sent}')"),
+            Error::Stalled(t) => write!(
+                f,
+                "the broker took no data for {}s and acknowledged nothing",
+                t.as_secs()
+            ),
         }
     }
 }
@@ -101,14 +131,23 @@ pub fn refusal_text(code: ConnectReturnCode) -> &'static str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Down,
-    AwaitingConnack { deadline: Instant },
-    Up { ping_deadline: Option<Instant> },
+    AwaitingConnack {
+        deadline: Instant,
+    },
+    /// `ping_sent`: when the PINGREQ still awaiting its PINGRESP was queued.
+    Up {
+        ping_sent: Option<Instant>,
+    },
 }
 
 #[derive(Debug)]
 struct Inflight {
     pid: u16,
-    sent_at: Instant,
+    /// Where the PUBLISH ends in this connection's outbound byte stream.
+    end: u64,
+    /// When the socket took its last byte; `None` while part of it still waits in `out`.
+    taken_at: Option<Instant>,
+    tag: Option<Tag>,
     message: Message,
 }
 
@@ -119,13 +158,24 @@ pub struct Session {
     /// Bytes of `out` already written.
     out_pos: usize,
     rx: Vec<u8>,
+    /// Bytes of this connection's outbound stream the socket has taken.
+    written: u64,
     queue: VecDeque<Message>,
+    /// Messages the queue bound never drops, sent before `queue`.
+    kept: VecDeque<(Message, Tag)>,
     inflight: VecDeque<Inflight>,
+    /// How many in-flight messages, from the front, the socket has taken whole.
+    stamped: usize,
     pids_in_use: Box<[u64; 1024]>,
     /// The in-flight window filled up and has not drained to half yet (see `window_open`).
     window_shut: bool,
     next_pid: u16,
+    /// When the socket last took bytes, when the broker last sent a packet, and its last PUBACK.
     last_sent: Option<Instant>,
+    last_received: Option<Instant>,
+    last_ack: Option<Instant>,
+    /// Since when the socket has been taking none of the waiting bytes.
+    blocked_since: Option<Instant>,
     dropped: u64,
     events: Vec<Event>,
 }
@@ -138,12 +188,18 @@ impl Session {
             out: Vec::new(),
             out_pos: 0,
             rx: Vec::new(),
+            written: 0,
             queue: VecDeque::new(),
+            kept: VecDeque::new(),
             inflight: VecDeque::new(),
+            stamped: 0,
             pids_in_use: Box::new([0; 1024]),
             window_shut: false,
             next_pid: 1,
             last_sent: None,
+            last_received: None,
+            last_ack: None,
+            blocked_since: None,
             dropped: 0,
             events: Vec::new(),
         }
@@ -171,8 +227,12 @@ impl Session {
         while let Some(mut f) = self.inflight.pop_back() {
             self.release_pid(f.pid);
             f.message.set_dup();
-            self.queue.push_front(f.message);
+            match f.tag {
+                Some(tag) => self.kept.push_front((f.message, tag)),
+                None => self.queue.push_front(f.message),
+            }
         }
+        self.stamped = 0;
         self.enforce_queue_bound();
     }
 
@@ -180,6 +240,10 @@ impl Session {
         self.out.clear();
         self.out_pos = 0;
         self.rx.clear();
+        self.written = 0;
+        self.last_received = None;
+        self.last_ack = None;
+        self.blocked_since = None;
     }
 
     /// Queues a message; when the queue is full the oldest one is dropped and counted.
@@ -195,13 +259,20 @@ impl Session {
         }
     }
 
+    /// Queues a message the queue bound never drops (Home Assistant configs): it goes out before the
+    /// ordinary queue, and its PUBACK is reported as [`Event::Delivered`] with `tag`. The caller bounds how
+    /// many it keeps here.
+    pub fn enqueue_kept(&mut self, message: Message, tag: Tag) {
+        self.kept.push_back((message, tag));
+    }
+
     /// Messages dropped for want of room since the last call.
     pub fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped)
     }
 
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.kept.len()
     }
 
     pub fn inflight(&self) -> usize {
@@ -210,12 +281,24 @@ impl Session {
 
     /// Nothing left to send or to wait for.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.inflight.is_empty() && self.outbound().is_empty()
+        self.queue.is_empty()
+            && self.kept.is_empty()
+            && self.inflight.is_empty()
+            && self.outbound().is_empty()
     }
 
     /// True when queueing more would only make it wait: lets the caller feed messages as room opens.
     pub fn has_room(&self) -> bool {
-        self.is_up() && self.queue.len() < self.opts.max_inflight.min(self.opts.max_queued)
+        self.room() > 0
+    }
+
+    /// How many more messages may be queued before [`Session::has_room`] turns false.
+    pub fn room(&self) -> usize {
+        if !self.is_up() {
+            return 0;
+        }
+        let limit = self.opts.max_inflight.min(self.opts.max_queued);
+        limit.saturating_sub(self.queued())
     }
 
     pub fn take_events(&mut self) -> Vec<Event> {
@@ -226,13 +309,53 @@ impl Session {
         &self.out[self.out_pos..]
     }
 
-    /// `n` bytes of [`Session::outbound`] were written.
-    pub fn consumed(&mut self, n: usize) {
-        self.out_pos = (self.out_pos + n).min(self.out.len());
+    /// `n` bytes of [`Session::outbound`] were written at `now`. In-flight PUBLISHes taken whole from
+    /// here on are stamped: their PUBACK is awaited from now. O(1) amortised per message.
+    pub fn consumed(&mut self, now: Instant, n: usize) {
+        let n = n.min(self.out.len() - self.out_pos);
+        if n == 0 {
+            return;
+        }
+        self.out_pos += n;
+        self.written += n as u64;
+        self.last_sent = Some(now);
+        self.blocked_since = None;
+        while let Some(f) = self.inflight.get_mut(self.stamped) {
+            if f.end > self.written {
+                break;
+            }
+            f.taken_at = Some(now);
+            self.stamped += 1;
+        }
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
         }
+    }
+
+    /// The socket would take none of [`Session::outbound`] at `now`. An error once it has taken nothing,
+    /// and no PUBACK has come either, for the write timeout: a broker that acknowledges is still reading,
+    /// however slowly its side of the connection drains.
+    pub fn write_blocked(&mut self, now: Instant) -> Result<(), Error> {
+        self.blocked_since.get_or_insert(now);
+        match self.stall_deadline() {
+            Some(d) if now >= d => Err(Error::Stalled(self.opts.write_timeout)),
+            _ => Ok(()),
+        }
+    }
+
+    fn stall_deadline(&self) -> Option<Instant> {
+        let since = self.blocked_since?;
+        let since = self.last_ack.map_or(since, |a| a.max(since));
+        Some(since + self.opts.write_timeout)
+    }
+
+    /// The PUBACK deadline: the oldest in-flight message the socket has taken, counted from when it was
+    /// taken or from the last PUBACK, whichever is later.
+    fn ack_deadline(&self) -> Option<Instant> {
+        let taken = self.inflight.front()?.taken_at?;
+        let since = self.last_ack.map_or(taken, |a| a.max(taken));
+        Some(since + self.opts.ack_timeout)
     }
 
     /// Bytes from the broker.
@@ -240,6 +363,11 @@ impl Session {
         // Taken out for the loop so packets can be handled in place, without a copy each.
         let mut rx = std::mem::take(&mut self.rx);
         rx.extend_from_slice(bytes);
+        if let State::AwaitingConnack { .. } = self.state {
+            if let Some(sent) = foreign_reply(&rx) {
+                return Err(Error::NotMqtt(sent));
+            }
+        }
         let mut start = 0;
         let result = loop {
             match frame::frame_len(&rx[start..]) {
@@ -261,6 +389,7 @@ impl Session {
 
     fn handle(&mut self, now: Instant, frame: &[u8]) -> Result<(), Error> {
         let packet = frame::decode(frame).map_err(Error::Protocol)?;
+        self.last_received = Some(now);
         match (self.state, packet) {
             (
                 State::AwaitingConnack { .. },
@@ -272,13 +401,11 @@ impl Session {
                 if code != ConnectReturnCode::Accepted {
                     return Err(Error::Refused(code));
                 }
-                self.state = State::Up {
-                    ping_deadline: None,
-                };
+                self.state = State::Up { ping_sent: None };
                 if let Some(birth) = &self.opts.birth {
                     self.out.extend_from_slice(birth.bytes());
                 }
-                self.write_subscribe(now);
+                self.write_subscribe();
                 self.events.push(Event::Connected { session_present });
                 self.poll(now).map(|_| ())
             }
@@ -286,11 +413,9 @@ impl Session {
             (State::Up { .. }, Incoming::Connack { .. }) => {
                 Err(Error::Unexpected("second CONNACK"))
             }
-            (State::Up { .. }, Incoming::Puback(pid)) => self.acknowledge(pid),
+            (State::Up { .. }, Incoming::Puback(pid)) => self.acknowledge(now, pid),
             (State::Up { .. }, Incoming::Pingresp) => {
-                self.state = State::Up {
-                    ping_deadline: None,
-                };
+                self.state = State::Up { ping_sent: None };
                 Ok(())
             }
             (State::Up { .. }, Incoming::Suback { pid, any_refused }) => {
@@ -308,12 +433,9 @@ impl Session {
                 },
             ) => {
                 if let Some(pid) = pid {
-                    self.write_packet(
-                        &Packet::Puback(
-                            Pid::try_from(pid).map_err(|_| Error::Unexpected("packet id 0"))?,
-                        ),
-                        now,
-                    );
+                    self.write_packet(&Packet::Puback(
+                        Pid::try_from(pid).map_err(|_| Error::Unexpected("packet id 0"))?,
+                    ));
                 }
                 self.events.push(Event::Message {
                     topic: topic.to_owned(),
@@ -325,7 +447,7 @@ impl Session {
         }
     }
 
-    fn acknowledge(&mut self, pid: u16) -> Result<(), Error> {
+    fn acknowledge(&mut self, now: Instant, pid: u16) -> Result<(), Error> {
         // Brokers acknowledge in order, so the match is nearly always at the front.
         let at = self
             .inflight
@@ -334,56 +456,85 @@ impl Session {
             .ok_or(Error::Unexpected("PUBACK for a packet id not in flight"))?;
         if let Some(f) = self.inflight.remove(at) {
             self.release_pid(f.pid);
+            if at < self.stamped {
+                self.stamped -= 1;
+            }
+            if let Some(tag) = f.tag {
+                self.events.push(Event::Delivered(tag));
+            }
         }
+        self.last_ack = Some(now);
         Ok(())
     }
 
     /// Checks deadlines, moves queued messages into the outbound buffer as the window allows, sends a
-    /// PINGREQ when the link has been quiet for the keep-alive. Returns when to call again.
+    /// PINGREQ when the link has been quiet either way for nearly the keep-alive. Returns when to call
+    /// again.
     pub fn poll(&mut self, now: Instant) -> Result<Option<Instant>, Error> {
-        let ping_deadline = match self.state {
+        let ping_sent = match self.state {
             State::Down => return Ok(None),
             State::AwaitingConnack { deadline } if now >= deadline => {
                 return Err(Error::Timeout("CONNACK"))
             }
             State::AwaitingConnack { deadline } => return Ok(Some(deadline)),
-            State::Up { ping_deadline } => ping_deadline,
+            State::Up { ping_sent } => ping_sent,
         };
-        if ping_deadline.is_some_and(|d| now >= d) {
+        let mut pong_deadline = ping_sent.and_then(|p| self.pong_deadline(p));
+        if pong_deadline.is_some_and(|d| now >= d) {
             return Err(Error::Timeout("PINGRESP"));
         }
-        let ack_deadline = self
-            .inflight
-            .front()
-            .map(|f| f.sent_at + self.opts.ack_timeout);
-        if ack_deadline.is_some_and(|d| now >= d) {
+        if self.ack_deadline().is_some_and(|d| now >= d) {
             return Err(Error::Timeout("PUBACK"));
         }
-        self.fill(now);
+        self.fill();
 
-        let mut next = [
-            ping_deadline,
-            self.inflight
-                .front()
-                .map(|f| f.sent_at + self.opts.ack_timeout),
-        ];
         let mut ping_due = None;
-        if self.opts.keep_alive > 0 && ping_deadline.is_none() {
-            let keep_alive = Duration::from_secs(u64::from(self.opts.keep_alive));
-            let due = self.last_sent.unwrap_or(now) + keep_alive;
-            if now >= due {
-                self.write_packet(&Packet::Pingreq, now);
-                // The broker must answer well within the keep-alive; allow it half as long again.
-                let deadline = now + keep_alive + keep_alive / 2;
-                self.state = State::Up {
-                    ping_deadline: Some(deadline),
-                };
-                next[0] = Some(deadline);
-            } else {
-                ping_due = Some(due);
+        if ping_sent.is_none() {
+            if let Some(due) = self.ping_due() {
+                if now >= due {
+                    self.write_packet(&Packet::Pingreq);
+                    self.state = State::Up {
+                        ping_sent: Some(now),
+                    };
+                    pong_deadline = self.pong_deadline(now);
+                } else {
+                    ping_due = Some(due);
+                }
             }
         }
-        Ok(next.into_iter().chain([ping_due]).flatten().min())
+        let stall = self
+            .stall_deadline()
+            .filter(|_| !self.outbound().is_empty());
+        Ok([pong_deadline, self.ack_deadline(), ping_due, stall]
+            .into_iter()
+            .flatten()
+            .min())
+    }
+
+    fn keep_alive(&self) -> Option<Duration> {
+        (self.opts.keep_alive > 0).then(|| Duration::from_secs(u64::from(self.opts.keep_alive)))
+    }
+
+    /// A little before the keep-alive runs out since we last sent or last received anything: the broker
+    /// must hear from us within the keep-alive (MQTT-3.1.2-23), and a broker we have not heard from for
+    /// that long is asked whether it is still there.
+    fn ping_due(&self) -> Option<Instant> {
+        let k = self.keep_alive()?;
+        let quiet_since = match (self.last_sent, self.last_received) {
+            (Some(s), Some(r)) => s.min(r),
+            (s, r) => s.or(r)?,
+        };
+        // A tenth of the keep-alive early, at most 5 s: room for a late wake-up and a slow write.
+        Some(quiet_since + k - (k / 10).min(Duration::from_secs(5)))
+    }
+
+    /// A broker that has sent nothing for half the keep-alive since our PINGREQ, and nothing for 1.5
+    /// times the keep-alive in all, is gone; any packet it sends meanwhile (a PUBACK on a slow link whose
+    /// PINGREQ waits behind our data) shows it is not.
+    fn pong_deadline(&self, ping_sent: Instant) -> Option<Instant> {
+        let k = self.keep_alive()?;
+        let heard = self.last_received.unwrap_or(ping_sent);
+        Some((ping_sent + k / 2).max(heard + k + k / 2))
     }
 
     /// QoS 1 messages may go out now. Once the window has filled it stays shut until half of it has been
@@ -395,45 +546,59 @@ impl Session {
         n < self.opts.max_inflight && (!self.window_shut || n <= self.opts.max_inflight / 2)
     }
 
-    fn fill(&mut self, now: Instant) {
+    fn fill(&mut self) {
         if self.inflight.len() <= self.opts.max_inflight / 2 {
             self.window_shut = false;
         }
         while self.out.len() - self.out_pos < OUTBOUND_HIGH_WATER {
-            let Some(front) = self.queue.front() else {
+            let Some(front) = self.next_message() else {
                 break;
             };
             if front.is_qos1() && !self.window_open() {
                 break;
             }
-            let Some(mut message) = self.queue.pop_front() else {
-                break;
+            let (mut message, tag) = match self.kept.pop_front() {
+                Some((m, tag)) => (m, Some(tag)),
+                None => match self.queue.pop_front() {
+                    Some(m) => (m, None),
+                    None => break,
+                },
             };
             if message.is_qos1() {
                 let pid = self.allocate_pid();
                 message.set_pid(pid);
                 self.out.extend_from_slice(message.bytes());
+                let end = self.written + (self.out.len() - self.out_pos) as u64;
                 self.inflight.push_back(Inflight {
                     pid,
-                    sent_at: now,
+                    end,
+                    taken_at: None,
+                    tag,
                     message,
                 });
                 self.window_shut |= self.inflight.len() >= self.opts.max_inflight;
             } else {
                 self.out.extend_from_slice(message.bytes());
+                if let Some(tag) = tag {
+                    self.events.push(Event::Delivered(tag));
+                }
             }
-            self.last_sent = Some(now);
         }
+    }
+
+    /// The message [`Session::fill`] takes next: kept ones first.
+    fn next_message(&self) -> Option<&Message> {
+        self.kept.front().map(|(m, _)| m).or(self.queue.front())
     }
 
     /// Queues `farewell` (the retained `offline` message, since a clean DISCONNECT discards the will) and
     /// a DISCONNECT; the caller writes them out and closes the transport.
-    pub fn disconnect(&mut self, now: Instant, farewell: Option<&Message>) {
+    pub fn disconnect(&mut self, farewell: Option<&Message>) {
         if self.is_up() {
             if let Some(m) = farewell {
                 self.out.extend_from_slice(m.bytes());
             }
-            self.write_packet(&Packet::Disconnect, now);
+            self.write_packet(&Packet::Disconnect);
             self.state = State::Down;
         }
     }
@@ -444,8 +609,8 @@ impl Session {
         match self.state {
             State::Down => false,
             State::AwaitingConnack { .. } => true,
-            State::Up { ping_deadline } => {
-                ping_deadline.is_some() || (self.window_shut && !self.queue.is_empty())
+            State::Up { ping_sent } => {
+                ping_sent.is_some() || (self.window_shut && self.next_message().is_some())
             }
         }
     }
@@ -509,7 +674,7 @@ impl Session {
 
     /// One SUBSCRIBE for all filters. Its packet id is taken from the PUBLISH id space but never
     /// recorded in flight: SUBACK is reported as an event, not matched.
-    fn write_subscribe(&mut self, now: Instant) {
+    fn write_subscribe(&mut self) {
         let mut topics = heapless::Vec::<SubscribeTopic, 5>::new();
         for filter in &self.opts.subscriptions {
             // heapless' `From<&str>` panics past its capacity; push_str reports it instead.
@@ -534,17 +699,48 @@ impl Session {
         let mut buf = [0u8; 5 * 260 + 8];
         if let Ok(n) = mqttrs::encode_slice(&packet, &mut buf) {
             self.out.extend_from_slice(&buf[..n]);
-            self.last_sent = Some(now);
         }
     }
 
-    fn write_packet(&mut self, packet: &Packet, now: Instant) {
+    fn write_packet(&mut self, packet: &Packet) {
         let mut buf = [0u8; 4];
         if let Ok(n) = mqttrs::encode_slice(packet, &mut buf) {
             self.out.extend_from_slice(&buf[..n]);
-            self.last_sent = Some(now);
         }
     }
+}
+
+/// What a peer that is no MQTT broker sent instead of a CONNACK, made printable; `None` while it may
+/// still be MQTT. A broker's first packet is a CONNACK (`20 02`), and no packet a broker sends starts with
+/// four printable bytes: text there (an HTTP or SMTP banner, an error page) means another protocol. So
+/// does a TLS record (`15 03` or `16 03`): a TLS port.
+fn foreign_reply(rx: &[u8]) -> Option<String> {
+    let text = |b: &u8| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    let foreign = match rx {
+        [0x15 | 0x16, 0x03, ..] => true,
+        [a, b, c, d, ..] => [a, b, c, d].into_iter().all(text),
+        _ => false,
+    };
+    if !foreign {
+        return None;
+    }
+    // The first line, at most 40 bytes; anything unprintable as \xNN.
+    let line = rx
+        .split(|b| *b == b'\r' || *b == b'\n')
+        .next()
+        .unwrap_or(rx);
+    let mut shown = String::new();
+    for b in line.iter().take(40) {
+        if (b.is_ascii_graphic() && *b != b'\'' && *b != b'\\') || *b == b' ' {
+            shown.push(char::from(*b));
+        } else {
+            shown.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    if line.len() > 40 {
+        shown.push_str("...");
+    }
+    Some(shown)
 }
 
 #[cfg(test)]
@@ -564,6 +760,7 @@ mod tests {
             max_queued: 5,
             connack_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
         }
     }
 
@@ -572,9 +769,9 @@ mod tests {
     }
 
     /// Splits the outbound bytes into packets and returns (first byte, packet id if QoS 1 PUBLISH, topic).
-    fn sent(s: &mut Session) -> Vec<(u8, Option<u16>, String)> {
+    fn sent(s: &mut Session, now: Instant) -> Vec<(u8, Option<u16>, String)> {
         let bytes = s.outbound().to_vec();
-        s.consumed(bytes.len());
+        s.consumed(now, bytes.len());
         let mut out = Vec::new();
         let mut at = 0;
         while at < bytes.len() {
@@ -599,7 +796,7 @@ mod tests {
     fn up(t0: Instant) -> Session {
         let mut s = Session::new(opts());
         s.connected(t0);
-        let connect = sent(&mut s);
+        let connect = sent(&mut s, t0);
         assert_eq!(connect.len(), 1);
         assert_eq!(connect[0].0, 0x10);
         s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
@@ -652,9 +849,9 @@ mod tests {
         let mut s = Session::new(o);
         s.enqueue(msg("t/0", QoS::AtLeastOnce));
         s.connected(t0);
-        sent(&mut s);
+        sent(&mut s, t0);
         s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
-        let order: Vec<_> = sent(&mut s).into_iter().map(|p| (p.0, p.2)).collect();
+        let order: Vec<_> = sent(&mut s, t0).into_iter().map(|p| (p.0, p.2)).collect();
         assert_eq!(
             order,
             vec![
@@ -664,8 +861,8 @@ mod tests {
         );
         let offline =
             Message::publish("a/availability", b"offline", QoS::AtMostOnce, true).unwrap();
-        s.disconnect(t0, Some(&offline));
-        let order: Vec<_> = sent(&mut s).into_iter().map(|p| (p.0, p.2)).collect();
+        s.disconnect(Some(&offline));
+        let order: Vec<_> = sent(&mut s, t0).into_iter().map(|p| (p.0, p.2)).collect();
         assert_eq!(
             order,
             vec![
@@ -684,10 +881,10 @@ mod tests {
         let mut s = Session::new(o);
         for _ in 0..2 {
             s.connected(t0);
-            sent(&mut s);
+            sent(&mut s, t0);
             s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
             let bytes = s.outbound().to_vec();
-            s.consumed(bytes.len());
+            s.consumed(t0, bytes.len());
             let pid = match mqttrs::decode_slice(&bytes).unwrap().unwrap() {
                 Packet::Subscribe(sub) => {
                     assert_eq!(sub.topics.len(), 1);
@@ -718,7 +915,7 @@ mod tests {
         o.subscriptions = vec!["x".repeat(300)];
         let mut s = Session::new(o);
         s.connected(t0);
-        sent(&mut s);
+        sent(&mut s, t0);
         s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
         assert!(s.outbound().is_empty(), "nothing subscribed");
     }
@@ -755,7 +952,7 @@ mod tests {
             s.enqueue(msg(&format!("t/{i}"), QoS::AtLeastOnce));
         }
         s.poll(t0).unwrap();
-        let first = sent(&mut s);
+        let first = sent(&mut s, t0);
         assert_eq!(
             first
                 .iter()
@@ -769,7 +966,7 @@ mod tests {
         s.receive(t0, &[0x40, 0x02, 0x00, 0x02]).unwrap();
         s.poll(t0).unwrap();
         assert!(
-            sent(&mut s).is_empty(),
+            sent(&mut s, t0).is_empty(),
             "2 of 3 still in flight: the window stays shut"
         );
         assert!(!s.can_send_more());
@@ -777,7 +974,7 @@ mod tests {
         assert!(s.can_send_more());
         s.poll(t0).unwrap();
         assert_eq!(
-            sent(&mut s).iter().map(|p| p.1).collect::<Vec<_>>(),
+            sent(&mut s, t0).iter().map(|p| p.1).collect::<Vec<_>>(),
             vec![Some(4), Some(5)]
         );
         s.receive(
@@ -798,7 +995,7 @@ mod tests {
             s.enqueue(msg(&format!("t/{i}"), QoS::AtMostOnce));
         }
         s.poll(t0).unwrap();
-        assert_eq!(sent(&mut s).len(), 5);
+        assert_eq!(sent(&mut s, t0).len(), 5);
         assert!(s.is_idle());
     }
 
@@ -843,18 +1040,272 @@ mod tests {
     }
 
     #[test]
-    fn keepalive_pings_and_times_out() {
+    fn keepalive_pings_before_it_runs_out_and_times_out() {
         let t0 = Instant::now();
         let mut s = up(t0);
         let due = s.poll(t0).unwrap().unwrap();
-        assert_eq!(due, t0 + Duration::from_secs(60));
-        assert_eq!(s.poll(due).unwrap(), Some(due + Duration::from_secs(90)));
-        assert_eq!(sent(&mut s)[0].0, 0xc0);
-        s.receive(due, &[0xd0, 0x00]).unwrap();
-        assert_eq!(s.poll(due).unwrap(), Some(due + Duration::from_secs(60)));
-        let later = due + Duration::from_secs(60);
-        let deadline = s.poll(later).unwrap().unwrap();
+        // A little before the keep-alive, never after it (MQTT-3.1.2-23).
+        assert_eq!(due, t0 + Duration::from_secs(55));
+        let deadline = s.poll(due).unwrap().unwrap();
+        assert_eq!(sent(&mut s, due)[0].0, 0xc0);
+        assert_eq!(deadline, t0 + Duration::from_secs(90), "1.5 x keep-alive");
+        let answered = due + Duration::from_secs(1);
+        s.receive(answered, &[0xd0, 0x00]).unwrap();
+        assert_eq!(
+            s.poll(answered).unwrap(),
+            Some(due + Duration::from_secs(55))
+        );
+        let ping = due + Duration::from_secs(55);
+        let deadline = s.poll(ping).unwrap().unwrap();
+        assert_eq!(deadline, answered + Duration::from_secs(90));
+        assert!(s.poll(deadline - Duration::from_millis(1)).is_ok());
         assert_eq!(s.poll(deadline), Err(Error::Timeout("PINGRESP")));
+    }
+
+    #[test]
+    fn a_broker_gone_silent_is_noticed_while_we_publish_at_qos0() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        let mut noticed = None;
+        for second in 1..=300 {
+            let now = t0 + Duration::from_secs(second);
+            s.enqueue(msg("t", QoS::AtMostOnce));
+            match s.poll(now) {
+                Ok(_) => {
+                    sent(&mut s, now);
+                }
+                Err(e) => {
+                    noticed = Some((second, e));
+                    break;
+                }
+            }
+        }
+        // Sending every second, it still asks after 55 s of hearing nothing, and gives up at 1.5 x 60 s.
+        assert_eq!(noticed, Some((90, Error::Timeout("PINGRESP"))));
+    }
+
+    #[test]
+    fn a_pingreq_behind_a_slow_link_is_answered_by_any_packet() {
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.max_inflight = 100;
+        o.max_queued = 100;
+        let mut s = Session::new(o);
+        s.connected(t0);
+        sent(&mut s, t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        for _ in 0..100 {
+            s.enqueue(msg("t", QoS::AtLeastOnce));
+        }
+        s.poll(t0).unwrap();
+        sent(&mut s, t0);
+        // Nothing more leaves; a PUBACK every 20 s keeps the PINGREQ's wait going.
+        for pid in 1..=10u16 {
+            let now = t0 + Duration::from_secs(20 * u64::from(pid));
+            s.receive(now, &[0x40, 0x02, 0x00, pid as u8]).unwrap();
+            s.poll(now).unwrap();
+        }
+        let last = t0 + Duration::from_secs(200);
+        assert_eq!(
+            s.poll(last + Duration::from_secs(30)),
+            Err(Error::Timeout("PUBACK"))
+        );
+    }
+
+    #[test]
+    fn puback_wait_counts_from_when_the_socket_took_the_message() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        s.enqueue(msg("t", QoS::AtLeastOnce));
+        s.poll(t0).unwrap();
+        // The socket takes the PUBLISH only 20 s later (a slow link's backlog ahead of it).
+        let taken = t0 + Duration::from_secs(20);
+        assert_eq!(s.poll(taken).map(|_| ()), Ok(()));
+        sent(&mut s, taken);
+        assert_eq!(s.poll(taken + Duration::from_secs(29)).map(|_| ()), Ok(()));
+        assert_eq!(
+            s.poll(taken + Duration::from_secs(30)),
+            Err(Error::Timeout("PUBACK"))
+        );
+    }
+
+    #[test]
+    fn messages_are_stamped_when_their_last_byte_is_taken() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        for i in 0..3 {
+            s.enqueue(msg(&format!("t/{i}"), QoS::AtLeastOnce));
+        }
+        s.poll(t0).unwrap();
+        let len = msg("t/0", QoS::AtLeastOnce).bytes().len();
+        let t1 = t0 + Duration::from_secs(1);
+        s.consumed(t1, 2 * len - 1);
+        assert_eq!(s.stamped, 1);
+        assert_eq!(s.inflight[0].taken_at, Some(t1));
+        assert_eq!(s.inflight[1].taken_at, None);
+        let t2 = t0 + Duration::from_secs(2);
+        s.consumed(t2, len + 1);
+        assert_eq!(s.stamped, 3);
+        assert_eq!(s.inflight[1].taken_at, Some(t2));
+        // An acknowledgement out of order keeps the stamped prefix right.
+        s.receive(t2, &[0x40, 0x02, 0x00, 0x02]).unwrap();
+        assert_eq!(s.stamped, 2);
+        assert_eq!(s.inflight[1].taken_at, Some(t2));
+    }
+
+    #[test]
+    fn acknowledgements_that_keep_coming_keep_a_slow_link() {
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.max_inflight = 100;
+        o.max_queued = 100;
+        let mut s = Session::new(o);
+        s.connected(t0);
+        sent(&mut s, t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        for _ in 0..50 {
+            s.enqueue(msg("t", QoS::AtLeastOnce));
+        }
+        s.poll(t0).unwrap();
+        sent(&mut s, t0);
+        // One PUBACK every 10 s: the window takes 500 s to drain, and that is fine.
+        for pid in 1..=49u16 {
+            let now = t0 + Duration::from_secs(10 * u64::from(pid));
+            s.poll(now).unwrap();
+            s.receive(now, &[0x40, 0x02, 0x00, pid as u8]).unwrap();
+        }
+        let last = t0 + Duration::from_secs(490);
+        assert!(s.poll(last + Duration::from_secs(29)).is_ok());
+        assert_eq!(
+            s.poll(last + Duration::from_secs(30)),
+            Err(Error::Timeout("PUBACK"))
+        );
+    }
+
+    #[test]
+    fn a_blocked_socket_is_a_stall_unless_acknowledgements_arrive() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        s.enqueue(msg("t/0", QoS::AtLeastOnce));
+        s.enqueue(msg("t/1", QoS::AtLeastOnce));
+        s.poll(t0).unwrap();
+        assert_eq!(s.write_blocked(t0), Ok(()));
+        assert_eq!(
+            s.write_blocked(t0 + Duration::from_secs(9)),
+            Ok(()),
+            "not yet"
+        );
+        assert_eq!(
+            s.write_blocked(t0 + Duration::from_secs(10)),
+            Err(Error::Stalled(Duration::from_secs(10)))
+        );
+
+        let mut s = up(t0);
+        s.enqueue(msg("t/0", QoS::AtLeastOnce));
+        s.enqueue(msg("t/1", QoS::AtLeastOnce));
+        s.poll(t0).unwrap();
+        let len = msg("t/0", QoS::AtLeastOnce).bytes().len();
+        s.consumed(t0, len);
+        assert_eq!(s.write_blocked(t0), Ok(()));
+        let acked = t0 + Duration::from_secs(8);
+        s.receive(acked, &[0x40, 0x02, 0x00, 0x01]).unwrap();
+        assert_eq!(s.write_blocked(t0 + Duration::from_secs(10)), Ok(()));
+        assert_eq!(
+            s.poll(t0 + Duration::from_secs(10)).unwrap(),
+            Some(acked + Duration::from_secs(10)),
+            "wakes for the stall deadline"
+        );
+        assert_eq!(
+            s.write_blocked(acked + Duration::from_secs(10)),
+            Err(Error::Stalled(Duration::from_secs(10)))
+        );
+        assert_eq!(
+            Error::Stalled(Duration::from_secs(10)).to_string(),
+            "the broker took no data for 10s and acknowledged nothing"
+        );
+    }
+
+    #[test]
+    fn kept_messages_are_never_dropped_and_report_their_delivery() {
+        let t0 = Instant::now();
+        let mut s = Session::new(opts());
+        s.enqueue_kept(msg("config", QoS::AtLeastOnce), 42);
+        for i in 0..8 {
+            s.enqueue(msg(&format!("t/{i}"), QoS::AtLeastOnce));
+        }
+        assert_eq!(s.take_dropped(), 3, "only ordinary messages are dropped");
+        assert_eq!(s.queued(), 6);
+        s.connected(t0);
+        sent(&mut s, t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        s.take_events();
+        let first: Vec<_> = sent(&mut s, t0).into_iter().map(|p| p.2).collect();
+        assert_eq!(first, vec!["config", "t/3", "t/4"], "kept ones go first");
+        // Lost with the connection: back at the front of the kept queue, and still never dropped.
+        s.disconnected();
+        for i in 0..20 {
+            s.enqueue(msg(&format!("u/{i}"), QoS::AtLeastOnce));
+        }
+        s.connected(t0);
+        sent(&mut s, t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        let again = sent(&mut s, t0);
+        assert_eq!((again[0].0, again[0].2.as_str()), (0x3a, "config"), "DUP");
+        let pid = again[0].1.unwrap();
+        s.take_events();
+        s.receive(t0, &[0x40, 0x02, 0x00, pid as u8]).unwrap();
+        assert_eq!(s.take_events(), vec![Event::Delivered(42)]);
+        s.receive(t0, &[0x40, 0x02, 0x00, again[1].1.unwrap() as u8])
+            .unwrap();
+        assert!(
+            s.take_events().is_empty(),
+            "ordinary messages are not reported"
+        );
+    }
+
+    #[test]
+    fn a_peer_that_is_no_mqtt_broker_is_named() {
+        let t0 = Instant::now();
+        let mut s = Session::new(opts());
+        s.connected(t0);
+        assert_eq!(s.receive(t0, b"HT"), Ok(()), "two bytes say nothing yet");
+        let e = s
+            .receive(t0, b"TP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            .unwrap_err();
+        assert_eq!(e, Error::NotMqtt("HTTP/1.1 400 Bad Request".into()));
+        assert_eq!(
+            e.to_string(),
+            "not an MQTT broker (it sent 'HTTP/1.1 400 Bad Request')"
+        );
+        let mut s = Session::new(opts());
+        s.connected(t0);
+        assert_eq!(
+            s.receive(t0, &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]),
+            Err(Error::NotMqtt("\\x15\\x03\\x03\\x00\\x02\\x02F".into())),
+            "a TLS alert"
+        );
+        let mut s = Session::new(opts());
+        s.connected(t0);
+        let long = format!("{}'\\\x01", "x".repeat(50));
+        let Err(Error::NotMqtt(shown)) = s.receive(t0, long.as_bytes()) else {
+            panic!("text is not MQTT");
+        };
+        assert_eq!(
+            shown,
+            format!("{}...", "x".repeat(40)),
+            "short and printable"
+        );
+        assert_eq!(
+            foreign_reply(b"it's \\ \x01 odd"),
+            Some("it\\x27s \\x5c \\x01 odd".into())
+        );
+        // Broken MQTT is still reported as such.
+        let mut s = Session::new(opts());
+        s.connected(t0);
+        assert!(matches!(
+            s.receive(t0, &[0x20, 0x00]),
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[test]
@@ -863,6 +1314,7 @@ mod tests {
         let mut s = up(t0);
         s.enqueue(msg("t", QoS::AtLeastOnce));
         s.poll(t0).unwrap();
+        sent(&mut s, t0);
         assert_eq!(s.poll(t0 + Duration::from_secs(29)).map(|_| ()), Ok(()));
         assert_eq!(
             s.poll(t0 + Duration::from_secs(30)),
@@ -878,15 +1330,15 @@ mod tests {
             s.enqueue(msg(&format!("t/{i}"), QoS::AtLeastOnce));
         }
         s.poll(t0).unwrap();
-        sent(&mut s);
+        sent(&mut s, t0);
         s.receive(t0, &[0x40, 0x02, 0x00, 0x01]).unwrap();
         s.disconnected();
         assert_eq!((s.queued(), s.inflight()), (3, 0));
         let mut s2 = s;
         s2.connected(t0);
-        sent(&mut s2);
+        sent(&mut s2, t0);
         s2.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
-        let resent = sent(&mut s2);
+        let resent = sent(&mut s2, t0);
         let view: Vec<_> = resent.iter().map(|p| (p.0, p.2.as_str())).collect();
         assert_eq!(view, vec![(0x3a, "t/1"), (0x3a, "t/2"), (0x32, "t/3")]);
     }
@@ -923,9 +1375,9 @@ mod tests {
         assert_eq!(s.take_dropped(), 0);
         let t0 = Instant::now();
         s.connected(t0);
-        sent(&mut s);
+        sent(&mut s, t0);
         s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
-        assert_eq!(sent(&mut s)[0].2, "t/3");
+        assert_eq!(sent(&mut s, t0)[0].2, "t/3");
     }
 
     #[test]
@@ -953,11 +1405,11 @@ mod tests {
         let mut s = up(t0);
         s.enqueue(msg("stuck", QoS::AtLeastOnce));
         s.poll(t0).unwrap();
-        sent(&mut s);
+        sent(&mut s, t0);
         for _ in 0..65_535 {
             s.enqueue(msg("t", QoS::AtLeastOnce));
             s.poll(t0).unwrap();
-            let p = sent(&mut s);
+            let p = sent(&mut s, t0);
             assert_ne!(p[0].1, Some(1), "id 1 is still in flight");
             let pid = p[0].1.unwrap();
             s.receive(t0, &[0x40, 0x02, (pid >> 8) as u8, pid as u8])
