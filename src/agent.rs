@@ -6,15 +6,17 @@
 //! the socket takes, then sleep in one `poll` on the socket and the CLI's pipes until the earliest deadline.
 //! Everything that decides anything lives in the pure modules this drives.
 
-use crate::backoff::Backoff;
-use crate::collect::{self, CliRun, Collected, FileRead, FileStamp};
 use crate::config::{Collector, Mode, Mqtt};
-use crate::connect;
-use crate::discovery::{self, Discovery};
-use crate::engine::Engine;
+use crate::mqtt::backoff::Backoff;
+use crate::mqtt::connect;
 use crate::mqtt::{session, Event, Message, Options, Session, Will};
+use crate::publish::discovery::{self, Discovery};
+use crate::publish::tick::{Publishing, Scratch, Tick};
 use crate::schedule::Schedule;
-use crate::tick::{Publishing, Scratch, Tick};
+use crate::source::cli::CliRun;
+use crate::source::engine::Engine;
+use crate::source::file::{self, FileRead, FileStamp};
+use crate::source::{self, Collected};
 use crate::{debug, error, info, signal, warn};
 use mqttrs::QoS;
 use std::io::{ErrorKind, Read, Write};
@@ -221,7 +223,7 @@ impl Agent {
                 // Once the first tick is out, a file nobody has rewritten holds nothing new: publishing it
                 // again would present old figures as a fresh sample.
                 let previous = self.file_seen.map(|(stamp, _)| stamp);
-                match collect::read_file(&self.s.collector.file_path, spare, previous) {
+                match file::read_file(&self.s.collector.file_path, spare, previous) {
                     Ok(FileRead::Unchanged { taken_at_ms }) => {
                         debug!(
                             "stats file {} unchanged since the last tick: nothing published",
@@ -307,7 +309,7 @@ impl Agent {
             _ => format!("{} stats", self.s.collector.cli_path),
         };
         if collected.overflowed {
-            let cap = collect::MAX_STATS_BYTES;
+            let cap = source::MAX_STATS_BYTES;
             if collected.text.is_empty() {
                 warn!("{source}: no line ends within the first {cap} bytes (the input cap): all of it was ignored");
             } else {
@@ -731,5 +733,5 @@ fn publishing(s: &Settings) -> Publishing<'_> {
 }
 
 fn unix_millis() -> u64 {
-    collect::unix_ms(SystemTime::now())
+    source::unix_ms(SystemTime::now())
 }

@@ -9,8 +9,8 @@
 //! is worse. A missing file means the built-in defaults, which equal the shipped example files (a test
 //! holds them to that).
 
-pub use crate::discovery::PayloadMode;
-use crate::topics::{TopicTemplate, DEFAULT_TEMPLATE, DEFAULT_UNIT};
+pub use crate::publish::discovery::PayloadMode;
+use crate::publish::topics::{TopicTemplate, DEFAULT_TEMPLATE, DEFAULT_UNIT};
 use mqttrs::QoS;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -643,7 +643,7 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         m.device_id,
         {
             let mut root = String::new();
-            let names = crate::topics::Names {
+            let names = crate::publish::topics::Names {
                 service_name: "{service_name}",
                 container_name: "{container_name}",
                 container_id: "{container_id}",
@@ -1277,7 +1277,7 @@ mod tests {
         assert!(w.is_empty(), "{w:?}");
         let mut root = String::new();
         m.template.render_root(
-            &crate::topics::Names {
+            &crate::publish::topics::Names {
                 service_name: "main",
                 container_name: "main_1_2",
                 container_id: "abc",

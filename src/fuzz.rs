@@ -11,7 +11,7 @@
 
 use crate::mqtt::frame::{self, MAX_INCOMING_PACKET};
 use crate::mqtt::session::{Options, Session};
-use crate::records::Cursor;
+use crate::stats::records::Cursor;
 use crate::stats::{parse_line, Value};
 use std::time::{Duration, Instant};
 

@@ -2,27 +2,16 @@
 //! published to MQTT. See README.md.
 
 mod agent;
-mod backoff;
-mod balena;
 mod cli;
-mod collect;
 mod config;
-mod connect;
-mod discovery;
-mod engine;
 mod fuzz;
-mod handover;
 mod log;
 mod mqtt;
-mod payload;
-mod records;
+mod publish;
 mod schedule;
 mod signal;
+mod source;
 mod stats;
-mod tick;
-mod topics;
-mod units;
-mod warnings;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

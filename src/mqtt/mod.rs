@@ -1,6 +1,8 @@
 //! Our MQTT 3.1.1 client: `frame` checks what comes in, `message` encodes what goes out, `session` is the
 //! protocol. None of them does I/O; `agent.rs` owns the socket.
 
+pub mod backoff;
+pub mod connect;
 pub mod frame;
 pub mod message;
 pub mod session;

@@ -4,7 +4,7 @@
 //! message is a few string appends. Every value put into a placeholder is made safe to stand as one topic
 //! level, so a container name can never add levels or wildcards.
 
-use crate::balena::topic_level;
+use crate::publish::balena::topic_level;
 
 pub const DEFAULT_TEMPLATE: &str = "root/{device_id}/telemetry/system/{service_name}";
 /// What `{unit}` stands for when the config has no `unit`: the level the default template has there.

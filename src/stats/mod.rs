@@ -4,9 +4,12 @@
 //! no valid sample: that metric is absent, never 0. A field we cannot read is also absent, and reported, so
 //! the container's other figures still go out.
 
-use crate::units::{parse_bytes, parse_count, parse_percent, UnitError};
+pub mod records;
+pub mod units;
+
 use serde::Deserialize;
 use std::borrow::Cow;
+use units::{parse_bytes, parse_count, parse_percent, UnitError};
 
 /// The metrics we publish, in publishing order. The name is the last topic level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

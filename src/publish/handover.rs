@@ -6,7 +6,7 @@
 //! remembered from the previous tick as well as from this one: from the second tick of a hand-over on,
 //! only the newer container is published. Names the supervisor did not make are never held back.
 
-use crate::balena::SupervisorName;
+use crate::publish::balena::SupervisorName;
 use std::collections::HashMap;
 
 type Release = (u64, u64);

@@ -5,16 +5,16 @@
 //! good ones are published whatever their neighbours hold. ENGINE mode hands over figures it has already
 //! computed; they go out through the same naming and payload code.
 
-use crate::balena::{service_name, topic_level};
-use crate::discovery::{Discovery, PayloadMode};
-use crate::handover::{Handover, Verdict};
 use crate::mqtt::session::Tag;
 use crate::mqtt::Message;
-use crate::payload::{write_service, write_value};
-use crate::records::{Cursor, RecordError};
+use crate::publish::balena::{service_name, topic_level};
+use crate::publish::discovery::{Discovery, PayloadMode};
+use crate::publish::handover::{Handover, Verdict};
+use crate::publish::payload::{write_service, write_value};
+use crate::publish::topics::{Names, TopicTemplate};
+use crate::publish::warnings::{Kind, Warnings};
+use crate::stats::records::{Cursor, RecordError};
 use crate::stats::{parse_line, ContainerStats, FieldWarning, LineError};
-use crate::topics::{Names, TopicTemplate};
-use crate::warnings::{Kind, Warnings};
 use mqttrs::QoS;
 use std::time::Instant;
 
@@ -272,7 +272,8 @@ mod tests {
     }
 
     fn drain(mut tick: Tick) -> (Tick, Vec<(String, String)>) {
-        let template = TopicTemplate::parse(crate::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
         let p = Publishing {
             template: &template,
             qos: QoS::AtMostOnce,
@@ -382,7 +383,8 @@ mod tests {
             r#"{"Name":"main_10_100_localrelease","PIDs":"1"}"#,
             "\n"
         );
-        let template = TopicTemplate::parse(crate::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
         let p = Publishing {
             template: &template,
             qos: QoS::AtMostOnce,
