@@ -340,12 +340,14 @@ mod tests {
             id: "abc".into(),
             service: Some("api/v2".into()),
             figures: f.clone(),
+            lifecycle: None,
         };
         let named = ContainerStats {
             name: "db_12_34".into(),
             id: "def".into(),
             service: None,
             figures: f,
+            lifecycle: None,
         };
         let (tick, out) = drain(Tick::parsed("engine".into(), vec![labelled, named], 99));
         assert_eq!((tick.containers, tick.messages), (2, 4));

@@ -4,6 +4,7 @@
 //! no valid sample: that metric is absent, never 0. A field we cannot read is also absent, and reported, so
 //! the container's other figures still go out.
 
+pub mod lifecycle;
 pub mod records;
 pub mod units;
 
@@ -93,7 +94,10 @@ pub struct ContainerStats {
     /// The service name when the source says it outright (ENGINE mode's `io.balena.service-name`
     /// label); otherwise it is read from `name`.
     pub service: Option<String>,
+    /// Possibly none at all (a stopped container is still reported, by its lifecycle alone).
     pub figures: Figures,
+    /// State, health, restarts, exit and OOM, where the source knows them (not FILE mode).
+    pub lifecycle: Option<lifecycle::Lifecycle>,
 }
 
 /// A field that was present but unreadable; the rest of the line still counts.
@@ -206,6 +210,7 @@ pub fn parse_line(
         id,
         service: None,
         figures,
+        lifecycle: None,
     })
 }
 

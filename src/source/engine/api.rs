@@ -294,6 +294,7 @@ pub fn container_stats(listed: &Listed, figures: Figures) -> ContainerStats {
         id: short_id(&listed.id).to_owned(),
         service: listed.service.clone(),
         figures,
+        lifecycle: None,
     }
 }
 
