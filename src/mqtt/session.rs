@@ -22,6 +22,11 @@
 //!   never dropped from; its producer bounds it.
 //! - At most `max_inflight` QoS 1 messages await a PUBACK, and no two of them share a packet id.
 //! - The in-flight messages whose bytes the socket has taken are a prefix of `inflight` (`stamped`).
+//! - Nothing the broker sends is kept beyond a bound: `rx` holds at most one incomplete packet (64 KiB)
+//!   plus the bytes of one `receive` call; `events` holds at most one event of each kind (the latest
+//!   message per subscription); PUBLISHes on topics we never subscribed to are counted, not kept; and the
+//!   caller stops reading while more than [`INPUT_OUT_LIMIT`] bytes wait to be written (see
+//!   [`Session::accepts_input`]), so the PUBACKs we owe cannot pile up either.
 
 use super::frame::{self, FrameError, Incoming};
 use super::message::Message;
@@ -34,6 +39,13 @@ use std::time::{Duration, Instant};
 /// The outbound buffer is refilled from the queue only below this size, so a slow socket holds at most
 /// about this much encoded data twice (once here, once in the queue or window).
 const OUTBOUND_HIGH_WATER: usize = 64 * 1024;
+
+/// While more than this waits to be written, the caller reads nothing more from the broker. Our own
+/// messages fill the outbound buffer to about [`OUTBOUND_HIGH_WATER`]; the rest is PUBACKs we owe for
+/// incoming QoS 1 PUBLISHes. A broker that floods QoS 1 and does not read cannot make us queue its
+/// acknowledgements without end: we stop taking its packets (TCP then holds the broker back) and the
+/// caller's write-stall timeout ends the connection.
+const INPUT_OUT_LIMIT: usize = 2 * OUTBOUND_HIGH_WATER;
 
 #[derive(Debug, Clone)]
 pub struct Will {
@@ -72,7 +84,8 @@ pub enum Event {
     Connected {
         session_present: bool,
     },
-    /// A PUBLISH from the broker on a topic we subscribed to.
+    /// A PUBLISH from the broker on a topic we subscribed to: only the latest per subscription is kept
+    /// until the caller takes the events.
     Message {
         topic: String,
         payload: Vec<u8>,
@@ -177,8 +190,15 @@ pub struct Session {
     /// Since when the socket has been taking none of the waiting bytes.
     blocked_since: Option<Instant>,
     dropped: u64,
+    /// At most one event per kind (per subscription for messages): see [`Session::push_event`].
     events: Vec<Event>,
+    /// PUBLISHes on topics we never subscribed to, since the last [`Session::take_unsolicited`].
+    unsolicited: u64,
+    /// The last such topic, cut to [`UNSOLICITED_TOPIC_SHOWN`] bytes, for the log.
+    unsolicited_topic: String,
 }
+
+const UNSOLICITED_TOPIC_SHOWN: usize = 100;
 
 impl Session {
     pub fn new(opts: Options) -> Session {
@@ -202,6 +222,8 @@ impl Session {
             blocked_since: None,
             dropped: 0,
             events: Vec::new(),
+            unsolicited: 0,
+            unsolicited_topic: String::new(),
         }
     }
 
@@ -305,6 +327,19 @@ impl Session {
         std::mem::take(&mut self.events)
     }
 
+    /// PUBLISHes on topics we never subscribed to since the last call (acknowledged when QoS 1, otherwise
+    /// ignored), and the last such topic.
+    pub fn take_unsolicited(&mut self) -> Option<(u64, String)> {
+        let n = std::mem::take(&mut self.unsolicited);
+        (n > 0).then(|| (n, std::mem::take(&mut self.unsolicited_topic)))
+    }
+
+    /// Whether the caller may read more from the broker now: not while the outbound buffer holds more than
+    /// [`INPUT_OUT_LIMIT`] bytes (see there).
+    pub fn accepts_input(&self) -> bool {
+        self.outbound().len() < INPUT_OUT_LIMIT
+    }
+
     pub fn outbound(&self) -> &[u8] {
         &self.out[self.out_pos..]
     }
@@ -406,7 +441,7 @@ impl Session {
                     self.out.extend_from_slice(birth.bytes());
                 }
                 self.write_subscribe();
-                self.events.push(Event::Connected { session_present });
+                self.push_event(Event::Connected { session_present });
                 self.poll(now).map(|_| ())
             }
             (State::AwaitingConnack { .. }, _) => Err(Error::Unexpected("packet before CONNACK")),
@@ -419,7 +454,7 @@ impl Session {
                 Ok(())
             }
             (State::Up { .. }, Incoming::Suback { pid, any_refused }) => {
-                self.events.push(Event::Subscribed { pid, any_refused });
+                self.push_event(Event::Subscribed { pid, any_refused });
                 Ok(())
             }
             (State::Up { .. }, Incoming::Unsuback(_)) => Ok(()),
@@ -437,14 +472,73 @@ impl Session {
                         Pid::try_from(pid).map_err(|_| Error::Unexpected("packet id 0"))?,
                     ));
                 }
-                self.events.push(Event::Message {
-                    topic: topic.to_owned(),
-                    payload: payload.to_vec(),
-                });
+                self.deliver(topic, payload);
                 Ok(())
             }
             (State::Down, _) => Err(Error::Unexpected("packet without a connection")),
         }
+    }
+
+    /// Queues an event for the caller; one of the same kind already waiting is replaced, so a broker that
+    /// repeats itself (SUBACKs, retained messages, another client flooding a topic we subscribe to) cannot
+    /// grow the list between two calls to [`Session::take_events`].
+    fn push_event(&mut self, event: Event) {
+        let same = |old: &Event| {
+            matches!(
+                (old, &event),
+                (Event::Connected { .. }, Event::Connected { .. })
+                    | (Event::Subscribed { .. }, Event::Subscribed { .. })
+            )
+        };
+        match self.events.iter_mut().find(|old| same(old)) {
+            Some(slot) => *slot = event,
+            None => self.events.push(event),
+        }
+    }
+
+    /// A PUBLISH from the broker: kept as the latest message of the subscription it matches (reusing the
+    /// waiting event's buffers), or counted and dropped when it matches none.
+    fn deliver(&mut self, topic: &str, payload: &[u8]) {
+        let Some(filter) = self.subscription_of(topic) else {
+            self.unsolicited += 1;
+            self.unsolicited_topic.clear();
+            let mut end = topic.len().min(UNSOLICITED_TOPIC_SHOWN);
+            while !topic.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.unsolicited_topic.push_str(&topic[..end]);
+            return;
+        };
+        let subscriptions = &self.opts.subscriptions;
+        let waiting = self.events.iter_mut().find_map(|e| match e {
+            Event::Message {
+                topic: t,
+                payload: p,
+            } if subscriptions.iter().position(|f| topic_matches(f, t)) == Some(filter) => {
+                Some((t, p))
+            }
+            _ => None,
+        });
+        match waiting {
+            Some((t, p)) => {
+                t.clear();
+                t.push_str(topic);
+                p.clear();
+                p.extend_from_slice(payload);
+            }
+            None => self.events.push(Event::Message {
+                topic: topic.to_owned(),
+                payload: payload.to_vec(),
+            }),
+        }
+    }
+
+    /// The index of the first subscription `topic` matches.
+    fn subscription_of(&self, topic: &str) -> Option<usize> {
+        self.opts
+            .subscriptions
+            .iter()
+            .position(|f| topic_matches(f, topic))
     }
 
     fn acknowledge(&mut self, now: Instant, pid: u16) -> Result<(), Error> {
@@ -741,6 +835,25 @@ fn foreign_reply(rx: &[u8]) -> Option<String> {
         shown.push_str("...");
     }
     Some(shown)
+}
+
+/// MQTT topic filter matching (MQTT 3.1.1 section 4.7): `+` is one level, a final `#` any number of
+/// levels including none; wildcards at the first level do not match topics starting with `$`.
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for f in filter.split('/') {
+        if f == "#" {
+            return true;
+        }
+        match levels.next() {
+            Some(t) if f == "+" || f == t => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
 }
 
 #[cfg(test)]
@@ -1383,7 +1496,13 @@ mod tests {
     #[test]
     fn incoming_qos1_publish_is_acknowledged() {
         let t0 = Instant::now();
-        let mut s = up(t0);
+        let mut o = opts();
+        o.subscriptions = vec!["s".into()];
+        let mut s = Session::new(o);
+        s.connected(t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        s.take_events();
+        sent(&mut s, t0);
         s.receive(
             t0,
             &[0x32, 0x08, 0x00, 0x01, b's', 0x00, 0x07, b'o', b'n', b'!'],
@@ -1397,6 +1516,133 @@ mod tests {
                 payload: b"on!".to_vec()
             }]
         );
+    }
+
+    /// A PUBLISH from the broker: QoS 0 when `pid` is None.
+    fn incoming(topic: &str, payload: &[u8], pid: Option<u16>) -> Vec<u8> {
+        let len = 2 + topic.len() + pid.map_or(0, |_| 2) + payload.len();
+        let mut p = vec![if pid.is_some() { 0x32 } else { 0x30 }, len as u8];
+        p.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        p.extend_from_slice(topic.as_bytes());
+        if let Some(id) = pid {
+            p.extend_from_slice(&id.to_be_bytes());
+        }
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn topic_filters_match_as_mqtt_says() {
+        for (filter, topic, want) in [
+            ("homeassistant/status", "homeassistant/status", true),
+            ("homeassistant/status", "homeassistant/status/x", false),
+            ("homeassistant/status", "homeassistant", false),
+            ("a/+/c", "a/b/c", true),
+            ("a/+/c", "a//c", true),
+            ("a/+", "a/b/c", false),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("#", "x/y", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+        ] {
+            assert_eq!(topic_matches(filter, topic), want, "{filter} vs {topic}");
+        }
+    }
+
+    #[test]
+    fn a_flood_on_a_subscribed_topic_keeps_only_the_latest_message() {
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.subscriptions = vec!["ha/status".into()];
+        let mut s = Session::new(o);
+        s.connected(t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        s.take_events();
+        let mut bytes = Vec::new();
+        for i in 0..10_000 {
+            bytes.extend(incoming(
+                "ha/status",
+                if i % 2 == 0 { b"online" } else { b"offline" },
+                None,
+            ));
+            bytes.extend([0x90, 0x03, 0x00, 0x01, 0x01]); // SUBACKs too
+        }
+        bytes.extend(incoming("ha/status", b"online", None));
+        for chunk in bytes.chunks(1000) {
+            s.receive(t0, chunk).unwrap();
+        }
+        assert_eq!(
+            s.take_events(),
+            vec![
+                Event::Message {
+                    topic: "ha/status".into(),
+                    payload: b"online".to_vec()
+                },
+                Event::Subscribed {
+                    pid: 1,
+                    any_refused: false
+                }
+            ]
+        );
+        assert_eq!(s.take_unsolicited(), None);
+    }
+
+    #[test]
+    fn publishes_we_never_subscribed_to_are_counted_acknowledged_and_dropped() {
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.subscriptions = vec!["ha/status".into()];
+        let mut s = Session::new(o);
+        s.connected(t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        s.take_events();
+        sent(&mut s, t0);
+        s.receive(t0, &incoming("other/topic", b"x", None)).unwrap();
+        s.receive(t0, &incoming("not/ours", b"x", Some(9))).unwrap();
+        assert!(s.take_events().is_empty());
+        assert_eq!(s.take_unsolicited(), Some((2, "not/ours".to_string())));
+        assert_eq!(s.take_unsolicited(), None);
+        assert_eq!(
+            s.outbound(),
+            &[0x40, 0x02, 0x00, 0x09],
+            "QoS 1 still acknowledged"
+        );
+    }
+
+    #[test]
+    fn owed_acknowledgements_stop_input_at_the_limit() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        let one = incoming("t", b"", Some(1));
+        let mut fed = 0;
+        while s.accepts_input() {
+            s.receive(t0, &one).unwrap();
+            fed += 1;
+            assert!(fed < 1_000_000, "never stopped accepting");
+        }
+        assert_eq!(s.outbound().len(), INPUT_OUT_LIMIT);
+        assert_eq!(fed, INPUT_OUT_LIMIT / 4);
+        s.consumed(t0, 4);
+        assert!(s.accepts_input(), "written acknowledgements make room");
+    }
+
+    #[test]
+    fn the_receive_buffer_holds_at_most_one_partial_packet() {
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        let mut bytes = Vec::new();
+        while bytes.len() < 4 << 20 {
+            bytes.extend(incoming("t", &[b'x'; 100], None));
+        }
+        for chunk in bytes.chunks(16 * 1024) {
+            s.receive(t0, chunk).unwrap();
+            assert!(s.rx.len() < 110, "{} bytes left over", s.rx.len());
+            assert!(s.rx.capacity() <= 64 * 1024, "{}", s.rx.capacity());
+        }
+        let packets = bytes.len() / 105;
+        assert_eq!(s.take_unsolicited().map(|u| u.0), Some(packets as u64));
     }
 
     #[test]

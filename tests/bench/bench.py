@@ -11,7 +11,7 @@ Only loopback addresses are used; containers run with --network none.
 
 Tunables (environment): BENCH_RUNS (publishing runs per program and QoS, default 3), BENCH_TICKS (ticks
 measured at 1,000 and 10,000 containers, default 20 and 10; 8 containers uses 3x, default 30, because
-/proc/PID/stat counts in 10 ms clock ticks), BENCH_ENGINE_CONTAINERS (default 10), BENCH_SKIP_CROSS=1
+/proc/PID/stat counts in 10 ms clock ticks), BENCH_ENGINE_CONTAINERS (default 10), BENCH_FLOOD_SECONDS (each flood scenario, default 60), BENCH_SKIP_CROSS=1
 (report existing cross binaries without building them), BENCH_BIN (agent binary, default
 target/release/balena-multi-container-telemetry).
 """
@@ -44,6 +44,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 TICKS = os.environ.get("BENCH_TICKS")
 ENGINE_CONTAINERS = int(os.environ.get("BENCH_ENGINE_CONTAINERS", "10"))
+FLOOD_SECONDS = float(os.environ.get("BENCH_FLOOD_SECONDS", "60"))
 
 
 def log(msg):
@@ -599,6 +600,257 @@ def stat_ms(row):
     return f"< {1000 / CLK_TCK / row['ticks']:.2f} ms"
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Floods (issue 10): a peer that keeps the agent's socket full. Peak RSS, worst tick lateness and the time a
+# SIGTERM takes, with the flood still running.
+
+
+def mqtt_publish(topic, payload):
+    """One QoS 0 PUBLISH packet (short: the remaining length fits one byte)."""
+    t = topic.encode()
+    body = struct.pack(">H", len(t)) + t + payload
+    assert len(body) < 128
+    return bytes([0x30, len(body)]) + body
+
+
+def read_packet(sock_file):
+    """One MQTT packet from a buffered socket file; None at end of stream."""
+    head = sock_file.read(1)
+    if not head:
+        return None
+    length, shift = 0, 0
+    while True:
+        b = sock_file.read(1)
+        if not b:
+            return None
+        head += b
+        length |= (b[0] & 0x7F) << shift
+        shift += 7
+        if not b[0] & 0x80:
+            break
+    body = sock_file.read(length)
+    return None if len(body) < length else head + body
+
+
+class Flood:
+    """Writes `packet` over and over on `sock` (under `lock`, shared with anyone else writing there) until
+    stopped; counts what went out."""
+
+    def __init__(self, sock, packet, lock=None):
+        self.sock, self.lock, self.sent, self.stopped = sock, lock or threading.Lock(), 0, False
+        self.buf = packet * (65536 // len(packet))
+        self.per_buf = 65536 // len(packet)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            while not self.stopped:
+                with self.lock:
+                    self.sock.sendall(self.buf)
+                self.sent += self.per_buf
+        except OSError:
+            pass
+
+    def stop(self):
+        self.stopped = True
+
+
+def mosquitto_flooder(broker, n):
+    """A raw MQTT client publishing Home Assistant's birth, `online` on homeassistant/status, without end."""
+    s = socket.create_connection(("127.0.0.1", broker.port))
+    cid = f"bench-flooder-{n}".encode()
+    var = b"\x00\x04MQTT\x04\x02\x00\x00" + struct.pack(">H", len(cid)) + cid
+    s.sendall(bytes([0x10, len(var)]) + var)
+    if s.recv(4) != b"\x20\x02\x00\x00":
+        raise Failure("flooder: mosquitto refused the connection")
+    return s, Flood(s, mqtt_publish("homeassistant/status", b"online"))
+
+
+class FloodingBroker:
+    """Just enough broker for the agent (CONNACK, PUBACK, SUBACK, PINGRESP) that also floods it with QoS 0
+    PUBLISHes on a topic it never subscribed to."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        self.floods = []
+        self.go = threading.Event()  # the flood starts once this is set
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        f = conn.makefile("rb", buffering=65536)
+        if read_packet(f) is None:
+            return
+        lock = threading.Lock()
+        conn.sendall(b"\x20\x02\x00\x00")
+        junk = mqtt_publish("not/ours", b"junk")
+        threading.Thread(target=lambda: self.go.wait() and self.floods.append(Flood(conn, junk, lock)),
+                         daemon=True).start()
+        while True:
+            try:
+                p = read_packet(f)
+            except OSError:
+                return
+            if p is None:
+                return
+            kind, reply = p[0] >> 4, b""
+            if kind == 3 and p[0] & 0x06 == 0x02:  # QoS 1 PUBLISH: body starts with the remaining length
+                n = 2 if p[1] < 128 else 3 if p[2] < 128 else 4
+                tlen = struct.unpack(">H", p[n:n + 2])[0]
+                reply = b"\x40\x02" + p[n + 2 + tlen:n + 4 + tlen]
+            elif kind == 8:
+                reply = bytes([0x90, 0x03, p[2], p[3], 0x01])
+            elif kind == 12:
+                reply = b"\xd0\x00"
+            if reply:
+                try:
+                    with lock:
+                        conn.sendall(reply)
+                except OSError:
+                    return
+
+    def stop(self):
+        for fl in self.floods:
+            fl.stop()
+        self.listener.close()
+
+
+class TimedAgent(Agent):
+    """The agent, with the arrival time of each tick line."""
+
+    def __init__(self, *a):
+        self.tick_times = []
+        super().__init__(*a)
+
+    def _read(self):
+        for line in self.proc.stderr:
+            t = time.monotonic()
+            self.log.write(line)
+            with self.cv:
+                self.lines.append(line.rstrip("\n"))
+                m = TICK_RE.search(line)
+                if m:
+                    self.ticks.append((int(m.group(1)), int(m.group(2))))
+                    self.tick_times.append(t)
+                self.cv.notify_all()
+        with self.cv:
+            self.cv.notify_all()
+
+
+def flood_run(binary, work, key, name, broker_port, start_flood, discovery):
+    """Runs the agent (FILE, 8 containers, 1 s interval, QoS 1) for FLOOD_SECONDS under a flood."""
+    stats = os.path.join(work, "stats-8.jsonl")
+    if not os.path.exists(stats):
+        write_stats(stats, 8)
+    conf = os.path.join(work, f"flood-{key}")
+    os.makedirs(conf, exist_ok=True)
+    with open(os.path.join(conf, "balena_stats_collector.config.json"), "w") as f:
+        json.dump({"mode": "FILE", "file_path": stats, "collection_interval_in_seconds": 1}, f)
+    with open(os.path.join(conf, "mqtt.config.json"), "w") as f:
+        json.dump({"broker_url": f"tcp://127.0.0.1:{broker_port}", "device_id": "bench", "qos": 1,
+                   "home_assistant_discovery": discovery, "reconnect_max_delay_in_seconds": 1}, f)
+    agent = TimedAgent(binary, conf, os.path.join(work, f"agent-flood-{key}.log"))
+    stopper = None
+    try:
+        agent.wait_ticks(3, 30)
+        calm = proc_status(agent.proc.pid).get("VmHWM")
+        first = len(agent.tick_times)
+        stopper = start_flood()
+        t0 = time.monotonic()
+        peak = 0
+        while time.monotonic() - t0 < FLOOD_SECONDS:
+            if agent.proc.poll() is not None:
+                raise Failure(f"agent exited under the flood: {agent.tail()}")
+            peak = max(peak, proc_status(agent.proc.pid).get("VmRSS", 0))
+            time.sleep(0.2)
+        hwm = proc_status(agent.proc.pid).get("VmHWM")
+        sent = stopper()  # counts so far; the flood goes on until the agent has stopped
+        with agent.cv:
+            times = list(agent.tick_times)
+        t1 = time.monotonic()
+        agent.proc.send_signal(signal.SIGTERM)
+        try:
+            agent.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise Failure("the agent did not stop within 30 s of SIGTERM under a flood")
+        stop_s = time.monotonic() - t1
+    finally:
+        rc = agent.stop()
+        if stopper:
+            stopper(end=True)
+    # A tick's lateness: its line's arrival against the fixed 1 s schedule, taking the earliest tick (from
+    # the calm ticks before the flood on) as on time.
+    offsets = [t - k for k, t in enumerate(times[first - 2:])]
+    during = [o for o, t in zip(offsets, times[first - 2:]) if t >= t0]
+    return {
+        "scenario": name,
+        "seconds": FLOOD_SECONDS,
+        "flood_messages": sent,
+        "calm_hwm": calm,
+        "peak_rss": hwm,
+        "peak_vmrss": peak,
+        "ticks": len(during),
+        "expected_ticks": int(FLOOD_SECONDS),
+        "worst_late_ms": (max(during) - min(offsets)) * 1000 if during else None,
+        "stop_s": stop_s,
+        "exit": rc,
+        "warnings": [l for l in agent.lines if l.startswith(("WARN", "ERROR"))][:3],
+    }
+
+
+def floods(binary, broker, work):
+    rows = []
+
+    def via_mosquitto():
+        clients = [mosquitto_flooder(broker, n) for n in range(2)]
+
+        def stop(end=False):
+            if end:
+                for s, fl in clients:
+                    fl.stop()
+                    s.close()
+            return sum(fl.sent for _, fl in clients)
+        return stop
+
+    log(f"flood: another client floods homeassistant/status through mosquitto for {FLOOD_SECONDS:.0f} s")
+    try:
+        rows.append(flood_run(binary, work, "ha-status", "homeassistant/status through mosquitto, discovery on",
+                              broker.port, via_mosquitto, True))
+    except Failure as e:
+        rows.append({"scenario": "homeassistant/status through mosquitto", "error": str(e)})
+    fake = FloodingBroker()
+
+    def from_broker():
+        fake.go.set()
+
+        def stop(end=False):
+            if end:
+                fake.stop()
+            return sum(fl.sent for fl in fake.floods)
+        return stop
+
+    log(f"flood: a broker floods unsolicited QoS 0 PUBLISHes for {FLOOD_SECONDS:.0f} s")
+    try:
+        rows.append(flood_run(binary, work, "unsolicited", "unsolicited QoS 0 PUBLISHes from the broker", fake.port,
+                              from_broker, False))
+    except Failure as e:
+        rows.append({"scenario": "unsolicited QoS 0 PUBLISHes from the broker", "error": str(e)})
+    fake.stop()
+    return rows
+
+
+
 def render(res):
     L = []
     m = res["machine"]
@@ -701,6 +953,23 @@ def render(res):
             L.append(f"{row['mode']}: {row['skipped_ticks']} tick(s) overran the 1 s interval "
                      f"(CPU is divided by ticks completed).")
     L.append("")
+    L.append("## Floods (issue 10): a peer that keeps the socket full")
+    L.append("")
+    L.append(f"FILE mode, 8 containers, 1 s interval, QoS 1. Each flood runs {FLOOD_SECONDS:.0f} s; SIGTERM is sent "
+             "with the flood still running. Lateness: a tick line's arrival against the fixed 1 s schedule, the "
+             "earliest tick taken as on time (so it includes the reading of the log pipe).")
+    L.append("")
+    L.append("| flood | messages sent | peak RSS before -> after (VmHWM) | ticks / expected | worst tick lateness | "
+             "stop after SIGTERM |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for row in res.get("floods", []):
+        if "error" in row:
+            L.append(f"| {row['scenario']} | failed: {row['error']} | | | | |")
+            continue
+        late = f"{row['worst_late_ms']:.0f} ms" if row["worst_late_ms"] is not None else "no tick"
+        L.append(f"| {row['scenario']} | {row['flood_messages']:,} | {mib(row['calm_hwm'])} -> {mib(row['peak_rss'])} | "
+                 f"{row['ticks']} / {row['expected_ticks']} | {late} | {row['stop_s']:.2f} s |")
+    L.append("")
     L.append("## Targets (issue 6), for reading; nothing fails on them")
     L.append("")
     L.append("| target | measured |")
@@ -728,6 +997,15 @@ def targets(res):
                     "limit": 1.9, "measured": mib(by[1000]["peak_rss"]), "unit": "MiB"})
         out.append({"what": "threads = 1", "value": by[1000]["threads"], "limit": 1,
                     "measured": str(by[1000]["threads"]), "unit": ""})
+    for row in res.get("floods", []):
+        if "error" in row or row["worst_late_ms"] is None:
+            continue
+        out.append({"what": f"flood ({row['scenario'].split(',')[0]}): peak RSS < 16 MiB",
+                    "value": row["peak_rss"] / 2**20, "limit": 16, "measured": mib(row["peak_rss"]), "unit": "MiB"})
+        out.append({"what": "flood: worst tick lateness <= 100 ms", "value": row["worst_late_ms"], "limit": 100,
+                    "measured": f"{row['worst_late_ms']:.0f} ms", "unit": "ms"})
+        out.append({"what": "flood: stop after SIGTERM < 2 s", "value": row["stop_s"], "limit": 2,
+                    "measured": f"{row['stop_s']:.2f} s", "unit": "s"})
     p = res.get("publishing")
     if p and "error" not in p and 1 in p["qos"]:
         out.append({"what": "QoS 1 publishing ratio agent / mosquitto_pub -l <= 1.0", "value": p["qos"][1]["ratio"],
@@ -878,6 +1156,9 @@ def main():
                 f"{c[1000] * 1000 / 1000:.2f} µs at 1,000, {c[10000] * 1000 / 10000:.2f} µs at 10,000; "
                 f"from 1,000 to 10,000 containers (10x) CPU per tick grows {c[10000] / c[1000]:.1f}x "
                 f"and peak RSS {by[10000]['peak_rss'] / by[1000]['peak_rss']:.2f}x.")
+
+        res["floods"] = floods(binary, broker, work)
+        failures += sum(1 for r in res["floods"] if "error" in r)
 
         stats10k = os.path.join(work, "stats-10000.jsonl")
         try:
