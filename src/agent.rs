@@ -15,9 +15,10 @@ use crate::engine::Engine;
 use crate::mqtt::{session, Event, Message, Options, Session, Will};
 use crate::schedule::Schedule;
 use crate::tick::{Publishing, Scratch, Tick};
+use crate::transport::{TlsClient, Transport};
 use crate::{debug, error, info, signal, warn};
 use mqttrs::QoS;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,10 +43,14 @@ pub struct Settings {
     pub collector: Collector,
     pub mqtt: Mqtt,
     pub once: bool,
+    /// `mqtts://`: the certificates, checked at start.
+    pub tls: Option<TlsClient>,
 }
 
 struct Link {
     stream: TcpStream,
+    /// Plain MQTT or TLS over `stream`.
+    transport: Transport,
     /// While the TCP connect is still in progress: when to give up on it.
     connecting_until: Option<Instant>,
     /// Since when bytes have been waiting that the socket would not take.
@@ -410,11 +415,12 @@ impl Agent {
         // One address per attempt, the next one after a failure: a name with an IPv6 and an IPv4 address
         // reaches a broker that listens on only one of them.
         let addr = addrs[self.next_addr % addrs.len()];
-        match connect::start(addr) {
-            Ok(stream) => {
+        match Transport::new(self.s.tls.as_ref()).and_then(|t| Ok((connect::start(addr)?, t))) {
+            Ok((stream, transport)) => {
                 debug!("connecting to {addr}");
                 self.link = Some(Link {
                     stream,
+                    transport,
                     connecting_until: Some(now + CONNECT_TIMEOUT),
                     stalled_since: None,
                 });
@@ -490,11 +496,20 @@ impl Agent {
         };
         let result = loop {
             let out = self.session.outbound();
-            if out.is_empty() {
-                link.stalled_since = None;
-                break Ok(true);
-            }
-            match link.stream.write(out) {
+            let sent = if out.is_empty() {
+                // MQTT bytes all taken; TLS may still hold records for the socket.
+                match link.transport.flush(&mut link.stream) {
+                    Ok(true) => {
+                        link.stalled_since = None;
+                        break Ok(true);
+                    }
+                    Ok(false) => Err(ErrorKind::WouldBlock.into()),
+                    Err(e) => Err(e),
+                }
+            } else {
+                link.transport.send(&mut link.stream, out)
+            };
+            match sent {
                 Ok(0) => break Err(LinkError::Closed),
                 Ok(n) => {
                     self.session.consumed(n);
@@ -524,7 +539,7 @@ impl Agent {
         };
         let mut buf = [0u8; 16 * 1024];
         let result = loop {
-            match link.stream.read(&mut buf) {
+            match link.transport.recv(&mut link.stream, &mut buf) {
                 Ok(0) => break Err(LinkError::Closed),
                 Ok(n) => {
                     if let Err(e) = self.session.receive(now, &buf[..n]) {
@@ -584,16 +599,18 @@ impl Agent {
         let connecting = self.link.as_ref().and_then(|l| l.connecting_until);
         if let Some(link) = &self.link {
             // A connect in progress reports its outcome by turning writable.
-            let out = if self.session.outbound().is_empty() && connecting.is_none() {
-                0
-            } else {
+            let waiting = !self.session.outbound().is_empty();
+            let out = if connecting.is_some() || link.transport.wants_writable(waiting) {
                 libc::POLLOUT
+            } else {
+                0
             };
             // Acknowledgements of a tick that fits the window need not wake us: they are read at the next
             // turn. At 8 containers, waking for each PUBACK batch cost more than the rest of the tick
             // (0.82 ms against 0.36 ms at QoS 0, measured).
-            let wants_input =
-                self.session.wants_input() || (self.draining && !self.session.is_idle());
+            let wants_input = self.session.wants_input()
+                || (self.draining && !self.session.is_idle())
+                || link.transport.wants_readable();
             let input = if wants_input { libc::POLLIN } else { 0 };
             fds[0] = libc::pollfd {
                 fd: link.stream.as_raw_fd(),
@@ -672,11 +689,15 @@ impl Agent {
             let _ = link.stream.set_nonblocking(false);
             let _ = link.stream.set_write_timeout(Some(STOP_GOODBYE));
             while Instant::now() < goodbye_until && !self.session.outbound().is_empty() {
-                match link.stream.write(self.session.outbound()) {
+                match link
+                    .transport
+                    .send(&mut link.stream, self.session.outbound())
+                {
                     Ok(n) if n > 0 => self.session.consumed(n),
                     _ => break,
                 }
             }
+            link.transport.close(&mut link.stream);
             let _ = link.stream.shutdown(std::net::Shutdown::Both);
         }
         if undelivered {

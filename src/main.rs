@@ -20,6 +20,7 @@ mod signal;
 mod stats;
 mod tick;
 mod topics;
+mod transport;
 mod units;
 
 use std::path::{Path, PathBuf};
@@ -71,7 +72,7 @@ fn run() -> i32 {
         }
     };
     info!(
-        "balena-multi-container-telemetry {}: {} mode every {}s, broker {}:{}, device {}",
+        "balena-multi-container-telemetry {}: {} mode every {}s, broker {}:{}{}, device {}",
         env!("CARGO_PKG_VERSION"),
         match settings.collector.mode {
             config::Mode::Cli => "CLI",
@@ -81,6 +82,11 @@ fn run() -> i32 {
         settings.collector.interval.as_secs(),
         settings.mqtt.host,
         settings.mqtt.port,
+        if settings.tls.is_some() {
+            " over TLS"
+        } else {
+            ""
+        },
         settings.mqtt.device_id
     );
     signal::install();
@@ -95,6 +101,7 @@ fn load_settings(dir: &Path, once: bool) -> Result<agent::Settings, config::Conf
     let env = config::Env {
         device_uuid: std::env::var("BALENA_DEVICE_UUID").ok(),
         mqtt_password: std::env::var("MQTT_PASSWORD").ok(),
+        tls_pem: config::TLS_PEM_VARS.map(|v| std::env::var(v).ok()),
     };
     let mut warnings = Vec::new();
     let collector_path = collector_path.to_string_lossy();
@@ -117,10 +124,13 @@ fn load_settings(dir: &Path, once: bool) -> Result<agent::Settings, config::Conf
     for w in warnings {
         warn!("config: {w}");
     }
+    let mqtt = mqtt?;
+    let tls = transport::load(&mqtt, &mqtt_path)?;
     Ok(agent::Settings {
         collector: collector?,
-        mqtt: mqtt?,
+        mqtt,
         once,
+        tls,
     })
 }
 

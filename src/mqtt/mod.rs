@@ -4,6 +4,10 @@
 pub mod frame;
 pub mod message;
 pub mod session;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(feature = "tls")]
+pub mod x509;
 
 pub use message::Message;
 pub use session::{Event, Options, Session, Will};
