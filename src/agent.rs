@@ -494,6 +494,10 @@ impl Agent {
         let Some(link) = self.link.as_mut() else {
             return true;
         };
+        if link.connecting_until.is_some() {
+            // Not before the TCP connect is done (a TLS ClientHello is waiting from the start).
+            return true;
+        }
         let result = loop {
             let out = self.session.outbound();
             let sent = if out.is_empty() {
@@ -555,8 +559,12 @@ impl Agent {
             match event {
                 Event::Connected { .. } => {
                     info!(
-                        "connected to broker {}:{}",
-                        self.s.mqtt.host, self.s.mqtt.port
+                        "connected to broker {}:{}{}",
+                        self.s.mqtt.host,
+                        self.s.mqtt.port,
+                        self.link
+                            .as_ref()
+                            .map_or(String::new(), |l| l.transport.describe())
                     );
                     self.backoff.reset();
                 }

@@ -104,7 +104,13 @@ impl Transport {
     pub fn recv<S: Read + Write>(&mut self, socket: &mut S, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain { heard } => {
-                let n = socket.read(buf)?;
+                let n = match socket.read(buf) {
+                    Ok(0) if !*heard => return Err(no_answer("closed")),
+                    Err(e) if !*heard && e.kind() == io::ErrorKind::ConnectionReset => {
+                        return Err(no_answer("reset"))
+                    }
+                    r => r?,
+                };
                 // A TLS record (alert 0x15 or handshake 0x16, version 3.x) where MQTT should be.
                 if !*heard && n >= 2 && matches!(buf[0], 0x15 | 0x16) && buf[1] == 0x03 {
                     return Err(io::Error::other(
@@ -120,6 +126,15 @@ impl Transport {
         }
     }
 
+    /// For the log: " over TLS 1.3, <cipher suite>", or nothing for plain MQTT.
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Plain { .. } => String::new(),
+            #[cfg(feature = "tls")]
+            Transport::Tls(c) => format!(" over {}", c.describe()),
+        }
+    }
+
     /// Ends the TLS session politely (close_notify), best effort; nothing to do for plain MQTT.
     pub fn close<S: Read + Write>(&mut self, socket: &mut S) {
         #[cfg(feature = "tls")]
@@ -129,6 +144,14 @@ impl Transport {
         }
         let _ = socket;
     }
+}
+
+/// A plain connection the broker ended before saying anything: what a TLS listener does with our CONNECT.
+fn no_answer(how: &str) -> io::Error {
+    io::Error::other(format!(
+        "the broker {how} the connection without an answer (if this is an MQTT-over-TLS port, use \
+         mqtts:// for it)"
+    ))
 }
 
 #[cfg(test)]
@@ -177,5 +200,22 @@ mod tests {
         };
         let e = t.recv(&mut p, &mut buf).unwrap_err();
         assert!(e.to_string().contains("use mqtts://"), "{e}");
+
+        // Closed before a word: possibly a TLS port; after an answer, a plain close.
+        let mut p = Pipe {
+            input: io::Cursor::new(Vec::new()),
+            output: Vec::new(),
+        };
+        let e = Transport::new(None)
+            .unwrap()
+            .recv(&mut p, &mut buf)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("closed the connection without an answer"),
+            "{e}"
+        );
+        let mut t = Transport::Plain { heard: true };
+        assert_eq!(t.recv(&mut p, &mut buf).unwrap(), 0);
     }
 }

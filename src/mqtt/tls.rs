@@ -246,10 +246,26 @@ impl Conn {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.during_handshake(e)),
             }
         }
         Ok(true)
+    }
+
+    /// A connection that ends while the handshake is under way: most likely not a TLS port.
+    fn during_handshake(&self, e: io::Error) -> io::Error {
+        use io::ErrorKind::*;
+        let ended = matches!(
+            e.kind(),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        );
+        if !(self.conn.is_handshaking() && ended) {
+            return e;
+        }
+        io::Error::other(format!(
+            "the broker ended the connection during the TLS handshake ({e}; a plain MQTT port given \
+             an mqtts:// URL does this: use mqtt:// for a plain port)"
+        ))
     }
 
     /// Plaintext from the broker: Ok(n > 0) bytes, Ok(0) when the broker closed the TLS session, or
@@ -263,10 +279,8 @@ impl Conn {
             }
             match self.conn.read_tls(r) {
                 Ok(0) if self.conn.is_handshaking() => {
-                    return Err(io::Error::other(
-                        "the broker closed the connection during the TLS handshake (a plain MQTT \
-                         port given an mqtts:// URL does this: use mqtt:// for a plain port)",
-                    ))
+                    return Err(self
+                        .during_handshake(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")))
                 }
                 Ok(0) => return Ok(0),
                 Ok(_) => {
@@ -274,8 +288,21 @@ impl Conn {
                         return Err(io::Error::other(describe(&e, self.has_cert)));
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.during_handshake(e)),
             }
+        }
+    }
+
+    /// The negotiated version and cipher suite, e.g. `TLS 1.3, TLS13_AES_256_GCM_SHA384`.
+    pub fn describe(&self) -> String {
+        let version = match self.conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_owned(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".to_owned(),
+            other => format!("{other:?}"),
+        };
+        match self.conn.negotiated_cipher_suite() {
+            Some(s) => format!("{version}, {:?}", s.suite()),
+            None => version,
         }
     }
 
