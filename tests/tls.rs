@@ -161,6 +161,30 @@ fn required_client_certificate_ec_and_rsa_delivers_every_figure() {
         &[],
     );
     assert_delivered(&s, &sub, code, &log, "TLS 1.3");
+
+    // The same key in PKCS#1 form (`BEGIN RSA PRIVATE KEY`), as some cloud consoles hand them out.
+    let pkcs1 = s.files.path().join("rsa-key-pkcs1.pem");
+    let converted = Command::new("openssl")
+        .args(["rsa", "-traditional", "-in"])
+        .arg(&key_path)
+        .arg("-out")
+        .arg(&pkcs1)
+        .stderr(Stdio::null())
+        .status();
+    assert!(converted.is_ok_and(|s| s.success()));
+    assert!(std::fs::read_to_string(&pkcs1)
+        .unwrap()
+        .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    let sub = Subscriber::start(s.plain_port, "root/#");
+    let (code, log) = run_once(
+        &s.mqtt(&format!(
+            r#"{ca}, "tls_cert_file": "{}", "tls_key_file": "{}""#,
+            cert.display(),
+            pkcs1.display()
+        )),
+        &[],
+    );
+    assert_delivered(&s, &sub, code, &log, "TLS 1.3");
 }
 
 #[test]
