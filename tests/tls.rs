@@ -86,6 +86,17 @@ fn assert_delivered(s: &Setup, sub: &Subscriber, code: Option<i32>, log: &str, v
     assert_eq!(code, Some(0), "{log}");
     let lines = sub.collect(SAMPLE_EXPECTED.len() + 2, Duration::from_secs(5));
     assert_sample_figures(&lines, "dev1");
+    // The goodbye (offline, then DISCONNECT and close_notify) went out over TLS too.
+    assert!(
+        lines.contains(&"root/dev1/telemetry/system/availability offline".to_owned()),
+        "{lines:?}"
+    );
+    let broker_log = std::fs::read_to_string(s.broker.dir().join("broker.log")).unwrap();
+    // mosquitto says "disconnected." only for a DISCONNECT packet (not for a dropped connection).
+    assert!(
+        broker_log.contains("Client balena-telemetry-dev1 disconnected."),
+        "{broker_log}"
+    );
     assert!(
         log.contains(&format!(
             "connected to broker 127.0.0.1:{} over {version}",
