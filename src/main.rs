@@ -124,10 +124,11 @@ fn load_settings(dir: &Path, once: bool) -> Result<agent::Settings, config::Conf
     for w in warnings {
         warn!("config: {w}");
     }
+    let collector = collector?;
     let mqtt = mqtt?;
     let tls = transport::load(&mqtt, &mqtt_path)?;
     Ok(agent::Settings {
-        collector: collector?,
+        collector,
         mqtt,
         once,
         tls,
