@@ -9,6 +9,7 @@
 use crate::config::{Collector, Mode, Mqtt};
 use crate::mqtt::backoff::Backoff;
 use crate::mqtt::connect;
+use crate::mqtt::transport::{TlsClient, Transport};
 use crate::mqtt::{session, Event, Message, Options, Session, Will};
 use crate::publish::discovery::{self, Discovery};
 use crate::publish::tick::{Publishing, Scratch, Tick};
@@ -19,7 +20,7 @@ use crate::source::file::{self, FileRead, FileStamp};
 use crate::source::{self, Collected};
 use crate::{debug, error, info, signal, warn};
 use mqttrs::QoS;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,10 +54,14 @@ pub struct Settings {
     pub collector: Collector,
     pub mqtt: Mqtt,
     pub once: bool,
+    /// `mqtts://`: the certificates, checked at start.
+    pub tls: Option<TlsClient>,
 }
 
 struct Link {
     stream: TcpStream,
+    /// Plain MQTT or TLS over `stream`.
+    transport: Transport,
     /// While the TCP connect is still in progress: when to give up on it.
     connecting_until: Option<Instant>,
 }
@@ -462,11 +467,12 @@ impl Agent {
         // One address per attempt, the next one after a failure: a name with an IPv6 and an IPv4 address
         // reaches a broker that listens on only one of them.
         let addr = addrs[self.next_addr % addrs.len()];
-        match connect::start(addr) {
-            Ok(stream) => {
+        match Transport::new(self.s.tls.as_ref()).and_then(|t| Ok((connect::start(addr)?, t))) {
+            Ok((stream, transport)) => {
                 debug!("connecting to {addr}");
                 self.link = Some(Link {
                     stream,
+                    transport,
                     connecting_until: Some(now + CONNECT_TIMEOUT),
                 });
             }
@@ -539,12 +545,23 @@ impl Agent {
         let Some(link) = self.link.as_mut() else {
             return true;
         };
+        if link.connecting_until.is_some() {
+            // Not before the TCP connect is done (a TLS ClientHello is waiting from the start).
+            return true;
+        }
         let result = loop {
             let out = self.session.outbound();
-            if out.is_empty() {
-                break Ok(true);
-            }
-            match link.stream.write(out) {
+            let sent = if out.is_empty() {
+                // MQTT bytes all taken; TLS may still hold records for the socket.
+                match link.transport.flush(&mut link.stream) {
+                    Ok(true) => break Ok(true),
+                    Ok(false) => Err(ErrorKind::WouldBlock.into()),
+                    Err(e) => Err(e),
+                }
+            } else {
+                link.transport.send(&mut link.stream, out)
+            };
+            match sent {
                 Ok(0) => break Err(LinkError::Closed),
                 Ok(n) => self.session.consumed(now, n),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -580,7 +597,7 @@ impl Agent {
             if !self.session.accepts_input() {
                 break Ok(());
             }
-            match link.stream.read(&mut buf) {
+            match link.transport.recv(&mut link.stream, &mut buf) {
                 Ok(0) => break Err(LinkError::Closed),
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
@@ -605,8 +622,12 @@ impl Agent {
             match event {
                 Event::Connected { .. } => {
                     info!(
-                        "connected to broker {}:{}",
-                        self.s.mqtt.host, self.s.mqtt.port
+                        "connected to broker {}:{}{}",
+                        self.s.mqtt.host,
+                        self.s.mqtt.port,
+                        self.link
+                            .as_ref()
+                            .map_or(String::new(), |l| l.transport.describe())
                     );
                     self.backoff.reset();
                 }
@@ -678,10 +699,17 @@ impl Agent {
         let wake = [wake, self.coalesce_until].into_iter().flatten().min();
         if let Some(link) = &self.link {
             // A connect in progress reports its outcome by turning writable.
-            let out = if self.session.outbound().is_empty() && connecting.is_none() {
-                0
-            } else {
+            let waiting = !self.session.outbound().is_empty();
+            let out = if connecting.is_some() || link.transport.wants_writable(waiting) {
                 libc::POLLOUT
+            } else {
+                0
+            };
+            // TLS may need the peer's bytes to go on (a handshake), whatever MQTT expects.
+            let input = if link.transport.wants_readable() {
+                input | libc::POLLIN
+            } else {
+                input
             };
             fds[0] = libc::pollfd {
                 fd: link.stream.as_raw_fd(),
@@ -806,11 +834,15 @@ impl Agent {
             let _ = link.stream.set_nonblocking(false);
             let _ = link.stream.set_write_timeout(Some(STOP_GOODBYE));
             while Instant::now() < goodbye_until && !self.session.outbound().is_empty() {
-                match link.stream.write(self.session.outbound()) {
+                match link
+                    .transport
+                    .send(&mut link.stream, self.session.outbound())
+                {
                     Ok(n) if n > 0 => self.session.consumed(Instant::now(), n),
                     _ => break,
                 }
             }
+            link.transport.close(&mut link.stream);
             let _ = link.stream.shutdown(std::net::Shutdown::Both);
         }
         if undelivered {

@@ -71,6 +71,49 @@ pub struct Mqtt {
     pub once_timeout: Duration,
     pub payload_mode: PayloadMode,
     pub home_assistant: Option<HomeAssistant>,
+    /// `mqtts://` (or `ssl://`): MQTT over TLS with these settings.
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings (`mqtts://`), not yet read: see `mqtt::tls` for the certificates themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Verified against the server's certificate and sent as SNI; the URL's host by default.
+    pub server_name: String,
+    /// A PEM bundle of trusted roots; `None`: the built-in public roots.
+    pub ca: Option<Pem>,
+    /// Client certificate chain and its key, for brokers that ask for one (both or neither).
+    pub cert: Option<Pem>,
+    pub key: Option<Pem>,
+}
+
+/// Where a PEM text comes from, with the name to give in an error about it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Pem {
+    /// `path`, from the config key `key`.
+    File { key: &'static str, path: String },
+    /// The text itself, from the environment variable `var`.
+    Inline { var: &'static str, text: String },
+}
+
+impl Pem {
+    /// The config key or environment variable it came from, for error messages.
+    pub fn origin(&self) -> &'static str {
+        match self {
+            Pem::File { key, .. } => key,
+            Pem::Inline { var, .. } => var,
+        }
+    }
+}
+
+/// Never prints an inline PEM's text: it may be a private key.
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Pem::File { key, path } => write!(f, "{key}: {path:?}"),
+            Pem::Inline { var, text } => write!(f, "{var}: {} bytes", text.len()),
+        }
+    }
 }
 
 /// Home Assistant MQTT discovery, when `home_assistant_discovery` is on.
@@ -109,6 +152,10 @@ pub fn env_name(prefix: &str, key: &str) -> String {
     format!("{prefix}{}", key.to_ascii_uppercase())
 }
 
+/// PEM text instead of the `tls_*_file` keys' files, in the order CA, certificate, key. They name no key
+/// of the file, so the overlay of `MQTT_<KEY>` variables leaves them to `parse_tls`.
+pub const TLS_PEM_VARS: [&str; 3] = ["MQTT_TLS_CA_PEM", "MQTT_TLS_CERT_PEM", "MQTT_TLS_KEY_PEM"];
+
 /// The text of a config file, or `None` when it does not exist.
 pub struct Source<'a> {
     pub path: &'a str,
@@ -144,6 +191,10 @@ pub const MQTT_KEYS: &[&str] = &[
     "home_assistant_discovery",
     "home_assistant_discovery_prefix",
     "home_assistant_expire_after_in_seconds",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_server_name",
 ];
 
 /// Built-in defaults, equal to `config/*.example-config.json`.
@@ -218,6 +269,7 @@ pub fn parse_mqtt(
         .string("broker_url")?
         .unwrap_or_else(|| DEFAULT_BROKER_URL.into());
     let (host, port) = parse_broker_url(&url).map_err(|m| f.error("broker_url", m))?;
+    let tls = parse_tls(&f, env, &host, is_tls_url(&url), warnings)?;
 
     // MQTT_DEVICE_ID, set for this agent on purpose, wins over the UUID balena sets everywhere; the
     // UUID wins over the file's device_id.
@@ -363,17 +415,102 @@ pub fn parse_mqtt(
         once_timeout: Duration::from_secs(once_timeout),
         payload_mode,
         home_assistant,
+        tls,
     })
 }
 
-/// `tcp://host:port` or `mqtt://host:port`, port 1883 when absent; `[::1]` for IPv6 literals.
+/// The `tls_*` keys and the inline PEM variables; `None` for a plain `tcp://` or `mqtt://` URL.
+fn parse_tls(
+    f: &Fields,
+    env: &Env,
+    host: &str,
+    tls_url: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Tls>, ConfigError> {
+    let mut pem = |key: &'static str, i: usize| -> Result<Option<Pem>, ConfigError> {
+        let var = TLS_PEM_VARS[i];
+        // Literal newlines or `\n` escapes: balena's dashboard takes a variable on one line.
+        let inline = env.get(var).filter(|t| !t.trim().is_empty());
+        let file = f.string(key)?.filter(|p| !p.is_empty());
+        let got = match (inline, file) {
+            (Some(text), _) => Some(Pem::Inline {
+                var,
+                text: text.replace("\\n", "\n"),
+            }),
+            (None, Some(path)) => Some(Pem::File { key, path }),
+            (None, None) => None,
+        };
+        if got.is_some() && !tls_url {
+            warnings.push(format!(
+                "{}: {} is set but \"broker_url\" is not mqtts://: TLS is not used",
+                f.path,
+                got.as_ref().map_or(key, Pem::origin)
+            ));
+        }
+        Ok(got)
+    };
+    let ca = pem("tls_ca_file", 0)?;
+    let cert = pem("tls_cert_file", 1)?;
+    let key = pem("tls_key_file", 2)?;
+    let server_name = f.string("tls_server_name")?.filter(|n| !n.is_empty());
+    if !tls_url {
+        return Ok(None);
+    }
+    if !cfg!(feature = "tls") {
+        return Err(f.error(
+            "broker_url",
+            "mqtts:// needs TLS, which this build leaves out (cargo feature \"tls\")".into(),
+        ));
+    }
+    match (&cert, &key) {
+        (Some(c), None) => {
+            return Err(f.error(
+                "tls_key_file",
+                format!(
+                    "{} is set: its key is needed too (tls_key_file or MQTT_TLS_KEY_PEM)",
+                    c.origin()
+                ),
+            ))
+        }
+        (None, Some(k)) => {
+            return Err(f.error(
+                "tls_cert_file",
+                format!(
+                    "{} is set: its certificate is needed too (tls_cert_file or MQTT_TLS_CERT_PEM)",
+                    k.origin()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    let server_name = server_name.unwrap_or_else(|| host.to_owned());
+    if server_name.contains(['/', ' ', '\0']) {
+        return Err(f.error(
+            "tls_server_name",
+            format!("{server_name:?} is not a host name or IP address"),
+        ));
+    }
+    Ok(Some(Tls {
+        server_name,
+        ca,
+        cert,
+        key,
+    }))
+}
+
+/// `mqtts://` or paho's `ssl://`.
+pub fn is_tls_url(url: &str) -> bool {
+    url.starts_with("mqtts://") || url.starts_with("ssl://")
+}
+
+/// `tcp://host:port` or `mqtt://host:port`, port 1883 when absent; `mqtts://` or `ssl://` (TLS), port
+/// 8883 when absent; `[::1]` for IPv6 literals.
 pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("tcp://")
-        .or_else(|| url.strip_prefix("mqtt://"))
-        .ok_or_else(|| {
-            format!("{url:?} must start with tcp:// or mqtt:// (TLS is not supported)")
-        })?;
+    let default_port = if is_tls_url(url) { 8883 } else { 1883 };
+    let rest = ["tcp://", "mqtt://", "mqtts://", "ssl://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+        .ok_or_else(|| format!("{url:?} must start with tcp://, mqtt://, mqtts:// or ssl://"))?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
         let (host, after) = v6
@@ -390,7 +527,7 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
         return Err(format!("{url:?} has no valid host"));
     }
     let port = match port {
-        None => 1883,
+        None => default_port,
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -478,7 +615,9 @@ impl<'a> Fields<'a> {
         }
         // Not an error: fleet-wide variables reach every service, and may be meant for another one.
         for (name, _) in env.vars.iter().filter(|(n, _)| n.starts_with(prefix)) {
-            if !known.iter().any(|k| env_name(prefix, k) == *name) {
+            let known_var = known.iter().any(|k| env_name(prefix, k) == *name)
+                || TLS_PEM_VARS.contains(&name.as_str());
+            if !known_var {
                 warnings.push(format!(
                     "environment variable {name} ignored: no such key (variables {prefix}<KEY> set: {})",
                     known.join(", ")
@@ -635,11 +774,12 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         }
     }
     s += &format!(
-        "; broker {}:{}, device_id {:?}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
+        "; broker {}:{}{}, device_id {:?}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
          username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {}, \
          reconnect_max_delay {}s, once_timeout {}s, home_assistant {}",
         m.host,
         m.port,
+        if m.tls.is_some() { " over TLS" } else { "" },
         m.device_id,
         {
             let mut root = String::new();
@@ -875,7 +1015,7 @@ mod tests {
     #[test]
     fn mqtt_errors_name_the_key() {
         assert_eq!(
-            key_of(mqtt(r#"{"broker_url": "ssl://x:8883"}"#)),
+            key_of(mqtt(r#"{"broker_url": "https://x:8883"}"#)),
             Some("broker_url")
         );
         assert_eq!(
@@ -998,6 +1138,77 @@ mod tests {
     }
 
     #[test]
+    fn tls_urls_keys_and_inline_pem() {
+        assert_eq!(
+            parse_broker_url("mqtts://b.example"),
+            Ok(("b.example".into(), 8883))
+        );
+        assert_eq!(
+            parse_broker_url("ssl://b.example:8884"),
+            Ok(("b.example".into(), 8884))
+        );
+        assert_eq!(mqtt(r#"{}"#).unwrap().tls, None);
+        if !cfg!(feature = "tls") {
+            let e = mqtt(r#"{"broker_url": "mqtts://h"}"#).unwrap_err();
+            assert!(e.message.contains("cargo feature \"tls\""), "{e}");
+            return;
+        }
+        let m = mqtt(r#"{"broker_url": "mqtts://10.0.0.5", "tls_ca_file": "/c/ca.pem"}"#).unwrap();
+        let t = m.tls.unwrap();
+        assert_eq!((m.port, t.server_name.as_str()), (8883, "10.0.0.5"));
+        assert_eq!(
+            t.ca,
+            Some(Pem::File {
+                key: "tls_ca_file",
+                path: "/c/ca.pem".into()
+            })
+        );
+        let m = mqtt(r#"{"broker_url": "ssl://h", "tls_server_name": "b.example"}"#).unwrap();
+        assert_eq!(m.tls.unwrap().server_name, "b.example");
+        assert_eq!(
+            key_of(mqtt(
+                r#"{"broker_url": "mqtts://h", "tls_cert_file": "c.pem"}"#
+            )),
+            Some("tls_key_file")
+        );
+        assert_eq!(
+            key_of(mqtt(
+                r#"{"broker_url": "mqtts://h", "tls_key_file": "k.pem"}"#
+            )),
+            Some("tls_cert_file")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"broker_url": "mqtts://h", "tls_ca_file": 1}"#)),
+            Some("tls_ca_file")
+        );
+        // The environment's PEM text wins over a file, with `\n` escapes turned into newlines.
+        let env = vars(&[(
+            "MQTT_TLS_CA_PEM",
+            "-----BEGIN X-----\\nAAAA\\n-----END X-----",
+        )]);
+        let m = mqtt_env(
+            Some(r#"{"broker_url": "mqtts://h", "tls_ca_file": "/c/ca.pem"}"#),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            m.tls.unwrap().ca,
+            Some(Pem::Inline {
+                var: "MQTT_TLS_CA_PEM",
+                text: "-----BEGIN X-----\nAAAA\n-----END X-----".into()
+            })
+        );
+        // TLS settings with a plain URL are a warning, not silently ignored.
+        let mut w = Vec::new();
+        let src = Source {
+            path: "m.json",
+            text: Some(r#"{"tls_ca_file": "/c/ca.pem"}"#),
+        };
+        assert_eq!(parse_mqtt(&src, &Env::default(), &mut w).unwrap().tls, None);
+        assert!(w[0].contains("tls_ca_file is set but"), "{w:?}");
+    }
+
+    #[test]
     fn home_assistant_and_payload_mode() {
         let m = mqtt(r#"{}"#).unwrap();
         assert_eq!(
@@ -1096,6 +1307,10 @@ mod tests {
         ("home_assistant_discovery", "true", "TRUE"),
         ("home_assistant_discovery_prefix", r#""ha""#, "ha"),
         ("home_assistant_expire_after_in_seconds", "60", "60"),
+        ("tls_ca_file", r#""/c/ca.pem""#, "/c/ca.pem"),
+        ("tls_cert_file", r#""/c/cert.pem""#, "/c/cert.pem"),
+        ("tls_key_file", r#""/c/key.pem""#, "/c/key.pem"),
+        ("tls_server_name", r#""s.example""#, "s.example"),
     ];
 
     fn file_of(values: &[(&str, &str, &str)]) -> String {
@@ -1184,7 +1399,7 @@ mod tests {
             ("MQTT_RETAIN", "yes", "retain"),
             ("MQTT_KEEP_ALIVE_IN_SECONDS", "-1", "keep_alive_in_seconds"),
             ("MQTT_KEEP_ALIVE_IN_SECONDS", "1.5", "keep_alive_in_seconds"),
-            ("MQTT_BROKER_URL", "ssl://x", "broker_url"),
+            ("MQTT_BROKER_URL", "http://x", "broker_url"),
             ("MQTT_DEVICE_ID", "a/b", "device_id"),
             ("MQTT_UNIT", "a+b", "unit"),
             (

@@ -119,10 +119,13 @@ fn load_settings(dir: &Path, once: bool) -> Result<agent::Settings, config::Conf
             }
         }
     }
+    let (collector, mqtt) = (collector?, mqtt?);
+    let tls = mqtt::transport::load(&mqtt, &mqtt_path)?;
     Ok(agent::Settings {
-        collector: collector?,
-        mqtt: mqtt?,
+        collector,
+        mqtt,
         once,
+        tls,
     })
 }
 

@@ -6,6 +6,11 @@ pub mod connect;
 pub mod frame;
 pub mod message;
 pub mod session;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod transport;
+#[cfg(feature = "tls")]
+pub mod x509;
 
 pub use message::Message;
 pub use session::{Event, Options, Session, Will};

@@ -106,14 +106,21 @@ def free_port():
 
 
 class Broker:
-    def __init__(self, work):
+    def __init__(self, work, tls=None):
+        """`tls`: (ca, cert, key) file paths for a TLS listener instead of a plain one."""
         self.port = free_port()
-        conf = os.path.join(work, "mosquitto.conf")
+        self.tls = tls
+        name = "mosquitto-tls" if tls else "mosquitto"
+        conf = os.path.join(work, name + ".conf")
         with open(conf, "w") as f:
             f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                     # The calibration subscriber takes 90,000 messages in a burst: queue them, do not drop.
                     "max_queued_messages 0\nmax_queued_bytes 0\n")
-        self.log = open(os.path.join(work, "mosquitto.log"), "w")
+            if tls:
+                # `user root`: started as root, mosquitto would switch to its own user, which cannot read the
+                # key in our private work directory (a no-op when not root).
+                f.write(f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\nuser root\n")
+        self.log = open(os.path.join(work, name + ".log"), "w")
         self.proc = RES.popen(["mosquitto", "-c", conf], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -125,6 +132,28 @@ class Broker:
             except OSError:
                 time.sleep(0.1)
         raise Failure("mosquitto did not listen within 10 s")
+
+
+def make_certs(work):
+    """A CA and a server certificate for 127.0.0.1 and localhost, made now with openssl (no committed key):
+    (ca, cert, key) paths, or None when openssl is missing."""
+    if not shutil.which("openssl"):
+        return None
+    d = os.path.join(work, "tls")
+    os.makedirs(d, exist_ok=True)
+    ca, ca_key, cert, key, csr, ext = (os.path.join(d, n) for n in
+                                       ("ca.pem", "ca.key", "cert.pem", "key.pem", "req.csr", "ext.cnf"))
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for argv in (["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-subj", "/CN=bench CA", "-days", "2"],
+                 ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
+                 ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+                  "-days", "2", "-extfile", ext]):
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Failure(f"{' '.join(argv[:3])}: {r.stderr.strip()[-300:]}")
+    return ca, cert, key
 
 
 def proc_stat(pid):
@@ -228,6 +257,8 @@ def write_config(confdir, broker, collector, qos=1, once_timeout=None):
     with open(os.path.join(confdir, "balena_stats_collector.config.json"), "w") as f:
         json.dump(collector, f)
     mqtt = {"broker_url": f"tcp://127.0.0.1:{broker.port}", "device_id": "bench", "qos": qos}
+    if broker.tls:
+        mqtt.update(broker_url=f"mqtts://127.0.0.1:{broker.port}", tls_ca_file=broker.tls[0])
     if once_timeout:
         mqtt["once_timeout_in_seconds"] = once_timeout
     with open(os.path.join(confdir, "mqtt.config.json"), "w") as f:
@@ -886,6 +917,15 @@ def render(res):
         per_msg = (row["cpu_sched_ms"] or row["cpu_stat_ms"]) * 1000 / max(row["messages"], 1)
         L.append(f"| {row['label']} | {row['messages']:,.0f} | {row['ticks']} | {stat_ms(row)} | "
                  f"{ms(row['cpu_sched_ms'])} | {per_msg:.2f} µs | {mib(row['peak_rss'])} | {row['threads']} |")
+    t = res.get("tls")
+    if t:
+        L.append("")
+        if "ratio" in t:
+            L.append(f"Over TLS (mqtts://, the same 1,000 containers, {t['ticks']} ticks): {stat_ms(t)} (stat), "
+                     f"{ms(t['cpu_sched_ms'])} (schedstat) per tick, peak RSS {mib(t['peak_rss'])}: "
+                     f"**{t['ratio']:.2f}x** plain TCP's {ms(t['plain_cpu_ms'])} (target: at most 1.5x).")
+        else:
+            L.append(f"Over TLS: {t.get('error') or t.get('note') or 'no plain row to compare with'}")
     lin = res.get("linearity")
     if lin:
         L.append("")
@@ -1006,6 +1046,11 @@ def targets(res):
                     "measured": f"{row['worst_late_ms']:.0f} ms", "unit": "ms"})
         out.append({"what": "flood: stop after SIGTERM < 2 s", "value": row["stop_s"], "limit": 2,
                     "measured": f"{row['stop_s']:.2f} s", "unit": "s"})
+    t = res.get("tls")
+    if t and "ratio" in t:
+        out.append({"what": "CPU per tick over TLS / plain TCP, 1,000 containers <= 1.5", "value": t["ratio"],
+                    "limit": 1.5, "measured": f"{t['ratio']:.2f} ({ms(cpu(t))} against {ms(t['plain_cpu_ms'])})",
+                    "unit": "x"})
     p = res.get("publishing")
     if p and "error" not in p and 1 in p["qos"]:
         out.append({"what": "QoS 1 publishing ratio agent / mosquitto_pub -l <= 1.0", "value": p["qos"][1]["ratio"],
@@ -1148,6 +1193,27 @@ def main():
                 row = {"error": str(e)}
             row.update(containers=1000, label="1,000 (x86_64 glibc build, for comparison)", musl=True)
             res["file"].append(row)
+        # MQTT over TLS at 1,000 containers against the plain row above (issue 13: at most 1.5x).
+        tls = make_certs(work)
+        if tls is None:
+            res["tls"] = {"note": "not measured: openssl missing (apt-get install openssl)"}
+        else:
+            try:
+                tls_broker = Broker(work, tls)
+                conf = os.path.join(work, "file-1000-tls")
+                write_config(conf, tls_broker, {"mode": "FILE", "file_path": os.path.join(work, "stats-1000.jsonl"),
+                                                "collection_interval_in_seconds": 1})
+                log(f"FILE mode, 1000 containers, over TLS, {ticks_big or 20} ticks")
+                res["tls"] = measure_ticks(binary, conf, os.path.join(work, "agent-file-1000-tls.log"),
+                                           ticks_big or 20, touch=os.path.join(work, "stats-1000.jsonl"))
+                plain = next((r for r in res["file"] if r.get("containers") == 1000 and "error" not in r), None)
+                if plain:
+                    cpu = lambda r: r["cpu_sched_ms"] or r["cpu_stat_ms"]
+                    res["tls"]["plain_cpu_ms"] = cpu(plain)
+                    res["tls"]["ratio"] = cpu(res["tls"]) / cpu(plain)
+            except Failure as e:
+                failures += 1
+                res["tls"] = {"error": str(e)}
         by = {r["containers"]: r for r in res["file"] if "error" not in r and not r.get("musl")}
         if all(k in by for k in (8, 1000, 10000)):
             c = {k: (by[k]["cpu_sched_ms"] or by[k]["cpu_stat_ms"]) for k in by}

@@ -74,6 +74,8 @@ pub struct Broker {
     pub port: u16,
     dir: TempDir,
     extra: String,
+    /// Extra environment for mosquitto (e.g. OPENSSL_CONF).
+    pub env: Vec<(String, String)>,
 }
 
 impl Broker {
@@ -92,6 +94,7 @@ impl Broker {
                 port: free_port(),
                 dir: TempDir::new("broker"),
                 extra: extra.to_owned(),
+                env: Vec::new(),
             };
             if b.try_start() {
                 return b;
@@ -136,6 +139,7 @@ impl Broker {
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf_path)
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -523,4 +527,71 @@ pub fn stop_agent(child: Child) -> String {
     assert_eq!(out.status.code(), Some(0), "{log}");
     assert!(!log.contains("panicked"), "{log}");
     log
+}
+
+/// Certificates made at run time for the TLS tests (no key is ever committed): a CA and what it signs.
+pub struct Pki {
+    pub ca_pem: String,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new(common_name: &str) -> Pki {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = p.self_signed(&ca_key).unwrap();
+        Pki {
+            ca_pem: ca.pem(),
+            ca,
+            ca_key,
+        }
+    }
+
+    /// (certificate PEM, PKCS#8 key PEM) for `names` (host names or IP addresses), an EC P-256 key;
+    /// valid now, or expired since 2021-06-30 when `expired`.
+    pub fn issue(&self, names: &[&str], expired: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        (self.issue_for(names, &key, expired), key.serialize_pem())
+    }
+
+    /// A certificate for an existing key (e.g. an RSA key that openssl made).
+    pub fn issue_for(&self, names: &[&str], key: &rcgen::KeyPair, expired: bool) -> String {
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("x"),
+        );
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 6, 30);
+        }
+        p.signed_by(key, &self.ca, &self.ca_key).unwrap().pem()
+    }
+}
+
+/// A broker config (for `Broker::start_with`) whose own port is a TLS listener with `cert`/`key` and
+/// client certificates checked against `client_ca` (when `require_certificate true` is in `options`),
+/// plus a plain listener on `plain_port` for the test's subscriber. Files go to `dir`.
+pub fn tls_broker_config(
+    dir: &TempDir,
+    server: &(String, String),
+    client_ca: &str,
+    options: &str,
+    plain_port: u16,
+) -> String {
+    let ca = dir.write("broker-ca.pem", client_ca);
+    let cert = dir.write("broker-cert.pem", &server.0);
+    let key = dir.write("broker-key.pem", &server.1);
+    format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\n{options}\nlistener {plain_port} 127.0.0.1\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    )
 }
