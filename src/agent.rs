@@ -108,7 +108,7 @@ pub struct Agent {
     /// The last read stopped at its budget with more perhaps waiting, or brought more than acknowledgements
     /// (a peer that talks to us may have more to say): poll for input, not only for a close.
     more_input: bool,
-    /// Acknowledgements are being left to gather until then (see `wait`).
+    /// Acknowledgements are being left to gather until then (see `input_events`).
     coalesce_until: Option<Instant>,
     /// Unsolicited PUBLISHes not yet logged, and when they were last logged.
     unsolicited: u64,
