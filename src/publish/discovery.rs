@@ -222,8 +222,10 @@ impl Discovery {
     /// A message arrived on a subscribed topic; `rand` spreads a fleet's answers to one HA restart.
     pub fn on_message(&mut self, now: Instant, topic: &str, payload: &[u8], rand: u64) {
         if topic == self.status_topic() && payload.eq_ignore_ascii_case(b"online") {
+            // A re-announcement already pending stays: births repeated faster than the delay (another
+            // client flooding the status topic) must not postpone it for ever.
             let delay = Duration::from_millis(500 + rand % 4_500);
-            self.republish_at = Some(now + delay);
+            self.republish_at.get_or_insert(now + delay);
         }
     }
 
@@ -517,6 +519,20 @@ mod tests {
         assert!(json.get("availability_topic").is_none(), "{json}");
         assert!(json.get("payload_available").is_none(), "{json}");
         assert_eq!(json["state_topic"], "r/web/pids");
+    }
+
+    #[test]
+    fn repeated_births_do_not_postpone_the_re_announcement() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, None);
+        d.on_message(t0, "homeassistant/status", b"online", 1_000);
+        let first = d.next_deadline();
+        assert_eq!(first, Some(t0 + Duration::from_millis(1_500)));
+        for ms in 1..100 {
+            let at = t0 + Duration::from_millis(ms * 10);
+            d.on_message(at, "homeassistant/status", b"online", 4_000);
+        }
+        assert_eq!(d.next_deadline(), first);
     }
 
     #[test]
