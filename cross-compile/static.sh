@@ -90,6 +90,12 @@ budget() {
 # CC_TARGET / AR_TARGET choose other tools.
 c_env() {
     [ -n "$FEATURES" ] && return 0
+    if [ -z "${CC_TARGET:-}" ] && ! command -v clang >/dev/null 2>&1 &&
+        [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing clang and llvm (ring's C and assembly for $1)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang llvm >/dev/null ||
+            true
+    fi
     if ! command -v "${CC_TARGET:-clang}" >/dev/null 2>&1; then
         echo "${CC_TARGET:-clang} is needed to compile ring (TLS) for $1: apt-get install clang llvm" \
             "(or build without TLS: TLS=off)" >&2
