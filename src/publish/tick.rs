@@ -8,9 +8,10 @@
 use crate::mqtt::session::Tag;
 use crate::mqtt::Message;
 use crate::publish::balena::{service_name, topic_level};
-use crate::publish::discovery::{Discovery, PayloadMode};
+use crate::publish::discovery::{Discovery, Entity, PayloadMode};
 use crate::publish::handover::{Handover, Verdict};
-use crate::publish::payload::{write_service, write_value};
+use crate::publish::lifecycle::{self, Topic};
+use crate::publish::payload::{write_field, write_service, write_value, Field};
 use crate::publish::topics::{Names, TopicTemplate};
 use crate::publish::warnings::{Kind, Warnings};
 use crate::stats::records::{Cursor, RecordError};
@@ -201,9 +202,15 @@ impl Tick {
         };
         scratch.topic.clear();
         p.template.render_root(&names, &mut scratch.topic);
+        let life = stats
+            .lifecycle
+            .as_ref()
+            .map(|l| lifecycle::values(l, self.timestamp_ms));
+        let life = life.as_ref().map_or(&[][..], |v| &v[..]);
         if let Some((d, now)) = discovery {
-            let metrics = stats.figures.iter().map(|(m, _)| m);
-            for c in d.seen(now, &service, &scratch.topic, metrics) {
+            let metrics = stats.figures.iter().map(|(m, _)| Entity::Metric(m));
+            let lives = life.iter().flatten().map(|(t, _)| Entity::Life(*t));
+            for c in d.seen(now, &service, &scratch.topic, metrics.chain(lives)) {
                 // Configs are retained and must arrive: QoS 1 whatever the metrics use.
                 if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
                     sink(m, Some(c.tag));
@@ -215,8 +222,19 @@ impl Tick {
             container: &stats.name,
         };
         if p.mode == PayloadMode::PerService {
+            let mut keys = [("", Field::Flag(false)); Topic::ALL.len()];
+            let mut n = 0;
+            for (topic, field) in life.iter().flatten() {
+                keys[n] = (topic.name(), *field);
+                n += 1;
+            }
             scratch.payload.clear();
-            write_service(&mut scratch.payload, &stats.figures, self.timestamp_ms);
+            write_service(
+                &mut scratch.payload,
+                &stats.figures,
+                &keys[..n],
+                self.timestamp_ms,
+            );
             self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
             return true;
         }
@@ -227,6 +245,13 @@ impl Tick {
             scratch.topic.push_str(metric.name());
             scratch.payload.clear();
             write_value(&mut scratch.payload, value, self.timestamp_ms);
+            self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
+        }
+        for (topic, field) in life.iter().flatten() {
+            scratch.topic.truncate(root_len);
+            scratch.topic.push_str(topic.name());
+            scratch.payload.clear();
+            write_field(&mut scratch.payload, *field, self.timestamp_ms);
             self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
         }
         true
@@ -266,6 +291,7 @@ impl Tick {
 mod tests {
     use super::*;
     use crate::mqtt::frame::{decode, Incoming};
+    use crate::stats::lifecycle::{Lifecycle, State};
 
     fn run(text: &str) -> (Tick, Vec<(String, String)>) {
         drain(Tick::new("test".into(), text.as_bytes().to_vec(), 1234))
@@ -404,6 +430,185 @@ mod tests {
             }) {}
             assert_eq!(payloads, [r#"{"value":2,"timestamp":1}"#]);
         }
+    }
+
+    fn with_life(name: &str, pids: Option<u64>, state: State) -> ContainerStats {
+        use crate::stats::{Figures, Metric, Value};
+        let mut figures = Figures::default();
+        if let Some(n) = pids {
+            figures.set(Metric::Pids, Value::Count(n));
+        }
+        ContainerStats {
+            name: name.into(),
+            id: "abc".into(),
+            service: None,
+            figures,
+            lifecycle: Some(Lifecycle {
+                state,
+                health: None,
+                restart_count: Some(4),
+                exit_code: Some(3),
+                oom_killed: Some(false),
+                started_at_ms: Some(1_000),
+            }),
+        }
+    }
+
+    /// Every message of a parsed tick in `mode`, configs (with their tags) too when `discovery` is given.
+    fn drain_mode(
+        stats: Vec<ContainerStats>,
+        mode: PayloadMode,
+        mut discovery: Option<&mut Discovery>,
+    ) -> Vec<(String, String, bool)> {
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let p = Publishing {
+            template: &template,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            mode,
+        };
+        let mut scratch = Scratch::default();
+        let mut tick = Tick::parsed("t".into(), stats, 62_500);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        while tick.step(
+            &p,
+            &mut scratch,
+            discovery.as_deref_mut().map(|d| (d, now)),
+            &mut |m, tag| {
+                if let Ok(Incoming::Publish { topic, payload, .. }) = decode(m.bytes()) {
+                    out.push((
+                        topic.to_owned(),
+                        String::from_utf8(payload.to_vec()).unwrap(),
+                        tag.is_some(),
+                    ));
+                }
+            },
+        ) {}
+        out
+    }
+
+    fn messages(out: &[(String, String, bool)]) -> Vec<(&str, &str)> {
+        out.iter()
+            .filter(|(_, _, config)| !config)
+            .map(|(t, p, _)| (t.as_str(), p.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn lifecycle_topics_follow_the_figures() {
+        let out = drain_mode(
+            vec![
+                with_life("web_1_2", Some(3), State::Running),
+                with_life("worker_1_2", None, State::Exited),
+            ],
+            PayloadMode::PerMetric,
+            None,
+        );
+        assert_eq!(
+            messages(&out),
+            [
+                (
+                    "root/dev/telemetry/system/web/pids",
+                    r#"{"value":3,"timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/web/state",
+                    r#"{"value":"running","timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/web/restart_count",
+                    r#"{"value":4,"timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/web/oom_killed",
+                    r#"{"value":false,"timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/web/uptime_in_seconds",
+                    r#"{"value":61,"timestamp":62500}"#
+                ),
+                // A stopped container: its life only, no figures.
+                (
+                    "root/dev/telemetry/system/worker/state",
+                    r#"{"value":"exited","timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/worker/restart_count",
+                    r#"{"value":4,"timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/worker/exit_code",
+                    r#"{"value":3,"timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/worker/oom_killed",
+                    r#"{"value":false,"timestamp":62500}"#
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn per_service_payloads_carry_the_lifecycle() {
+        let out = drain_mode(
+            vec![
+                with_life("web_1_2", Some(3), State::Running),
+                with_life("gone", None, State::Removed),
+            ],
+            PayloadMode::PerService,
+            None,
+        );
+        assert_eq!(
+            messages(&out),
+            [
+                (
+                    "root/dev/telemetry/system/web",
+                    r#"{"timestamp":62500,"pids":3,"state":"running","restart_count":4,"oom_killed":false,"uptime_in_seconds":61}"#
+                ),
+                (
+                    "root/dev/telemetry/system/gone",
+                    r#"{"timestamp":62500,"state":"removed","restart_count":4,"exit_code":3,"oom_killed":false}"#
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn discovery_announces_the_lifecycle_entities_published() {
+        use crate::publish::discovery::Settings;
+        let mut d = Discovery::new(Settings {
+            prefix: "ha".into(),
+            device_id: "dev".into(),
+            availability_topic: None,
+            mode: PayloadMode::PerMetric,
+            expire_after: None,
+            remove_after: None,
+        });
+        let out = drain_mode(
+            vec![with_life("worker", None, State::Exited)],
+            PayloadMode::PerMetric,
+            Some(&mut d),
+        );
+        let configs: Vec<&str> = out
+            .iter()
+            .filter(|(_, _, config)| *config)
+            .map(|(t, _, _)| t.as_str())
+            .collect();
+        assert_eq!(
+            configs,
+            [
+                "ha/sensor/dev_worker/state/config",
+                "ha/sensor/dev_worker/restart_count/config",
+                "ha/sensor/dev_worker/exit_code/config",
+                "ha/binary_sensor/dev_worker/oom_killed/config",
+                "ha/binary_sensor/dev_worker/running/config",
+            ]
+        );
+        // The configs go out before the values they describe.
+        assert!(out[..5].iter().all(|(_, _, config)| *config));
+        assert_eq!(messages(&out).len(), 4);
     }
 
     #[test]
