@@ -98,6 +98,14 @@ fn every_published_metric_has_exactly_one_retained_config() {
     assert_eq!(cpu["unit_of_measurement"], "%");
     assert_eq!(cpu["state_class"], "measurement");
     assert_eq!(cpu["device"]["name"], "main on dev1");
+    // An entity id naming the device (object_id is deprecated since Home Assistant 2025.10), and
+    // expire_after: three intervals, but in FILE mode at least the ten minutes a file may stand unchanged.
+    assert_eq!(
+        cpu["default_entity_id"],
+        "sensor.dev1_main_cpu_usage_in_percent"
+    );
+    assert!(cpu.get("object_id").is_none());
+    assert!(found.values().all(|c| c["expire_after"] == 600));
     let rx = &found["homeassistant/sensor/dev1_frontend/network_received_in_bytes/config"];
     assert_eq!(
         (rx["device_class"].as_str(), rx["state_class"].as_str()),
