@@ -21,7 +21,7 @@
 //! config carries a tag; the caller hands it to a queue that never drops it and reports its PUBACK back
 //! with [`Discovery::delivered`]. A sensor counts as announced only then. At most one message per sensor
 //! waits for its PUBACK at a time (a newer one waits here until then), and while the session has no room
-//! (during an outage, say) configs are not handed out at all but remembered as a bit per sensor, then
+//! (during an outage, say) configs are not handed out at all but remembered as a bit per entity, then
 //! handed out as room opens: what waits in the session stays within its in-flight window.
 
 use crate::mqtt::session::Tag;
@@ -183,7 +183,7 @@ impl Discovery {
     }
 
     /// Whether the session has no room for configs now: then [`Discovery::seen`] hands out nothing, and
-    /// [`Discovery::poll`] hands the sensors out later. Two bytes per service wait here instead of an
+    /// [`Discovery::poll`] hands the sensors out later. Four bytes per service wait here instead of an
     /// encoded message per sensor in the session.
     pub fn hold(&mut self, holding: bool) {
         self.holding = holding;
