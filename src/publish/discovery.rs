@@ -1046,29 +1046,6 @@ mod tests {
         );
     }
 
-    /// For tests/scripts/check-ha-schemas.py, which validates configs with Home Assistant's own schemas:
-    /// every entity's config in both payload modes, one `topic<TAB>payload` line each, written to the file
-    /// `HA_CONFIG_DUMP` names. The agent's own run covers the metrics; this covers the lifecycle entities,
-    /// which no source in this branch produces yet.
-    #[test]
-    #[ignore]
-    fn dump_every_config() {
-        let path = std::env::var("HA_CONFIG_DUMP").expect("HA_CONFIG_DUMP names the output file");
-        let mut lines = String::new();
-        for (mode, service) in [
-            (PayloadMode::PerMetric, "lifecycle-per-metric"),
-            (PayloadMode::PerService, "lifecycle-per-service"),
-        ] {
-            let mut d = discovery(mode, None);
-            for c in d.seen(Instant::now(), service, "r/x", Entity::ALL.into_iter()) {
-                let payload = String::from_utf8(c.payload).unwrap();
-                lines += &format!("{}\t{payload}\n", c.topic);
-            }
-        }
-        assert_eq!(lines.lines().count(), 2 * Entity::ALL.len());
-        std::fs::write(path, lines).unwrap();
-    }
-
     #[test]
     fn ids_are_reduced_to_what_home_assistant_allows() {
         assert_eq!(id_safe("a b/c+d#e.f-g_h9"), "a_b_c_d_e_f-g_h9");

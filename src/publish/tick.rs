@@ -611,6 +611,63 @@ mod tests {
         assert_eq!(messages(&out).len(), 4);
     }
 
+    /// For tests/scripts/check-ha-schemas.py, which checks configs with Home Assistant's own schemas and
+    /// renders their templates against the messages they describe: a tick in each payload mode through
+    /// discovery, with a running container (every figure, every lifecycle value but the exit code) and an
+    /// exited one (no figures, an exit code), so every entity is announced. One line per message,
+    /// `topic<TAB>payload`, configs first, written to the file `HA_CONFIG_DUMP` names. No source in this
+    /// branch reports lifecycle yet, so the agent's own runs in that script cannot show these entities.
+    #[test]
+    #[ignore]
+    fn dump_configs_and_messages() {
+        use crate::publish::discovery::Settings;
+        use crate::stats::lifecycle::Health;
+        let path = std::env::var("HA_CONFIG_DUMP").expect("HA_CONFIG_DUMP names the output file");
+        let line = r#"{"BlockIO":"1kB / 2GB","CPUPerc":"1.75%","MemPerc":"4.07%","MemUsage":"318.6MiB / 7.676GiB","Name":"web_1_2","NetIO":"999MB / 512B","PIDs":"23"}"#;
+        let mut running = crate::stats::parse_line(line, &mut Vec::new()).unwrap();
+        running.lifecycle = Some(Lifecycle {
+            state: State::Running,
+            health: Some(Health::Healthy),
+            restart_count: Some(2),
+            exit_code: Some(0),
+            oom_killed: Some(false),
+            started_at_ms: Some(1_000),
+        });
+        let exited = ContainerStats {
+            lifecycle: Some(Lifecycle {
+                oom_killed: Some(true),
+                health: Some(Health::Unhealthy),
+                ..with_life("worker_1_2", None, State::Exited)
+                    .lifecycle
+                    .unwrap()
+            }),
+            ..with_life("worker_1_2", None, State::Exited)
+        };
+        let mut lines = String::new();
+        let mut configs = 0;
+        for (mode, device) in [
+            (PayloadMode::PerMetric, "dump-metric"),
+            (PayloadMode::PerService, "dump-service"),
+        ] {
+            let mut d = Discovery::new(Settings {
+                prefix: "homeassistant".into(),
+                device_id: device.into(),
+                availability_topic: Some(format!("root/{device}/availability")),
+                mode,
+                expire_after: Some(std::time::Duration::from_secs(30)),
+                remove_after: None,
+            });
+            let out = drain_mode(vec![running.clone(), exited.clone()], mode, Some(&mut d));
+            for (topic, payload, config) in &out {
+                configs += usize::from(*config);
+                lines += &format!("{topic}\t{payload}\n");
+            }
+        }
+        // web: nine metrics, five lifecycle topics and running; worker: its life without uptime.
+        assert_eq!(configs, 2 * (15 + 6), "every entity in both modes");
+        std::fs::write(path, lines).unwrap();
+    }
+
     #[test]
     fn hostile_names_stay_in_one_level() {
         let (_, out) = run(r#"{"Name":"a/b#c","PIDs":"1"}"#);

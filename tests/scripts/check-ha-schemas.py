@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
 """make check-ha: every Home Assistant discovery config the agent sends, checked with Home Assistant's own
-MQTT discovery schemas (`homeassistant.components.mqtt.{sensor,binary_sensor}.DISCOVERY_SCHEMA`).
+MQTT discovery schemas (`homeassistant.components.mqtt.{sensor,binary_sensor}.DISCOVERY_SCHEMA`), and its
+`value_template` rendered by Home Assistant's template engine against the message it describes.
 
 The configs come from a real broker: the agent runs against a throwaway mosquitto on a free loopback port
 in FILE mode on tests/data/sample-stats.jsonl, with discovery on, four times (`--once` and a running agent
-stopped with SIGTERM, each in per_metric and per_service mode), and every retained config under
-`homeassistant/#` is read back. No source in this branch reports containers' lifecycle yet, so the
-lifecycle entities' configs come from the unit test `dump_every_config` (src/publish/discovery.rs), which
-writes every entity's config in both payload modes through the same code.
+stopped with SIGTERM, each in per_metric and per_service mode); every retained config under
+`homeassistant/#` is read back, and the figures are caught by a subscriber on `root/#`. No source in this
+branch reports containers' lifecycle yet, so the lifecycle entities' configs and messages come from the
+unit test `dump_configs_and_messages` (src/publish/tick.rs), which runs a tick with a running and an exited
+container through the same publishing and discovery code in both payload modes.
+
+A rendered value must be what Home Assistant can take: `ON`/`OFF` for binary sensors (`running` ON exactly
+when the state is running, `oom_killed` ON exactly when true), one of the options for enum sensors, and
+the payload's number for numeric sensors; in per_service mode an absent key must render `None`, which Home
+Assistant's MQTT sensor takes as unknown.
 
 Home Assistant 2024.3.3 is the newest release that installs on this machine's Python 3.11. It is installed
 into a virtual environment (target/ha-venv, or $HA_VENV) on the first run (about 400 MB; minutes), never
@@ -104,15 +111,68 @@ def retained_configs(port):
     return [tuple(line.split("\t", 1)) for line in out.splitlines() if "\t" in line]
 
 
-def dumped_configs(work):
+def dumped(work):
+    """The lifecycle tick's (configs, messages), each a list of (topic, payload text)."""
     path = os.path.join(work, "dump.tsv")
     subprocess.run(
         ["cargo", "test", "--release", "--quiet", "--bin", "balena-multi-container-telemetry",
-         "dump_every_config", "--", "--ignored"],
+         "dump_configs_and_messages", "--", "--ignored"],
         cwd=ROOT, env=dict(os.environ, HA_CONFIG_DUMP=path), check=True, capture_output=True,
     )
     with open(path) as f:
-        return [tuple(line.rstrip("\n").split("\t", 1)) for line in f if "\t" in line]
+        rows = [tuple(line.rstrip("\n").split("\t", 1)) for line in f if "\t" in line]
+    return ([r for r in rows if r[0].startswith("homeassistant/")],
+            [r for r in rows if not r[0].startswith("homeassistant/")])
+
+
+def render_all(configs, messages):
+    """Renders every config's value_template with Home Assistant's engine; returns the failures."""
+    import asyncio
+    from homeassistant.core import HomeAssistant
+    from homeassistant.helpers.template import Template
+
+    latest = dict(messages)
+    failures = []
+
+    def check(hass, topic, config):
+        where = f"{topic}: "
+        component, obj = topic.split("/")[1], topic.split("/")[3]
+        payload = latest.get(config["state_topic"])
+        if payload is None:
+            return [where + f"no message arrived on its state_topic {config['state_topic']}"]
+        per_metric = "value_json.value" in config["value_template"]
+        key = "value" if per_metric else ("state" if obj == "running" else obj)
+        value = json.loads(payload).get(key)
+        template = Template(config["value_template"], hass)
+        got = template.async_render_with_possible_json_value(payload, "<error>")
+        out = []
+        if component == "binary_sensor":
+            want = "ON" if (value == "running" if obj == "running" else value is True) else "OFF"
+            if got != want:
+                out.append(where + f"rendered {got!r} from {payload}, want {want!r}")
+        elif config.get("device_class") == "enum":
+            if got not in config.get("options", [got]) or got != value:
+                out.append(where + f"rendered {got!r}, not one of {config.get('options')}")
+        else:
+            try:
+                if float(got) != float(value):
+                    out.append(where + f"rendered {got!r} from {payload}, want {value}")
+            except (TypeError, ValueError):
+                out.append(where + f"rendered {got!r} from {payload}: not a number")
+            if not per_metric:
+                absent = template.async_render_with_possible_json_value('{"timestamp":1}', "<error>")
+                if absent != "None":
+                    out.append(where + f"an absent key renders {absent!r}, not None (unknown)")
+        return out
+
+    async def run():
+        hass = HomeAssistant(tempfile.mkdtemp())
+        for topic, text in configs:
+            if text:
+                failures.extend(check(hass, topic, json.loads(text)))
+
+    asyncio.run(run())
+    return failures
 
 
 def validate(configs):
@@ -174,6 +234,18 @@ def the_check_can_fail():
     ok, _ = validate([("homeassistant/sensor/n/o/config", json.dumps(good))])
     if len(failures) != len(broken) or ok:
         sys.exit(f"the check itself is broken: {failures} / {ok}")
+    wrong = [  # templates that render the wrong thing
+        ("homeassistant/binary_sensor/n/running/config",
+         {"state_topic": "r/s", "value_template": "{{ 'ON' if value_json.value != 'running' else 'OFF' }}"}),
+        ("homeassistant/sensor/n/pids/config",
+         {"state_topic": "r/p", "state_class": "measurement", "value_template": "{{ value_json.valeu }}"}),
+        ("homeassistant/sensor/n/pids/config",
+         {"state_topic": "r", "state_class": "measurement", "value_template": "{{ value_json.pids | default(0) }}"}),
+    ]
+    messages = [("r/s", '{"value":"running"}'), ("r/p", '{"value":3}'), ("r", '{"pids":3}')]
+    for topic, config in wrong:
+        if not render_all([(topic, json.dumps(config))], messages):
+            sys.exit(f"the template check itself is broken: {config} passed")
 
 
 def main():
@@ -193,11 +265,19 @@ def main():
                     break
                 except OSError:
                     time.sleep(0.1)
+            figures = subprocess.Popen(
+                ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", "root/#", "-F", "%t\t%p"],
+                stdout=subprocess.PIPE, text=True)
+            time.sleep(0.5)
             runs = [("once-metric", "per_metric", True), ("once-service", "per_service", True),
                     ("run-metric", "per_metric", False), ("run-service", "per_service", False)]
             for name, mode, once in runs:
                 run_agent(work, name, port, mode, once)
             from_agent = retained_configs(port)
+            time.sleep(0.5)
+            figures.terminate()
+            agent_messages = [tuple(line.split("\t", 1)) for line in figures.communicate()[0].splitlines()
+                              if "\t" in line]
         finally:
             broker.terminate()
             broker.wait()
@@ -205,11 +285,13 @@ def main():
             n = sum(1 for t, _ in from_agent if f"/{name}_" in t)
             if n == 0:
                 sys.exit(f"no config arrived from the {name} run")
-        from_dump = dumped_configs(work)
+        from_dump, dump_messages = dumped(work)
     failures, counts = validate(from_agent + from_dump)
+    failures += render_all(from_agent + from_dump, agent_messages + dump_messages)
     print(f"== Home Assistant {HA_VERSION} discovery schemas: {len(from_agent)} configs from the agent "
-          f"via mosquitto, {len(from_dump)} lifecycle/all-entity configs from dump_every_config; "
-          f"valid: {counts}")
+          f"via mosquitto, {len(from_dump)} from dump_configs_and_messages (lifecycle); "
+          f"schema-valid: {counts}; templates rendered against {len(agent_messages)} + "
+          f"{len(dump_messages)} messages")
     newer = ", ".join(f"{k} ({v})" for k, v in NEWER_KEYS.items())
     print(f"   keys newer than {HA_VERSION}, checked by their own rules instead: {newer}")
     for f in failures:
