@@ -3,7 +3,7 @@
 //! The text is held once and turned into encoded messages only as the session has room for them, so a
 //! large tick never exists twice in memory. Bad records are logged with their line number and skipped;
 //! good ones are published whatever their neighbours hold. ENGINE mode hands over figures it has already
-//! computed; they go out through the same naming and payload code.
+//! computed, with each container's lifecycle; they go out through the same naming and payload code.
 
 use crate::mqtt::session::Tag;
 use crate::mqtt::Message;
@@ -112,8 +112,9 @@ impl Tick {
     }
 
     /// Turns the next record into messages for `sink`: first any Home Assistant configs `discovery` has
-    /// not sent yet for this container (with their tag: they must not be dropped), then its figures
-    /// (without). Returns false once the records are used up.
+    /// not sent yet for this container (with their tag: they must not be dropped), then its figures and
+    /// lifecycle values (without; a stopped container has only the latter). Returns false once the
+    /// records are used up.
     pub fn step(
         &mut self,
         p: &Publishing,
