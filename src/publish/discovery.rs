@@ -1047,6 +1047,13 @@ mod tests {
     }
 
     #[test]
+    fn entity_bits_are_their_places() {
+        for (i, e) in Entity::ALL.into_iter().enumerate() {
+            assert_eq!(e.index() as usize, i, "{e:?}");
+        }
+    }
+
+    #[test]
     fn ids_are_reduced_to_what_home_assistant_allows() {
         assert_eq!(id_safe("a b/c+d#e.f-g_h9"), "a_b_c_d_e_f-g_h9");
     }
