@@ -5,6 +5,8 @@
 #   make lint    cargo fmt --check and clippy with warnings as errors
 #   make clean
 #   make fuzz    the fuzzers for FUZZ_CASES cases each (default 1,000,000)
+#   make check-ha every Home Assistant discovery config checked with Home Assistant 2024.3.3's own schemas
+#                (installs it into target/ha-venv the first time: ~400 MB, minutes; not part of make test)
 #   make aarch64 / armv7 / armv6 / x86_64
 #                static musl binary in target/device/<triple>/release/ (rust-lld; clang for ring)
 #   make dist    the four static binaries, copied to dist/arm64, dist/arm/v7, dist/arm/v6, dist/amd64
@@ -17,7 +19,7 @@
 CARGO ?= cargo
 BIN := balena-multi-container-telemetry
 
-.PHONY: all build test demo lint clean deps aarch64 armv7 armv6 x86_64 dist dist-notls size size-check image
+.PHONY: all build test demo lint clean deps check-ha aarch64 armv7 armv6 x86_64 dist dist-notls size size-check image
 
 STATIC := sh cross-compile/static.sh
 PLATFORM ?= linux/arm64
@@ -41,6 +43,9 @@ test: deps dist
 
 demo: deps build
 	@sh tests/scripts/demo.sh
+
+check-ha: deps
+	python3 tests/scripts/check-ha-schemas.py
 
 lint:
 	$(CARGO) fmt --check

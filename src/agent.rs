@@ -135,7 +135,18 @@ impl Agent {
                 device_id: m.device_id.clone(),
                 availability_topic: (!s.once).then(|| m.availability_topic.clone()),
                 mode: m.payload_mode,
-                expire_after: ha.expire_after,
+                // Three collections without news: a dead service shows unavailable, not its last values.
+                // Not for --once runs, which cron spaces as it likes. A stats file is republished only
+                // when rewritten, so FILE mode allows its writer the ten minutes after which the file is
+                // called stale.
+                expire_after: (!s.once).then(|| {
+                    let three = s.collector.interval * 3;
+                    match s.collector.mode {
+                        Mode::File => three.max(Duration::from_secs(600)),
+                        _ => three,
+                    }
+                }),
+                remove_after: ha.remove_after,
             })
         });
         let opts = Options {

@@ -120,7 +120,8 @@ impl std::fmt::Debug for Pem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HomeAssistant {
     pub prefix: String,
-    pub expire_after: Option<Duration>,
+    /// How long a service may go unreported before its entities are removed from Home Assistant.
+    pub remove_after: Option<Duration>,
 }
 
 /// What the process environment contributes.
@@ -190,6 +191,9 @@ pub const MQTT_KEYS: &[&str] = &[
     "payload_mode",
     "home_assistant_discovery",
     "home_assistant_discovery_prefix",
+    "home_assistant_remove_after_in_seconds",
+    // The old name of `home_assistant_remove_after_in_seconds`, read with a warning: it never did what
+    // Home Assistant calls expire_after (mark unavailable), it removed entities.
     "home_assistant_expire_after_in_seconds",
     "tls_ca_file",
     "tls_cert_file",
@@ -387,15 +391,29 @@ pub fn parse_mqtt(
             ),
         ));
     }
-    let expire = f
-        .uint("home_assistant_expire_after_in_seconds", 0, 31_536_000)?
-        .unwrap_or(0);
+    let remove = match f.uint("home_assistant_remove_after_in_seconds", 0, 31_536_000)? {
+        Some(n) => Some(n),
+        None => f.uint("home_assistant_expire_after_in_seconds", 0, 31_536_000)?,
+    };
+    if f.get("home_assistant_expire_after_in_seconds").is_some() {
+        warnings.push(format!(
+            "{}: \"home_assistant_expire_after_in_seconds\" is deprecated: it removes entities, which is \
+             not Home Assistant's expire_after; use \"home_assistant_remove_after_in_seconds\"{}",
+            f.origin("home_assistant_expire_after_in_seconds"),
+            if f.get("home_assistant_remove_after_in_seconds").is_some() {
+                " (set too, and it wins)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let remove = remove.unwrap_or(0);
     let home_assistant = f
         .boolean("home_assistant_discovery")?
         .unwrap_or(false)
         .then(|| HomeAssistant {
             prefix,
-            expire_after: (expire > 0).then(|| Duration::from_secs(expire)),
+            remove_after: (remove > 0).then(|| Duration::from_secs(remove)),
         });
 
     Ok(Mqtt {
@@ -637,6 +655,14 @@ impl<'a> Fields<'a> {
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, n)| n.as_str())
+    }
+
+    /// Where `key`'s value came from: the variable that set it, or the file.
+    fn origin(&self, key: &str) -> String {
+        match self.env_var(key) {
+            Some(name) => format!("environment variable {name}"),
+            None => self.path.to_owned(),
+        }
     }
 
     fn set_by_env(&self, key: &str) -> bool {
@@ -1217,7 +1243,7 @@ mod tests {
         );
         let m = mqtt(
             r#"{"home_assistant_discovery": true, "payload_mode": "per_service",
-                "home_assistant_expire_after_in_seconds": 600}"#,
+                "home_assistant_remove_after_in_seconds": 600}"#,
         )
         .unwrap();
         assert_eq!(m.payload_mode, PayloadMode::PerService);
@@ -1225,7 +1251,7 @@ mod tests {
             m.home_assistant,
             Some(HomeAssistant {
                 prefix: "homeassistant".into(),
-                expire_after: Some(Duration::from_secs(600))
+                remove_after: Some(Duration::from_secs(600))
             })
         );
         let m =
@@ -1235,7 +1261,7 @@ mod tests {
             m.home_assistant.unwrap(),
             HomeAssistant {
                 prefix: "ha".into(),
-                expire_after: None
+                remove_after: None
             }
         );
         assert_eq!(
@@ -1259,6 +1285,51 @@ mod tests {
             "h".repeat(201)
         );
         assert_eq!(key_of(mqtt(&long)), Some("home_assistant_discovery_prefix"));
+    }
+
+    #[test]
+    fn the_old_name_of_remove_after_still_works_with_a_warning() {
+        let parse = |text: &str, env: &[(&str, &str)]| {
+            let mut warnings = Vec::new();
+            let src = Source {
+                path: "m.json",
+                text: Some(text),
+            };
+            let m = parse_mqtt(&src, &vars(env), &mut warnings).unwrap();
+            (m.home_assistant.unwrap().remove_after, warnings)
+        };
+        let on = r#"{"home_assistant_discovery": true"#;
+        let (after, w) = parse(
+            &format!(r#"{on}, "home_assistant_expire_after_in_seconds": 90}}"#),
+            &[],
+        );
+        assert_eq!(after, Some(Duration::from_secs(90)));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("m.json: ") && w[0].contains("remove_after"),
+            "{w:?}"
+        );
+        // From the environment, the warning names the variable.
+        let (after, w) = parse(
+            &format!("{on}}}"),
+            &[("MQTT_HOME_ASSISTANT_EXPIRE_AFTER_IN_SECONDS", "30")],
+        );
+        assert_eq!(after, Some(Duration::from_secs(30)));
+        assert!(
+            w[0].contains("MQTT_HOME_ASSISTANT_EXPIRE_AFTER_IN_SECONDS"),
+            "{w:?}"
+        );
+        // Both: the new name wins, and the warning says so.
+        let (after, w) = parse(
+            &format!(
+                r#"{on}, "home_assistant_expire_after_in_seconds": 90, "home_assistant_remove_after_in_seconds": 0}}"#
+            ),
+            &[],
+        );
+        assert_eq!(after, None);
+        assert!(w[0].contains("wins"), "{w:?}");
+        let (after, w) = parse(&format!("{on}}}"), &[]);
+        assert_eq!((after, w.len()), (None, 0));
     }
 
     #[test]
@@ -1306,7 +1377,8 @@ mod tests {
         ("payload_mode", r#""per_service""#, "per_service"),
         ("home_assistant_discovery", "true", "TRUE"),
         ("home_assistant_discovery_prefix", r#""ha""#, "ha"),
-        ("home_assistant_expire_after_in_seconds", "60", "60"),
+        ("home_assistant_remove_after_in_seconds", "60", "60"),
+        ("home_assistant_expire_after_in_seconds", "70", "70"),
         ("tls_ca_file", r#""/c/ca.pem""#, "/c/ca.pem"),
         ("tls_cert_file", r#""/c/cert.pem""#, "/c/cert.pem"),
         ("tls_key_file", r#""/c/key.pem""#, "/c/key.pem"),

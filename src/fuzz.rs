@@ -1,4 +1,5 @@
-//! A deterministic mutation fuzzer for the two places outside bytes enter: stats text and broker bytes.
+//! A deterministic mutation fuzzer for the places outside bytes enter: stats text, `ps` lines and broker
+//! bytes.
 //!
 //! It runs as ordinary tests (a few tens of thousands of cases in `make test`) and, with `FUZZ_CASES=N`,
 //! as `make fuzz` for as many cases as asked. Each case mutates a seed from a corpus of real inputs with
@@ -12,7 +13,7 @@
 use crate::mqtt::frame::{self, MAX_INCOMING_PACKET};
 use crate::mqtt::session::{Options, Session};
 use crate::stats::records::Cursor;
-use crate::stats::{parse_line, Value};
+use crate::stats::{parse_line, ps, Value};
 use std::time::{Duration, Instant};
 
 struct Rng(u64);
@@ -145,6 +146,43 @@ fn stats_case(input: &[u8]) {
     }
 }
 
+const PS_SEEDS: &[&str] = &[
+    r#"{"Command":"\"/bin/sh\"","ID":"0123","Image":"b","Labels":"a=b,c=d","Names":"main_1_2_abc","State":"exited","Status":"Exited (3) 5 minutes ago"}"#,
+    r#"{"Names":"web/db,db_1","State":"running","Status":"Up 2 hours (health: starting)"}"#,
+    r#"{"Names":"a","Status":"Restarting (1) 3 seconds ago"}"#,
+    r#"{"Names":"p","State":"paused","Status":"Up 4 minutes (Paused)"}"#,
+];
+
+const PS_TOKENS: &[&[u8]] = &[
+    b"(",
+    b")",
+    b"(healthy)",
+    b"(health: starting)",
+    b"Up ",
+    b"Exited (",
+    b"-1",
+    b"99999999999999999999999",
+    b",",
+    b"/",
+    b"\\u00e9",
+    b"\xc3\xa9",
+    b"\"State\":",
+    b"null",
+];
+
+/// One fuzz case for `ps` lines: a line parses or is an error, and what parses is consistent.
+fn ps_case(input: &[u8]) {
+    // The source reads `ps` output as text; invalid bytes reach the parser as U+FFFD.
+    let line = String::from_utf8_lossy(input);
+    if let Ok((name, life)) = ps::parse_line(&line) {
+        assert!(!name.is_empty());
+        use crate::stats::lifecycle::State;
+        if !matches!(life.state, State::Exited | State::Restarting) {
+            assert_eq!(life.exit_code, None);
+        }
+    }
+}
+
 fn connack() -> &'static [u8] {
     &[0x20, 0x02, 0x00, 0x00]
 }
@@ -245,6 +283,14 @@ fn run_stats(n: u64, seed: u64) {
     }
 }
 
+fn run_ps(n: u64, seed: u64) {
+    let mut rng = Rng(seed);
+    for _ in 0..n {
+        let base = PS_SEEDS[rng.below(PS_SEEDS.len())].as_bytes();
+        ps_case(&mutate(&mut rng, base, PS_TOKENS));
+    }
+}
+
 fn run_broker(n: u64, seed: u64) {
     let mut rng = Rng(seed);
     for _ in 0..n {
@@ -267,6 +313,12 @@ fn timed(name: &str, n: u64, run: impl FnOnce()) {
 fn fuzz_stats_parser() {
     let n = cases(20_000);
     timed("fuzz_stats_parser", n, || run_stats(n, 0x5eed_0001));
+}
+
+#[test]
+fn fuzz_ps_parser() {
+    let n = cases(20_000);
+    timed("fuzz_ps_parser", n, || run_ps(n, 0x5eed_0003));
 }
 
 #[test]

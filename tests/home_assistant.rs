@@ -98,6 +98,14 @@ fn every_published_metric_has_exactly_one_retained_config() {
     assert_eq!(cpu["unit_of_measurement"], "%");
     assert_eq!(cpu["state_class"], "measurement");
     assert_eq!(cpu["device"]["name"], "main on dev1");
+    // An entity id naming the device (object_id is deprecated since Home Assistant 2025.10), and
+    // expire_after: three intervals, but in FILE mode at least the ten minutes a file may stand unchanged.
+    assert_eq!(
+        cpu["default_entity_id"],
+        "sensor.dev1_main_cpu_usage_in_percent"
+    );
+    assert!(cpu.get("object_id").is_none());
+    assert!(found.values().all(|c| c["expire_after"] == 600));
     let rx = &found["homeassistant/sensor/dev1_frontend/network_received_in_bytes/config"];
     assert_eq!(
         (rx["device_class"].as_str(), rx["state_class"].as_str()),
@@ -159,7 +167,7 @@ fn services_gone_past_the_expiry_lose_their_configs() {
     let file = dir.write("stats.jsonl", &sample);
     let cfg = config_dir(
         &file_collector(&file, 1),
-        &mqtt_config(&broker, r#", "home_assistant_expire_after_in_seconds": 2"#),
+        &mqtt_config(&broker, r#", "home_assistant_remove_after_in_seconds": 2"#),
     );
     let child = spawn_agent(cfg.path());
     assert!(sub.wait_for(|l| l.len() >= 63, Duration::from_secs(10)));
@@ -230,12 +238,12 @@ fn per_service_payloads_carry_every_available_metric() {
         ["timestamp"],
         "absent, not null or 0"
     );
-    // Discovery points each sensor at its key in the service message.
+    // Discovery points each sensor at its key in the service message (an absent key reads as unknown).
     let found = configs(&recs);
     let cpu = &found["homeassistant/sensor/dev1_main/cpu_usage_in_percent/config"];
     assert_eq!(cpu["state_topic"], "root/dev1/telemetry/system/main");
     assert_eq!(
         cpu["value_template"],
-        "{{ value_json.cpu_usage_in_percent }}"
+        "{{ value_json.cpu_usage_in_percent | default(None) }}"
     );
 }

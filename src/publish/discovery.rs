@@ -1,23 +1,32 @@
 //! Home Assistant MQTT discovery: which retained config messages to send, and when.
 //!
 //! Pure: containers seen, Home Assistant's birth messages and instants go in; config messages come out.
-//! We use the per-entity form `<prefix>/sensor/<node_id>/<object_id>/config` (one retained message per
-//! sensor) rather than the device form with `cmps`: every Home Assistant release and other consumers of
+//! We use the per-entity form `<prefix>/<component>/<node_id>/<object_id>/config` (one retained message
+//! per entity) rather than the device form with `cmps`: every Home Assistant release and other consumers of
 //! the discovery format (openHAB, ioBroker) read it, while the device form needs Home Assistant 2024.11 or
-//! later. The sensors of one service share one HA device, so they still appear grouped.
+//! later. The entities of one service share one HA device, so they still appear grouped: a sensor per
+//! metric, and where the source reports the container's life, `running` and `oom_killed` binary sensors
+//! and `state`, `health`, `restart_count`, `exit_code` and `uptime_in_seconds` sensors.
+//!
+//! Entity ids are suggested with `default_entity_id` (Home Assistant 2025.10 deprecated `object_id`),
+//! and name the device too, so two devices' services do not collide. Older releases ignore the key and
+//! derive the id from the names. Every entity has `expire_after`, so a service that stops being reported
+//! shows unavailable instead of its last value.
 //!
 //! Configs go out when a service (or a metric of it) is first seen, all again a little after Home
 //! Assistant announces `online` on `<prefix>/status`, and as empty retained payloads (which remove the
-//! entities) when a service has been gone for the configured expiry.
+//! entities) when a service has been gone for the configured `remove_after`.
 //!
 //! Configs must not be lost: a sensor whose config is dropped never appears in Home Assistant. So each
 //! config carries a tag; the caller hands it to a queue that never drops it and reports its PUBACK back
 //! with [`Discovery::delivered`]. A sensor counts as announced only then. At most one message per sensor
 //! waits for its PUBACK at a time (a newer one waits here until then), and while the session has no room
-//! (during an outage, say) configs are not handed out at all but remembered as a bit per sensor, then
+//! (during an outage, say) configs are not handed out at all but remembered as a bit per entity, then
 //! handed out as room opens: what waits in the session stays within its in-flight window.
 
 use crate::mqtt::session::Tag;
+use crate::publish::lifecycle::Topic;
+use crate::stats::lifecycle::{Health, State};
 use crate::stats::Metric;
 use serde_json::{json, Value as Json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,7 +50,81 @@ pub struct Settings {
     /// Where the agent says `online`/`offline`; none for `--once` runs, which say neither.
     pub availability_topic: Option<String>,
     pub mode: PayloadMode,
+    /// Home Assistant's `expire_after`: how long an entity keeps its value without news (none: forever).
     pub expire_after: Option<Duration>,
+    /// How long a service may go unreported before its entities are removed (none: never).
+    pub remove_after: Option<Duration>,
+}
+
+/// One Home Assistant entity of a service: a metric's sensor, or one of its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    Metric(Metric),
+    /// A lifecycle topic's entity. `Topic::State` brings the `running` binary sensor with it.
+    Life(Topic),
+    /// The binary sensor read from the `state` topic.
+    Running,
+}
+
+impl From<Metric> for Entity {
+    fn from(m: Metric) -> Entity {
+        Entity::Metric(m)
+    }
+}
+
+impl Entity {
+    const ALL: [Entity; 16] = [
+        Entity::Metric(Metric::CpuPercent),
+        Entity::Metric(Metric::MemoryPercent),
+        Entity::Metric(Metric::MemoryUsage),
+        Entity::Metric(Metric::MemoryLimit),
+        Entity::Metric(Metric::NetworkReceived),
+        Entity::Metric(Metric::NetworkSent),
+        Entity::Metric(Metric::BlockRead),
+        Entity::Metric(Metric::BlockWritten),
+        Entity::Metric(Metric::Pids),
+        Entity::Life(Topic::State),
+        Entity::Life(Topic::Health),
+        Entity::Life(Topic::RestartCount),
+        Entity::Life(Topic::ExitCode),
+        Entity::Life(Topic::OomKilled),
+        Entity::Life(Topic::Uptime),
+        Entity::Running,
+    ];
+
+    /// Its bit in a service's masks and the low bits of its tags.
+    fn index(self) -> u32 {
+        match self {
+            Entity::Metric(m) => m as u32,
+            Entity::Life(t) => Metric::ALL.len() as u32 + t as u32,
+            Entity::Running => (Metric::ALL.len() + Topic::ALL.len()) as u32,
+        }
+    }
+
+    fn component(self) -> &'static str {
+        match self {
+            Entity::Running | Entity::Life(Topic::OomKilled) => "binary_sensor",
+            _ => "sensor",
+        }
+    }
+
+    /// The last level of its config topic, and of its `default_entity_id`.
+    fn object(self) -> &'static str {
+        match self {
+            Entity::Metric(m) => m.name(),
+            Entity::Life(t) => t.name(),
+            Entity::Running => "running",
+        }
+    }
+
+    /// The topic level (per-metric payloads) or key (per-service payloads) holding its value.
+    fn key(self) -> &'static str {
+        match self {
+            Entity::Metric(m) => m.name(),
+            Entity::Life(t) => t.name(),
+            Entity::Running => Topic::State.name(),
+        }
+    }
 }
 
 /// A retained message to publish; an empty payload removes the entity.
@@ -53,16 +136,16 @@ pub struct Config {
     pub tag: Tag,
 }
 
-/// One HA device. Bits are per `Metric`.
+/// One HA device. Bits are per `Entity` (its `index`).
 struct Service {
     name: String,
     root_topic: String,
-    /// The metrics it publishes: these should have a config, the others none.
-    metrics: u16,
-    /// Sensors whose current config (or removal) has not been handed out yet.
-    todo: u16,
-    /// Sensors with a config (or removal) handed out and not acknowledged yet.
-    pending: u16,
+    /// The entities it publishes: these should have a config, the others none.
+    metrics: u32,
+    /// Entities whose current config (or removal) has not been handed out yet.
+    todo: u32,
+    /// Entities with a config (or removal) handed out and not acknowledged yet.
+    pending: u32,
     /// Expired: its configs are being removed; the entry goes once that is acknowledged.
     gone: bool,
     last_seen: Instant,
@@ -100,20 +183,20 @@ impl Discovery {
     }
 
     /// Whether the session has no room for configs now: then [`Discovery::seen`] hands out nothing, and
-    /// [`Discovery::poll`] hands the sensors out later. Two bytes per service wait here instead of an
+    /// [`Discovery::poll`] hands the sensors out later. Four bytes per service wait here instead of an
     /// encoded message per sensor in the session.
     pub fn hold(&mut self, holding: bool) {
         self.holding = holding;
     }
 
-    /// A container was collected: returns configs for whatever of it was not handed out yet (nothing
-    /// while holding).
-    pub fn seen(
+    /// A container was collected with these metrics and lifecycle topics: returns configs for whatever
+    /// of it was not handed out yet (nothing while holding).
+    pub fn seen<E: Into<Entity>>(
         &mut self,
         now: Instant,
         service: &str,
         root_topic: &str,
-        metrics: impl Iterator<Item = Metric>,
+        entities: impl Iterator<Item = E>,
     ) -> Vec<Config> {
         let id = match self.ids.get(service) {
             Some(id) => *id,
@@ -146,7 +229,10 @@ impl Discovery {
             svc.root_topic = root_topic.to_owned();
             svc.todo |= svc.metrics;
         }
-        let seen = metrics.fold(0, |bits, m| bits | bit(m));
+        let mut seen = entities.fold(0, |bits, e| bits | bit(e.into()));
+        if seen & bit(Entity::Life(Topic::State)) != 0 {
+            seen |= bit(Entity::Running);
+        }
         svc.todo |= seen & !svc.metrics;
         svc.metrics |= seen;
         let mut out = Vec::new();
@@ -162,11 +248,11 @@ impl Discovery {
 
     /// The broker acknowledged the config (or removal) of this tag.
     pub fn delivered(&mut self, tag: Tag) {
-        let id = tag >> 4;
+        let id = tag >> TAG_BITS;
         let Some(svc) = self.services.get_mut(&id) else {
             return;
         };
-        svc.pending &= !(1 << (tag & 15));
+        svc.pending &= !(1 << (tag & TAG_MASK));
         if svc.todo != 0 {
             // A newer config of the same sensor waited for this one.
             self.dirty.insert(id);
@@ -187,17 +273,17 @@ impl Discovery {
         svc.todo &= !due;
         svc.pending |= due;
         let (name, root, metrics) = (svc.name.clone(), svc.root_topic.clone(), svc.metrics);
-        for m in Metric::ALL.iter().filter(|m| due & bit(**m) != 0) {
-            let mut c = if metrics & bit(*m) != 0 {
-                self.config(&name, &root, *m)
+        for e in Entity::ALL.into_iter().filter(|e| due & bit(*e) != 0) {
+            let mut c = if metrics & bit(e) != 0 {
+                self.config(&name, &root, e)
             } else {
                 Config {
-                    topic: self.config_topic(&name, *m),
+                    topic: self.config_topic(&name, e),
                     payload: Vec::new(),
                     tag: 0,
                 }
             };
-            c.tag = id << 4 | Tag::from(*m as u16);
+            c.tag = id << TAG_BITS | Tag::from(e.index());
             out.push(c);
         }
     }
@@ -232,7 +318,7 @@ impl Discovery {
     /// When [`Discovery::poll`] next has something to do on its own (it also hands out, at every call,
     /// what [`Discovery::delivered`] made ready).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let expiry = self.s.expire_after.and_then(|e| {
+        let expiry = self.s.remove_after.and_then(|e| {
             self.services
                 .values()
                 .filter(|s| !s.gone)
@@ -246,7 +332,7 @@ impl Discovery {
     /// earlier one of the same sensor to be acknowledged, or for room: about `room` of them at most (whole
     /// services), the rest at later calls.
     pub fn poll(&mut self, now: Instant, room: usize) -> Vec<Config> {
-        if let Some(expire) = self.s.expire_after {
+        if let Some(expire) = self.s.remove_after {
             for (id, svc) in self.services.iter_mut() {
                 if !svc.gone && now >= svc.last_seen + expire {
                     svc.gone = true;
@@ -283,26 +369,31 @@ impl Discovery {
         id_safe(&format!("{}_{}", self.s.device_id, service))
     }
 
-    fn config_topic(&self, service: &str, metric: Metric) -> String {
+    fn config_topic(&self, service: &str, e: Entity) -> String {
         format!(
-            "{}/sensor/{}/{}/config",
+            "{}/{}/{}/{}/config",
             self.s.prefix,
+            e.component(),
             self.node_id(service),
-            metric.name()
+            e.object()
         )
     }
 
-    fn config(&self, service: &str, root_topic: &str, metric: Metric) -> Config {
+    fn config(&self, service: &str, root_topic: &str, e: Entity) -> Config {
         let (state_topic, key) = match self.s.mode {
-            PayloadMode::PerMetric => (format!("{root_topic}/{}", metric.name()), "value"),
-            PayloadMode::PerService => (root_topic.to_owned(), metric.name()),
+            PayloadMode::PerMetric => (format!("{root_topic}/{}", e.key()), "value"),
+            PayloadMode::PerService => (root_topic.to_owned(), e.key()),
         };
         let mut c = json!({
-            "name": label(metric),
-            "unique_id": id_safe(&format!("{}_{}_{}", self.s.device_id, service, metric.name())),
-            "object_id": id_safe(&format!("{}_{}", service, metric.name())),
+            "name": label(e),
+            "unique_id": id_safe(&format!("{}_{}_{}", self.s.device_id, service, e.object())),
+            "default_entity_id": format!(
+                "{}.{}",
+                e.component(),
+                entity_slug(&[&self.s.device_id, service, e.object()])
+            ),
             "state_topic": state_topic,
-            "value_template": format!("{{{{ value_json.{key} }}}}"),
+            "value_template": value_template(e, key, self.s.mode),
             "device": {
                 "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
                 "name": format!("{service} on {}", self.s.device_id),
@@ -317,23 +408,60 @@ impl Discovery {
             c["payload_available"] = json!("online");
             c["payload_not_available"] = json!("offline");
         }
-        let extra = classes(metric);
+        if let Some(after) = self.s.expire_after {
+            c["expire_after"] = json!(after.as_secs().max(1));
+        }
+        let extra = classes(e);
         if let (Json::Object(map), Json::Object(more)) = (&mut c, extra) {
             map.extend(more);
         }
         Config {
-            topic: self.config_topic(service, metric),
+            topic: self.config_topic(service, e),
             payload: c.to_string().into_bytes(),
             tag: 0,
         }
     }
 }
 
-fn bit(m: Metric) -> u16 {
-    1 << (m as u16)
+/// Tags are `service id << TAG_BITS | entity index`.
+const TAG_BITS: u32 = 5;
+const TAG_MASK: Tag = (1 << TAG_BITS) - 1;
+const _: () = assert!(Entity::ALL.len() <= 1 << TAG_BITS);
+
+fn bit(e: Entity) -> u32 {
+    1 << e.index()
 }
 
-fn label(m: Metric) -> &'static str {
+/// How Home Assistant reads the entity's value from its payload. Binary sensors turn the value into
+/// `ON`/`OFF`. In per-service payloads a figure or lifecycle value may be absent (a stopped container has
+/// no CPU figure, a running one no exit code): numeric sensors then read `None`, which Home Assistant
+/// shows as unknown rather than logging a template error.
+fn value_template(e: Entity, key: &str, mode: PayloadMode) -> String {
+    let v = format!("value_json.{key}");
+    match e {
+        Entity::Running => format!("{{{{ 'ON' if {v} == 'running' else 'OFF' }}}}"),
+        Entity::Life(Topic::OomKilled) => format!("{{{{ 'ON' if {v} else 'OFF' }}}}"),
+        Entity::Life(Topic::State | Topic::Health) => format!("{{{{ {v} }}}}"),
+        _ if mode == PayloadMode::PerService => format!("{{{{ {v} | default(None) }}}}"),
+        _ => format!("{{{{ {v} }}}}"),
+    }
+}
+
+fn label(e: Entity) -> &'static str {
+    let m = match e {
+        Entity::Running => return "Running",
+        Entity::Life(t) => {
+            return match t {
+                Topic::State => "State",
+                Topic::Health => "Health",
+                Topic::RestartCount => "Restarts",
+                Topic::ExitCode => "Exit code",
+                Topic::OomKilled => "Out of memory",
+                Topic::Uptime => "Uptime",
+            }
+        }
+        Entity::Metric(m) => m,
+    };
     match m {
         Metric::CpuPercent => "CPU usage",
         Metric::MemoryPercent => "Memory usage (percent)",
@@ -348,8 +476,29 @@ fn label(m: Metric) -> &'static str {
 }
 
 /// Units and classes: counters that reset when a container restarts are `total_increasing`, which Home
-/// Assistant's statistics tolerate; levels are `measurement`.
-fn classes(m: Metric) -> Json {
+/// Assistant's statistics tolerate; levels are `measurement`. State and health are enums with every
+/// word the agent can publish; the exit code is a number (display precision 0) without statistics.
+fn classes(e: Entity) -> Json {
+    let m = match e {
+        Entity::Metric(m) => m,
+        Entity::Running => return json!({"device_class": "running"}),
+        Entity::Life(Topic::OomKilled) => return json!({"device_class": "problem"}),
+        Entity::Life(Topic::State) => {
+            let options: Vec<&str> = State::ALL.iter().map(|s| s.name()).collect();
+            return json!({"device_class": "enum", "options": options});
+        }
+        Entity::Life(Topic::Health) => {
+            let options: Vec<&str> = Health::ALL.iter().map(|h| h.name()).collect();
+            return json!({"device_class": "enum", "options": options});
+        }
+        Entity::Life(Topic::RestartCount) => return json!({"state_class": "total_increasing"}),
+        Entity::Life(Topic::ExitCode) => {
+            return json!({"suggested_display_precision": 0, "entity_category": "diagnostic"})
+        }
+        Entity::Life(Topic::Uptime) => {
+            return json!({"device_class": "duration", "unit_of_measurement": "s", "state_class": "measurement"})
+        }
+    };
     match m {
         Metric::CpuPercent | Metric::MemoryPercent => {
             json!({"unit_of_measurement": "%", "state_class": "measurement"})
@@ -365,6 +514,27 @@ fn classes(m: Metric) -> Json {
         }
         Metric::Pids => json!({"state_class": "measurement"}),
     }
+}
+
+/// An entity id's object part as Home Assistant accepts it: lowercase `[a-z0-9_]`, no leading, trailing
+/// or doubled `_` (Home Assistant's `valid_entity_id`).
+fn entity_slug(parts: &[&str]) -> String {
+    let mut out = String::new();
+    for c in parts.join("_").chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    while out.ends_with('_') {
+        out.pop();
+    }
+    if out.is_empty() {
+        out.push_str("container");
+    }
+    out
 }
 
 /// Home Assistant ids allow `[a-zA-Z0-9_-]`; anything else becomes `_`.
@@ -390,7 +560,8 @@ mod tests {
             device_id: "dev.1".into(),
             availability_topic: Some("root/dev.1/telemetry/system/availability".into()),
             mode,
-            expire_after: expire.map(Duration::from_secs),
+            expire_after: Some(Duration::from_secs(30)),
+            remove_after: expire.map(Duration::from_secs),
         })
     }
 
@@ -486,7 +657,10 @@ mod tests {
         );
         let j = parse(&c[0]);
         assert_eq!(j["state_topic"], "r/web");
-        assert_eq!(j["value_template"], "{{ value_json.block_read_in_bytes }}");
+        assert_eq!(
+            j["value_template"],
+            "{{ value_json.block_read_in_bytes | default(None) }}"
+        );
     }
 
     #[test]
@@ -700,6 +874,199 @@ mod tests {
         assert!(d
             .seen(t0, "svc0", "svc0", [Metric::Pids].into_iter())
             .is_empty());
+    }
+
+    fn life(d: &mut Discovery, topics: &[Topic]) -> Vec<Config> {
+        d.seen(
+            Instant::now(),
+            "web",
+            "r/web",
+            topics.iter().map(|t| Entity::Life(*t)),
+        )
+    }
+
+    #[test]
+    fn lifecycle_entities_per_metric() {
+        let mut d = discovery(PayloadMode::PerMetric, None);
+        let c = life(&mut d, &Topic::ALL);
+        let by_topic = |t: &str| parse(c.iter().find(|c| c.topic == t).expect(t));
+        assert_eq!(c.len(), 7, "six topics, and running from state");
+        let running = by_topic("homeassistant/binary_sensor/dev_1_web/running/config");
+        assert_eq!(running["device_class"], "running");
+        assert_eq!(running["state_topic"], "r/web/state");
+        assert_eq!(
+            running["value_template"],
+            "{{ 'ON' if value_json.value == 'running' else 'OFF' }}"
+        );
+        assert_eq!(
+            running["default_entity_id"],
+            "binary_sensor.dev_1_web_running"
+        );
+        let state = by_topic("homeassistant/sensor/dev_1_web/state/config");
+        assert_eq!(state["device_class"], "enum");
+        assert_eq!(
+            state["options"],
+            json!([
+                "created",
+                "running",
+                "paused",
+                "restarting",
+                "exited",
+                "dead",
+                "removed"
+            ])
+        );
+        assert!(state.get("state_class").is_none(), "an enum has none");
+        let health = by_topic("homeassistant/sensor/dev_1_web/health/config");
+        assert_eq!(
+            health["options"],
+            json!(["starting", "healthy", "unhealthy"])
+        );
+        let restarts = by_topic("homeassistant/sensor/dev_1_web/restart_count/config");
+        assert_eq!(restarts["state_class"], "total_increasing");
+        assert_eq!(restarts["state_topic"], "r/web/restart_count");
+        let oom = by_topic("homeassistant/binary_sensor/dev_1_web/oom_killed/config");
+        assert_eq!(oom["device_class"], "problem");
+        assert_eq!(
+            oom["value_template"],
+            "{{ 'ON' if value_json.value else 'OFF' }}"
+        );
+        let uptime = by_topic("homeassistant/sensor/dev_1_web/uptime_in_seconds/config");
+        assert_eq!(
+            (&uptime["device_class"], &uptime["unit_of_measurement"]),
+            (&json!("duration"), &json!("s"))
+        );
+        let exit = by_topic("homeassistant/sensor/dev_1_web/exit_code/config");
+        assert_eq!(exit["value_template"], "{{ value_json.value }}");
+        for c in &c {
+            let j = parse(c);
+            assert_eq!(j["expire_after"], 30, "{}", c.topic);
+            assert!(j.get("object_id").is_none());
+        }
+    }
+
+    #[test]
+    fn lifecycle_entities_per_service() {
+        let mut d = discovery(PayloadMode::PerService, None);
+        let c = life(&mut d, &[Topic::State, Topic::ExitCode, Topic::OomKilled]);
+        let templates: Vec<(String, String)> = c
+            .iter()
+            .map(|c| {
+                let j = parse(c);
+                assert_eq!(j["state_topic"], "r/web");
+                (
+                    c.topic.clone(),
+                    j["value_template"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let of = |object: &str| {
+            templates
+                .iter()
+                .find(|(t, _)| t.ends_with(&format!("/{object}/config")))
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(of("state"), "{{ value_json.state }}");
+        assert_eq!(
+            of("running"),
+            "{{ 'ON' if value_json.state == 'running' else 'OFF' }}"
+        );
+        assert_eq!(
+            of("exit_code"),
+            "{{ value_json.exit_code | default(None) }}"
+        );
+        assert_eq!(
+            of("oom_killed"),
+            "{{ 'ON' if value_json.oom_killed else 'OFF' }}"
+        );
+    }
+
+    #[test]
+    fn lifecycle_entities_share_the_acknowledgement_and_removal_bookkeeping() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, Some(60));
+        let mut first = d.seen(
+            t0,
+            "web",
+            "r/web",
+            [Entity::Metric(Metric::Pids)].into_iter(),
+        );
+        first.extend(life(&mut d, &[Topic::State]));
+        assert_eq!(first.len(), 3);
+        let mut tags: Vec<Tag> = first.iter().map(|c| c.tag).collect();
+        tags.sort();
+        tags.dedup();
+        assert_eq!(tags.len(), 3, "a tag per entity");
+        // Seen again: nothing new until the exit code appears.
+        assert!(life(&mut d, &[Topic::State]).is_empty());
+        let exit = life(&mut d, &[Topic::State, Topic::ExitCode]);
+        assert_eq!(exit.len(), 1);
+        deliver(&mut d, &first);
+        deliver(&mut d, &exit);
+        // A birth re-announces all four; the expiry removes all four.
+        d.on_message(t0, "homeassistant/status", b"online", 0);
+        let again = d.poll(t0 + Duration::from_secs(5), usize::MAX);
+        assert_eq!(again.len(), 4);
+        deliver(&mut d, &again);
+        let removed = d.poll(t0 + Duration::from_secs(61), usize::MAX);
+        let mut topics: Vec<&str> = removed
+            .iter()
+            .inspect(|c| assert!(c.payload.is_empty()))
+            .map(|c| c.topic.as_str())
+            .collect();
+        topics.sort();
+        assert_eq!(
+            topics,
+            [
+                "homeassistant/binary_sensor/dev_1_web/running/config",
+                "homeassistant/sensor/dev_1_web/exit_code/config",
+                "homeassistant/sensor/dev_1_web/pids/config",
+                "homeassistant/sensor/dev_1_web/state/config",
+            ]
+        );
+        deliver(&mut d, &removed);
+        assert!(d.services.is_empty());
+    }
+
+    #[test]
+    fn default_entity_ids_name_the_device_and_are_valid() {
+        let mut d = discovery(PayloadMode::PerMetric, None);
+        let c = d.seen(
+            Instant::now(),
+            "My-Service__x",
+            "r/x",
+            [Metric::CpuPercent].into_iter(),
+        );
+        assert_eq!(
+            parse(&c[0])["default_entity_id"],
+            "sensor.dev_1_my_service_x_cpu_usage_in_percent"
+        );
+        assert_eq!(entity_slug(&["_a..b_", "", "C"]), "a_b_c");
+        assert_eq!(entity_slug(&["é", "/"]), "container");
+        // Two devices, one service name: two entity ids.
+        let mut other = Discovery::new(Settings {
+            device_id: "dev2".into(),
+            ..discovery(PayloadMode::PerMetric, None).s
+        });
+        let c2 = other.seen(
+            Instant::now(),
+            "My-Service__x",
+            "r/x",
+            [Metric::CpuPercent].into_iter(),
+        );
+        assert_ne!(
+            parse(&c[0])["default_entity_id"],
+            parse(&c2[0])["default_entity_id"]
+        );
+    }
+
+    #[test]
+    fn entity_bits_are_their_places() {
+        for (i, e) in Entity::ALL.into_iter().enumerate() {
+            assert_eq!(e.index() as usize, i, "{e:?}");
+        }
     }
 
     #[test]

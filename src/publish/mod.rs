@@ -1,11 +1,12 @@
 //! How figures become messages: service names from balena's container names (`balena`), hand-over updates
-//! (`handover`), topics (`topics`), payloads (`payload`), Home Assistant discovery (`discovery`), and a
-//! collection on its way to the session record by record (`tick`), with its input problems summarised
-//! (`warnings`).
+//! (`handover`), topics (`topics`), payloads (`payload`), a container's life as topics (`lifecycle`),
+//! Home Assistant discovery (`discovery`), and a collection on its way to the session record by record
+//! (`tick`), with its input problems summarised (`warnings`).
 
 pub mod balena;
 pub mod discovery;
 pub mod handover;
+pub mod lifecycle;
 pub mod payload;
 pub mod tick;
 pub mod topics;

@@ -3,14 +3,15 @@
 //! The text is held once and turned into encoded messages only as the session has room for them, so a
 //! large tick never exists twice in memory. Bad records are logged with their line number and skipped;
 //! good ones are published whatever their neighbours hold. ENGINE mode hands over figures it has already
-//! computed; they go out through the same naming and payload code.
+//! computed, with each container's lifecycle; they go out through the same naming and payload code.
 
 use crate::mqtt::session::Tag;
 use crate::mqtt::Message;
 use crate::publish::balena::{service_name, topic_level};
-use crate::publish::discovery::{Discovery, PayloadMode};
+use crate::publish::discovery::{Discovery, Entity, PayloadMode};
 use crate::publish::handover::{Handover, Verdict};
-use crate::publish::payload::{write_service, write_value};
+use crate::publish::lifecycle::{self, Topic};
+use crate::publish::payload::{write_field, write_service, write_value, Field};
 use crate::publish::topics::{Names, TopicTemplate};
 use crate::publish::warnings::{Kind, Warnings};
 use crate::stats::records::{Cursor, RecordError};
@@ -111,8 +112,9 @@ impl Tick {
     }
 
     /// Turns the next record into messages for `sink`: first any Home Assistant configs `discovery` has
-    /// not sent yet for this container (with their tag: they must not be dropped), then its figures
-    /// (without). Returns false once the records are used up.
+    /// not sent yet for this container (with their tag: they must not be dropped), then its figures and
+    /// lifecycle values (without; a stopped container has only the latter). Returns false once the
+    /// records are used up.
     pub fn step(
         &mut self,
         p: &Publishing,
@@ -201,9 +203,15 @@ impl Tick {
         };
         scratch.topic.clear();
         p.template.render_root(&names, &mut scratch.topic);
+        let life = stats
+            .lifecycle
+            .as_ref()
+            .map(|l| lifecycle::values(l, self.timestamp_ms));
+        let life = life.as_ref().map_or(&[][..], |v| &v[..]);
         if let Some((d, now)) = discovery {
-            let metrics = stats.figures.iter().map(|(m, _)| m);
-            for c in d.seen(now, &service, &scratch.topic, metrics) {
+            let metrics = stats.figures.iter().map(|(m, _)| Entity::Metric(m));
+            let lives = life.iter().flatten().map(|(t, _)| Entity::Life(*t));
+            for c in d.seen(now, &service, &scratch.topic, metrics.chain(lives)) {
                 // Configs are retained and must arrive: QoS 1 whatever the metrics use.
                 if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
                     sink(m, Some(c.tag));
@@ -215,8 +223,19 @@ impl Tick {
             container: &stats.name,
         };
         if p.mode == PayloadMode::PerService {
+            let mut keys = [("", Field::Flag(false)); Topic::ALL.len()];
+            let mut n = 0;
+            for (topic, field) in life.iter().flatten() {
+                keys[n] = (topic.name(), *field);
+                n += 1;
+            }
             scratch.payload.clear();
-            write_service(&mut scratch.payload, &stats.figures, self.timestamp_ms);
+            write_service(
+                &mut scratch.payload,
+                &stats.figures,
+                &keys[..n],
+                self.timestamp_ms,
+            );
             self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
             return true;
         }
@@ -227,6 +246,13 @@ impl Tick {
             scratch.topic.push_str(metric.name());
             scratch.payload.clear();
             write_value(&mut scratch.payload, value, self.timestamp_ms);
+            self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
+        }
+        for (topic, field) in life.iter().flatten() {
+            scratch.topic.truncate(root_len);
+            scratch.topic.push_str(topic.name());
+            scratch.payload.clear();
+            write_field(&mut scratch.payload, *field, self.timestamp_ms);
             self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
         }
         true
@@ -266,6 +292,7 @@ impl Tick {
 mod tests {
     use super::*;
     use crate::mqtt::frame::{decode, Incoming};
+    use crate::stats::lifecycle::{Lifecycle, State};
 
     fn run(text: &str) -> (Tick, Vec<(String, String)>) {
         drain(Tick::new("test".into(), text.as_bytes().to_vec(), 1234))
@@ -404,6 +431,242 @@ mod tests {
             }) {}
             assert_eq!(payloads, [r#"{"value":2,"timestamp":1}"#]);
         }
+    }
+
+    fn with_life(name: &str, pids: Option<u64>, state: State) -> ContainerStats {
+        use crate::stats::{Figures, Metric, Value};
+        let mut figures = Figures::default();
+        if let Some(n) = pids {
+            figures.set(Metric::Pids, Value::Count(n));
+        }
+        ContainerStats {
+            name: name.into(),
+            id: "abc".into(),
+            service: None,
+            figures,
+            lifecycle: Some(Lifecycle {
+                state,
+                health: None,
+                restart_count: Some(4),
+                exit_code: Some(3),
+                oom_killed: Some(false),
+                started_at_ms: Some(1_000),
+            }),
+        }
+    }
+
+    /// Every message of a parsed tick in `mode`, configs (with their tags) too when `discovery` is given.
+    fn drain_mode(
+        stats: Vec<ContainerStats>,
+        mode: PayloadMode,
+        mut discovery: Option<&mut Discovery>,
+    ) -> Vec<(String, String, bool)> {
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let p = Publishing {
+            template: &template,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            mode,
+        };
+        let mut scratch = Scratch::default();
+        let mut tick = Tick::parsed("t".into(), stats, 62_500);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        while tick.step(
+            &p,
+            &mut scratch,
+            discovery.as_deref_mut().map(|d| (d, now)),
+            &mut |m, tag| {
+                if let Ok(Incoming::Publish { topic, payload, .. }) = decode(m.bytes()) {
+                    out.push((
+                        topic.to_owned(),
+                        String::from_utf8(payload.to_vec()).unwrap(),
+                        tag.is_some(),
+                    ));
+                }
+            },
+        ) {}
+        out
+    }
+
+    fn messages(out: &[(String, String, bool)]) -> Vec<(&str, &str)> {
+        out.iter()
+            .filter(|(_, _, config)| !config)
+            .map(|(t, p, _)| (t.as_str(), p.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn lifecycle_topics_follow_the_figures() {
+        let out = drain_mode(
+            vec![
+                with_life("web_1_2", Some(3), State::Running),
+                with_life("worker_1_2", None, State::Exited),
+            ],
+            PayloadMode::PerMetric,
+            None,
+        );
+        assert_eq!(
+            messages(&out),
+            [
+                (
+                    "root/dev/telemetry/system/web/pids",
+                    r#"{"value":3,"timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/web/state",
+                    r#"{"value":"running","timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/web/restart_count",
+                    r#"{"value":4,"timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/web/oom_killed",
+                    r#"{"value":false,"timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/web/uptime_in_seconds",
+                    r#"{"value":61,"timestamp":62500}"#
+                ),
+                // A stopped container: its life only, no figures.
+                (
+                    "root/dev/telemetry/system/worker/state",
+                    r#"{"value":"exited","timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/worker/restart_count",
+                    r#"{"value":4,"timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/worker/exit_code",
+                    r#"{"value":3,"timestamp":62500}"#
+                ),
+                (
+                    "root/dev/telemetry/system/worker/oom_killed",
+                    r#"{"value":false,"timestamp":62500}"#
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn per_service_payloads_carry_the_lifecycle() {
+        let out = drain_mode(
+            vec![
+                with_life("web_1_2", Some(3), State::Running),
+                with_life("gone", None, State::Removed),
+            ],
+            PayloadMode::PerService,
+            None,
+        );
+        assert_eq!(
+            messages(&out),
+            [
+                (
+                    "root/dev/telemetry/system/web",
+                    r#"{"timestamp":62500,"pids":3,"state":"running","restart_count":4,"oom_killed":false,"uptime_in_seconds":61}"#
+                ),
+                (
+                    "root/dev/telemetry/system/gone",
+                    r#"{"timestamp":62500,"state":"removed","restart_count":4,"exit_code":3,"oom_killed":false}"#
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn discovery_announces_the_lifecycle_entities_published() {
+        use crate::publish::discovery::Settings;
+        let mut d = Discovery::new(Settings {
+            prefix: "ha".into(),
+            device_id: "dev".into(),
+            availability_topic: None,
+            mode: PayloadMode::PerMetric,
+            expire_after: None,
+            remove_after: None,
+        });
+        let out = drain_mode(
+            vec![with_life("worker", None, State::Exited)],
+            PayloadMode::PerMetric,
+            Some(&mut d),
+        );
+        let configs: Vec<&str> = out
+            .iter()
+            .filter(|(_, _, config)| *config)
+            .map(|(t, _, _)| t.as_str())
+            .collect();
+        assert_eq!(
+            configs,
+            [
+                "ha/sensor/dev_worker/state/config",
+                "ha/sensor/dev_worker/restart_count/config",
+                "ha/sensor/dev_worker/exit_code/config",
+                "ha/binary_sensor/dev_worker/oom_killed/config",
+                "ha/binary_sensor/dev_worker/running/config",
+            ]
+        );
+        // The configs go out before the values they describe.
+        assert!(out[..5].iter().all(|(_, _, config)| *config));
+        assert_eq!(messages(&out).len(), 4);
+    }
+
+    /// For tests/scripts/check-ha-schemas.py, which checks configs with Home Assistant's own schemas and
+    /// renders their templates against the messages they describe: a tick in each payload mode through
+    /// discovery, with a running container (every figure, every lifecycle value but the exit code) and an
+    /// exited one (no figures, an exit code), so every entity is announced. One line per message,
+    /// `topic<TAB>payload`, configs first, written to the file `HA_CONFIG_DUMP` names. No source in this
+    /// branch reports lifecycle yet, so the agent's own runs in that script cannot show these entities.
+    #[test]
+    #[ignore]
+    fn dump_configs_and_messages() {
+        use crate::publish::discovery::Settings;
+        use crate::stats::lifecycle::Health;
+        let path = std::env::var("HA_CONFIG_DUMP").expect("HA_CONFIG_DUMP names the output file");
+        let line = r#"{"BlockIO":"1kB / 2GB","CPUPerc":"1.75%","MemPerc":"4.07%","MemUsage":"318.6MiB / 7.676GiB","Name":"web_1_2","NetIO":"999MB / 512B","PIDs":"23"}"#;
+        let mut running = crate::stats::parse_line(line, &mut Vec::new()).unwrap();
+        running.lifecycle = Some(Lifecycle {
+            state: State::Running,
+            health: Some(Health::Healthy),
+            restart_count: Some(2),
+            exit_code: Some(0),
+            oom_killed: Some(false),
+            started_at_ms: Some(1_000),
+        });
+        let exited = ContainerStats {
+            lifecycle: Some(Lifecycle {
+                oom_killed: Some(true),
+                health: Some(Health::Unhealthy),
+                ..with_life("worker_1_2", None, State::Exited)
+                    .lifecycle
+                    .unwrap()
+            }),
+            ..with_life("worker_1_2", None, State::Exited)
+        };
+        let mut lines = String::new();
+        let mut configs = 0;
+        for (mode, device) in [
+            (PayloadMode::PerMetric, "dump-metric"),
+            (PayloadMode::PerService, "dump-service"),
+        ] {
+            let mut d = Discovery::new(Settings {
+                prefix: "homeassistant".into(),
+                device_id: device.into(),
+                availability_topic: Some(format!("root/{device}/availability")),
+                mode,
+                expire_after: Some(std::time::Duration::from_secs(30)),
+                remove_after: None,
+            });
+            let out = drain_mode(vec![running.clone(), exited.clone()], mode, Some(&mut d));
+            for (topic, payload, config) in &out {
+                configs += usize::from(*config);
+                lines += &format!("{topic}\t{payload}\n");
+            }
+        }
+        // web: nine metrics, five lifecycle topics and running; worker: its life without uptime.
+        assert_eq!(configs, 2 * (15 + 6), "every entity in both modes");
+        std::fs::write(path, lines).unwrap();
     }
 
     #[test]

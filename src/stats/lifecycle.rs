@@ -2,9 +2,6 @@
 //! busy it is. ENGINE mode reads them from the engine (inspect and its event stream), CLI mode from
 //! `ps --all`; FILE mode has none.
 
-// Produced by the sources and published by publish/ as issue 11 lands; until then unused.
-#![allow(dead_code)]
-
 /// Docker's `State.Status` words, and `Removed` for a container that is gone (reported once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -35,7 +32,7 @@ impl State {
         State::ALL.into_iter().find(|s| s.name() == word)
     }
 
-    const ALL: [State; 7] = [
+    pub const ALL: [State; 7] = [
         State::Created,
         State::Running,
         State::Paused,
@@ -63,10 +60,12 @@ impl Health {
         }
     }
 
+    pub const ALL: [Health; 3] = [Health::Starting, Health::Healthy, Health::Unhealthy];
+
+    // ENGINE mode's inspect reads it once the sources work of issue 11 lands; until then only tests do.
+    #[allow(dead_code)]
     pub fn parse(word: &str) -> Option<Health> {
-        [Health::Starting, Health::Healthy, Health::Unhealthy]
-            .into_iter()
-            .find(|h| h.name() == word)
+        Health::ALL.into_iter().find(|h| h.name() == word)
     }
 }
 

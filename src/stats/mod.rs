@@ -5,6 +5,7 @@
 //! the container's other figures still go out.
 
 pub mod lifecycle;
+pub mod ps;
 pub mod records;
 pub mod units;
 
