@@ -168,7 +168,11 @@ impl Running {
 
     fn log(&self) -> String {
         let lines = self.lines.lock().unwrap();
-        lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// SIGTERM; how long the agent took to exit, and its exit code.
@@ -227,13 +231,13 @@ fn exits_ooms_restarts_and_health_are_handed_over_as_they_happen() {
     assert_eq!(docker(&["wait", &exit3]).unwrap(), "3");
     let exited = Instant::now();
     let (at, line) = agent
-        .wait_line(
-            Duration::from_secs(10),
-            change_of(&exit3, "state: Exited"),
-        )
+        .wait_line(Duration::from_secs(10), change_of(&exit3, "state: Exited"))
         .unwrap_or_else(|| panic!("no exit handed over:\n{}", agent.log()));
     let late = at.saturating_duration_since(exited);
-    eprintln!("exit handed over {} ms after docker wait returned", late.as_millis());
+    eprintln!(
+        "exit handed over {} ms after docker wait returned",
+        late.as_millis()
+    );
     assert!(line.contains("exit_code: Some(3)"), "{line}");
     assert!(late < Duration::from_secs(5), "{late:?}: {line}");
 
@@ -285,10 +289,7 @@ fn exits_ooms_restarts_and_health_are_handed_over_as_they_happen() {
     // Removed: reported once as removed.
     docker(&["rm", "-f", &exit3]).unwrap();
     agent
-        .wait_line(
-            Duration::from_secs(10),
-            change_of(&exit3, "state: Removed"),
-        )
+        .wait_line(Duration::from_secs(10), change_of(&exit3, "state: Removed"))
         .unwrap_or_else(|| panic!("no removal handed over:\n{}", agent.log()));
     let log = agent.log();
     assert!(!log.contains("panicked"), "{log}");
@@ -313,10 +314,7 @@ fn sigterm_in_the_middle_of_a_collection_ends_the_agent_promptly() {
     let mid = !agent.log().contains("engine collection took");
     let (took, code) = agent.stop();
     let log = agent.log();
-    eprintln!(
-        "stopped in {} ms (mid-collection: {mid})",
-        took.as_millis()
-    );
+    eprintln!("stopped in {} ms (mid-collection: {mid})", took.as_millis());
     assert!(mid, "the collection had already finished:\n{log}");
     assert_eq!(code, Some(0), "{log}");
     // The target is 2 s; a busy machine gets a margin.

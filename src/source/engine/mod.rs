@@ -116,7 +116,7 @@ struct EventConn {
     parser: events::EventStream,
 }
 
-/// What we know of a container's life, and whether an inspect of it is under way (and asked again).
+/// What we know of a container: who it is and its life as last inspected.
 struct Known {
     listed: Listed,
     life: Lifecycle,
@@ -299,7 +299,9 @@ impl EngineSource {
                 asks.push((inspect_path(&c.id), purpose, MAX_STATS_BODY));
             }
         }
-        let run = self.run.as_mut().expect("checked above");
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
         run.listed = true;
         for id in gone {
             if let Some(k) = self.known.remove(&id) {
@@ -718,11 +720,9 @@ impl Source for EngineSource {
         let n = self.open.len();
         let mut finished = Vec::new();
         let mut k = 0;
-        let mut i = 0;
         self.open.retain_mut(|c| {
             let revents = ready.get(k).map_or(0, |f| f.revents);
             k += 1;
-            i += 1;
             let result = if revents != 0 {
                 c.progress()
             } else if now >= c.until {
@@ -745,7 +745,6 @@ impl Source for EngineSource {
                 }
             }
         });
-        debug_assert_eq!(i, n);
         let event_ready = self.events.is_some() && ready.get(n).is_some_and(|f| f.revents != 0);
         for (req, r) in finished {
             self.answered(now, req, r);
@@ -774,6 +773,7 @@ impl Source for EngineSource {
     }
 
     fn stop(&mut self) {
+        self.follow = false;
         self.run = None;
         self.queue.clear();
         self.open.clear();
