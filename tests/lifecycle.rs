@@ -359,3 +359,60 @@ fn a_hundred_containers_are_collected_at_once() {
     );
     f.remove_all();
 }
+
+#[test]
+fn the_broker_link_is_served_while_the_engine_is_slow_to_answer() {
+    // An engine that accepts and never answers: every collection waits out its 5 s request timeout.
+    // Meanwhile keep-alive must go on (mosquitto drops a client silent for 1.5 keep-alives), and a stop
+    // must not wait for the collection.
+    let dir = TempDir::new("silent-engine");
+    let path = dir.path().join("engine.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&held);
+    std::thread::spawn(move || {
+        for s in listener.incoming().map_while(Result::ok) {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let broker = Broker::start();
+    let collector = format!(
+        r#"{{"mode": "ENGINE", "engine_socket": "{}", "collection_interval_in_seconds": 1, "cli_timeout_in_seconds": 30}}"#,
+        path.display()
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "{}", "device_id": "slow", "keep_alive_in_seconds": 1}}"#,
+        broker.url()
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    let mut agent = Running {
+        child: Some(agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap()),
+        lines: Arc::new(Mutex::new(Vec::new())),
+        _cfg: cfg,
+    };
+    let err = agent.child.as_mut().unwrap().stderr.take().unwrap();
+    let sink = Arc::clone(&agent.lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push((Instant::now(), line));
+        }
+    });
+    agent
+        .wait_line(Duration::from_secs(10), |l| {
+            l.contains("connected to broker")
+        })
+        .unwrap_or_else(|| panic!("never connected:\n{}", agent.log()));
+    // Four keep-alive periods inside the first, unanswered collection.
+    std::thread::sleep(Duration::from_secs(4));
+    let (took, code) = agent.stop();
+    let log = agent.log();
+    assert!(
+        !log.contains("engine collection took"),
+        "the engine was expected to stay silent:\n{log}"
+    );
+    assert!(!log.contains("connection to broker lost"), "{log}");
+    assert_eq!(log.matches("connected to broker").count(), 1, "{log}");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(took < Duration::from_secs(4), "stop took {took:?}:\n{log}");
+    drop(held);
+}
