@@ -1,31 +1,36 @@
 //! The main loop: the one place that touches the broker socket, the CLI child, the stats file, the engine
 //! socket (through `engine`) and the clock.
 //!
-//! Each turn: collect if a tick is due, feed the tick's records to the session as it has room, (re)connect
-//! when the backoff allows, let the session check its deadlines and fill the outbound buffer, write what
-//! the socket takes, then sleep in one `poll` on the socket and the CLI's pipes until the earliest deadline.
+//! Each turn: start a collection if a tick is due, feed the tick's records to the session as it has room,
+//! (re)connect when the backoff allows, let the session check its deadlines and fill the outbound buffer,
+//! write what the socket takes, then sleep in one `poll` on the socket, the signal pipe and whatever the
+//! source waits on (the CLI's pipes, the engine's sockets) until the earliest deadline. The source is one
+//! [`Source`] whatever the mode: the loop routes what it hands over.
 //! Everything that decides anything lives in the pure modules this drives.
 
 use crate::config::{Collector, Mode, Mqtt};
 use crate::mqtt::backoff::Backoff;
 use crate::mqtt::connect;
+use crate::mqtt::resolve::{self, Resolver};
 use crate::mqtt::transport::{TlsClient, Transport};
 use crate::mqtt::{session, Event, Message, Options, Session, Will};
 use crate::publish::discovery::{self, Discovery};
 use crate::publish::tick::{Publishing, Scratch, Tick};
 use crate::schedule::Schedule;
-use crate::source::cli::CliRun;
-use crate::source::engine::Engine;
-use crate::source::file::{self, FileRead, FileStamp};
-use crate::source::{self, Collected};
+use crate::source::cli::CliSource;
+use crate::source::engine::EngineSource;
+use crate::source::file::FileSource;
+use crate::source::{self, Collected, Output, Source};
 use crate::{debug, error, info, signal, warn};
 use mqttrs::QoS;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The broker's name must resolve within this long (a lookup that takes longer is abandoned).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNACK_TIMEOUT: Duration = Duration::from_secs(10);
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// A broker that takes none of our bytes, and acknowledges nothing, for this long is treated as gone.
@@ -89,11 +94,10 @@ pub struct Agent {
     backoff: Backoff,
     reconnect_at: Instant,
     schedule: Schedule,
-    cli: Option<CliRun>,
-    engine: Engine,
+    source: Box<dyn Source>,
     tick: Option<Tick>,
-    /// The last finished tick's text buffer, reused by the next FILE read.
-    spare_text: Vec<u8>,
+    /// The tick in progress carries lifecycle changes between collections, not a collection.
+    change_tick: bool,
     scratch: Scratch,
     offline: Option<Message>,
     discovery: Option<Discovery>,
@@ -101,8 +105,6 @@ pub struct Agent {
     draining: bool,
     /// The stats file has not been written for a long time (warned once).
     stale: bool,
-    /// The version of the stats file the last tick published, and when it was read.
-    file_seen: Option<(FileStamp, Instant)>,
     /// Which of the broker's addresses the next connect tries.
     next_addr: usize,
     /// The last read stopped at its budget with more perhaps waiting, or brought more than acknowledgements
@@ -117,6 +119,11 @@ pub struct Agent {
     // For --once: the collection has run, and whether anything was lost.
     collected: bool,
     failed: bool,
+    /// The poll set, reused every turn.
+    pollfds: Vec<libc::pollfd>,
+    /// The broker's name being resolved off the loop, and the slot its thread answers in.
+    resolver: Option<Resolver>,
+    resolve_slot: resolve::Slot,
 }
 
 impl Agent {
@@ -177,16 +184,14 @@ impl Agent {
             backoff: Backoff::new(m.reconnect_max_delay, seed),
             reconnect_at: now,
             schedule: Schedule::new(now, s.collector.interval),
-            cli: None,
-            engine: Engine::new(s.collector.engine_socket.clone()),
+            source: build_source(&s),
             tick: None,
-            spare_text: Vec::new(),
+            change_tick: false,
             scratch: Scratch::default(),
             offline: availability(b"offline"),
             discovery,
             draining: false,
             stale: false,
-            file_seen: None,
             next_addr: 0,
             more_input: false,
             coalesce_until: None,
@@ -195,6 +200,9 @@ impl Agent {
             unsolicited_logged: None,
             collected: false,
             failed: false,
+            pollfds: Vec::new(),
+            resolver: None,
+            resolve_slot: resolve::slot(),
             s,
         }
     }
@@ -233,11 +241,12 @@ impl Agent {
             }
             let wake = [
                 session_deadline,
-                (!(self.s.once && self.collected) && self.cli.is_none())
+                (!(self.source.busy() || (self.s.once && self.collected)))
                     .then(|| self.schedule.next_due()),
                 self.link.is_none().then_some(self.reconnect_at),
                 self.link.as_ref().and_then(|l| l.connecting_until),
-                self.cli.as_ref().map(|c| c.deadline),
+                self.resolver.as_ref().map(|r| r.until),
+                self.source.deadline(),
                 self.discovery.as_ref().and_then(Discovery::next_deadline),
                 once_deadline,
             ];
@@ -248,105 +257,66 @@ impl Agent {
     }
 
     fn collect_if_due(&mut self, now: Instant) {
-        self.kill_overdue_cli(now);
-        if (self.s.once && self.collected) || self.cli.is_some() || now < self.schedule.next_due() {
+        if (self.s.once && self.collected) || self.source.busy() || now < self.schedule.next_due() {
             return;
         }
         let skipped = self.schedule.fire(now);
         if skipped > 0 {
             warn!("collection overran its interval: {skipped} tick(s) skipped");
         }
-        match self.s.collector.mode {
-            Mode::File => {
-                let spare = std::mem::take(&mut self.spare_text);
-                // Once the first tick is out, a file nobody has rewritten holds nothing new: publishing it
-                // again would present old figures as a fresh sample.
-                let previous = self.file_seen.map(|(stamp, _)| stamp);
-                match file::read_file(&self.s.collector.file_path, spare, previous) {
-                    Ok(FileRead::Unchanged { taken_at_ms }) => {
-                        debug!(
-                            "stats file {} unchanged since the last tick: nothing published",
-                            self.s.collector.file_path
-                        );
-                        self.note_staleness(unix_millis().saturating_sub(taken_at_ms));
-                        if let (Some(d), Some((_, read_at))) = (&mut self.discovery, self.file_seen)
-                        {
-                            d.still_present(read_at, now);
+        self.source.start(now);
+        self.route(now);
+    }
+
+    /// Takes what the source has ready to its place: a tick, a failure, or nothing new.
+    fn route(&mut self, now: Instant) {
+        while let Some(out) = self.source.take() {
+            match out {
+                Output::Text { source, collected } => self.collection_done(source, collected),
+                Output::Parsed { source, stats } => {
+                    let tick = Tick::parsed(source, stats, unix_millis());
+                    self.start_tick(tick, false);
+                }
+                Output::Changes(stats) => {
+                    for c in &stats {
+                        if let Some(l) = &c.lifecycle {
+                            debug!("lifecycle change: {} {l:?}", c.name);
                         }
                     }
-                    Ok(FileRead::Read(stamp, collected)) => {
-                        self.file_seen = Some((stamp, now));
-                        self.collection_done(Ok(collected));
-                    }
-                    Err(e) => self.collection_done(Err(e)),
+                    let tick = Tick::parsed("engine events".into(), stats, unix_millis());
+                    self.start_tick(tick, true);
                 }
-            }
-            Mode::Cli => match CliRun::spawn(
-                &self.s.collector.cli_path,
-                now + self.s.collector.cli_timeout,
-            ) {
-                Ok(run) => self.cli = Some(run),
-                Err(e) => self.collection_done(Err(e)),
-            },
-            Mode::Engine => {
-                // Blocks this loop for the collection (milliseconds per container, plus one bounded
-                // second-sample wait of about 1 s on a first tick); cli_timeout bounds the whole of it.
-                let socket = self.engine.socket();
-                let result = self.engine.collect(
-                    &socket,
-                    now + self.s.collector.cli_timeout,
-                    &signal::stop_requested,
-                );
-                debug!(
-                    "engine collection took {} ms",
-                    Instant::now().saturating_duration_since(now).as_millis()
-                );
-                match result {
-                    Ok(stats) => {
-                        let tick = Tick::parsed(format!("engine {socket}"), stats, unix_millis());
-                        self.start_tick(tick);
+                Output::Unchanged {
+                    taken_at_ms,
+                    read_at,
+                } => {
+                    self.collected = true;
+                    debug!(
+                        "stats file {} unchanged since the last tick: nothing published",
+                        self.s.collector.file_path
+                    );
+                    self.note_staleness(unix_millis().saturating_sub(taken_at_ms));
+                    if let Some(d) = &mut self.discovery {
+                        d.still_present(read_at, now);
                     }
-                    Err(e) => self.collection_done(Err(e)),
+                }
+                Output::Failed { error, expected } => {
+                    self.collected = true;
+                    // A stats file the host has not written (yet) is expected now and then: a warning. A
+                    // CLI or engine that fails is an error.
+                    if expected {
+                        warn!("{error}; tick skipped");
+                    } else {
+                        error!("{error}; tick skipped");
+                    }
+                    self.failed = true;
                 }
             }
         }
     }
 
-    fn kill_overdue_cli(&mut self, now: Instant) {
-        if self.cli.as_ref().is_some_and(|c| now >= c.deadline) {
-            if let Some(cli) = self.cli.take() {
-                cli.kill();
-            }
-            let c = &self.s.collector;
-            let e = format!(
-                "{} stats did not finish within {}s and was killed",
-                c.cli_path,
-                c.cli_timeout.as_secs()
-            );
-            self.collection_done(Err(e));
-        }
-    }
-
-    fn collection_done(&mut self, result: Result<Collected, String>) {
+    fn collection_done(&mut self, source: String, collected: Collected) {
         self.collected = true;
-        let collected = match result {
-            Ok(c) => c,
-            Err(e) => {
-                // A stats file the host has not written (yet) is expected now and then: a warning. A CLI or
-                // engine that fails is an error.
-                if self.s.collector.mode == Mode::File {
-                    warn!("{e}; tick skipped");
-                } else {
-                    error!("{e}; tick skipped");
-                }
-                self.failed = true;
-                return;
-            }
-        };
-        let source = match self.s.collector.mode {
-            Mode::File => format!("stats file {}", self.s.collector.file_path),
-            _ => format!("{} stats", self.s.collector.cli_path),
-        };
         if collected.overflowed {
             let cap = source::MAX_STATS_BYTES;
             if collected.text.is_empty() {
@@ -361,7 +331,7 @@ impl Agent {
         let now_ms = unix_millis();
         let taken_at = collected.taken_at_ms.unwrap_or(now_ms);
         self.note_staleness(now_ms.saturating_sub(taken_at));
-        self.start_tick(Tick::new(source, collected.text, taken_at));
+        self.start_tick(Tick::new(source, collected.text, taken_at), false);
     }
 
     /// A stats file the host stopped refreshing keeps its old timestamp in every payload; say so once
@@ -384,11 +354,12 @@ impl Agent {
         self.stale = stale;
     }
 
-    fn start_tick(&mut self, tick: Tick) {
-        self.collected = true;
+    fn start_tick(&mut self, tick: Tick, change: bool) {
+        self.collected |= !change;
         // An unfinished previous tick goes to the queue (bounded) so the newer figures are not held up.
         self.feed(true);
         self.tick = Some(tick);
+        self.change_tick = change;
         self.report_drops();
     }
 
@@ -413,7 +384,8 @@ impl Agent {
             scratch,
             s,
             discovery,
-            spare_text,
+            source,
+            change_tick,
             ..
         } = self;
         let Some(t) = tick else { return };
@@ -437,12 +409,19 @@ impl Agent {
                 } else {
                     String::new()
                 };
-                info!(
-                    "tick: {} containers, {} messages{}",
-                    t.containers, t.messages, bad
-                );
+                if *change_tick {
+                    debug!(
+                        "lifecycle changes: {} containers, {} messages",
+                        t.containers, t.messages
+                    );
+                } else {
+                    info!(
+                        "tick: {} containers, {} messages{}",
+                        t.containers, t.messages, bad
+                    );
+                }
                 if let Some(done) = tick.take() {
-                    *spare_text = done.into_text();
+                    source.recycle(done.into_text());
                 }
                 return;
             }
@@ -463,15 +442,52 @@ impl Agent {
     }
 
     fn connect_if_due(&mut self, now: Instant) {
-        if self.link.is_some() || now < self.reconnect_at {
+        if self.link.is_some() || self.resolver.is_some() || now < self.reconnect_at {
             return;
         }
-        let (host, port) = (&self.s.mqtt.host, self.s.mqtt.port);
-        // Name resolution is the one step that may still block (getaddrinfo has no timeout to give).
-        let addrs: Vec<SocketAddr> = match (host.as_str(), port).to_socket_addrs() {
-            Ok(a) => a.collect(),
-            Err(e) => return self.connect_failed(now, &e.to_string()),
+        let (host, port) = (self.s.mqtt.host.as_str(), self.s.mqtt.port);
+        if let Some(addrs) = Resolver::literal(host, port) {
+            return self.connect_to(now, &addrs);
+        }
+        // Name resolution runs on a thread, one at a time: one abandoned at its deadline may still be
+        // waiting on a DNS server, and the next waits for it rather than piling threads up.
+        if resolve::busy(&self.resolve_slot) {
+            self.reconnect_at = now + Duration::from_millis(500);
+            return;
+        }
+        match Resolver::start(host, port, now + RESOLVE_TIMEOUT, &self.resolve_slot) {
+            Ok(r) => self.resolver = Some(r),
+            Err(e) => self.connect_failed(now, &e),
+        }
+    }
+
+    /// The resolver thread answered, or its time ran out.
+    fn resolved(&mut self, now: Instant) {
+        let Some(r) = &self.resolver else {
+            return;
         };
+        match r.take() {
+            Some(Ok(addrs)) => {
+                self.resolver = None;
+                self.connect_to(now, &addrs);
+            }
+            Some(Err(e)) => {
+                self.resolver = None;
+                self.connect_failed(now, &e);
+            }
+            None if now >= r.until => {
+                self.resolver = None;
+                let why = format!(
+                    "the name did not resolve within {}s",
+                    RESOLVE_TIMEOUT.as_secs()
+                );
+                self.connect_failed(now, &why);
+            }
+            None => {}
+        }
+    }
+
+    fn connect_to(&mut self, now: Instant, addrs: &[SocketAddr]) {
         if addrs.is_empty() {
             return self.connect_failed(now, "the name has no address");
         }
@@ -697,62 +713,51 @@ impl Agent {
         warn!("{what}: {e}; retrying in {:.1}s", delay.as_secs_f32());
     }
 
-    /// Sleeps in one `poll` on the socket, the CLI's pipes and the signal pipe until one is ready or
-    /// `wake`.
+    /// Sleeps in one `poll` on the socket, the signal pipe and the source's descriptors until one is
+    /// ready or `wake`, then tells each what happened.
     fn wait(&mut self, now: Instant, wake: Option<Instant>) {
-        let mut fds = [libc::pollfd {
-            fd: -1,
-            events: 0,
-            revents: 0,
-        }; 4];
+        let mut fds = std::mem::take(&mut self.pollfds);
+        fds.clear();
         let connecting = self.link.as_ref().and_then(|l| l.connecting_until);
         let input = self.input_events(now);
         let wake = [wake, self.coalesce_until].into_iter().flatten().min();
-        if let Some(link) = &self.link {
+        let broker = match &self.link {
             // A connect in progress reports its outcome by turning writable.
-            let waiting = !self.session.outbound().is_empty();
-            let out = if connecting.is_some() || link.transport.wants_writable(waiting) {
-                libc::POLLOUT
-            } else {
-                0
-            };
-            // TLS may need the peer's bytes to go on (a handshake), whatever MQTT expects.
-            let input = if link.transport.wants_readable() {
-                input | libc::POLLIN
-            } else {
-                input
-            };
-            fds[0] = libc::pollfd {
-                fd: link.stream.as_raw_fd(),
-                events: input | out,
-                revents: 0,
-            };
-        }
-        if let Some(cli) = &self.cli {
-            for (slot, fd) in fds[1..3].iter_mut().zip(cli.fds()) {
-                *slot = libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
+            Some(link) => {
+                let waiting = !self.session.outbound().is_empty();
+                let out = if connecting.is_some() || link.transport.wants_writable(waiting) {
+                    libc::POLLOUT
+                } else {
+                    0
                 };
+                // TLS may need the peer's bytes to go on (a handshake), whatever MQTT expects.
+                let input = if link.transport.wants_readable() {
+                    input | libc::POLLIN
+                } else {
+                    input
+                };
+                source::pollfd(link.stream.as_raw_fd(), input | out)
             }
-        }
+            None => source::pollfd(-1, 0),
+        };
+        fds.push(broker);
         // A stop request is an event like any other: the signal handler writes to this pipe, so a signal
         // that came while the loop was busy elsewhere still wakes this poll at once.
-        fds[3] = libc::pollfd {
-            fd: signal::wake_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        fds.push(source::pollfd(signal::wake_fd(), libc::POLLIN));
+        fds.push(source::pollfd(
+            self.resolver.as_ref().map_or(-1, Resolver::fd),
+            libc::POLLIN,
+        ));
+        self.source.fds(&mut fds);
         // Round up so we never wake just before a deadline and spin; a minute at most as a safety net.
         let timeout_ms = wake.map_or(60_000, |w| {
             let d = w.saturating_duration_since(now);
             d.as_millis().min(60_000) as i32 + i32::from(d.subsec_nanos() % 1_000_000 != 0)
         });
-        // SAFETY: `fds` is a live array of four pollfd; negative fds are ignored by poll.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        // SAFETY: `fds` is a live vector of pollfd, its length passed with it; negative fds are ignored.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         let now = Instant::now();
-        if fds[3].revents != 0 {
+        if fds[1].revents != 0 {
             signal::drain(); // the loop sees the request's flag; a flush after it must not spin here
         }
         if let Some(until) = connecting {
@@ -763,24 +768,15 @@ impl Agent {
             if fds[0].revents & libc::POLLOUT != 0 {
                 self.write(now);
             }
-            // Whatever woke us (a deadline, the CLI, a signal), take what the broker sent meanwhile, so
+            // Whatever woke us (a deadline, the source, a signal), take what the broker sent meanwhile, so
             // deadlines are checked against every acknowledgement that has arrived.
             self.read(now);
         }
-        if ready <= 0 {
-            return; // timeout, or EINTR from a stop signal: the loop looks again
-        }
-        if fds[1..3].iter().any(|f| f.revents != 0) {
-            if let Some(cli) = self.cli.as_mut() {
-                cli.read_available();
-                if cli.is_done() {
-                    let result = self.cli.take().map(CliRun::finish);
-                    if let Some(r) = result {
-                        self.collection_done(r);
-                    }
-                }
-            }
-        }
+        self.resolved(now);
+        // Ready or not (a deadline may have passed), the source looks at its descriptors and the time.
+        self.source.advance(now, &fds[3..]);
+        self.pollfds = fds;
+        self.route(now);
     }
 
     /// What to poll the broker's socket for, besides output. Input is always watched, so a broker's close
@@ -818,9 +814,7 @@ impl Agent {
     /// Stops collecting, flushes until `flush_until`, says goodbye and returns the exit code.
     fn stop(mut self, flush_until: Instant) -> i32 {
         self.draining = true;
-        if let Some(cli) = self.cli.take() {
-            cli.kill();
-        }
+        self.source.stop();
         loop {
             let now = Instant::now();
             if now >= flush_until
@@ -865,6 +859,21 @@ impl Agent {
         } else {
             0
         }
+    }
+}
+
+/// The source the mode asks for: the one place the loop looks at the mode.
+fn build_source(s: &Settings) -> Box<dyn Source> {
+    let c = &s.collector;
+    match c.mode {
+        Mode::File => Box::new(FileSource::new(c.file_path.clone())),
+        Mode::Cli => Box::new(CliSource::new(c.cli_path.clone(), c.cli_timeout)),
+        // A --once run has no next collection for the event stream to hand changes between.
+        Mode::Engine => Box::new(EngineSource::new(
+            c.engine_socket.clone(),
+            c.cli_timeout,
+            !s.once,
+        )),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod connect;
 pub mod frame;
 pub mod message;
+pub mod resolve;
 pub mod session;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -1,10 +1,100 @@
 //! CLI mode: `<cli> stats --no-stream --format {{json .}}` run as a child, its pipes read without blocking.
 
-use super::{cut_to_whole_lines, Collected, MAX_STATS_BYTES};
+use super::{cut_to_whole_lines, pollfd, Collected, Output, Source, MAX_STATS_BYTES};
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// CLI mode as a [`Source`]: one child per tick, its two pipes polled, killed at its deadline.
+pub struct CliSource {
+    program: String,
+    timeout: Duration,
+    run: Option<CliRun>,
+    out: Option<Output>,
+}
+
+impl CliSource {
+    pub fn new(program: String, timeout: Duration) -> CliSource {
+        CliSource {
+            program,
+            timeout,
+            run: None,
+            out: None,
+        }
+    }
+
+    fn done(&mut self, result: Result<Collected, String>) {
+        self.out = Some(match result {
+            Ok(collected) => Output::Text {
+                source: format!("{} stats", self.program),
+                collected,
+            },
+            Err(error) => Output::Failed {
+                error,
+                expected: false,
+            },
+        });
+    }
+}
+
+impl Source for CliSource {
+    fn start(&mut self, now: Instant) {
+        match CliRun::spawn(&self.program, now + self.timeout) {
+            Ok(run) => self.run = Some(run),
+            Err(e) => self.done(Err(e)),
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.run.is_some()
+    }
+
+    fn fds(&self, out: &mut Vec<libc::pollfd>) {
+        if let Some(run) = &self.run {
+            out.extend(run.fds().map(|fd| pollfd(fd, libc::POLLIN)));
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.run.as_ref().map(|r| r.deadline)
+    }
+
+    fn advance(&mut self, now: Instant, ready: &[libc::pollfd]) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        if ready.iter().any(|f| f.revents != 0) {
+            run.read_available();
+        }
+        if run.is_done() {
+            if let Some(run) = self.run.take() {
+                let result = run.finish();
+                self.done(result);
+            }
+        } else if now >= run.deadline {
+            if let Some(run) = self.run.take() {
+                run.kill();
+            }
+            let e = format!(
+                "{} stats did not finish within {}s and was killed",
+                self.program,
+                self.timeout.as_secs()
+            );
+            self.done(Err(e));
+        }
+    }
+
+    fn take(&mut self) -> Option<Output> {
+        self.out.take()
+    }
+
+    fn stop(&mut self) {
+        if let Some(run) = self.run.take() {
+            run.kill();
+        }
+    }
+}
 
 /// How much of the CLI's stderr we keep for the log.
 const MAX_STDERR_BYTES: usize = 4 * 1024;

@@ -1,8 +1,78 @@
 //! FILE mode: the stats file a host job (or a sidecar) writes, read without ever waiting on it.
 
-use super::{cut_to_whole_lines, unix_ms, Collected, MAX_STATS_BYTES};
+use super::{cut_to_whole_lines, unix_ms, Collected, Output, Source, MAX_STATS_BYTES};
 use std::io::Read;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
+
+/// FILE mode as a [`Source`]: the read happens in `start` (it never waits: see [`read_file`]), so a
+/// collection is never under way across wake-ups and there is nothing to poll.
+pub struct FileSource {
+    path: String,
+    /// The last finished tick's text buffer, reused by the next read.
+    spare: Vec<u8>,
+    /// The version of the stats file the last tick published, and when it was read.
+    seen: Option<(FileStamp, Instant)>,
+    out: Option<Output>,
+}
+
+impl FileSource {
+    pub fn new(path: String) -> FileSource {
+        FileSource {
+            path,
+            spare: Vec::new(),
+            seen: None,
+            out: None,
+        }
+    }
+}
+
+impl Source for FileSource {
+    fn start(&mut self, now: Instant) {
+        let spare = std::mem::take(&mut self.spare);
+        // Once the first tick is out, a file nobody has rewritten holds nothing new: publishing it again
+        // would present old figures as a fresh sample.
+        let previous = self.seen.map(|(stamp, _)| stamp);
+        self.out = Some(match read_file(&self.path, spare, previous) {
+            Ok(FileRead::Unchanged { taken_at_ms }) => Output::Unchanged {
+                taken_at_ms,
+                read_at: self.seen.map_or(now, |(_, at)| at),
+            },
+            Ok(FileRead::Read(stamp, collected)) => {
+                self.seen = Some((stamp, now));
+                Output::Text {
+                    source: format!("stats file {}", self.path),
+                    collected,
+                }
+            }
+            Err(error) => Output::Failed {
+                error,
+                expected: true,
+            },
+        });
+    }
+
+    fn busy(&self) -> bool {
+        false
+    }
+
+    fn fds(&self, _out: &mut Vec<libc::pollfd>) {}
+
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    fn advance(&mut self, _now: Instant, _ready: &[libc::pollfd]) {}
+
+    fn take(&mut self) -> Option<Output> {
+        self.out.take()
+    }
+
+    fn recycle(&mut self, text: Vec<u8>) {
+        self.spare = text;
+    }
+
+    fn stop(&mut self) {}
+}
 
 /// Which version of the stats file a read saw: a writer that replaces the file (`mv`) changes the inode,
 /// one that rewrites it changes its size or modification time.

@@ -1,15 +1,71 @@
 //! Where figures come from: the stats file a host job writes (`file`), the CLI run as a child (`cli`), and
 //! the engine's API socket (`engine`).
 //!
-//! These are the agent's only process and file I/O after start-up; `agent.rs` drives them from its loop.
-//! Pipes and sockets are non-blocking so the loop can wait on them together with the broker socket, and
-//! everything read is capped so no input can grow memory without bound.
+//! These are the agent's only process and file I/O after start-up; `agent.rs` drives them from its loop
+//! through one interface, [`Source`]: each is a state machine that says which descriptors it waits on and
+//! until when, is told what became ready, and hands over what it collected. Pipes and sockets are
+//! non-blocking so the loop can wait on them together with the broker socket, and everything read is
+//! capped so no input can grow memory without bound.
 
 pub mod cli;
 pub mod engine;
 pub mod file;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::stats::ContainerStats;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// What a source hands the loop.
+pub enum Output {
+    /// Stats text to parse (FILE, CLI), named for the log (`stats file ...`, `docker stats`).
+    Text {
+        source: String,
+        collected: Collected,
+    },
+    /// Figures already parsed, with each container's lifecycle (ENGINE).
+    Parsed {
+        source: String,
+        stats: Vec<ContainerStats>,
+    },
+    /// Lifecycle changes between collections (ENGINE's event stream): to publish at once. Figures empty.
+    Changes(Vec<ContainerStats>),
+    /// The stats file is the version the last tick published (FILE): nothing to publish. When its figures
+    /// were taken, and when that version was read.
+    Unchanged { taken_at_ms: u64, read_at: Instant },
+    /// The collection failed; `expected` when that happens in normal operation (a stats file not written
+    /// yet), logged as a warning rather than an error.
+    Failed { error: String, expected: bool },
+}
+
+/// Every source, as the loop sees it. The loop calls `start` when a tick is due and the source is not
+/// `busy`, polls the descriptors `fds` lists (with their events) until `deadline`, tells `advance` what
+/// became ready (the same slots, with `revents` filled in; called after every wake-up, ready or not) and
+/// routes whatever `take` gives.
+pub trait Source {
+    /// A tick is due: begin a collection (a quick one may finish at once; `take` has the result).
+    fn start(&mut self, now: Instant);
+    /// A collection is under way: the next tick waits for it.
+    fn busy(&self) -> bool;
+    /// The descriptors to wait on, with the events wanted; appended to `out`.
+    fn fds(&self, out: &mut Vec<libc::pollfd>);
+    /// When the source needs to act even if nothing becomes ready.
+    fn deadline(&self) -> Option<Instant>;
+    /// After a wake-up: `ready` holds the slots `fds` gave, with `revents` set.
+    fn advance(&mut self, now: Instant, ready: &[libc::pollfd]);
+    /// What the source has for the loop, one at a time.
+    fn take(&mut self) -> Option<Output>;
+    /// A finished tick's text buffer, for the next read to reuse.
+    fn recycle(&mut self, _text: Vec<u8>) {}
+    /// The agent is stopping: end children and connections now.
+    fn stop(&mut self);
+}
+
+pub fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
 
 /// Largest stats text we take in one tick (about 60,000 containers' worth).
 pub const MAX_STATS_BYTES: usize = 16 * 1024 * 1024;

@@ -992,6 +992,20 @@ def render(res):
             L.append("")
             L.append(f"{row['mode']}: {row['skipped_ticks']} tick(s) overran the 1 s interval "
                      f"(CPU is divided by ticks completed).")
+    scale = res.get("engine_scale")
+    if scale:
+        L.append("")
+        L.append("## ENGINE collection time at 10, 40 and 100 running containers (issue 11)")
+        L.append("")
+        L.append("From the tick to the figures handed to publishing (the agent's `engine collection took` "
+                 "debug line), 5 s interval; the first collection waits for a second CPU sample. Set "
+                 "BENCH_ENGINE_BASELINE to an older build to compare.")
+        L.append("")
+        if "error" in scale:
+            L.append(f"failed: {scale['error']}")
+        else:
+            import engine_scale
+            L.extend(engine_scale.render(scale))
     L.append("")
     L.append("## Floods (issue 10): a peer that keeps the socket full")
     L.append("")
@@ -1239,6 +1253,16 @@ def main():
             res["engine"] = [{"mode": "CLI", "note": f"not available ({why})"},
                              {"mode": "ENGINE", "note": f"not available ({why})"}]
         else:
+            try:
+                # Before the rows below start their own containers: the counts are the engine's whole.
+                import engine_scale
+                binaries = [binary] + [b for b in [os.environ.get("BENCH_ENGINE_BASELINE")] if b]
+                log(f"ENGINE collection time at {engine_scale.COUNTS} containers ({len(binaries)} binaries)")
+                measured = engine_scale.measure(binaries, broker.port)
+                res["engine_scale"] = {("this build" if b == binary else b): r for b, r in measured.items()}
+            except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the bench goes on
+                failures += 1
+                res["engine_scale"] = {"error": str(e)}
             try:
                 log(f"starting {ENGINE_CONTAINERS} busybox containers")
                 start_containers(work, ENGINE_CONTAINERS)

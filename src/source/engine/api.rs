@@ -4,6 +4,7 @@
 //! Pure: bodies in, figures out. Fields the engine leaves out are absent (or 0 where the CLI sums over an
 //! empty set, as for networks and block I/O); nothing here can panic on hostile JSON.
 
+use crate::stats::lifecycle::{Health, Lifecycle, State};
 use crate::stats::{ContainerStats, Figures, Metric, Value};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 /// The label every balena-supervised container carries.
 pub const SERVICE_LABEL: &str = "io.balena.service-name";
 
-/// One running container from `GET /containers/json`.
+/// One container from `GET /containers/json` (`?all=1`: stopped ones too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub id: String,
@@ -19,6 +20,8 @@ pub struct Listed {
     pub name: String,
     /// `io.balena.service-name`, when set and non-empty.
     pub service: Option<String>,
+    /// The list's `State` word, when it is one of docker's.
+    pub state: Option<State>,
 }
 
 #[derive(Deserialize)]
@@ -29,6 +32,8 @@ struct RawListed {
     names: Option<Vec<String>>,
     #[serde(rename = "Labels")]
     labels: Option<HashMap<String, String>>,
+    #[serde(rename = "State")]
+    state: Option<String>,
 }
 
 /// Reads the container list. Entries without an id are skipped; one without a name is named by its
@@ -51,7 +56,13 @@ pub fn parse_list(body: &[u8]) -> Result<Vec<Listed>, String> {
                 .labels
                 .and_then(|mut l| l.remove(SERVICE_LABEL))
                 .filter(|s| !s.is_empty());
-            Some(Listed { id, name, service })
+            let state = c.state.as_deref().and_then(State::parse);
+            Some(Listed {
+                id,
+                name,
+                service,
+                state,
+            })
         })
         .collect())
 }
@@ -287,6 +298,135 @@ fn clip(text: &str) -> String {
     }
 }
 
+/// `GET /containers/{id}/json`, reduced to who the container is and how its life goes.
+pub fn parse_inspect(body: &[u8]) -> Result<(Listed, Lifecycle), String> {
+    #[derive(Deserialize)]
+    struct RawHealth {
+        #[serde(rename = "Status")]
+        status: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct RawState {
+        #[serde(rename = "Status")]
+        status: Option<String>,
+        #[serde(rename = "ExitCode")]
+        exit_code: Option<i64>,
+        #[serde(rename = "OOMKilled")]
+        oom_killed: Option<bool>,
+        #[serde(rename = "StartedAt")]
+        started_at: Option<String>,
+        #[serde(rename = "Health")]
+        health: Option<RawHealth>,
+    }
+    #[derive(Deserialize)]
+    struct RawConfig {
+        #[serde(rename = "Labels")]
+        labels: Option<HashMap<String, String>>,
+    }
+    #[derive(Deserialize)]
+    struct Raw {
+        #[serde(rename = "Id")]
+        id: Option<String>,
+        #[serde(rename = "Name")]
+        name: Option<String>,
+        #[serde(rename = "RestartCount")]
+        restart_count: Option<u64>,
+        #[serde(rename = "State")]
+        state: Option<RawState>,
+        #[serde(rename = "Config")]
+        config: Option<RawConfig>,
+    }
+    let raw: Raw = serde_json::from_slice(body)
+        .map_err(|e| format!("inspect answer is not the expected JSON: {e}"))?;
+    let id = raw
+        .id
+        .filter(|i| is_id(i))
+        .ok_or("inspect answer without an id")?;
+    let st = raw.state.ok_or("inspect answer without a State")?;
+    let state = st
+        .status
+        .as_deref()
+        .and_then(State::parse)
+        .ok_or("inspect answer without a known State.Status")?;
+    let name = raw
+        .name
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| short_id(&id).to_owned());
+    let service = raw
+        .config
+        .and_then(|c| c.labels)
+        .and_then(|mut l| l.remove(SERVICE_LABEL))
+        .filter(|s| !s.is_empty());
+    let life = Lifecycle {
+        state,
+        health: st
+            .health
+            .and_then(|h| h.status)
+            .as_deref()
+            .and_then(Health::parse),
+        restart_count: raw.restart_count,
+        exit_code: st.exit_code,
+        oom_killed: st.oom_killed,
+        started_at_ms: st.started_at.as_deref().and_then(rfc3339_ms),
+    };
+    let listed = Listed {
+        id,
+        name,
+        service,
+        state: Some(state),
+    };
+    Ok((listed, life))
+}
+
+/// The engine's times (`2026-11-25T09:19:41.269701798Z`, or with an offset) in Unix milliseconds; `None`
+/// for its "never" (`0001-01-01T00:00:00Z`) and anything unreadable.
+pub fn rfc3339_ms(t: &str) -> Option<u64> {
+    let num = |s: &str| -> Option<i64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (date, time) = t.get(..10).zip(t.get(11..))?;
+    let mut d = date.split('-');
+    let (y, mo, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let (h, mi, sec) = (
+        num(time.get(..2)?)?,
+        num(time.get(3..5)?)?,
+        num(time.get(6..8)?)?,
+    );
+    let rest = time.get(8..)?;
+    let (frac, zone) = match rest.strip_prefix('.') {
+        Some(r) => {
+            let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+            (&r[..end], &r[end..])
+        }
+        None => ("", rest),
+    };
+    let ms = num(&format!("{frac:0<3}")[..3]).unwrap_or(0);
+    let offset_min = match zone {
+        "Z" | "z" => 0,
+        z if z.len() == 6 => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            sign * (num(z.get(1..3)?)? * 60 + num(z.get(4..6)?)?)
+        }
+        _ => return None,
+    };
+    if y < 1970 || !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm, written out from its description).
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    u64::try_from(secs * 1000 + ms).ok()
+}
+
 /// A container's figures, ready for the tick.
 pub fn container_stats(listed: &Listed, figures: Figures) -> ContainerStats {
     ContainerStats {
@@ -295,6 +435,76 @@ pub fn container_stats(listed: &Listed, figures: Figures) -> ContainerStats {
         service: listed.service.clone(),
         figures,
         lifecycle: None,
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+
+    #[test]
+    fn engine_times() {
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            rfc3339_ms("2026-11-25T09:19:41.269701798Z"),
+            Some(1_795_598_381_269)
+        );
+        assert_eq!(
+            rfc3339_ms("2026-11-25T10:19:41.5+01:00"),
+            Some(1_795_598_381_500)
+        );
+        assert_eq!(rfc3339_ms("2000-03-01T00:00:00Z"), Some(951_868_800_000));
+        assert_eq!(rfc3339_ms("0001-01-01T00:00:00Z"), None);
+        for junk in [
+            "",
+            "2026",
+            "2026-11-25T09:19:4xZ",
+            "2026-13-01T00:00:00Z",
+            "é",
+        ] {
+            assert_eq!(rfc3339_ms(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn inspect_gives_identity_and_life() {
+        let body = br#"{"Id":"ae05f919de0719981a6c958d10cfe328","Name":"/main_1_2","RestartCount":2,
+            "State":{"Status":"exited","Running":false,"OOMKilled":true,"ExitCode":137,
+                     "StartedAt":"2026-11-25T09:19:41.269701798Z","FinishedAt":"2026-11-25T09:20:00Z",
+                     "Health":{"Status":"unhealthy","FailingStreak":3,"Log":[]}},
+            "Config":{"Labels":{"io.balena.service-name":"main"}}}"#;
+        let (l, life) = parse_inspect(body).unwrap();
+        assert_eq!(
+            (l.name.as_str(), l.service.as_deref(), l.state),
+            ("main_1_2", Some("main"), Some(State::Exited))
+        );
+        assert_eq!(
+            life,
+            Lifecycle {
+                state: State::Exited,
+                health: Some(Health::Unhealthy),
+                restart_count: Some(2),
+                exit_code: Some(137),
+                oom_killed: Some(true),
+                started_at_ms: Some(1_795_598_381_269),
+            }
+        );
+        let (_, life) = parse_inspect(
+            br#"{"Id":"ab","State":{"Status":"created","StartedAt":"0001-01-01T00:00:00Z"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (life.state, life.health, life.started_at_ms),
+            (State::Created, None, None)
+        );
+        for junk in [
+            &b"{}"[..],
+            b"[]",
+            br#"{"Id":"../x","State":{"Status":"running"}}"#,
+            br#"{"Id":"ab","State":{"Status":"zombie"}}"#,
+        ] {
+            assert!(parse_inspect(junk).is_err());
+        }
     }
 }
 

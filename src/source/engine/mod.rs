@@ -1,19 +1,28 @@
-//! ENGINE mode: figures straight from the engine's API socket, without running the CLI.
+//! ENGINE mode: figures and lifecycles straight from the engine's API socket, without running the CLI.
 //!
-//! The I/O lives here (a `UnixStream` per request, with timeouts and bounded reads); the HTTP framing is in
-//! `http.rs` and the JSON-to-figures arithmetic in `api.rs`, both pure. A collection is one
-//! `GET /containers/json` and one `GET /containers/{id}/stats?stream=false&one-shot=true` per running
-//! container. Anything that goes wrong with one container is a warning and that container is left out of
-//! the tick; anything that stops the list is an error for the tick. Nothing the engine sends can panic us.
+//! A state machine the loop drives ([`EngineSource`]): every request is a non-blocking connection of its
+//! own in the loop's poll set, never waited on here. The HTTP framing is in `http.rs`, the event stream's
+//! in `events.rs`, the JSON in `api.rs`, all pure. A collection is one `GET /containers/json?all=1`, then
+//! at once one `GET /containers/{id}/stats?stream=false&one-shot=true` per running container (at most
+//! [`MAX_OPEN`] connections open, the rest as those finish) and an inspect of each container whose state
+//! we do not know yet; a container without a previous CPU sample is asked again a second later (a
+//! deadline, not a sleep). Between collections the event stream (`GET /events`, containers only) says
+//! which container to inspect again, and what changed is handed over at once. Anything that goes wrong
+//! with one container is a warning; anything that stops the list fails the tick. Nothing the engine
+//! sends can panic us.
 
 pub mod api;
+pub mod events;
 pub mod http;
 
+use super::{pollfd, Output, Source};
+use crate::mqtt::backoff::Backoff;
+use crate::stats::lifecycle::{Lifecycle, State};
 use crate::stats::{ContainerStats, Figures, Metric, Value};
 use api::{CpuSample, Listed};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -27,9 +36,23 @@ pub const SOCKET_CANDIDATES: [&str; 3] = [
 
 /// One request may take this long at most (and never past the collection's deadline).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bounds on what we accept: a list of thousands of containers, and a stats answer (about 5 KB).
+/// Bounds on what we accept: a list of thousands of containers, and a stats or inspect answer (about 5
+/// KB; an inspect with a long healthcheck log a few times that).
 const MAX_LIST_BODY: usize = 8 * 1024 * 1024;
 const MAX_STATS_BODY: usize = 1024 * 1024;
+/// Connections to the engine open at once (each holds a descriptor), besides the event stream. The engine
+/// answers every one-shot request waiting at its next sampling round (about a second), so each wave of
+/// requests costs a round: with 64, 100 containers took 2.2 s (two waves), with 128 one wave.
+pub const MAX_OPEN: usize = 128;
+/// Containers we keep track of (and report) at most.
+pub const MAX_CONTAINERS: usize = 4096;
+/// Rounds of asking again for a CPU sample, a second apart.
+const SAMPLE_ROUNDS: u32 = 3;
+/// The event stream is re-opened after a failure no sooner than this backoff says, at most this late.
+const EVENTS_MAX_DELAY: Duration = Duration::from_secs(30);
+const LIST_PATH: &str = "/containers/json?all=1";
+/// `/events?filters={"type":["container"]}`.
+const EVENTS_PATH: &str = "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D";
 /// How long we wait between two samples of a container we have no previous sample of (`--once`, the
 /// first tick, a new container). About the docker CLI's own wait.
 const SECOND_SAMPLE_AFTER: Duration = Duration::from_secs(1);
@@ -57,257 +80,722 @@ pub fn resolve_socket(
         .to_string()
 }
 
-/// The engine client with our own previous CPU sample of each container (keyed by full id; containers
-/// that are gone are pruned every tick).
-pub struct Engine {
-    configured: Option<String>,
-    previous: HashMap<String, CpuSample>,
+/// What a request is for.
+enum Purpose {
+    List,
+    /// A stats sample of the collection's container at this index.
+    Stats(usize),
+    /// An inspect; `for_run` when the collection waits for it (else an event asked).
+    Inspect {
+        id: String,
+        for_run: bool,
+    },
 }
 
-impl Engine {
-    pub fn new(configured: Option<String>) -> Engine {
-        Engine {
+struct Request {
+    path: String,
+    purpose: Purpose,
+    max_body: usize,
+}
+
+/// A request on its connection: the request bytes still to write, the answer so far.
+struct Conn {
+    req: Request,
+    stream: UnixStream,
+    wire: Vec<u8>,
+    sent: usize,
+    buf: Vec<u8>,
+    until: Instant,
+}
+
+/// The event stream's connection.
+struct EventConn {
+    stream: UnixStream,
+    wire: Vec<u8>,
+    sent: usize,
+    parser: events::EventStream,
+}
+
+/// What we know of a container: who it is and its life as last inspected.
+struct Known {
+    listed: Listed,
+    life: Lifecycle,
+}
+
+/// One container in the collection under way.
+struct Entry {
+    listed: Listed,
+    figures: Option<Figures>,
+    /// The first sample's CPU, while a CPU % still waits for a later one.
+    cpu_before: Option<CpuSample>,
+}
+
+/// The collection under way.
+struct Run {
+    started: Instant,
+    deadline: Instant,
+    listed: bool,
+    entries: Vec<Entry>,
+    /// Containers that were known and are gone from the list: reported once as removed.
+    removed: Vec<Listed>,
+    /// Requests of this collection not answered yet, and of them the current round's stats.
+    outstanding: usize,
+    stats_left: usize,
+    round: u32,
+    next_round: Option<Instant>,
+}
+
+/// ENGINE mode as a [`Source`].
+pub struct EngineSource {
+    configured: Option<String>,
+    socket: String,
+    timeout: Duration,
+    /// Follow the event stream (not for `--once`: there is no later collection to hand changes to).
+    follow: bool,
+    /// Our own previous CPU sample of each container, by full id.
+    previous: HashMap<String, CpuSample>,
+    known: HashMap<String, Known>,
+    /// Inspects under way for events, by id: true when another event came meanwhile.
+    inspecting: HashMap<String, bool>,
+    run: Option<Run>,
+    queue: VecDeque<Request>,
+    open: Vec<Conn>,
+    events: Option<EventConn>,
+    events_at: Instant,
+    events_backoff: Backoff,
+    events_warned: bool,
+    changes: Vec<ContainerStats>,
+    out: VecDeque<Output>,
+}
+
+impl EngineSource {
+    pub fn new(configured: Option<String>, timeout: Duration, follow: bool) -> EngineSource {
+        let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        EngineSource {
             configured,
+            socket: String::new(),
+            timeout,
+            follow,
             previous: HashMap::new(),
+            known: HashMap::new(),
+            inspecting: HashMap::new(),
+            run: None,
+            queue: VecDeque::new(),
+            open: Vec::new(),
+            events: None,
+            events_at: Instant::now(),
+            events_backoff: Backoff::new(EVENTS_MAX_DELAY, seed),
+            events_warned: false,
+            changes: Vec::new(),
+            out: VecDeque::new(),
         }
     }
 
-    /// The socket this collection will use (resolved afresh each time, so a socket mounted late is found).
-    pub fn socket(&self) -> String {
+    /// The socket to use (resolved afresh each collection, so a socket mounted late is found).
+    fn resolve(&self) -> String {
         let docker_host = std::env::var("DOCKER_HOST").ok();
         resolve_socket(self.configured.as_deref(), docker_host.as_deref(), &|p| {
             std::path::Path::new(p).exists()
         })
     }
 
-    /// One collection. Blocks the caller: a few milliseconds per container, plus one bounded
-    /// [`SECOND_SAMPLE_AFTER`] sleep when some container has no previous sample (the agent's loop accepts
-    /// that; the sleep ends early when `cancelled` says the agent is stopping). Nothing runs past
-    /// `deadline`.
-    pub fn collect(
-        &mut self,
-        socket: &str,
-        deadline: Instant,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Vec<ContainerStats>, String> {
-        let list = request(socket, "/containers/json", MAX_LIST_BODY, deadline)?;
-        if list.status != 200 {
-            return Err(format!(
-                "engine {socket}: GET /containers/json answered {}: {}",
-                list.status,
-                api::error_message(&list.body)
-            ));
+    fn ask(&mut self, path: String, purpose: Purpose, max_body: usize) {
+        self.queue.push_back(Request {
+            path,
+            purpose,
+            max_body,
+        });
+    }
+
+    /// Opens connections for queued requests while fewer than [`MAX_OPEN`] are open.
+    fn open_queued(&mut self, now: Instant) {
+        while self.open.len() < MAX_OPEN {
+            let Some(req) = self.queue.pop_front() else {
+                return;
+            };
+            let until = self
+                .run
+                .as_ref()
+                .map_or(now + REQUEST_TIMEOUT, |r| r.deadline)
+                .min(now + REQUEST_TIMEOUT);
+            match connect(&self.socket) {
+                Ok(stream) => self.open.push(Conn {
+                    wire: http::get_request(&req.path),
+                    req,
+                    stream,
+                    sent: 0,
+                    buf: Vec::new(),
+                    until,
+                }),
+                Err(e) => self.answered(now, req, Err(e)),
+            }
         }
-        let listed = api::parse_list(&list.body).map_err(|e| format!("engine {socket}: {e}"))?;
+    }
+
+    /// A request's answer (or why there is none), to the collection or the lifecycle it was for.
+    fn answered(&mut self, now: Instant, req: Request, result: Result<http::Response, String>) {
+        let socket = &self.socket;
+        let path = strip_query(&req.path);
+        match req.purpose {
+            Purpose::List => self.listed(
+                now,
+                result.map_err(|e| format!("engine {socket}: GET {path}: {e}")),
+            ),
+            Purpose::Stats(i) => self.sampled(now, i, result),
+            Purpose::Inspect { id, for_run } => self.inspected(id, for_run, result),
+        }
+    }
+
+    fn listed(&mut self, now: Instant, result: Result<http::Response, String>) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        run.outstanding -= 1;
+        let socket = &self.socket;
+        let parsed = result.and_then(|r| match r.status {
+            200 => api::parse_list(&r.body).map_err(|e| format!("engine {socket}: {e}")),
+            s => Err(format!(
+                "engine {socket}: GET /containers/json answered {s}: {}",
+                api::error_message(&r.body)
+            )),
+        });
+        let mut listed = match parsed {
+            Ok(l) => l,
+            Err(error) => {
+                self.fail(error);
+                return;
+            }
+        };
+        if listed.len() > MAX_CONTAINERS {
+            crate::warn!(
+                "engine {socket}: {} containers, only the first {MAX_CONTAINERS} reported",
+                listed.len()
+            );
+            listed.truncate(MAX_CONTAINERS);
+        }
         self.previous
             .retain(|id, _| listed.iter().any(|c| &c.id == id));
-
-        let started = Instant::now();
-        let first = samples(socket, &listed.iter().collect::<Vec<_>>(), deadline);
-        let mut out: Vec<(Listed, Figures)> = Vec::with_capacity(listed.len());
-        let mut waiting: Vec<(usize, CpuSample)> = Vec::new();
-        for (c, sample) in listed.into_iter().zip(first) {
-            let Some(sample) = sample else {
-                continue;
-            };
-            let mut figures = sample.figures;
-            if let Some(now) = sample.cpu {
-                // Against our own last sample; else the engine's (older engines ignore one-shot and
-                // fill precpu_stats); else a second sample shortly.
-                let pct = self
-                    .previous
-                    .get(&c.id)
-                    .and_then(|before| api::cpu_percent(before, &now))
-                    .or_else(|| sample.precpu.and_then(|p| api::cpu_percent(&p, &now)));
-                match pct {
-                    Some(p) => figures.set(Metric::CpuPercent, Value::Percent(p)),
-                    None => waiting.push((out.len(), now)),
-                }
-                self.previous.insert(c.id.clone(), now);
+        let gone: Vec<String> = self
+            .known
+            .keys()
+            .filter(|id| !listed.iter().any(|c| &c.id == *id))
+            .cloned()
+            .collect();
+        // Stats are numbered by entry; a container whose state we do not know (yet) is inspected.
+        let mut asks = Vec::new();
+        for (i, c) in listed.iter().enumerate() {
+            if c.state == Some(State::Running) {
+                asks.push((stats_path(&c.id), Purpose::Stats(i), MAX_STATS_BODY));
             }
-            out.push((c, figures));
-        }
-
-        // The engine samples each container about once a second and a one-shot request answers with its
-        // latest sample, so a second request can return the very sample the first one did (no time has
-        // passed between them, no CPU % to compute), more often on a loaded machine. Ask again, up to
-        // three times a second apart, for the containers still without a figure.
-        let mut wake = started;
-        for _ in 0..3 {
-            if waiting.is_empty() || cancelled() {
-                break;
-            }
-            wake += SECOND_SAMPLE_AFTER;
-            if wake + Duration::from_millis(100) >= deadline {
-                crate::warn!(
-                    "engine {socket}: no time left for a second sample; CPU % left out this tick"
-                );
-                break;
-            }
-            // The one blocking sleep in the agent: short, bounded, and cut short by a stop request.
-            while Instant::now() < wake && !cancelled() {
-                std::thread::sleep(
-                    Duration::from_millis(50).min(wake.saturating_duration_since(Instant::now())),
-                );
-            }
-            if cancelled() {
-                break;
-            }
-            let again: Vec<&Listed> = waiting.iter().map(|(i, _)| &out[*i].0).collect();
-            let second = samples(socket, &again, deadline);
-            let mut still = Vec::new();
-            for ((i, before), sample) in waiting.into_iter().zip(second) {
-                let Some(now) = sample.and_then(|s| s.cpu) else {
-                    continue;
+            let stale = self
+                .known
+                .get(&c.id)
+                .is_none_or(|k| Some(k.life.state) != c.state);
+            if stale {
+                let purpose = Purpose::Inspect {
+                    id: c.id.clone(),
+                    for_run: true,
                 };
-                let (c, figures) = &mut out[i];
-                match api::cpu_percent(&before, &now) {
-                    Some(p) => {
-                        figures.set(Metric::CpuPercent, Value::Percent(p));
-                        self.previous.insert(c.id.clone(), now);
-                    }
-                    None => still.push((i, before)),
-                }
+                asks.push((inspect_path(&c.id), purpose, MAX_STATS_BODY));
             }
-            waiting = still;
         }
-        Ok(out
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        run.listed = true;
+        for id in gone {
+            if let Some(k) = self.known.remove(&id) {
+                run.removed.push(k.listed);
+            }
+        }
+        run.entries = listed
             .into_iter()
-            .map(|(c, f)| api::container_stats(&c, f))
-            .collect())
-    }
-}
-
-/// Samples of `containers`, all asked at once: the engine answers a one-shot stats request at its next
-/// internal sampling (up to a second away), so asking one after another would cost a second each. A
-/// container whose sample failed gets a warning and `None`.
-fn samples(socket: &str, containers: &[&Listed], deadline: Instant) -> Vec<Option<api::Sample>> {
-    let paths: Vec<String> = containers
-        .iter()
-        .map(|c| format!("/containers/{}/stats?stream=false&one-shot=true", c.id))
-        .collect();
-    let answers = requests(socket, &paths, MAX_STATS_BODY, deadline);
-    containers
-        .iter()
-        .zip(answers)
-        .map(|(c, answer)| {
-            let result = answer.and_then(|r| match r.status {
-                200 => api::parse_stats(&r.body).map_err(|e| e.to_string()),
-                404 => Err(format!(
-                    "gone between list and stats ({})",
-                    api::error_message(&r.body)
-                )),
-                s => Err(format!("answered {s}: {}", api::error_message(&r.body))),
-            });
-            result
-                .map_err(|e| {
-                    crate::warn!(
-                        "engine: container {} ({}): {e}; left out this tick",
-                        c.name,
-                        api::short_id(&c.id)
-                    )
-                })
-                .ok()
-        })
-        .collect()
-}
-
-/// One GET, see [`requests`].
-fn request(
-    socket: &str,
-    path: &str,
-    max_body: usize,
-    deadline: Instant,
-) -> Result<http::Response, String> {
-    let mut answers = requests(socket, &[path.to_owned()], max_body, deadline);
-    answers.pop().unwrap_or_else(|| Err("no answer".into()))
-}
-
-/// GETs over fresh connections, up to [`MAX_PARALLEL`] at a time, waited on together in one `poll` and
-/// each read until its response is whole. Every wait is bounded by [`REQUEST_TIMEOUT`] and `deadline`;
-/// every answer by `max_body`. One result per path, in order.
-fn requests(
-    socket: &str,
-    paths: &[String],
-    max_body: usize,
-    deadline: Instant,
-) -> Vec<Result<http::Response, String>> {
-    let mut out: Vec<Option<Result<http::Response, String>>> = paths.iter().map(|_| None).collect();
-    for batch in (0..paths.len()).collect::<Vec<_>>().chunks(MAX_PARALLEL) {
-        let until = deadline.min(Instant::now() + REQUEST_TIMEOUT);
-        let mut open: Vec<Open> = Vec::new();
-        for &i in batch {
-            match send(socket, &paths[i], until) {
-                Ok(stream) => open.push(Open {
-                    index: i,
-                    stream,
-                    buf: Vec::new(),
-                }),
-                Err(e) => out[i] = Some(Err(e)),
-            }
+            .map(|listed| Entry {
+                listed,
+                figures: None,
+                cpu_before: None,
+            })
+            .collect();
+        run.outstanding += asks.len();
+        run.stats_left = asks
+            .iter()
+            .filter(|a| matches!(a.1, Purpose::Stats(_)))
+            .count();
+        for (path, purpose, max) in asks {
+            self.ask(path, purpose, max);
         }
-        while !open.is_empty() {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                for o in open.drain(..) {
-                    out[o.index] = Some(Err(failure(socket, &paths[o.index], "timed out")));
+        self.open_queued(now);
+        self.round_done(now);
+    }
+
+    fn sampled(&mut self, now: Instant, i: usize, result: Result<http::Response, String>) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        run.outstanding -= 1;
+        run.stats_left -= 1;
+        let Some(entry) = run.entries.get_mut(i) else {
+            return;
+        };
+        let sample = result.and_then(|r| match r.status {
+            200 => api::parse_stats(&r.body).map_err(|e| e.to_string()),
+            404 => Err(format!(
+                "gone between list and stats ({})",
+                api::error_message(&r.body)
+            )),
+            s => Err(format!("answered {s}: {}", api::error_message(&r.body))),
+        });
+        match sample {
+            Err(e) => {
+                if run.round == 0 {
+                    crate::warn!(
+                        "engine: container {} ({}): {e}; its figures left out this tick",
+                        entry.listed.name,
+                        api::short_id(&entry.listed.id)
+                    );
                 }
-                break;
             }
-            let mut fds: Vec<libc::pollfd> = open
-                .iter()
-                .map(|o| libc::pollfd {
-                    fd: o.stream.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            let ms = left.as_millis().min(60_000) as i32 + 1;
-            // SAFETY: `fds` is a live array of pollfd for sockets we own, its length passed with it.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if ready <= 0 {
-                continue; // timeout or EINTR: the deadline check above decides
-            }
-            let mut k = 0;
-            open.retain_mut(|o| {
-                let woke = fds[k].revents != 0;
-                k += 1;
-                if !woke {
-                    return true;
-                }
-                match o.read(max_body) {
-                    None => true,
-                    Some(r) => {
-                        let path = &paths[o.index];
-                        out[o.index] = Some(r.map_err(|e| failure(socket, path, &e)));
-                        false
+            Ok(sample) => {
+                let id = &entry.listed.id;
+                match (entry.cpu_before.take(), sample.cpu) {
+                    // A later round: against the first sample.
+                    (Some(before), Some(cpu)) => match api::cpu_percent(&before, &cpu) {
+                        Some(p) => {
+                            if let Some(f) = entry.figures.as_mut() {
+                                f.set(Metric::CpuPercent, Value::Percent(p));
+                            }
+                            self.previous.insert(id.clone(), cpu);
+                        }
+                        None => entry.cpu_before = Some(before),
+                    },
+                    (Some(before), None) => entry.cpu_before = Some(before),
+                    (None, cpu) => {
+                        let mut figures = sample.figures;
+                        if let Some(cpu) = cpu {
+                            // Against our own last sample; else the engine's (older engines ignore
+                            // one-shot and fill precpu_stats); else a later sample.
+                            let pct = self
+                                .previous
+                                .get(id)
+                                .and_then(|before| api::cpu_percent(before, &cpu))
+                                .or_else(|| sample.precpu.and_then(|p| api::cpu_percent(&p, &cpu)));
+                            match pct {
+                                Some(p) => figures.set(Metric::CpuPercent, Value::Percent(p)),
+                                None => entry.cpu_before = Some(cpu),
+                            }
+                            self.previous.insert(id.clone(), cpu);
+                        }
+                        entry.figures = Some(figures);
                     }
                 }
-            });
+            }
+        }
+        self.round_done(now);
+    }
+
+    /// When a round's samples are all in: another round a second after the last for the containers
+    /// still without a CPU %, if time allows. The engine samples each container about once a second and
+    /// a one-shot request answers with its latest sample, so an early second request can return the very
+    /// sample the first did.
+    fn round_done(&mut self, _now: Instant) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        if !run.listed || run.stats_left > 0 || run.next_round.is_some() {
+            return;
+        }
+        let waiting = run.entries.iter().any(|e| e.cpu_before.is_some());
+        if waiting && run.round < SAMPLE_ROUNDS {
+            let at = run.started + SECOND_SAMPLE_AFTER * (run.round + 1);
+            if at + Duration::from_millis(100) >= run.deadline {
+                crate::warn!(
+                    "engine {}: no time left for a second sample; CPU % left out this tick",
+                    self.socket
+                );
+            } else {
+                run.next_round = Some(at);
+            }
         }
     }
-    out.into_iter()
-        .map(|r| r.unwrap_or_else(|| Err("not asked".into())))
-        .collect()
+
+    /// The next round's time has come: ask again for the containers still without a CPU %.
+    fn next_round(&mut self, now: Instant) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        if run.next_round.is_none_or(|t| now < t) {
+            return;
+        }
+        run.next_round = None;
+        run.round += 1;
+        let again: Vec<(String, usize)> = run
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.cpu_before.is_some())
+            .map(|(i, e)| (stats_path(&e.listed.id), i))
+            .collect();
+        run.stats_left += again.len();
+        run.outstanding += again.len();
+        for (path, i) in again {
+            self.ask(path, Purpose::Stats(i), MAX_STATS_BODY);
+        }
+    }
+
+    fn inspected(&mut self, id: String, for_run: bool, result: Result<http::Response, String>) {
+        if for_run {
+            if let Some(run) = self.run.as_mut() {
+                run.outstanding -= 1;
+            }
+        }
+        let again = if for_run {
+            false
+        } else {
+            self.inspecting.remove(&id).unwrap_or(false)
+        };
+        match result {
+            Ok(r) if r.status == 200 => match api::parse_inspect(&r.body) {
+                Ok((listed, life)) => {
+                    let changed = self.known.get(&id).is_none_or(|k| k.life != life);
+                    if changed && !for_run {
+                        self.changes.push(lifecycle_only(&listed, life.clone()));
+                    }
+                    if self.known.len() < MAX_CONTAINERS || self.known.contains_key(&id) {
+                        self.known.insert(id.clone(), Known { listed, life });
+                    }
+                }
+                Err(e) => crate::warn!("engine: container {}: {e}", api::short_id(&id)),
+            },
+            // Gone: reported once as removed, then forgotten.
+            Ok(r) if r.status == 404 => {
+                if let Some(k) = self.known.remove(&id) {
+                    match self.run.as_mut().filter(|_| for_run) {
+                        Some(run) => run.removed.push(k.listed),
+                        None => self.changes.push(removed(&k.listed)),
+                    }
+                }
+                return;
+            }
+            Ok(r) => crate::warn!(
+                "engine: inspect of {} answered {}: {}",
+                api::short_id(&id),
+                r.status,
+                api::error_message(&r.body)
+            ),
+            Err(e) => crate::warn!("engine: inspect of {}: {e}", api::short_id(&id)),
+        }
+        if again {
+            self.inspect_for_event(id);
+        }
+    }
+
+    fn inspect_for_event(&mut self, id: String) {
+        if let Some(again) = self.inspecting.get_mut(&id) {
+            *again = true;
+            return;
+        }
+        if self.inspecting.len() >= MAX_CONTAINERS {
+            return;
+        }
+        self.inspecting.insert(id.clone(), false);
+        let path = inspect_path(&id);
+        let purpose = Purpose::Inspect { id, for_run: false };
+        self.ask(path, purpose, MAX_STATS_BODY);
+    }
+
+    fn fail(&mut self, error: String) {
+        self.run = None;
+        // The collection's own requests are dropped; those for events stay.
+        self.queue
+            .retain(|r| matches!(r.purpose, Purpose::Inspect { for_run: false, .. }));
+        self.open
+            .retain(|c| matches!(c.req.purpose, Purpose::Inspect { for_run: false, .. }));
+        self.out.push_back(Output::Failed {
+            error,
+            expected: false,
+        });
+    }
+
+    /// Every answer is in: the tick's containers, running ones with figures, the others by their
+    /// lifecycle alone, removed ones once.
+    fn finish_if_done(&mut self, now: Instant) {
+        let done = self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.listed && r.outstanding == 0 && r.next_round.is_none());
+        if !done {
+            return;
+        }
+        let Some(run) = self.run.take() else {
+            return;
+        };
+        crate::debug!(
+            "engine collection took {} ms",
+            now.saturating_duration_since(run.started).as_millis()
+        );
+        let mut gone = run.removed;
+        gone.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut stats: Vec<ContainerStats> = gone.iter().map(removed).collect();
+        for e in run.entries {
+            let life = self.known.get(&e.listed.id).map(|k| k.life.clone());
+            let life = life.or_else(|| e.listed.state.map(state_only));
+            let running = e.listed.state == Some(State::Running);
+            let mut c = api::container_stats(&e.listed, e.figures.unwrap_or_default());
+            c.lifecycle = life;
+            if running || c.lifecycle.is_some() {
+                stats.push(c);
+            }
+        }
+        self.out.push_back(Output::Parsed {
+            source: format!("engine {}", self.socket),
+            stats,
+        });
+    }
+
+    /// The collection ran out of time: what is answered is reported, the rest said.
+    fn expire_run(&mut self, now: Instant) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        if now < run.deadline {
+            return;
+        }
+        if !run.listed {
+            let e = format!("engine {}: GET /containers/json: timed out", self.socket);
+            self.fail(e);
+            return;
+        }
+        crate::warn!(
+            "engine {}: {} requests unanswered after {}s; the tick goes out without them",
+            self.socket,
+            run.outstanding,
+            self.timeout.as_secs()
+        );
+        run.outstanding = 0;
+        run.stats_left = 0;
+        run.next_round = None;
+        self.queue
+            .retain(|r| matches!(r.purpose, Purpose::Inspect { for_run: false, .. }));
+        self.open
+            .retain(|c| matches!(c.req.purpose, Purpose::Inspect { for_run: false, .. }));
+        self.finish_if_done(now);
+    }
+
+    fn events_due(&mut self, now: Instant) {
+        if !self.follow || self.events.is_some() || now < self.events_at || self.socket.is_empty() {
+            return;
+        }
+        match connect(&self.socket) {
+            Ok(stream) => {
+                self.events = Some(EventConn {
+                    stream,
+                    wire: http::get_request(EVENTS_PATH),
+                    sent: 0,
+                    parser: events::EventStream::default(),
+                })
+            }
+            Err(e) => self.events_failed(now, &e),
+        }
+    }
+
+    fn events_failed(&mut self, now: Instant, why: &str) {
+        self.events = None;
+        let delay = self.events_backoff.next_delay();
+        self.events_at = now + delay;
+        // Once per outage: a collection says the same more loudly if the engine is really gone.
+        if !self.events_warned {
+            crate::warn!(
+                "engine {}: event stream: {why}; retrying in {:.1}s (lifecycle changes wait for the next tick meanwhile)",
+                self.socket,
+                delay.as_secs_f32()
+            );
+            self.events_warned = true;
+        }
+    }
+
+    fn read_events(&mut self, now: Instant) {
+        let Some(ev) = self.events.as_mut() else {
+            return;
+        };
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        // At most 256 KiB per wake-up: a flood of events gets its share, the rest of the loop its own.
+        let mut result = Ok(());
+        for _ in 0..16 {
+            match ev.stream.read(&mut chunk) {
+                Ok(0) => {
+                    result = Err("closed by the engine".to_owned());
+                    break;
+                }
+                Ok(n) => {
+                    if let Err(e) = ev.parser.feed(&chunk[..n], &mut got) {
+                        result = Err(e);
+                        break;
+                    }
+                    if n < chunk.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        if !got.is_empty() {
+            self.events_backoff.reset();
+            self.events_warned = false;
+        }
+        for e in got.into_iter().filter(events::Event::matters) {
+            crate::debug!("engine event: {} {}", api::short_id(&e.id), e.action);
+            self.inspect_for_event(e.id);
+        }
+        if let Err(e) = result {
+            self.events_failed(now, &e);
+        }
+    }
 }
 
-/// Most requests in flight at once (each holds a descriptor).
-const MAX_PARALLEL: usize = 32;
+impl Source for EngineSource {
+    fn start(&mut self, now: Instant) {
+        self.socket = self.resolve();
+        self.run = Some(Run {
+            started: now,
+            deadline: now + self.timeout,
+            listed: false,
+            entries: Vec::new(),
+            removed: Vec::new(),
+            outstanding: 1,
+            stats_left: 0,
+            round: 0,
+            next_round: None,
+        });
+        self.ask(LIST_PATH.to_owned(), Purpose::List, MAX_LIST_BODY);
+        self.open_queued(now);
+        self.events_due(now);
+    }
 
-struct Open {
-    index: usize,
-    stream: UnixStream,
-    buf: Vec<u8>,
+    fn busy(&self) -> bool {
+        self.run.is_some()
+    }
+
+    fn fds(&self, out: &mut Vec<libc::pollfd>) {
+        for c in &self.open {
+            let write = if c.sent < c.wire.len() {
+                libc::POLLOUT
+            } else {
+                0
+            };
+            out.push(pollfd(c.stream.as_raw_fd(), libc::POLLIN | write));
+        }
+        if let Some(ev) = &self.events {
+            let write = if ev.sent < ev.wire.len() {
+                libc::POLLOUT
+            } else {
+                0
+            };
+            out.push(pollfd(ev.stream.as_raw_fd(), libc::POLLIN | write));
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let run = self.run.as_ref();
+        let events = (self.follow && self.events.is_none() && !self.socket.is_empty())
+            .then_some(self.events_at);
+        [
+            run.map(|r| r.deadline),
+            run.and_then(|r| r.next_round),
+            self.open.iter().map(|c| c.until).min(),
+            events,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn advance(&mut self, now: Instant, ready: &[libc::pollfd]) {
+        // The slots are those `fds` gave: the open requests in order, then the event stream.
+        let n = self.open.len();
+        let mut finished = Vec::new();
+        let mut k = 0;
+        self.open.retain_mut(|c| {
+            let revents = ready.get(k).map_or(0, |f| f.revents);
+            k += 1;
+            let result = if revents != 0 {
+                c.progress()
+            } else if now >= c.until {
+                Some(Err("timed out".to_owned()))
+            } else {
+                None
+            };
+            match result {
+                None => true,
+                Some(r) => {
+                    finished.push((
+                        Request {
+                            path: std::mem::take(&mut c.req.path),
+                            purpose: std::mem::replace(&mut c.req.purpose, Purpose::List),
+                            max_body: c.req.max_body,
+                        },
+                        r,
+                    ));
+                    false
+                }
+            }
+        });
+        let event_ready = self.events.is_some() && ready.get(n).is_some_and(|f| f.revents != 0);
+        for (req, r) in finished {
+            self.answered(now, req, r);
+        }
+        if event_ready {
+            if let Some(ev) = self.events.as_mut() {
+                match write_some(&ev.stream, &ev.wire, &mut ev.sent) {
+                    Ok(()) => self.read_events(now),
+                    Err(e) => self.events_failed(now, &e),
+                }
+            }
+        }
+        self.next_round(now);
+        self.expire_run(now);
+        self.open_queued(now);
+        self.events_due(now);
+        self.finish_if_done(now);
+        if !self.changes.is_empty() {
+            self.out
+                .push_back(Output::Changes(std::mem::take(&mut self.changes)));
+        }
+    }
+
+    fn take(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn stop(&mut self) {
+        self.follow = false;
+        self.run = None;
+        self.queue.clear();
+        self.open.clear();
+        self.events = None;
+    }
 }
 
-impl Open {
-    /// Reads what is there; `None` while the response is not whole yet.
-    fn read(&mut self, max_body: usize) -> Option<Result<http::Response, String>> {
+impl Conn {
+    /// Writes what is left of the request, then reads what is there; `None` while the answer is not
+    /// whole yet.
+    fn progress(&mut self) -> Option<Result<http::Response, String>> {
+        if let Err(e) = write_some(&self.stream, &self.wire, &mut self.sent) {
+            return Some(Err(e));
+        }
+        if self.sent < self.wire.len() {
+            return None;
+        }
         // Bytes on the wire may exceed the body (chunk framing); past this the peer is not making sense.
-        let max_wire = max_body.saturating_mul(2) + http::MAX_HEAD + 64 * 1024;
+        let max_wire = self.req.max_body.saturating_mul(2) + http::MAX_HEAD + 64 * 1024;
         let mut chunk = [0u8; 16 * 1024];
         loop {
-            let n = match self.stream.read(&mut chunk) {
+            let n = match (&self.stream).read(&mut chunk) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
@@ -317,7 +805,8 @@ impl Open {
             if self.buf.len() > max_wire {
                 return Some(Err(format!("answer over {max_wire} bytes")));
             }
-            match http::parse(&self.buf, n == 0, max_body) {
+            match http::parse(&self.buf, n == 0, self.req.max_body) {
+                Ok(None) if n == 0 => return Some(Err("closed without an answer".into())),
                 Ok(None) => {}
                 Ok(Some(r)) => return Some(Ok(r)),
                 Err(e) => return Some(Err(e.to_string())),
@@ -326,14 +815,25 @@ impl Open {
     }
 }
 
-fn failure(socket: &str, path: &str, what: &str) -> String {
-    format!("engine {socket}: GET {}: {what}", strip_query(path))
+/// Writes what the socket takes of `wire[*sent..]`.
+fn write_some(stream: &UnixStream, wire: &[u8], sent: &mut usize) -> Result<(), String> {
+    let mut s = stream;
+    while *sent < wire.len() {
+        match s.write(&wire[*sent..]) {
+            Ok(0) => return Err("closed by the engine".into()),
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(format!("cannot send: {e}")),
+        }
+    }
+    Ok(())
 }
 
-/// Connects and sends the request (a few hundred bytes: the socket buffer takes it at once); the stream
-/// comes back non-blocking, to be polled.
-fn send(socket: &str, path: &str, until: Instant) -> Result<UnixStream, String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
+/// A non-blocking connection to the engine's socket. A local stream socket connects at once or fails
+/// (a full backlog says EAGAIN rather than waiting).
+fn connect(socket: &str) -> Result<UnixStream, String> {
+    let fail = |e: std::io::Error| {
         let hint = match e.kind() {
             ErrorKind::NotFound => {
                 " (no engine socket there: set engine_socket, or mount the socket with the label \
@@ -343,17 +843,74 @@ fn send(socket: &str, path: &str, until: Instant) -> Result<UnixStream, String> 
             _ => "",
         };
         format!("engine {socket}: cannot connect: {e}{hint}")
-    })?;
-    let left = until
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| failure(socket, path, "timed out"))?;
-    stream
-        .set_write_timeout(Some(left))
-        .and_then(|_| stream.write_all(&http::get_request(path)))
-        .and_then(|_| stream.set_nonblocking(true))
-        .map_err(|e| failure(socket, path, &format!("cannot send: {e}")))?;
-    Ok(stream)
+    };
+    // SAFETY: plain socket creation; the descriptor is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain data; all zeros is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = socket.as_bytes();
+    if path.is_empty() || path.len() >= addr.sun_path.len() || path.contains(&0) {
+        return Err(format!(
+            "engine {socket}: cannot connect: not a usable socket path"
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + path.len() + 1;
+    // SAFETY: `addr` is a filled sockaddr_un and `len` within it.
+    let r = unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    Ok(UnixStream::from(owned))
+}
+
+fn stats_path(id: &str) -> String {
+    format!("/containers/{id}/stats?stream=false&one-shot=true")
+}
+
+fn inspect_path(id: &str) -> String {
+    format!("/containers/{id}/json")
+}
+
+fn state_only(state: State) -> Lifecycle {
+    Lifecycle {
+        state,
+        health: None,
+        restart_count: None,
+        exit_code: None,
+        oom_killed: None,
+        started_at_ms: None,
+    }
+}
+
+fn lifecycle_only(listed: &Listed, life: Lifecycle) -> ContainerStats {
+    let mut c = api::container_stats(listed, Figures::default());
+    c.lifecycle = Some(life);
+    c
+}
+
+fn removed(listed: &Listed) -> ContainerStats {
+    lifecycle_only(listed, state_only(State::Removed))
 }
 
 fn strip_query(path: &str) -> &str {
@@ -399,8 +956,13 @@ mod tests {
         );
     }
 
-    /// A fake engine on a real unix socket in a temp dir: serves canned answers, one per connection.
-    fn serve(answers: Vec<Vec<u8>>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    /// A fake engine on a real unix socket in a temp dir: answers `total` requests, one per connection,
+    /// each by the first route whose text the request line contains (its answers used in turn, the last
+    /// one repeated). Returns the request lines.
+    fn serve(
+        routes: Vec<(&'static str, Vec<Vec<u8>>)>,
+        total: usize,
+    ) -> (String, std::thread::JoinHandle<Vec<String>>) {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("bmct-engine-unit-{}-{n}", std::process::id()));
@@ -409,8 +971,9 @@ mod tests {
         let path = dir.join("engine.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let handle = std::thread::spawn(move || {
+            let mut routes = routes;
             let mut requests = Vec::new();
-            for answer in answers {
+            for _ in 0..total {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut req = Vec::new();
                 let mut b = [0u8; 1024];
@@ -420,19 +983,63 @@ mod tests {
                         Ok(n) => req.extend_from_slice(&b[..n]),
                     }
                 }
-                requests.push(
-                    String::from_utf8_lossy(&req)
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_owned(),
-                );
+                let line = String::from_utf8_lossy(&req)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let route = routes.iter_mut().find(|(p, _)| line.contains(p));
+                let answer = match route {
+                    Some((_, answers)) if answers.len() > 1 => answers.remove(0),
+                    Some((_, answers)) => answers[0].clone(),
+                    None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+                };
+                requests.push(line);
                 let _ = s.write_all(&answer);
             }
             let _ = std::fs::remove_dir_all(&dir);
             requests
         });
         (path.display().to_string(), handle)
+    }
+
+    /// The loop's part: polls what the source waits on until it hands over a collection's outcome.
+    fn collect(src: &mut EngineSource) -> Output {
+        let start = Instant::now();
+        src.start(start);
+        loop {
+            if let Some(out) = src.take() {
+                return out;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "no outcome");
+            let mut fds = Vec::new();
+            src.fds(&mut fds);
+            let ms = src.deadline().map_or(1000, |d| {
+                d.saturating_duration_since(Instant::now()).as_millis() as i32 + 1
+            });
+            // SAFETY: a live vector of pollfd, its length passed with it.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            src.advance(Instant::now(), &fds);
+        }
+    }
+
+    fn parsed(out: Output) -> Vec<ContainerStats> {
+        match out {
+            Output::Parsed { stats, .. } => stats,
+            Output::Failed { error, .. } => panic!("failed: {error}"),
+            _ => panic!("not a collection"),
+        }
+    }
+
+    fn failed(out: Output) -> String {
+        match out {
+            Output::Failed { error, .. } => error,
+            _ => panic!("did not fail"),
+        }
+    }
+
+    fn source(socket: &str) -> EngineSource {
+        EngineSource::new(Some(socket.to_owned()), Duration::from_secs(10), false)
     }
 
     fn answer(status: &str, body: &str) -> Vec<u8> {
@@ -465,33 +1072,63 @@ mod tests {
         )
     }
 
+    fn inspect(id: &str, name: &str, status: &str, exit: i64) -> Vec<u8> {
+        ok(&format!(
+            r#"{{"Id":"{id}","Name":"/{name}","RestartCount":1,"State":{{"Status":"{status}","ExitCode":{exit},
+               "OOMKilled":false,"StartedAt":"2026-01-01T00:00:00Z"}},"Config":{{"Labels":{{}}}}}}"#
+        ))
+    }
+
     #[test]
-    fn collects_from_a_fake_engine_with_a_second_sample_and_skips_a_vanished_container() {
-        let list = r#"[{"Id":"aaaaaaaaaaaaaaaa","Names":["/web_1_2"],"Labels":{"io.balena.service-name":"web"}},
-                       {"Id":"bbbbbbbbbbbbbbbb","Names":["/gone"]},
-                       {"Id":"cccccccccccccccc","Names":["/junk"]}]"#;
-        let (socket, server) = serve(vec![
-            ok(list),
-            chunked(&stats(1_000, 10_000)),
-            answer(
-                "404 Not Found",
-                r#"{"message":"No such container: bbbbbbbbbbbb"}"#,
-            ),
-            ok("{not json"),
-            ok(&stats(1_500, 12_000)),
-        ]);
-        let mut e = Engine::new(None);
-        let got = e
-            .collect(&socket, Instant::now() + Duration::from_secs(10), &|| false)
-            .unwrap();
-        let requests = server.join().unwrap();
-        assert_eq!(requests.len(), 5);
-        assert_eq!(requests[0], "GET /containers/json HTTP/1.1");
-        assert_eq!(
-            requests[1],
-            "GET /containers/aaaaaaaaaaaaaaaa/stats?stream=false&one-shot=true HTTP/1.1"
+    fn collects_figures_and_lifecycles_from_a_fake_engine() {
+        let list = r#"[{"Id":"aaaaaaaaaaaaaaaa","Names":["/web_1_2"],"Labels":{"io.balena.service-name":"web"},"State":"running"},
+                       {"Id":"bbbbbbbbbbbbbbbb","Names":["/gone"],"State":"running"},
+                       {"Id":"cccccccccccccccc","Names":["/junk"],"State":"running"},
+                       {"Id":"dddddddddddddddd","Names":["/crashed"],"State":"exited"}]"#;
+        let (socket, server) = serve(
+            vec![
+                ("/containers/json", vec![ok(list)]),
+                (
+                    "aaaaaaaaaaaaaaaa/stats",
+                    vec![chunked(&stats(1_000, 10_000)), ok(&stats(1_500, 12_000))],
+                ),
+                (
+                    "bbbbbbbbbbbbbbbb/stats",
+                    vec![answer(
+                        "404 Not Found",
+                        r#"{"message":"No such container: bbbbbbbbbbbb"}"#,
+                    )],
+                ),
+                ("cccccccccccccccc/stats", vec![ok("{not json")]),
+                (
+                    "aaaaaaaaaaaaaaaa/json",
+                    vec![inspect("aaaaaaaaaaaaaaaa", "web_1_2", "running", 0)],
+                ),
+                (
+                    "bbbbbbbbbbbbbbbb/json",
+                    vec![inspect("bbbbbbbbbbbbbbbb", "gone", "running", 0)],
+                ),
+                (
+                    "cccccccccccccccc/json",
+                    vec![inspect("cccccccccccccccc", "junk", "running", 0)],
+                ),
+                (
+                    "dddddddddddddddd/json",
+                    vec![inspect("dddddddddddddddd", "crashed", "exited", 3)],
+                ),
+            ],
+            // The list, three stats and four inspects, then the one container asked again.
+            9,
         );
-        assert_eq!(got.len(), 1);
+        let mut e = source(&socket);
+        let got = parsed(collect(&mut e));
+        let requests = server.join().unwrap();
+        assert_eq!(requests[0], "GET /containers/json?all=1 HTTP/1.1");
+        assert!(requests.contains(
+            &"GET /containers/aaaaaaaaaaaaaaaa/stats?stream=false&one-shot=true HTTP/1.1"
+                .to_owned()
+        ));
+        assert_eq!(got.len(), 4);
         let s = &got[0];
         assert_eq!(
             (s.name.as_str(), s.id.as_str(), s.service.as_deref()),
@@ -503,28 +1140,75 @@ mod tests {
             Some(Value::Percent(50.0))
         );
         assert_eq!(s.figures.get(Metric::Pids), Some(Value::Count(4)));
+        assert_eq!(s.lifecycle.as_ref().map(|l| l.state), Some(State::Running));
+        // No figures for the two whose stats failed, but their state still.
+        assert_eq!(got[1].figures, Figures::default());
+        assert_eq!(got[2].figures, Figures::default());
+        let crashed = got[3].lifecycle.as_ref().unwrap();
+        assert_eq!((crashed.state, crashed.exit_code), (State::Exited, Some(3)));
         assert_eq!(
             e.previous.len(),
             1,
-            "vanished containers are not remembered"
+            "only sampled containers are remembered"
         );
+
+        // The next collection: only one is left in the list, the others are reported once as removed.
+        let list = r#"[{"Id":"aaaaaaaaaaaaaaaa","Names":["/web_1_2"],"State":"running"}]"#;
+        let (socket, server) = serve(
+            vec![
+                ("/containers/json", vec![ok(list)]),
+                ("aaaaaaaaaaaaaaaa/stats", vec![ok(&stats(2_000, 14_000))]),
+            ],
+            2,
+        );
+        e.configured = Some(socket);
+        let got = parsed(collect(&mut e));
+        server.join().unwrap();
+        let states: Vec<_> = got
+            .iter()
+            .map(|c| (c.name.as_str(), c.lifecycle.as_ref().map(|l| l.state)))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("crashed", Some(State::Removed)),
+                ("gone", Some(State::Removed)),
+                ("junk", Some(State::Removed)),
+                ("web_1_2", Some(State::Running))
+            ]
+        );
+        // Against our own previous sample: 500 of 2000 on 2 CPUs again, no second round needed.
+        assert_eq!(
+            got[3].figures.get(Metric::CpuPercent),
+            Some(Value::Percent(50.0))
+        );
+        assert!(e.known.len() == 1, "removed containers are forgotten");
     }
 
     #[test]
     fn a_repeated_engine_sample_is_asked_for_again() {
-        let list = r#"[{"Id":"aaaaaaaaaaaaaaaa","Names":["/web"]}]"#;
+        let list = r#"[{"Id":"aaaaaaaaaaaaaaaa","Names":["/web"],"State":"running"}]"#;
         // The second answer is the engine's same sample again (no time passed): no CPU % from it.
-        let (socket, server) = serve(vec![
-            ok(list),
-            ok(&stats(1_000, 10_000)),
-            ok(&stats(1_000, 10_000)),
-            ok(&stats(1_250, 11_000)),
-        ]);
-        let mut e = Engine::new(None);
-        let got = e
-            .collect(&socket, Instant::now() + Duration::from_secs(10), &|| false)
-            .unwrap();
-        assert_eq!(server.join().unwrap().len(), 4);
+        let (socket, server) = serve(
+            vec![
+                ("/containers/json", vec![ok(list)]),
+                (
+                    "/stats",
+                    vec![
+                        ok(&stats(1_000, 10_000)),
+                        ok(&stats(1_000, 10_000)),
+                        ok(&stats(1_250, 11_000)),
+                    ],
+                ),
+                (
+                    "/json",
+                    vec![inspect("aaaaaaaaaaaaaaaa", "web", "running", 0)],
+                ),
+            ],
+            5,
+        );
+        let got = parsed(collect(&mut source(&socket)));
+        assert_eq!(server.join().unwrap().len(), 5);
         // 250 of 1000 system ticks on 2 CPUs = 50 %.
         assert_eq!(
             got[0].figures.get(Metric::CpuPercent),
@@ -534,28 +1218,69 @@ mod tests {
 
     #[test]
     fn socket_problems_are_errors_not_panics() {
-        let e = Engine::new(None)
-            .collect(
-                "/nonexistent/engine.sock",
-                Instant::now() + Duration::from_secs(1),
-                &|| false,
-            )
-            .unwrap_err();
+        let e = failed(collect(&mut source("/nonexistent/engine.sock")));
         assert!(e.contains("cannot connect"), "{e}");
-        let (socket, server) = serve(vec![answer(
-            "500 Internal Server Error",
-            r#"{"message":"boom"}"#,
-        )]);
-        let e = Engine::new(None)
-            .collect(&socket, Instant::now() + Duration::from_secs(5), &|| false)
-            .unwrap_err();
+        let (socket, server) = serve(
+            vec![(
+                "/",
+                vec![answer("500 Internal Server Error", r#"{"message":"boom"}"#)],
+            )],
+            1,
+        );
+        let e = failed(collect(&mut source(&socket)));
         server.join().unwrap();
         assert!(e.contains("answered 500: boom"), "{e}");
-        let (socket, server) = serve(vec![b"garbage\r\n\r\n".to_vec()]);
-        let e = Engine::new(None)
-            .collect(&socket, Instant::now() + Duration::from_secs(5), &|| false)
-            .unwrap_err();
+        let (socket, server) = serve(vec![("/", vec![b"garbage\r\n\r\n".to_vec()])], 1);
+        let e = failed(collect(&mut source(&socket)));
         server.join().unwrap();
         assert!(e.contains("malformed HTTP"), "{e}");
+    }
+
+    #[test]
+    fn events_hand_over_a_changed_lifecycle_at_once() {
+        let event = r#"{"Type":"container","Action":"die","Actor":{"ID":"aaaaaaaaaaaaaaaa","Attributes":{"exitCode":"3"}}}"#;
+        let stream = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\n\r\n",
+            event.len() + 1
+        );
+        let list = r#"[{"Id":"aaaaaaaaaaaaaaaa","Names":["/web"],"State":"exited"}]"#;
+        let (socket, server) = serve(
+            vec![
+                ("/containers/json", vec![ok(list)]),
+                ("/events", vec![stream.into_bytes()]),
+                (
+                    "/json",
+                    vec![
+                        inspect("aaaaaaaaaaaaaaaa", "web", "running", 0),
+                        inspect("aaaaaaaaaaaaaaaa", "web", "exited", 3),
+                    ],
+                ),
+            ],
+            4,
+        );
+        let mut e = EngineSource::new(Some(socket), Duration::from_secs(10), false);
+        let got = parsed(collect(&mut e));
+        assert_eq!(got[0].lifecycle.as_ref().unwrap().state, State::Running);
+        // Only now the event stream (the fake engine's answers go in order of the requests).
+        e.follow = true;
+        let t = Instant::now();
+        let change = loop {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no change handed over"
+            );
+            let mut fds = Vec::new();
+            e.fds(&mut fds);
+            // SAFETY: a live vector of pollfd, its length passed with it.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            e.advance(Instant::now(), &fds);
+            if let Some(Output::Changes(c)) = e.take() {
+                break c;
+            }
+        };
+        server.join().unwrap();
+        let life = change[0].lifecycle.as_ref().unwrap();
+        assert_eq!((life.state, life.exit_code), (State::Exited, Some(3)));
+        assert!(change[0].figures == Figures::default());
     }
 }
