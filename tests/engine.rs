@@ -243,7 +243,8 @@ fn publish_once(f: &Fixture, broker: &Broker, collector: &str) -> (Figures, Live
 }
 
 /// What each mode knows of the containers' lives: the stopped one is reported (state and exit code, no
-/// figures) and the running ones say so. ENGINE mode also knows restarts, OOM and uptime; `ps` does not.
+/// figures) and the running ones say so. ENGINE mode also knows restarts, OOM and uptime; CLI mode's
+/// `ps` does not, and says nothing more.
 fn check_lifecycle(mode: &str, f: &Fixture, figures: &Figures, lives: &Lives, plain: &str) {
     let stopped = f.service("stopped");
     assert!(
@@ -280,6 +281,9 @@ fn check_lifecycle(mode: &str, f: &Fixture, figures: &Figures, lives: &Lives, pl
             assert_eq!(life["oom_killed"], false, "{mode}: {s}: {life:?}");
             let up = life["uptime_in_seconds"].as_u64();
             assert!(up.is_some_and(|u| u < 600), "{mode}: {s}: uptime: {life:?}");
+        }
+        if mode == "CLI" {
+            assert_eq!(life.len(), 1, "{mode}: {s}: only the state: {life:?}");
         }
     }
 }
@@ -347,9 +351,10 @@ fn cli_and_engine_modes_against_real_containers_agree() {
 
     let burner = f.containers[0].clone();
     let cli = r#"{"mode": "CLI", "cli_path": "docker", "cli_timeout_in_seconds": 30}"#;
-    let ((by_cli, _, cli_log), cli_truth) =
+    let ((by_cli, cli_lives, cli_log), cli_truth) =
         with_cpu_truth(&burner, || publish_once(&f, &broker, cli));
     check_mode("CLI", &f, &by_cli, &f.service("plain"), cli_truth);
+    check_lifecycle("CLI", &f, &by_cli, &cli_lives, &f.service("plain"));
     assert!(cli_log.contains("CLI mode"), "{cli_log}");
 
     let engine = format!(r#"{{"mode": "ENGINE", "engine_socket": "{SOCKET}"}}"#);
