@@ -68,6 +68,9 @@ pub struct Tick {
     pub bad_records: usize,
     /// What was wrong with the input, summarised for one report at the tick's end.
     warnings: Warnings,
+    /// Some record had figures: the tick counts for hand-overs (an engine event's tick of lifecycle
+    /// changes between collections does not).
+    figures_judged: bool,
 }
 
 impl Tick {
@@ -119,6 +122,13 @@ impl Tick {
             messages: 0,
             bad_records: 0,
             warnings: Warnings::default(),
+            figures_judged: false,
+        }
+    }
+
+    fn end_handover_tick(&self, scratch: &mut Scratch) {
+        if self.figures_judged {
+            scratch.handover.end_tick();
         }
     }
 
@@ -137,7 +147,7 @@ impl Tick {
             Records::Parsed(stats) => match stats.next() {
                 Some(s) => (s, None),
                 None => {
-                    scratch.handover.end_tick();
+                    self.end_handover_tick(scratch);
                     return false;
                 }
             },
@@ -149,7 +159,7 @@ impl Tick {
                 let Some(record) = cursor.next(text) else {
                     // The text is used up: the containers `ps` listed that `stats` did not (stopped).
                     let Some((name, life)) = lives.pop_first() else {
-                        scratch.handover.end_tick();
+                        self.end_handover_tick(scratch);
                         return false;
                     };
                     return self.publish_record(
@@ -227,8 +237,12 @@ impl Tick {
         if let Verdict::Older {
             newer_release,
             first,
-        } = scratch.handover.judge(&service, &stats.name)
-        {
+        } = if stats.figures.iter().next().is_some() {
+            self.figures_judged = true;
+            scratch.handover.judge(&service, &stats.name)
+        } else {
+            scratch.handover.peek(&service, &stats.name)
+        } {
             if first {
                 crate::info!(
                     "service {service}: two containers run at once (a hand-over update); publishing release {newer_release}'s figures, not {}'s",
