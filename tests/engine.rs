@@ -185,12 +185,22 @@ fn with_cpu_truth<T>(container: &str, run: impl FnOnce() -> T) -> (T, f64) {
     (out, share)
 }
 
-/// Runs the agent once with this collector config; returns service -> metric -> value for our containers.
-fn publish_once(
-    f: &Fixture,
-    broker: &Broker,
-    collector: &str,
-) -> (BTreeMap<String, BTreeMap<String, f64>>, String) {
+/// The lifecycle topics' names (last topic level); every other metric is one of the nine figures.
+const LIFECYCLE: [&str; 6] = [
+    "state",
+    "health",
+    "restart_count",
+    "exit_code",
+    "oom_killed",
+    "uptime_in_seconds",
+];
+
+type Figures = BTreeMap<String, BTreeMap<String, f64>>;
+type Lives = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
+
+/// Runs the agent once with this collector config; returns, for our containers, service -> metric ->
+/// value for the figures and service -> topic -> value for the lifecycle topics, and the agent's log.
+fn publish_once(f: &Fixture, broker: &Broker, collector: &str) -> (Figures, Lives, String) {
     let device = format!("enginetest{}", std::process::id());
     let root = format!("root/{device}/telemetry/system/");
     let sub = Subscriber::start(broker.port, &format!("root/{device}/#"));
@@ -204,30 +214,83 @@ fn publish_once(
     // Everything the agent published was acknowledged before it exited 0.
     sub.sync(broker.port);
     let lines = sub.lines();
-    let mut got: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
-    for (topic, value, _) in lines.iter().filter_map(|l| parse_metric(l)) {
+    let (mut figures, mut lives) = (Figures::new(), Lives::new());
+    for (topic, value, _) in lines.iter().filter_map(|l| parse_value(l)) {
         let rest = topic.strip_prefix(&root).expect("topic under our root");
         let (service, metric) = rest.split_once('/').expect("service/metric");
-        if service.starts_with(&f.prefix) {
-            let old = got
+        if !service.starts_with(&f.prefix) {
+            continue;
+        }
+        let twice = if LIFECYCLE.contains(&metric) {
+            lives
                 .entry(service.to_owned())
                 .or_default()
-                .insert(metric.to_owned(), value);
-            assert_eq!(old, None, "{topic} published twice");
+                .insert(metric.to_owned(), value)
+                .is_some()
+        } else {
+            let number = value
+                .as_f64()
+                .unwrap_or_else(|| panic!("{topic}: a figure that is not a number: {value}"));
+            figures
+                .entry(service.to_owned())
+                .or_default()
+                .insert(metric.to_owned(), number)
+                .is_some()
+        };
+        assert!(!twice, "{topic} published twice");
+    }
+    (figures, lives, log)
+}
+
+/// What each mode knows of the containers' lives: the stopped one is reported (state and exit code, no
+/// figures) and the running ones say so. ENGINE mode also knows restarts, OOM and uptime; CLI mode's
+/// `ps` does not, and says nothing more.
+fn check_lifecycle(mode: &str, f: &Fixture, figures: &Figures, lives: &Lives, plain: &str) {
+    let stopped = f.service("stopped");
+    assert!(
+        !figures.contains_key(&stopped),
+        "{mode}: the stopped container has no figures: {figures:?}"
+    );
+    let life = lives
+        .get(&stopped)
+        .unwrap_or_else(|| panic!("{mode}: the stopped container is not reported: {lives:?}"));
+    assert_eq!(life["state"], "exited", "{mode}: {life:?}");
+    // `docker stop -t 0` kills `sleep` (PID 1 ignores SIGTERM without a handler): 137 = 128 + SIGKILL.
+    assert_eq!(life["exit_code"], 137, "{mode}: {life:?}");
+    assert!(!life.contains_key("uptime_in_seconds"), "{mode}: {life:?}");
+    let mut services: Vec<&String> = lives.keys().collect();
+    services.sort();
+    let mut want = [
+        f.service("burner"),
+        f.service("idle"),
+        plain.to_owned(),
+        stopped.clone(),
+    ];
+    want.sort();
+    assert_eq!(services, want.iter().collect::<Vec<_>>(), "{mode}: lives");
+    for s in [f.service("burner"), f.service("idle"), plain.to_owned()] {
+        let life = &lives[&s];
+        assert_eq!(life["state"], "running", "{mode}: {s}: {life:?}");
+        assert!(!life.contains_key("exit_code"), "{mode}: {s}: {life:?}");
+        assert!(
+            !life.contains_key("health"),
+            "{mode}: no healthcheck: {life:?}"
+        );
+        if mode == "ENGINE" {
+            assert_eq!(life["restart_count"], 0, "{mode}: {s}: {life:?}");
+            assert_eq!(life["oom_killed"], false, "{mode}: {s}: {life:?}");
+            let up = life["uptime_in_seconds"].as_u64();
+            assert!(up.is_some_and(|u| u < 600), "{mode}: {s}: uptime: {life:?}");
+        }
+        if mode == "CLI" {
+            assert_eq!(life.len(), 1, "{mode}: {s}: only the state: {life:?}");
         }
     }
-    (got, log)
 }
 
 /// Checks that hold for both modes; `plain` is the service the plain-named container publishes under,
 /// `burner_truth` the burner's mean CPU share over the agent's run by its own cgroup accounting.
-fn check_mode(
-    mode: &str,
-    f: &Fixture,
-    got: &BTreeMap<String, BTreeMap<String, f64>>,
-    plain: &str,
-    burner_truth: f64,
-) {
+fn check_mode(mode: &str, f: &Fixture, got: &Figures, plain: &str, burner_truth: f64) {
     let services: Vec<&String> = got.keys().collect();
     let mut want = [f.service("burner"), f.service("idle"), plain.to_owned()];
     want.sort();
@@ -288,12 +351,14 @@ fn cli_and_engine_modes_against_real_containers_agree() {
 
     let burner = f.containers[0].clone();
     let cli = r#"{"mode": "CLI", "cli_path": "docker", "cli_timeout_in_seconds": 30}"#;
-    let ((by_cli, cli_log), cli_truth) = with_cpu_truth(&burner, || publish_once(&f, &broker, cli));
+    let ((by_cli, cli_lives, cli_log), cli_truth) =
+        with_cpu_truth(&burner, || publish_once(&f, &broker, cli));
     check_mode("CLI", &f, &by_cli, &f.service("plain"), cli_truth);
+    check_lifecycle("CLI", &f, &by_cli, &cli_lives, &f.service("plain"));
     assert!(cli_log.contains("CLI mode"), "{cli_log}");
 
     let engine = format!(r#"{{"mode": "ENGINE", "engine_socket": "{SOCKET}"}}"#);
-    let ((by_engine, engine_log), engine_truth) =
+    let ((by_engine, engine_lives, engine_log), engine_truth) =
         with_cpu_truth(&burner, || publish_once(&f, &broker, &engine));
     check_mode(
         "ENGINE",
@@ -301,6 +366,13 @@ fn cli_and_engine_modes_against_real_containers_agree() {
         &by_engine,
         &f.service("from-label"),
         engine_truth,
+    );
+    check_lifecycle(
+        "ENGINE",
+        &f,
+        &by_engine,
+        &engine_lives,
+        &f.service("from-label"),
     );
     assert!(
         engine_log.contains("ENGINE mode"),

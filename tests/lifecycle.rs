@@ -2,9 +2,9 @@
 //! kill, restarts and a healthcheck as the engine's event stream hands them over; a stop in the middle of a
 //! collection; a hundred containers collected at once.
 //!
-//! Publishing the lifecycle (`state`, `exit_code` topics) is another part of issue 11: these tests watch
-//! what the source hands the loop, the agent's debug line `lifecycle change: NAME Lifecycle { .. }`
-//! written the moment a change reaches it, and the collection time it logs.
+//! The lifecycle is checked where users see it, on the published topics (`state`, `exit_code`,
+//! `oom_killed`, `restart_count`, `health`) through a real mosquitto and subscriber; the collection time
+//! and the hand-over notice are read from the agent's log.
 //!
 //! The image is built `FROM scratch` with Debian's static busybox (also as `/bin/sh`, which healthchecks
 //! run through). Every container and the image carry this process's id in their names and are removed
@@ -205,19 +205,52 @@ impl Drop for Running {
     }
 }
 
-fn change_of(name: &str, want: &str) -> impl Fn(&str) -> bool {
-    let head = format!("lifecycle change: {name} ");
-    let want = want.to_owned();
-    move |l: &str| l.contains(&head) && l.contains(&want)
+/// The device the agents here publish as; topics are `root/<device>/telemetry/system/<service>/<topic>`.
+fn device() -> String {
+    format!("life{}", std::process::id())
+}
+
+fn topic(service: &str, name: &str) -> String {
+    format!("root/{}/telemetry/system/{service}/{name}", device())
+}
+
+/// How many messages on `topic` carried `want` as their value so far.
+fn count(sub: &Subscriber, topic: &str, want: &serde_json::Value) -> usize {
+    sub.lines()
+        .iter()
+        .filter_map(|l| parse_value(l))
+        .filter(|(t, v, _)| t == topic && v == want)
+        .count()
+}
+
+/// Waits up to `limit` for a message on `topic` with the value `want`; when it was seen.
+fn wait_value(
+    sub: &Subscriber,
+    topic: &str,
+    want: impl Into<serde_json::Value>,
+    limit: Duration,
+) -> Option<Instant> {
+    let want = want.into();
+    sub.wait_for(
+        |lines| {
+            lines
+                .iter()
+                .filter_map(|l| parse_value(l))
+                .any(|(t, v, _)| t == topic && v == want)
+        },
+        limit,
+    )
+    .then(Instant::now)
 }
 
 #[test]
-fn exits_ooms_restarts_and_health_are_handed_over_as_they_happen() {
+fn exits_ooms_restarts_and_health_are_published_as_they_happen() {
     if !engine_available() {
         return;
     }
     let mut f = Fixture::new("l");
     let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &format!("root/{}/#", device()));
     // A long interval: what arrives within it came by the event stream, not by a collection.
     let agent = Running::start(&broker, 30);
     agent
@@ -225,21 +258,45 @@ fn exits_ooms_restarts_and_health_are_handed_over_as_they_happen() {
             l.contains("engine collection took")
         })
         .unwrap_or_else(|| panic!("no first collection:\n{}", agent.log()));
+    let fail = |what: &str| -> ! {
+        panic!(
+            "{what}:\n{}\nmessages:\n{}",
+            agent.log(),
+            sub.lines().join("\n")
+        )
+    };
 
-    // Exit code 3, within 2 s of the exit (the test allows 5 on a busy machine).
+    // Exit code 3, within 2 s of the exit (the test allows 5 on a busy machine). The exit is no earlier
+    // than a second after `docker run` was called; the message's timestamp is when the agent took the
+    // change, so their difference bounds the delay from above.
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let before_run = unix_ms();
     let exit3 = f.run("exit3", &[], &["sh", "-c", "sleep 1; exit 3"]);
     assert_eq!(docker(&["wait", &exit3]).unwrap(), "3");
     let exited = Instant::now();
-    let (at, line) = agent
-        .wait_line(Duration::from_secs(10), change_of(&exit3, "state: Exited"))
-        .unwrap_or_else(|| panic!("no exit handed over:\n{}", agent.log()));
-    let late = at.saturating_duration_since(exited);
+    let state = topic(&exit3, "state");
+    let at = wait_value(&sub, &state, "exited", Duration::from_secs(10))
+        .unwrap_or_else(|| fail("no state exited published"));
+    let stamped = sub
+        .lines()
+        .iter()
+        .filter_map(|l| parse_value(l))
+        .find(|(t, v, _)| *t == state && v == "exited")
+        .map(|(_, _, ts)| ts)
+        .unwrap();
+    let late = stamped.saturating_sub(before_run + 1000);
     eprintln!(
-        "exit handed over {} ms after docker wait returned",
-        late.as_millis()
+        "state exited taken at most {late} ms after the exit; seen {} ms after docker wait returned",
+        at.saturating_duration_since(exited).as_millis()
     );
-    assert!(line.contains("exit_code: Some(3)"), "{line}");
-    assert!(late < Duration::from_secs(5), "{late:?}: {line}");
+    assert!(late < 5000, "{late} ms");
+    wait_value(&sub, &topic(&exit3, "exit_code"), 3, Duration::from_secs(1))
+        .unwrap_or_else(|| fail("no exit_code 3 published with the state"));
 
     // Past an 8 MiB limit: the kernel's OOM killer, and the engine's OOMKilled.
     let oom = f.run(
@@ -247,10 +304,20 @@ fn exits_ooms_restarts_and_health_are_handed_over_as_they_happen() {
         &["--memory", "8m", "--memory-swap", "8m"],
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
     );
-    let (_, line) = agent
-        .wait_line(Duration::from_secs(15), change_of(&oom, "state: Exited"))
-        .unwrap_or_else(|| panic!("no OOM exit handed over:\n{}", agent.log()));
-    assert!(line.contains("oom_killed: Some(true)"), "{line}");
+    wait_value(
+        &sub,
+        &topic(&oom, "oom_killed"),
+        true,
+        Duration::from_secs(15),
+    )
+    .unwrap_or_else(|| fail("no oom_killed true published"));
+    wait_value(
+        &sub,
+        &topic(&oom, "state"),
+        "exited",
+        Duration::from_secs(1),
+    )
+    .unwrap_or_else(|| fail("the OOM-killed container is not exited"));
 
     // on-failure:3 restarts three times, then stays exited.
     let flaky = f.run(
@@ -258,13 +325,15 @@ fn exits_ooms_restarts_and_health_are_handed_over_as_they_happen() {
         &["--restart", "on-failure:3"],
         &["sh", "-c", "exit 1"],
     );
-    let (_, line) = agent
-        .wait_line(
-            Duration::from_secs(20),
-            change_of(&flaky, "restart_count: Some(3)"),
-        )
-        .unwrap_or_else(|| panic!("restarts not counted:\n{}", agent.log()));
-    assert!(line.contains("exit_code: Some(1)"), "{line}");
+    wait_value(
+        &sub,
+        &topic(&flaky, "restart_count"),
+        3,
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|| fail("restart_count 3 not published"));
+    wait_value(&sub, &topic(&flaky, "exit_code"), 1, Duration::from_secs(5))
+        .unwrap_or_else(|| fail("the flaky container's exit code 1 not published"));
 
     // A healthcheck: starting, then healthy.
     let healthy = f.run(
@@ -279,19 +348,106 @@ fn exits_ooms_restarts_and_health_are_handed_over_as_they_happen() {
         ],
         &["sleep", "3600"],
     );
-    agent
-        .wait_line(
-            Duration::from_secs(15),
-            change_of(&healthy, "health: Some(Healthy)"),
-        )
-        .unwrap_or_else(|| panic!("no health handed over:\n{}", agent.log()));
+    wait_value(
+        &sub,
+        &topic(&healthy, "health"),
+        "healthy",
+        Duration::from_secs(15),
+    )
+    .unwrap_or_else(|| fail("no health healthy published"));
 
-    // Removed: reported once as removed.
+    // Removed: published once as removed.
     docker(&["rm", "-f", &exit3]).unwrap();
-    agent
-        .wait_line(Duration::from_secs(10), change_of(&exit3, "state: Removed"))
-        .unwrap_or_else(|| panic!("no removal handed over:\n{}", agent.log()));
+    let state = topic(&exit3, "state");
+    wait_value(&sub, &state, "removed", Duration::from_secs(10))
+        .unwrap_or_else(|| fail("no state removed published"));
+    // Long enough for a repeat to show (a change is handed over within 2 s).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(&sub, &state, &"removed".into()), 1, "removed once");
     let log = agent.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn local_mode_and_hand_over_names_on_the_real_engine() {
+    if !engine_available() {
+        return;
+    }
+    let mut f = Fixture::new("n");
+    // `balena push <device>` names: published under the service alone.
+    let local = f.run("local_1_1_localrelease", &[], &["sleep", "3600"]);
+    let local_service = local.strip_suffix("_1_1_localrelease").unwrap().to_owned();
+    // A hand-over: two releases of one service running at once, told apart by their memory limits.
+    let old = f.run("ho_10_100_aaaa", &["--memory", "32m"], &["sleep", "3600"]);
+    let new = f.run("ho_11_101_bbbb", &["--memory", "48m"], &["sleep", "3600"]);
+    let ho = old.strip_suffix("_10_100_aaaa").unwrap().to_owned();
+    assert_eq!(new.strip_suffix("_11_101_bbbb"), Some(ho.as_str()));
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &format!("root/{}/#", device()));
+    let agent = Running::start(&broker, 1);
+    let said = format!("service {ho}: two containers run at once");
+    agent
+        .wait_line(Duration::from_secs(20), |l| l.contains(&said))
+        .unwrap_or_else(|| panic!("no hand-over line:\n{}", agent.log()));
+    // From the tick after the one that saw both, only the newer release's figures.
+    let seen = sub.lines().len();
+    let limit = topic(&ho, "memory_limit_in_bytes");
+    let ticks = |l: &str| l.contains("engine collection took");
+    let before = agent
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, l)| ticks(l))
+        .count();
+    let until = Instant::now() + Duration::from_secs(30);
+    while agent
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, l)| ticks(l))
+        .count()
+        < before + 3
+    {
+        assert!(Instant::now() < until, "no further ticks:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sub.sync(broker.port);
+    let later = sub.lines();
+    let limits: Vec<f64> = later[seen..]
+        .iter()
+        .filter_map(|l| parse_metric(l))
+        .filter(|(t, _, _)| *t == limit)
+        .map(|(_, v, _)| v)
+        .collect();
+    eprintln!("{ho} memory limits published after the hand-over line: {limits:?}");
+    assert!(limits.len() >= 2, "{limits:?}:\n{}", agent.log());
+    assert!(
+        limits.iter().all(|&v| v == 48.0 * 1024.0 * 1024.0),
+        "only the newer release (48 MiB): {limits:?}"
+    );
+    let log = agent.log();
+    assert_eq!(log.matches(&said).count(), 1, "said once:\n{log}");
+    // The local-mode container: its figures under the service, nothing under its whole name.
+    wait_value(
+        &sub,
+        &topic(&local_service, "pids"),
+        1,
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|| panic!("local-mode service not published:\n{log}"));
+    wait_value(
+        &sub,
+        &topic(&local_service, "state"),
+        "running",
+        Duration::from_secs(1),
+    )
+    .unwrap_or_else(|| panic!("local-mode service has no state:\n{log}"));
+    assert!(
+        !later.iter().any(|l| l.contains("localrelease")),
+        "nothing under the whole local-mode name"
+    );
     assert!(!log.contains("panicked"), "{log}");
 }
 

@@ -59,6 +59,28 @@ impl Handover {
         }
     }
 
+    /// Like [`Handover::judge`], for a record without figures (an engine event's change between
+    /// collections, a stopped container): judged against what the collections saw without counting as
+    /// one, so a tick of such records neither ends a hand-over (and logs it again) nor starts one.
+    pub fn peek(&self, service: &str, container_name: &str) -> Verdict {
+        let Some(n) = SupervisorName::parse(container_name) else {
+            return Verdict::Publish;
+        };
+        let release = (n.release_id, n.image_id);
+        let newest = [self.previous.get(service), self.current.get(service)]
+            .into_iter()
+            .flatten()
+            .copied()
+            .max();
+        match newest {
+            Some(newest) if release < newest => Verdict::Older {
+                newer_release: newest.0,
+                first: false,
+            },
+            _ => Verdict::Publish,
+        }
+    }
+
     /// A tick is over: what it saw is the previous tick's now; hand-overs that ended are forgotten.
     pub fn end_tick(&mut self) {
         self.previous = std::mem::take(&mut self.current);
@@ -103,6 +125,23 @@ mod tests {
         h.end_tick();
         h.end_tick();
         assert!(h.reported.is_empty() && h.previous.is_empty());
+    }
+
+    #[test]
+    fn records_without_figures_are_judged_but_do_not_count_as_a_tick() {
+        let mut h = Handover::default();
+        h.judge("main", "main_10_100_aaaa");
+        h.judge("main", "main_11_101_bbbb");
+        h.end_tick();
+        // An event about the old one (it stopped) between collections: held back, nothing remembered.
+        let older = Verdict::Older {
+            newer_release: 101,
+            first: false,
+        };
+        assert_eq!(h.peek("main", "main_10_100_aaaa"), older);
+        assert_eq!(h.peek("main", "main_11_101_bbbb"), Verdict::Publish);
+        assert_eq!(h.peek("other", "other_1_1_x"), Verdict::Publish);
+        assert!(h.current.is_empty());
     }
 
     #[test]

@@ -14,9 +14,12 @@ use crate::publish::lifecycle::{self, Topic};
 use crate::publish::payload::{write_field, write_service, write_value, Field};
 use crate::publish::topics::{Names, TopicTemplate};
 use crate::publish::warnings::{Kind, Warnings};
+use crate::source::StatsText;
+use crate::stats::lifecycle::Lifecycle;
 use crate::stats::records::{Cursor, RecordError};
 use crate::stats::{parse_line, ContainerStats, FieldWarning, LineError};
 use mqttrs::QoS;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// How messages are named and sent; fixed for the life of the agent.
@@ -43,9 +46,15 @@ struct Where<'a> {
     container: &'a str,
 }
 
-/// What a tick holds: stats text read record by record, or figures already parsed.
+/// What a tick holds: stats text read record by record (with the lives `ps` reported by container name,
+/// each attached to its record; those left when the text is used up are stopped containers, reported
+/// after it by their lives alone), or figures already parsed.
 enum Records {
-    Text { text: Vec<u8>, cursor: Cursor },
+    Text {
+        text: Vec<u8>,
+        cursor: Cursor,
+        lives: BTreeMap<String, Lifecycle>,
+    },
     Parsed(std::vec::IntoIter<ContainerStats>),
 }
 
@@ -59,15 +68,20 @@ pub struct Tick {
     pub bad_records: usize,
     /// What was wrong with the input, summarised for one report at the tick's end.
     warnings: Warnings,
+    /// Some record had figures: the tick counts for hand-overs (an engine event's tick of lifecycle
+    /// changes between collections does not).
+    figures_judged: bool,
 }
 
 impl Tick {
-    pub fn new(source: String, text: Vec<u8>, timestamp_ms: u64) -> Tick {
+    pub fn new(source: String, text: impl Into<StatsText>, timestamp_ms: u64) -> Tick {
+        let StatsText { bytes, lives } = text.into();
         Tick::with(
             source,
             Records::Text {
-                text,
+                text: bytes,
                 cursor: Cursor::default(),
+                lives: lives.into_iter().collect(),
             },
             timestamp_ms,
         )
@@ -108,6 +122,13 @@ impl Tick {
             messages: 0,
             bad_records: 0,
             warnings: Warnings::default(),
+            figures_judged: false,
+        }
+    }
+
+    fn end_handover_tick(&self, scratch: &mut Scratch) {
+        if self.figures_judged {
+            scratch.handover.end_tick();
         }
     }
 
@@ -126,14 +147,29 @@ impl Tick {
             Records::Parsed(stats) => match stats.next() {
                 Some(s) => (s, None),
                 None => {
-                    scratch.handover.end_tick();
+                    self.end_handover_tick(scratch);
                     return false;
                 }
             },
-            Records::Text { text, cursor } => {
+            Records::Text {
+                text,
+                cursor,
+                lives,
+            } => {
                 let Some(record) = cursor.next(text) else {
-                    scratch.handover.end_tick();
-                    return false;
+                    // The text is used up: the containers `ps` listed that `stats` did not (stopped).
+                    let Some((name, life)) = lives.pop_first() else {
+                        self.end_handover_tick(scratch);
+                        return false;
+                    };
+                    return self.publish_record(
+                        life_only(name, life),
+                        None,
+                        p,
+                        scratch,
+                        discovery,
+                        sink,
+                    );
                 };
                 let line = match record.text {
                     Ok(line) => line,
@@ -169,9 +205,24 @@ impl Tick {
                         w,
                     );
                 }
+                let mut stats = stats;
+                stats.lifecycle = lives.remove(&stats.name);
                 (stats, Some(record.line))
             }
         };
+        self.publish_record(stats, line, p, scratch, discovery, sink)
+    }
+
+    /// One container's messages (see [`Tick::step`]); true.
+    fn publish_record(
+        &mut self,
+        stats: ContainerStats,
+        line: Option<usize>,
+        p: &Publishing,
+        scratch: &mut Scratch,
+        discovery: Option<(&mut Discovery, Instant)>,
+        sink: &mut dyn FnMut(Message, Option<Tag>),
+    ) -> bool {
         // `docker stats` lists a container that started while it ran with the Name `--` and zero figures:
         // there is nothing to publish about it yet (it was publishing nine zeros under a service "--").
         if stats.name == "--" {
@@ -186,8 +237,12 @@ impl Tick {
         if let Verdict::Older {
             newer_release,
             first,
-        } = scratch.handover.judge(&service, &stats.name)
-        {
+        } = if stats.figures.iter().next().is_some() {
+            self.figures_judged = true;
+            scratch.handover.judge(&service, &stats.name)
+        } else {
+            scratch.handover.peek(&service, &stats.name)
+        } {
             if first {
                 crate::info!(
                     "service {service}: two containers run at once (a hand-over update); publishing release {newer_release}'s figures, not {}'s",
@@ -288,6 +343,17 @@ impl Tick {
     }
 }
 
+/// A container `ps` lists and `stats` does not: its life, no figures.
+fn life_only(name: String, life: Lifecycle) -> ContainerStats {
+    ContainerStats {
+        name,
+        id: String::new(),
+        service: None,
+        figures: Default::default(),
+        lifecycle: Some(life),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,6 +420,45 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn ps_lives_join_their_stats_records_and_stopped_containers_follow_the_text() {
+        let text = concat!(r#"{"Name":"web_1_2","PIDs":"3"}"#, "\n");
+        let life = |state, exit_code| Lifecycle {
+            state,
+            health: None,
+            restart_count: None,
+            exit_code,
+            oom_killed: None,
+            started_at_ms: None,
+        };
+        let lives = vec![
+            ("old_3_4".to_owned(), life(State::Exited, Some(3))),
+            ("web_1_2".to_owned(), life(State::Running, None)),
+        ];
+        let text = StatsText {
+            bytes: text.as_bytes().to_vec(),
+            lives,
+        };
+        let (tick, out) = drain(Tick::new("test".into(), text, 1234));
+        let topics: Vec<(&str, &str)> = out
+            .iter()
+            .map(|(t, p)| {
+                let t = t.strip_prefix("root/dev/telemetry/system/").unwrap();
+                (t, p.as_str())
+            })
+            .collect();
+        assert_eq!(
+            topics,
+            vec![
+                ("web/pids", r#"{"value":3,"timestamp":1234}"#),
+                ("web/state", r#"{"value":"running","timestamp":1234}"#),
+                ("old/state", r#"{"value":"exited","timestamp":1234}"#),
+                ("old/exit_code", r#"{"value":3,"timestamp":1234}"#),
+            ]
+        );
+        assert_eq!((tick.containers, tick.bad_records), (2, 0));
     }
 
     #[test]

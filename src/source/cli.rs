@@ -1,6 +1,10 @@
-//! CLI mode: `<cli> stats --no-stream --format {{json .}}` run as a child, its pipes read without blocking.
+//! CLI mode: `<cli> stats --no-stream --format {{json .}}` run as a child, its pipes read without blocking,
+//! and beside it `<cli> ps --all --no-trunc --format {{json .}}` for the containers' lives (stopped ones
+//! too). Both are killed at the tick's deadline; a failing `ps` costs the lives, never the figures.
 
 use super::{cut_to_whole_lines, pollfd, Collected, Output, Source, MAX_STATS_BYTES};
+use crate::stats::lifecycle::Lifecycle;
+use crate::stats::ps;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
@@ -11,6 +15,11 @@ pub struct CliSource {
     program: String,
     timeout: Duration,
     run: Option<CliRun>,
+    /// `ps` of the same tick, and then what it gave (the lives, or why there are none).
+    ps: Option<CliRun>,
+    lives: Option<Result<Vec<(String, Lifecycle)>, String>>,
+    /// `stats`' result while `ps` is still running.
+    stats: Option<Result<Collected, String>>,
     out: Option<Output>,
 }
 
@@ -20,8 +29,33 @@ impl CliSource {
             program,
             timeout,
             run: None,
+            ps: None,
+            lives: None,
+            stats: None,
             out: None,
         }
+    }
+
+    /// Once both children are over: the figures with the lives, or the figures alone and a warning.
+    fn finish_tick(&mut self) {
+        if self.run.is_some() || self.ps.is_some() {
+            return;
+        }
+        let Some(mut result) = self.stats.take() else {
+            return;
+        };
+        match self.lives.take() {
+            Some(Ok(lives)) => {
+                if let Ok(c) = &mut result {
+                    c.text.lives = lives;
+                }
+            }
+            Some(Err(e)) if result.is_ok() => {
+                crate::warn!("{e}; publishing the figures without the containers' states")
+            }
+            _ => {}
+        }
+        self.done(result);
     }
 
     fn done(&mut self, result: Result<Collected, String>) {
@@ -40,49 +74,48 @@ impl CliSource {
 
 impl Source for CliSource {
     fn start(&mut self, now: Instant) {
-        match CliRun::spawn(&self.program, now + self.timeout) {
+        let deadline = now + self.timeout;
+        match CliRun::spawn(&self.program, STATS, deadline) {
             Ok(run) => self.run = Some(run),
-            Err(e) => self.done(Err(e)),
+            Err(e) => return self.done(Err(e)),
+        }
+        match CliRun::spawn(&self.program, PS, deadline) {
+            Ok(run) => self.ps = Some(run),
+            Err(e) => self.lives = Some(Err(e)),
         }
     }
 
     fn busy(&self) -> bool {
-        self.run.is_some()
+        self.run.is_some() || self.ps.is_some() || self.stats.is_some()
     }
 
     fn fds(&self, out: &mut Vec<libc::pollfd>) {
-        if let Some(run) = &self.run {
+        for run in [&self.run, &self.ps].into_iter().flatten() {
             out.extend(run.fds().map(|fd| pollfd(fd, libc::POLLIN)));
         }
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.run.as_ref().map(|r| r.deadline)
+        [&self.run, &self.ps]
+            .into_iter()
+            .flatten()
+            .map(|r| r.deadline)
+            .min()
     }
 
     fn advance(&mut self, now: Instant, ready: &[libc::pollfd]) {
-        let Some(run) = self.run.as_mut() else {
-            return;
-        };
-        if ready.iter().any(|f| f.revents != 0) {
-            run.read_available();
+        let woke = ready.iter().any(|f| f.revents != 0);
+        if let Some(result) = step(&mut self.run, woke, now) {
+            self.stats = Some(result.map_err(|e| self.failure(e, STATS)));
         }
-        if run.is_done() {
-            if let Some(run) = self.run.take() {
-                let result = run.finish();
-                self.done(result);
-            }
-        } else if now >= run.deadline {
-            if let Some(run) = self.run.take() {
-                run.kill();
-            }
-            let e = format!(
-                "{} stats did not finish within {}s and was killed",
-                self.program,
-                self.timeout.as_secs()
-            );
-            self.done(Err(e));
+        if let Some(result) = step(&mut self.ps, woke, now) {
+            let lives = match result {
+                Ok(c) => Ok(parse_ps(&self.program, &c.text)),
+                Err(e) => Err(self.failure(e, PS)),
+            };
+            self.lives = Some(lives);
         }
+        self.finish_tick();
     }
 
     fn take(&mut self) -> Option<Output> {
@@ -90,18 +123,85 @@ impl Source for CliSource {
     }
 
     fn stop(&mut self) {
-        if let Some(run) = self.run.take() {
+        for run in [self.run.take(), self.ps.take()].into_iter().flatten() {
             run.kill();
         }
+        self.stats = None;
+        self.lives = None;
     }
+}
+
+impl CliSource {
+    /// `None` when the child ran out of time: say so; otherwise its own error.
+    fn failure(&self, e: Option<String>, args: &[&str]) -> String {
+        e.unwrap_or_else(|| {
+            format!(
+                "{} {} did not finish within {}s and was killed",
+                self.program,
+                args[0],
+                self.timeout.as_secs()
+            )
+        })
+    }
+}
+
+const STATS: &[&str] = &["stats", "--no-stream", "--format", "{{json .}}"];
+const PS: &[&str] = &["ps", "--all", "--no-trunc", "--format", "{{json .}}"];
+
+/// Reads what a child has, and once it is over (or past its deadline, then killed): its result, with
+/// `Err(None)` for a timeout.
+fn step(
+    slot: &mut Option<CliRun>,
+    woke: bool,
+    now: Instant,
+) -> Option<Result<Collected, Option<String>>> {
+    let run = slot.as_mut()?;
+    if woke {
+        run.read_available();
+    }
+    if run.is_done() {
+        return slot.take().map(|r| r.finish().map_err(Some));
+    }
+    if now >= run.deadline {
+        if let Some(run) = slot.take() {
+            run.kill();
+        }
+        return Some(Err(None));
+    }
+    None
+}
+
+/// `ps`' lines as lives by container name; unreadable lines are skipped with one warning for the lot.
+fn parse_ps(program: &str, text: &[u8]) -> Vec<(String, Lifecycle)> {
+    let mut lives = Vec::new();
+    let (mut bad, mut first) = (0, None);
+    for line in text.split(|&b| b == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        match ps::parse_line(&line) {
+            Ok(life) => lives.push(life),
+            Err(e) => {
+                bad += 1;
+                first.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first {
+        crate::warn!("{program} ps: {bad} unreadable line(s) skipped, the first: {e}");
+    }
+    lives
 }
 
 /// How much of the CLI's stderr we keep for the log.
 const MAX_STDERR_BYTES: usize = 4 * 1024;
 
-/// A running `<cli> stats --no-stream --format {{json .}}`.
+/// A running `<cli> stats ...` or `<cli> ps ...`.
 pub struct CliRun {
     program: String,
+    /// The subcommand, for errors.
+    verb: &'static str,
     child: Child,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
@@ -113,9 +213,13 @@ pub struct CliRun {
 
 impl CliRun {
     /// Spawns the CLI directly, without a shell.
-    pub fn spawn(program: &str, deadline: Instant) -> Result<CliRun, String> {
+    pub fn spawn(
+        program: &str,
+        args: &[&'static str],
+        deadline: Instant,
+    ) -> Result<CliRun, String> {
         let mut child = Command::new(program)
-            .args(["stats", "--no-stream", "--format", "{{json .}}"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -133,6 +237,7 @@ impl CliRun {
         fds.into_iter().flatten().for_each(set_nonblocking);
         Ok(CliRun {
             program: program.to_owned(),
+            verb: args.first().copied().unwrap_or(""),
             child,
             stdout,
             stderr,
@@ -174,8 +279,9 @@ impl CliRun {
         if !status.success() {
             let stderr = String::from_utf8_lossy(&self.err);
             return Err(format!(
-                "{} stats exited with {status}: {}",
+                "{} {} exited with {status}: {}",
                 self.program,
+                self.verb,
                 stderr.trim()
             ));
         }
@@ -184,7 +290,7 @@ impl CliRun {
             cut_to_whole_lines(&mut text);
         }
         Ok(Collected {
-            text,
+            text: text.into(),
             overflowed: self.truncated,
             taken_at_ms: None,
         })

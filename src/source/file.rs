@@ -161,7 +161,7 @@ pub fn read_file(
     Ok(FileRead::Read(
         stamp,
         Collected {
-            text,
+            text: text.into(),
             overflowed,
             taken_at_ms: Some(taken_at_ms),
         },

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod engine;
 pub mod file;
 
+use crate::stats::lifecycle::Lifecycle;
 use crate::stats::ContainerStats;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,12 +72,38 @@ pub fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
 pub const MAX_STATS_BYTES: usize = 16 * 1024 * 1024;
 /// The stats text of one collection, with a note when it had to be cut short.
 pub struct Collected {
-    pub text: Vec<u8>,
+    pub text: StatsText,
     /// The input ran past [`MAX_STATS_BYTES`]: `text` is its whole lines before the cap (possibly none).
     pub overflowed: bool,
     /// When the figures were taken, in Unix milliseconds, if the source says (a file's modification
     /// time); otherwise the collection time is used.
     pub taken_at_ms: Option<u64>,
+}
+
+/// Stats text, with what the source knows of the containers' lives by name (CLI mode's `ps --all`; empty
+/// for FILE mode). It reads as its bytes, so whoever only needs the text need not know the lives ride
+/// along to the tick, which attaches each to its stats record and reports the rest (stopped containers)
+/// after the text.
+#[derive(Default)]
+pub struct StatsText {
+    pub bytes: Vec<u8>,
+    pub lives: Vec<(String, Lifecycle)>,
+}
+
+impl From<Vec<u8>> for StatsText {
+    fn from(bytes: Vec<u8>) -> StatsText {
+        StatsText {
+            bytes,
+            lives: Vec::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for StatsText {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.bytes
+    }
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {

@@ -6,9 +6,6 @@
 //! count, OOM flag and start time are not in `ps`: they stay `None`. The text is the CLI's (docker/cli
 //! `formatter/container.go` with moby's `State.String()`), and comes from outside: nothing here panics.
 
-// CLI mode calls it once the sources work of issue 11 lands (branch `sources`); until then only tests do.
-#![allow(dead_code)]
-
 use super::lifecycle::{Health, Lifecycle, State};
 use serde::Deserialize;
 use std::borrow::Cow;

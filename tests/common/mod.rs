@@ -383,6 +383,18 @@ pub fn parse_metric(line: &str) -> Option<(String, f64, u64)> {
     ))
 }
 
+/// `topic payload` lines -> (topic, value, timestamp) for any message in the usual payload form, whatever
+/// the value's JSON type (lifecycle topics carry strings and booleans as well as numbers).
+pub fn parse_value(line: &str) -> Option<(String, serde_json::Value, u64)> {
+    let (topic, payload) = line.split_once(' ')?;
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    Some((
+        topic.to_owned(),
+        v.get("value")?.clone(),
+        v.get("timestamp")?.as_u64()?,
+    ))
+}
+
 /// What the sample file must produce, worked out by hand from docker's unit rules (not by the agent's
 /// code): service/metric and value.
 pub const SAMPLE_EXPECTED: &[(&str, f64)] = &[
