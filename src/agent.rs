@@ -280,7 +280,7 @@ impl Agent {
                 Output::Changes(stats) => {
                     for c in &stats {
                         if let Some(l) = &c.lifecycle {
-                            debug!("lifecycle change: {} {l:?}", c.name);
+                            debug!("lifecycle change: {} {}", c.name, l.state.name());
                         }
                     }
                     let tick = Tick::parsed("engine events".into(), stats, unix_millis());

@@ -7,108 +7,13 @@
 //! SKIPPED loudly and pass.
 
 mod common;
+use common::engine::*;
 use common::*;
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
-const BUSYBOX: &str = "/bin/busybox";
-const SOCKET: &str = "/var/run/docker.sock";
 const LIMIT_64M: f64 = 67_108_864.0;
-
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .map_err(|e| format!("docker {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn engine_available() -> bool {
-    if docker(&["info", "--format", "{{.ServerVersion}}"]).is_ok() {
-        return true;
-    }
-    eprintln!(
-        "\n*** SKIPPED: no Docker Engine (docker info failed); real-engine tests did not run ***\n"
-    );
-    false
-}
-
-/// The image and containers one test made; all removed on drop.
-struct Fixture {
-    image: String,
-    containers: Vec<String>,
-    /// Prefix of every service name we made, so other containers on the engine are ignored.
-    prefix: String,
-}
-
-impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        assert!(
-            std::path::Path::new(BUSYBOX).exists(),
-            "{BUSYBOX} missing: install Debian's busybox-static"
-        );
-        let pid = std::process::id();
-        let f = Fixture {
-            image: format!("bmct-test-busybox-{tag}:{pid}"),
-            containers: Vec::new(),
-            prefix: format!("bmct{pid}{tag}-"),
-        };
-        let ctx = TempDir::new("image");
-        std::fs::copy(BUSYBOX, ctx.path().join("busybox")).unwrap();
-        ctx.write(
-            "Dockerfile",
-            "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
-        );
-        docker(&[
-            "build",
-            "-q",
-            "-t",
-            &f.image,
-            &ctx.path().display().to_string(),
-        ])
-        .expect("test image builds");
-        f
-    }
-
-    /// `docker run -d` with loopback-only networking; the name is remembered for clean-up first.
-    fn run(&mut self, name: &str, opts: &[&str], cmd: &[&str]) {
-        self.containers.push(name.to_owned());
-        let mut args = vec!["run", "-d", "--name", name, "--network", "none"];
-        args.extend_from_slice(opts);
-        args.push(&self.image);
-        args.extend_from_slice(cmd);
-        docker(&args).expect("container starts");
-    }
-
-    fn service(&self, s: &str) -> String {
-        format!("{}{s}", self.prefix)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if !self.containers.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(self.containers.iter().map(String::as_str));
-            if let Err(e) = docker(&args) {
-                eprintln!("clean-up: {e}");
-            }
-        }
-        if let Err(e) = docker(&["rmi", "-f", &self.image]) {
-            eprintln!("clean-up: {e}");
-        }
-    }
-}
 
 /// Burner (new-style balena name, labelled), idle (old-style name), plain name with a label that differs
 /// from it, and a stopped one.

@@ -12,111 +12,12 @@
 //! Engine the tests say SKIPPED loudly and pass.
 
 mod common;
+use common::engine::*;
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const BUSYBOX: &str = "/bin/busybox";
-const SOCKET: &str = "/var/run/docker.sock";
-
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .map_err(|e| format!("docker {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn engine_available() -> bool {
-    if docker(&["info", "--format", "{{.ServerVersion}}"]).is_ok() {
-        return true;
-    }
-    eprintln!(
-        "\n*** SKIPPED: no Docker Engine (docker info failed); real-engine lifecycle tests did not run ***\n"
-    );
-    false
-}
-
-/// The image and containers one test made; all removed on drop.
-struct Fixture {
-    image: String,
-    containers: Vec<String>,
-    prefix: String,
-}
-
-impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        assert!(
-            std::path::Path::new(BUSYBOX).exists(),
-            "{BUSYBOX} missing: install Debian's busybox-static"
-        );
-        let pid = std::process::id();
-        let f = Fixture {
-            image: format!("bmct-test-life-{tag}:{pid}"),
-            containers: Vec::new(),
-            prefix: format!("bmct{pid}{tag}-"),
-        };
-        let ctx = TempDir::new("life-image");
-        std::fs::copy(BUSYBOX, ctx.path().join("busybox")).unwrap();
-        ctx.write(
-            "Dockerfile",
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nENTRYPOINT [\"/bin/busybox\"]\n",
-        );
-        docker(&[
-            "build",
-            "-q",
-            "-t",
-            &f.image,
-            &ctx.path().display().to_string(),
-        ])
-        .expect("test image builds");
-        f
-    }
-
-    /// `docker run -d` without networking; returns the full name.
-    fn run(&mut self, name: &str, opts: &[&str], cmd: &[&str]) -> String {
-        let name = format!("{}{name}", self.prefix);
-        self.containers.push(name.clone());
-        let mut args = vec!["run", "-d", "--name", &name, "--network", "none"];
-        args.extend_from_slice(opts);
-        args.push(&self.image);
-        args.extend_from_slice(cmd);
-        docker(&args).expect("container starts");
-        name
-    }
-
-    /// Removes the containers in batches (one `docker rm` for a hundred is slow to start).
-    fn remove_all(&mut self) {
-        for batch in self.containers.chunks(50) {
-            let mut args = vec!["rm", "-f"];
-            args.extend(batch.iter().map(String::as_str));
-            if let Err(e) = docker(&args) {
-                eprintln!("clean-up: {e}");
-            }
-        }
-        self.containers.clear();
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.remove_all();
-        if let Err(e) = docker(&["rmi", "-f", &self.image]) {
-            eprintln!("clean-up: {e}");
-        }
-    }
-}
 
 /// The agent running in ENGINE mode, its log followed line by line with each line's arrival time.
 struct Running {
@@ -276,7 +177,7 @@ fn exits_ooms_restarts_and_health_are_published_as_they_happen() {
             .as_millis() as u64
     };
     let before_run = unix_ms();
-    let exit3 = f.run("exit3", &[], &["sh", "-c", "sleep 1; exit 3"]);
+    let exit3 = f.run_prefixed("exit3", &[], &["sh", "-c", "sleep 1; exit 3"]);
     assert_eq!(docker(&["wait", &exit3]).unwrap(), "3");
     let exited = Instant::now();
     let state = topic(&exit3, "state");
@@ -299,7 +200,7 @@ fn exits_ooms_restarts_and_health_are_published_as_they_happen() {
         .unwrap_or_else(|| fail("no exit_code 3 published with the state"));
 
     // Past an 8 MiB limit: the kernel's OOM killer, and the engine's OOMKilled.
-    let oom = f.run(
+    let oom = f.run_prefixed(
         "oom",
         &["--memory", "8m", "--memory-swap", "8m"],
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
@@ -320,7 +221,7 @@ fn exits_ooms_restarts_and_health_are_published_as_they_happen() {
     .unwrap_or_else(|| fail("the OOM-killed container is not exited"));
 
     // on-failure:3 restarts three times, then stays exited.
-    let flaky = f.run(
+    let flaky = f.run_prefixed(
         "flaky",
         &["--restart", "on-failure:3"],
         &["sh", "-c", "exit 1"],
@@ -336,7 +237,7 @@ fn exits_ooms_restarts_and_health_are_published_as_they_happen() {
         .unwrap_or_else(|| fail("the flaky container's exit code 1 not published"));
 
     // A healthcheck: starting, then healthy.
-    let healthy = f.run(
+    let healthy = f.run_prefixed(
         "healthy",
         &[
             "--health-cmd",
@@ -375,11 +276,11 @@ fn local_mode_and_hand_over_names_on_the_real_engine() {
     }
     let mut f = Fixture::new("n");
     // `balena push <device>` names: published under the service alone.
-    let local = f.run("local_1_1_localrelease", &[], &["sleep", "3600"]);
+    let local = f.run_prefixed("local_1_1_localrelease", &[], &["sleep", "3600"]);
     let local_service = local.strip_suffix("_1_1_localrelease").unwrap().to_owned();
     // A hand-over: two releases of one service running at once, told apart by their memory limits.
-    let old = f.run("ho_10_100_aaaa", &["--memory", "32m"], &["sleep", "3600"]);
-    let new = f.run("ho_11_101_bbbb", &["--memory", "48m"], &["sleep", "3600"]);
+    let old = f.run_prefixed("ho_10_100_aaaa", &["--memory", "32m"], &["sleep", "3600"]);
+    let new = f.run_prefixed("ho_11_101_bbbb", &["--memory", "48m"], &["sleep", "3600"]);
     let ho = old.strip_suffix("_10_100_aaaa").unwrap().to_owned();
     assert_eq!(new.strip_suffix("_11_101_bbbb"), Some(ho.as_str()));
     let broker = Broker::start();
@@ -458,7 +359,7 @@ fn sigterm_in_the_middle_of_a_collection_ends_the_agent_promptly() {
     }
     let mut f = Fixture::new("t");
     for i in 0..3 {
-        f.run(&format!("idle{i}"), &[], &["sleep", "3600"]);
+        f.run_prefixed(&format!("idle{i}"), &[], &["sleep", "3600"]);
     }
     let broker = Broker::start();
     let mut agent = Running::start(&broker, 1);
@@ -484,7 +385,7 @@ fn a_hundred_containers_are_collected_at_once() {
     }
     let mut f = Fixture::new("h");
     for i in 0..100 {
-        f.run(&format!("c{i}"), &[], &["sleep", "3600"]);
+        f.run_prefixed(&format!("c{i}"), &[], &["sleep", "3600"]);
     }
     let broker = Broker::start();
     let agent = Running::start(&broker, 3);

@@ -19,7 +19,6 @@ use crate::stats::lifecycle::Lifecycle;
 use crate::stats::records::{Cursor, RecordError};
 use crate::stats::{parse_line, ContainerStats, FieldWarning, LineError};
 use mqttrs::QoS;
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// How messages are named and sent; fixed for the life of the agent.
@@ -53,9 +52,46 @@ enum Records {
     Text {
         text: Vec<u8>,
         cursor: Cursor,
-        lives: BTreeMap<String, Lifecycle>,
+        lives: Lives,
     },
     Parsed(std::vec::IntoIter<ContainerStats>),
+}
+
+/// `ps`'s lives by container name, each taken at most once; those left after the text are stopped
+/// containers. A sorted vector rather than a map: a map of these cost the device binary 4 KB of code.
+struct Lives {
+    by_name: Vec<(String, Option<Lifecycle>)>,
+    next: usize,
+}
+
+impl Lives {
+    fn new(mut lives: Vec<(String, Lifecycle)>) -> Lives {
+        lives.sort_by(|a, b| a.0.cmp(&b.0));
+        lives.dedup_by(|a, b| a.0 == b.0);
+        Lives {
+            by_name: lives.into_iter().map(|(n, l)| (n, Some(l))).collect(),
+            next: 0,
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Option<Lifecycle> {
+        let i = self
+            .by_name
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()?;
+        self.by_name[i].1.take()
+    }
+
+    /// The next life not taken, in name order.
+    fn next_left(&mut self) -> Option<(String, Lifecycle)> {
+        while let Some((name, life)) = self.by_name.get_mut(self.next) {
+            self.next += 1;
+            if let Some(life) = life.take() {
+                return Some((std::mem::take(name), life));
+            }
+        }
+        None
+    }
 }
 
 pub struct Tick {
@@ -81,7 +117,7 @@ impl Tick {
             Records::Text {
                 text: bytes,
                 cursor: Cursor::default(),
-                lives: lives.into_iter().collect(),
+                lives: Lives::new(lives),
             },
             timestamp_ms,
         )
@@ -158,7 +194,7 @@ impl Tick {
             } => {
                 let Some(record) = cursor.next(text) else {
                     // The text is used up: the containers `ps` listed that `stats` did not (stopped).
-                    let Some((name, life)) = lives.pop_first() else {
+                    let Some((name, life)) = lives.next_left() else {
                         self.end_handover_tick(scratch);
                         return false;
                     };
@@ -206,7 +242,7 @@ impl Tick {
                     );
                 }
                 let mut stats = stats;
-                stats.lifecycle = lives.remove(&stats.name);
+                stats.lifecycle = lives.take(&stats.name);
                 (stats, Some(record.line))
             }
         };

@@ -2,6 +2,8 @@
 //! config directories and the agent binary as cargo built it.
 #![allow(dead_code)]
 
+pub mod engine;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -9,9 +9,6 @@ use crate::stats::{ContainerStats, Figures, Metric, Value};
 use serde::Deserialize;
 use std::collections::HashMap;
 
-/// The label every balena-supervised container carries.
-pub const SERVICE_LABEL: &str = "io.balena.service-name";
-
 /// One container from `GET /containers/json` (`?all=1`: stopped ones too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -31,9 +28,16 @@ struct RawListed {
     #[serde(rename = "Names")]
     names: Option<Vec<String>>,
     #[serde(rename = "Labels")]
-    labels: Option<HashMap<String, String>>,
+    labels: Option<Labels>,
     #[serde(rename = "State")]
     state: Option<String>,
+}
+
+/// The one label we read, balena's service name; serde skips the others without storing them.
+#[derive(Deserialize)]
+struct Labels {
+    #[serde(rename = "io.balena.service-name")]
+    service: Option<String>,
 }
 
 /// Reads the container list. Entries without an id are skipped; one without a name is named by its
@@ -52,10 +56,7 @@ pub fn parse_list(body: &[u8]) -> Result<Vec<Listed>, String> {
                 .map(|n| n.trim_start_matches('/').to_owned())
                 .find(|n| !n.is_empty())
                 .unwrap_or_else(|| short_id(&id).to_owned());
-            let service = c
-                .labels
-                .and_then(|mut l| l.remove(SERVICE_LABEL))
-                .filter(|s| !s.is_empty());
+            let service = c.labels.and_then(|l| l.service).filter(|s| !s.is_empty());
             let state = c.state.as_deref().and_then(State::parse);
             Some(Listed {
                 id,
@@ -321,7 +322,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<(Listed, Lifecycle), String> {
     #[derive(Deserialize)]
     struct RawConfig {
         #[serde(rename = "Labels")]
-        labels: Option<HashMap<String, String>>,
+        labels: Option<Labels>,
     }
     #[derive(Deserialize)]
     struct Raw {
@@ -356,7 +357,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<(Listed, Lifecycle), String> {
     let service = raw
         .config
         .and_then(|c| c.labels)
-        .and_then(|mut l| l.remove(SERVICE_LABEL))
+        .and_then(|l| l.service)
         .filter(|s| !s.is_empty());
     let life = Lifecycle {
         state,
