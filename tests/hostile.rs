@@ -59,28 +59,6 @@ impl FaultBroker {
     }
 }
 
-/// Reads one whole MQTT packet; None when the peer closed.
-fn read_packet(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut head = [0u8; 1];
-    s.read_exact(&mut head).ok()?;
-    let mut packet = vec![head[0]];
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).ok()?;
-        packet.push(b[0]);
-        len |= usize::from(b[0] & 0x7f) << shift;
-        shift += 7;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).ok()?;
-    packet.extend(body);
-    Some(packet)
-}
-
 fn misbehave(mut s: TcpStream, fault: Fault) {
     let _ = read_packet(&mut s); // CONNECT
     match fault {
