@@ -199,11 +199,18 @@ fn exits_ooms_restarts_and_health_are_published_as_they_happen() {
     wait_value(&sub, &topic(&exit3, "exit_code"), 3, Duration::from_secs(1))
         .unwrap_or_else(|| fail("no exit_code 3 published with the state"));
 
-    // Past an 8 MiB limit: the kernel's OOM killer, and the engine's OOMKilled.
+    // Past an 8 MiB limit: the kernel's OOM killer, and the engine's OOMKilled. A second's wait first:
+    // a process killed the moment it starts can die before the engine watches the cgroup for OOMs, and
+    // the engine then reports exit 137 with OOMKilled false and sends no `oom` event (seen on a loaded
+    // machine); the agent can only report what the engine knows.
     let oom = f.run_prefixed(
         "oom",
         &["--memory", "8m", "--memory-swap", "8m"],
-        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        &[
+            "sh",
+            "-c",
+            "sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1",
+        ],
     );
     wait_value(
         &sub,

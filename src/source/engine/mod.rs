@@ -157,6 +157,10 @@ pub struct EngineSource {
     known: HashMap<String, Known>,
     /// Inspects under way for events, by id: true when another event came meanwhile.
     inspecting: HashMap<String, bool>,
+    /// Containers the engine sent an `oom` event for since they last started. Its inspect answer can
+    /// still say `OOMKilled: false` then (the engine records the OOM and the exit in a race; seen on a
+    /// loaded machine), so the event is taken as the truth.
+    oom_seen: Vec<String>,
     run: Option<Run>,
     queue: VecDeque<Request>,
     open: Vec<Conn>,
@@ -179,6 +183,7 @@ impl EngineSource {
             previous: HashMap::new(),
             known: HashMap::new(),
             inspecting: HashMap::new(),
+            oom_seen: Vec::new(),
             run: None,
             queue: VecDeque::new(),
             open: Vec::new(),
@@ -456,6 +461,7 @@ impl EngineSource {
         match result {
             Ok(r) if r.status == 200 => match api::parse_inspect(&r.body) {
                 Ok((listed, life)) => {
+                    let life = oom_from_events(life, self.oom_seen.contains(&id));
                     let changed = self.known.get(&id).is_none_or(|k| k.life != life);
                     if changed && !for_run {
                         self.changes.push(lifecycle_only(&listed, life.clone()));
@@ -650,6 +656,16 @@ impl EngineSource {
         }
         for e in got.into_iter().filter(events::Event::matters) {
             crate::debug!("engine event: {} {}", api::short_id(&e.id), e.action);
+            match e.action.as_str() {
+                "oom" if !self.oom_seen.contains(&e.id) => {
+                    if self.oom_seen.len() >= MAX_CONTAINERS {
+                        self.oom_seen.remove(0);
+                    }
+                    self.oom_seen.push(e.id.clone());
+                }
+                "start" => self.oom_seen.retain(|id| *id != e.id),
+                _ => {}
+            }
             self.inspect_for_event(e.id);
         }
         if let Err(e) = result {
@@ -917,9 +933,43 @@ fn strip_query(path: &str) -> &str {
     path.split('?').next().unwrap_or(path)
 }
 
+/// A container the engine reported an `oom` event for, and that has not started again, was OOM-killed,
+/// whatever its inspect answer says.
+fn oom_from_events(mut life: Lifecycle, oom_event: bool) -> Lifecycle {
+    if oom_event && life.state != State::Running {
+        life.oom_killed = Some(true);
+    }
+    life
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oom_event_wins_over_an_inspect_that_missed_it() {
+        let life = |state, oom| Lifecycle {
+            state,
+            health: None,
+            restart_count: Some(0),
+            exit_code: Some(137),
+            oom_killed: Some(oom),
+            started_at_ms: None,
+        };
+        assert_eq!(
+            oom_from_events(life(State::Exited, false), true).oom_killed,
+            Some(true)
+        );
+        assert_eq!(
+            oom_from_events(life(State::Exited, false), false).oom_killed,
+            Some(false)
+        );
+        // Started again since: the old OOM no longer describes it.
+        assert_eq!(
+            oom_from_events(life(State::Running, false), true).oom_killed,
+            Some(false)
+        );
+    }
 
     #[test]
     fn socket_resolution_order() {
