@@ -33,15 +33,11 @@ pub enum Verdict {
 
 impl Handover {
     pub fn judge(&mut self, service: &str, container_name: &str) -> Verdict {
-        let Some(n) = SupervisorName::parse(container_name) else {
+        let Some(release) = release_of(container_name) else {
             return Verdict::Publish;
         };
-        let release = (n.release_id, n.image_id);
-        let newest = [self.previous.get(service), self.current.get(service)]
-            .into_iter()
-            .flatten()
-            .copied()
-            .max()
+        let newest = self
+            .newest_known(service)
             .map_or(release, |r| r.max(release));
         match self.current.get_mut(service) {
             Some(r) => *r = (*r).max(release),
@@ -63,22 +59,25 @@ impl Handover {
     /// collections, a stopped container): judged against what the collections saw without counting as
     /// one, so a tick of such records neither ends a hand-over (and logs it again) nor starts one.
     pub fn peek(&self, service: &str, container_name: &str) -> Verdict {
-        let Some(n) = SupervisorName::parse(container_name) else {
+        let Some(release) = release_of(container_name) else {
             return Verdict::Publish;
         };
-        let release = (n.release_id, n.image_id);
-        let newest = [self.previous.get(service), self.current.get(service)]
-            .into_iter()
-            .flatten()
-            .copied()
-            .max();
-        match newest {
+        match self.newest_known(service) {
             Some(newest) if release < newest => Verdict::Older {
                 newer_release: newest.0,
                 first: false,
             },
             _ => Verdict::Publish,
         }
+    }
+
+    /// The newest release of `service` seen in the previous tick or so far in this one.
+    fn newest_known(&self, service: &str) -> Option<Release> {
+        [self.previous.get(service), self.current.get(service)]
+            .into_iter()
+            .flatten()
+            .copied()
+            .max()
     }
 
     /// A tick is over: what it saw is the previous tick's now; hand-overs that ended are forgotten.
@@ -88,6 +87,11 @@ impl Handover {
         self.reported
             .retain(|service, newest| previous.get(service) == Some(newest));
     }
+}
+
+/// A supervisor-made name's release, newest ordering first; `None` for names the supervisor did not make.
+fn release_of(container_name: &str) -> Option<Release> {
+    SupervisorName::parse(container_name).map(|n| (n.release_id, n.image_id))
 }
 
 #[cfg(test)]
