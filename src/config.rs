@@ -51,6 +51,23 @@ pub struct Collector {
     pub cli_timeout: Duration,
     /// ENGINE mode's socket; `None`: `DOCKER_HOST` (`unix://`) or the usual places (see `engine`).
     pub engine_socket: Option<String>,
+    /// ENGINE mode: where each running container's figures come from.
+    pub engine_figures: EngineFigures,
+    /// Where the host's cgroup hierarchies and its `/proc` are seen from here (a balena container sees
+    /// them only with the `io.balena.features.sysfs` and `io.balena.features.procfs` labels).
+    pub cgroup_root: String,
+    pub proc_root: String,
+}
+
+/// `engine_figures`: the kernel's own counters, or the engine's stats API that reads the same files for us
+/// at a far higher price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineFigures {
+    /// The kernel's files when they are usable at start, else the stats API.
+    Auto,
+    /// The kernel's files; a container whose files cannot be read falls back to the API for that tick.
+    Cgroup,
+    Api,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +187,9 @@ pub const COLLECTOR_KEYS: &[&str] = &[
     "file_path",
     "cli_timeout_in_seconds",
     "engine_socket",
+    "engine_figures",
+    "cgroup_root",
+    "proc_root",
 ];
 
 pub const MQTT_KEYS: &[&str] = &[
@@ -207,6 +227,8 @@ pub const DEFAULT_CLI_PATH: &str = "balena";
 pub const DEFAULT_FILE_PATH: &str = "/data/balena-stats.jsonl";
 pub const DEFAULT_BROKER_URL: &str = "tcp://localhost:1883";
 pub const DEFAULT_DEVICE_ID: &str = "my-device";
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub const DEFAULT_PROC_ROOT: &str = "/proc";
 
 pub fn parse_collector(
     src: &Source,
@@ -253,6 +275,26 @@ pub fn parse_collector(
             ));
         }
     }
+    let engine_figures = match f.string("engine_figures")?.as_deref().unwrap_or("auto") {
+        "auto" => EngineFigures::Auto,
+        "cgroup" => EngineFigures::Cgroup,
+        "api" => EngineFigures::Api,
+        other => {
+            return Err(f.error(
+                "engine_figures",
+                format!("{other:?} is not a choice (use \"auto\", \"cgroup\" or \"api\")"),
+            ))
+        }
+    };
+    let root = |key, default: &str| -> Result<String, ConfigError> {
+        let r = f.string(key)?.unwrap_or_else(|| default.into());
+        if !r.starts_with('/') {
+            return Err(f.error(key, format!("{r:?} must be an absolute path")));
+        }
+        Ok(r)
+    };
+    let cgroup_root = root("cgroup_root", DEFAULT_CGROUP_ROOT)?;
+    let proc_root = root("proc_root", DEFAULT_PROC_ROOT)?;
     Ok(Collector {
         mode,
         interval: Duration::from_secs(interval),
@@ -260,6 +302,9 @@ pub fn parse_collector(
         file_path,
         cli_timeout: Duration::from_secs(cli_timeout),
         engine_socket,
+        engine_figures,
+        cgroup_root,
+        proc_root,
     })
 }
 
@@ -790,12 +835,19 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         }
         Mode::File => s += &format!(", file_path {:?}", c.file_path),
         Mode::Engine => {
+            let figures = match c.engine_figures {
+                EngineFigures::Auto => "auto",
+                EngineFigures::Cgroup => "cgroup",
+                EngineFigures::Api => "api",
+            };
             s += &format!(
-                ", engine_socket {}, timeout {}s",
+                ", engine_socket {}, timeout {}s, engine_figures {figures}, cgroup_root {:?}, proc_root {:?}",
                 c.engine_socket
                     .as_deref()
                     .unwrap_or("(DOCKER_HOST or the usual places)"),
-                c.cli_timeout.as_secs()
+                c.cli_timeout.as_secs(),
+                c.cgroup_root,
+                c.proc_root
             )
         }
     }
@@ -1019,6 +1071,43 @@ mod tests {
         assert_eq!(
             key_of(collector(Some(r#"{"engine_socket": 1}"#))),
             Some("engine_socket")
+        );
+    }
+
+    #[test]
+    fn engine_figures_and_roots() {
+        let c = collector(None).unwrap();
+        assert_eq!(c.engine_figures, EngineFigures::Auto);
+        assert_eq!(
+            (c.cgroup_root.as_str(), c.proc_root.as_str()),
+            ("/sys/fs/cgroup", "/proc")
+        );
+        let c = collector(Some(
+            r#"{"engine_figures": "cgroup", "cgroup_root": "/h/cg", "proc_root": "/h/proc"}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.engine_figures, EngineFigures::Cgroup);
+        assert_eq!(
+            (c.cgroup_root.as_str(), c.proc_root.as_str()),
+            ("/h/cg", "/h/proc")
+        );
+        for bad in [
+            r#"{"engine_figures": "kernel"}"#,
+            r#"{"engine_figures": 1}"#,
+        ] {
+            assert_eq!(
+                key_of(collector(Some(bad))),
+                Some("engine_figures"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            key_of(collector(Some(r#"{"cgroup_root": "sys"}"#))),
+            Some("cgroup_root")
+        );
+        assert_eq!(
+            key_of(collector(Some(r#"{"proc_root": ""}"#))),
+            Some("proc_root")
         );
     }
 
@@ -1350,6 +1439,13 @@ mod tests {
         ("file_path", r#""/s.jsonl""#, "/s.jsonl"),
         ("cli_timeout_in_seconds", "4", "4"),
         ("engine_socket", r#""/run/e.sock""#, "/run/e.sock"),
+        ("engine_figures", r#""api""#, "api"),
+        (
+            "cgroup_root",
+            r#""/host/sys/fs/cgroup""#,
+            "/host/sys/fs/cgroup",
+        ),
+        ("proc_root", r#""/host/proc""#, "/host/proc"),
     ];
     const EVERY_MQTT_KEY: &[(&str, &str, &str)] = &[
         ("broker_url", r#""tcp://b:1884""#, "tcp://b:1884"),
