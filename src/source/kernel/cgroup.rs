@@ -27,7 +27,7 @@ pub struct Membership<'a> {
 /// caller fails anyway when what it needs is missing.
 pub fn parse(text: &[u8]) -> Membership<'_> {
     let mut m = Membership::default();
-    for line in text.split(|&b| b == b'\n') {
+    for line in super::counters::lines(text) {
         let mut parts = line.splitn(3, |&b| b == b':');
         let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
         else {

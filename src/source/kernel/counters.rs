@@ -3,6 +3,17 @@
 //! Every parser takes the file's bytes and answers `None` when they are not what the kernel writes, so
 //! a garbled file is reported, never read as 0. Integers only: the kernel writes no fractions here.
 
+/// The lines of a file. Every parser splits through this one function and [`fields`], so the binary
+/// holds one copy of each iterator rather than one per call site.
+pub fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    text.split(|&b| b == b'\n')
+}
+
+/// The space-separated fields of a line, a run of spaces counting as one.
+pub fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|&b| b == b' ').filter(|f| !f.is_empty())
+}
+
 /// A decimal integer with nothing around it.
 pub fn integer(text: &[u8]) -> Option<u64> {
     if text.is_empty() {
@@ -37,7 +48,7 @@ pub fn v2_limit(text: &[u8]) -> Option<Option<u64>> {
 /// The value of `key` in a `key value` file (`memory.stat`, v2 `cpu.stat`); `None` when absent or
 /// unreadable.
 pub fn keyed(text: &[u8], key: &[u8]) -> Option<u64> {
-    text.split(|&b| b == b'\n').find_map(|line| {
+    lines(text).find_map(|line| {
         let rest = line.strip_prefix(key)?.strip_prefix(b" ")?;
         integer(rest.trim_ascii())
     })
@@ -48,8 +59,8 @@ pub fn keyed(text: &[u8], key: &[u8]) -> Option<u64> {
 /// bytes`; only Read and Write count, as the engine reads them.
 pub fn v1_blkio(text: &[u8]) -> Option<(u64, u64)> {
     let (mut read, mut written) = (0u64, 0u64);
-    for line in text.split(|&b| b == b'\n') {
-        let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
+    for line in lines(text) {
+        let mut fields = fields(line);
         let (Some(_device), Some(op), Some(bytes)) = (fields.next(), fields.next(), fields.next())
         else {
             continue;
@@ -68,8 +79,8 @@ pub fn v1_blkio(text: &[u8]) -> Option<(u64, u64)> {
 /// ...`; keys we do not use are skipped, so newer kernels' extra keys are fine.
 pub fn v2_io(text: &[u8]) -> Option<(u64, u64)> {
     let (mut read, mut written) = (0u64, 0u64);
-    for line in text.split(|&b| b == b'\n') {
-        for field in line.split(|&b| b == b' ') {
+    for line in lines(text) {
+        for field in fields(line) {
             let (sum, n) = if let Some(n) = field.strip_prefix(b"rbytes=") {
                 (&mut read, n)
             } else if let Some(n) = field.strip_prefix(b"wbytes=") {
@@ -85,7 +96,7 @@ pub fn v2_io(text: &[u8]) -> Option<(u64, u64)> {
 
 /// `MemTotal` from `/proc/meminfo` (`MemTotal:       24683656 kB`), in bytes.
 pub fn mem_total(text: &[u8]) -> Option<u64> {
-    text.split(|&b| b == b'\n').find_map(|line| {
+    lines(text).find_map(|line| {
         let rest = line.strip_prefix(b"MemTotal:")?.trim_ascii();
         let kib = rest.strip_suffix(b"kB")?.trim_ascii_end();
         integer(kib)?.checked_mul(1024)

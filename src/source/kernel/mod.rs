@@ -165,8 +165,8 @@ pub fn read(roots: &Roots, place: &Place, pid: u32) -> Result<Reading, String> {
         Place::V2(dir) => read_v2(&mut r, dir)?,
     };
     // Last, so that a container gone since its first file was read is an error, not a short reading.
-    (reading.rx_bytes, reading.tx_bytes) =
-        r.parse(&pid_dir(&roots.proc, pid), "net/dev", netdev::totals)?;
+    let net = netdev::totals(r.load(&pid_dir(&roots.proc, pid), "net/dev")?);
+    (reading.rx_bytes, reading.tx_bytes) = net.ok_or_else(|| r.garbled())?;
     Ok(reading)
 }
 
@@ -177,9 +177,10 @@ fn read_v1(
     blkio: Option<&Path>,
     pids: Option<&Path>,
 ) -> Result<Reading, String> {
-    let cpu_ns = r.parse(cpuacct, "cpuacct.usage", counters::single)?;
-    let memory_usage = r.parse(memory, "memory.usage_in_bytes", counters::single)?;
-    let limit = r.parse(memory, "memory.limit_in_bytes", counters::v1_limit)?;
+    let cpu_ns = r.number(cpuacct, "cpuacct.usage", counters::single)?;
+    let memory_usage = r.number(memory, "memory.usage_in_bytes", counters::single)?;
+    let limit = counters::v1_limit(r.load(memory, "memory.limit_in_bytes")?);
+    let limit = limit.ok_or_else(|| r.garbled())?;
     let stat = r.load(memory, "memory.stat")?;
     let inactive_file = counters::keyed(stat, b"total_inactive_file")
         .filter(|&v| v < memory_usage)
@@ -190,7 +191,7 @@ fn read_v1(
         None => (0, 0),
     };
     let pids = match pids {
-        Some(dir) => Some(r.parse(dir, "pids.current", counters::single)?),
+        Some(dir) => Some(r.number(dir, "pids.current", counters::single)?),
         None => None,
     };
     Ok(Reading {
@@ -214,8 +215,8 @@ fn read_blkio(r: &mut Reader, dir: &Path) -> Result<(u64, u64), String> {
         "blkio.io_service_bytes_recursive",
         "blkio.bfq.io_service_bytes_recursive",
     ] {
-        if let Some(io) = r.parse_optional(dir, name, counters::v1_blkio)? {
-            return Ok(io);
+        if let Some(text) = r.load_optional(dir, name)? {
+            return counters::v1_blkio(text).ok_or_else(|| r.garbled());
         }
     }
     Ok((0, 0))
@@ -224,15 +225,20 @@ fn read_blkio(r: &mut Reader, dir: &Path) -> Result<(u64, u64), String> {
 /// v2 has `cpu.stat` in every cgroup; the memory files are required (without the memory controller
 /// there is nothing to show), `io.stat` and `pids.current` only exist where their controller is enabled.
 fn read_v2(r: &mut Reader, dir: &Path) -> Result<Reading, String> {
-    let usage_usec = r.parse(dir, "cpu.stat", |t| counters::keyed(t, b"usage_usec"))?;
-    let memory_usage = r.parse(dir, "memory.current", counters::single)?;
-    let limit = r.parse(dir, "memory.max", counters::v2_limit)?;
+    let usage_usec = r.number(dir, "cpu.stat", |t| counters::keyed(t, b"usage_usec"))?;
+    let memory_usage = r.number(dir, "memory.current", counters::single)?;
+    let limit = counters::v2_limit(r.load(dir, "memory.max")?);
+    let limit = limit.ok_or_else(|| r.garbled())?;
     let stat = r.load(dir, "memory.stat")?;
     let inactive_file = counters::keyed(stat, b"inactive_file").unwrap_or(0);
-    let (block_read, block_written) = r
-        .parse_optional(dir, "io.stat", counters::v2_io)?
-        .unwrap_or((0, 0));
-    let pids = r.parse_optional(dir, "pids.current", counters::single)?;
+    let (block_read, block_written) = match r.load_optional(dir, "io.stat")? {
+        Some(text) => counters::v2_io(text).ok_or_else(|| r.garbled())?,
+        None => (0, 0),
+    };
+    let pids = match r.load_optional(dir, "pids.current")? {
+        Some(text) => Some(counters::single(text).ok_or_else(|| r.garbled())?),
+        None => None,
+    };
     Ok(Reading {
         cpu_ns: usage_usec.saturating_mul(1000),
         memory_usage,
@@ -248,7 +254,7 @@ fn read_v2(r: &mut Reader, dir: &Path) -> Result<Reading, String> {
 
 /// `MemTotal` from `{proc}/meminfo`, in bytes: what the engine reports as an unlimited container's limit.
 pub fn host_memory(roots: &Roots) -> Result<u64, String> {
-    Reader::new().parse(&roots.proc, "meminfo", counters::mem_total)
+    Reader::new().number(&roots.proc, "meminfo", counters::mem_total)
 }
 
 /// The figures `docker stats` shows for this reading: memory is usage less inactive file pages when
@@ -290,9 +296,10 @@ pub fn figures(r: &Reading, host_memory: u64, cpu_percent: Option<f64>) -> Figur
 /// divides by the host's total CPU time and multiplies by the CPU count, which is the same. `None` when
 /// no time passed or the counter went backwards (the container restarted).
 pub fn cpu_percent(before: (u64, Instant), now: (u64, Instant)) -> Option<f64> {
-    let elapsed = now.1.checked_duration_since(before.1)?.as_nanos();
+    // Seconds as f64 rather than nanoseconds as u128, whose conversion to f64 costs code.
+    let elapsed = now.1.checked_duration_since(before.1)?.as_secs_f64();
     let used = now.0.checked_sub(before.0)?;
-    (elapsed > 0).then(|| two_places(used as f64 / elapsed as f64 * 100.0))
+    (elapsed > 0.0).then(|| two_places(used as f64 / elapsed / 1e7))
 }
 
 fn two_places(x: f64) -> f64 {
@@ -322,7 +329,7 @@ impl Reader {
             .take(MAX_FILE as u64 + 1)
             .read_to_end(&mut self.buf)?;
         if self.buf.len() > MAX_FILE {
-            return Err(io::Error::other("larger than 64 KiB"));
+            return Err(io::ErrorKind::FileTooLarge.into());
         }
         Ok(())
     }
@@ -338,29 +345,29 @@ impl Reader {
         }
     }
 
-    fn parse<T>(&mut self, dir: &Path, name: &str, f: fn(&[u8]) -> Option<T>) -> Result<T, String> {
+    /// `None` when the file does not exist.
+    fn load_optional(&mut self, dir: &Path, name: &str) -> Result<Option<&[u8]>, String> {
         match self.fill(dir, name) {
-            Ok(()) => self.parsed(f),
-            Err(e) => Err(self.failed(e)),
-        }
-    }
-
-    /// As [`Reader::parse`], but `None` when the file does not exist.
-    fn parse_optional<T>(
-        &mut self,
-        dir: &Path,
-        name: &str,
-        f: fn(&[u8]) -> Option<T>,
-    ) -> Result<Option<T>, String> {
-        match self.fill(dir, name) {
-            Ok(()) => self.parsed(f).map(Some),
+            Ok(()) => Ok(Some(&self.buf)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.failed(e)),
         }
     }
 
-    fn parsed<T>(&self, f: fn(&[u8]) -> Option<T>) -> Result<T, String> {
-        f(&self.buf).ok_or_else(|| format!("{}: not what the kernel writes", self.path.display()))
+    /// A file holding one number `f` finds in it.
+    fn number(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        f: fn(&[u8]) -> Option<u64>,
+    ) -> Result<u64, String> {
+        let n = f(self.load(dir, name)?);
+        n.ok_or_else(|| self.garbled())
+    }
+
+    /// The file just read is not what the kernel writes.
+    fn garbled(&self) -> String {
+        format!("{}: not what the kernel writes", self.path.display())
     }
 }
 

@@ -3,10 +3,12 @@
 //! Two header lines, then one line per interface: `name: rx_bytes rx_packets ... (8 receive fields)
 //! tx_bytes ...`. Loopback is left out, as the engine counts only the container's network endpoints.
 
+use super::counters::{fields, integer, lines};
+
 /// (received, sent) summed over every interface but `lo`; `None` when an interface line is garbled.
 pub fn totals(text: &[u8]) -> Option<(u64, u64)> {
     let (mut rx, mut tx) = (0u64, 0u64);
-    for line in text.split(|&b| b == b'\n') {
+    for line in lines(text) {
         // Header lines have no colon; old kernels wrote `eth0:123` without a space, hence split on it.
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
@@ -15,9 +17,9 @@ pub fn totals(text: &[u8]) -> Option<(u64, u64)> {
         if name == b"lo" {
             continue;
         }
-        let mut fields = rest.split(|&b| b == b' ').filter(|f| !f.is_empty());
-        let r = super::counters::integer(fields.next()?)?;
-        let t = super::counters::integer(fields.nth(7)?)?;
+        let mut fields = fields(rest);
+        let r = integer(fields.next()?)?;
+        let t = integer(fields.nth(7)?)?;
         rx = rx.saturating_add(r);
         tx = tx.saturating_add(t);
     }
