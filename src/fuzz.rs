@@ -1,5 +1,5 @@
-//! A deterministic mutation fuzzer for the places outside bytes enter: stats text, `ps` lines and broker
-//! bytes.
+//! A deterministic mutation fuzzer for the places outside bytes enter: stats text, `ps` lines, broker
+//! bytes and the kernel's cgroup and proc files.
 //!
 //! It runs as ordinary tests (a few tens of thousands of cases in `make test`) and, with `FUZZ_CASES=N`,
 //! as `make fuzz` for as many cases as asked. Each case mutates a seed from a corpus of real inputs with
@@ -275,6 +275,76 @@ fn broker_case(rng: &mut Rng, input: &[u8]) {
     assert!(s.inflight() <= 4 && s.queued() <= 9);
 }
 
+const KERNEL_SEEDS: &[&str] = &[
+    include_str!("../tests/data/cgroup/v1-hybrid/proc/9734/cgroup"),
+    include_str!("../tests/data/cgroup/v1-hybrid/proc/9734/net/dev"),
+    include_str!("../tests/data/cgroup/v1-comounted/proc/meminfo"),
+    "0::/system.slice/docker-0123.scope\n",
+    "8:0 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n",
+    "8:0 Read 4096\n8:0 Write 5\n8:0 Sync 4101\n8:0 Total 4101\nTotal 4101\n",
+    "usage_usec 2186532\nuser_usec 1096443\ninactive_file 6070272\ntotal_inactive_file 1\n",
+    "9223372036854771712\n",
+    "max\n",
+];
+
+const KERNEL_TOKENS: &[&[u8]] = &[
+    b":",
+    b"::",
+    b",",
+    b"/",
+    b"/..",
+    b"\n",
+    b" ",
+    b"=",
+    b"rbytes=",
+    b"wbytes=",
+    b"Read ",
+    b"Write ",
+    b"lo:",
+    b"memory",
+    b"cpuacct",
+    b"MemTotal:",
+    b" kB",
+    b"18446744073709551616",
+    b"99999999999999999999999",
+    b"-1",
+    b"\xff",
+];
+
+/// One fuzz case for the kernel files: every parser answers, and what it finds lies inside the input.
+fn kernel_case(input: &[u8]) {
+    use crate::source::kernel::{cgroup, counters, netdev};
+    let m = cgroup::parse(input);
+    let inside = |s: &[u8]| {
+        let (a, b) = (input.as_ptr() as usize, s.as_ptr() as usize);
+        assert!(b >= a && b + s.len() <= a + input.len());
+    };
+    for line in [m.cpuacct, m.memory, m.blkio, m.pids].into_iter().flatten() {
+        inside(line.controllers);
+        inside(line.path);
+        let _ = cgroup::check(line.path, b"0123");
+    }
+    if let Some(p) = m.unified {
+        inside(p);
+    }
+    let _ = counters::single(input);
+    let _ = counters::v1_limit(input);
+    let _ = counters::v2_limit(input);
+    let _ = counters::keyed(input, b"inactive_file");
+    let _ = counters::v1_blkio(input);
+    let _ = counters::v2_io(input);
+    let _ = counters::mem_total(input);
+    let _ = netdev::totals(input);
+}
+
+fn run_kernel(n: u64, seed: u64) {
+    let mut rng = Rng(seed);
+    for _ in 0..n {
+        let base = KERNEL_SEEDS[rng.below(KERNEL_SEEDS.len())].as_bytes();
+        kernel_case(&mutate(&mut rng, base, KERNEL_TOKENS));
+    }
+}
+
 fn run_stats(n: u64, seed: u64) {
     let mut rng = Rng(seed);
     for _ in 0..n {
@@ -319,6 +389,12 @@ fn fuzz_stats_parser() {
 fn fuzz_ps_parser() {
     let n = cases(20_000);
     timed("fuzz_ps_parser", n, || run_ps(n, 0x5eed_0003));
+}
+
+#[test]
+fn fuzz_kernel_files() {
+    let n = cases(20_000);
+    timed("fuzz_kernel_files", n, || run_kernel(n, 0x5eed_0004));
 }
 
 #[test]

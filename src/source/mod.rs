@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod engine;
 pub mod file;
+pub mod kernel;
 
 use crate::stats::lifecycle::Lifecycle;
 use crate::stats::ContainerStats;
