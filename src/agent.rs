@@ -18,7 +18,7 @@ use crate::publish::discovery::{self, Discovery};
 use crate::publish::tick::{Publishing, Scratch, Tick};
 use crate::schedule::Schedule;
 use crate::source::cli::CliSource;
-use crate::source::engine::EngineSource;
+use crate::source::engine::{self, EngineSource};
 use crate::source::file::FileSource;
 use crate::source::{self, Collected, Output, Source};
 use crate::{debug, error, info, signal, warn};
@@ -873,6 +873,7 @@ fn build_source(s: &Settings) -> Box<dyn Source> {
             c.engine_socket.clone(),
             c.cli_timeout,
             !s.once,
+            engine::figuring(c.engine_figures, &c.cgroup_root, &c.proc_root),
         )),
     }
 }

@@ -262,29 +262,44 @@ fn cli_and_engine_modes_against_real_containers_agree() {
     check_lifecycle("CLI", &f, &by_cli, &cli_lives, &f.service("plain"));
     assert!(cli_log.contains("CLI mode"), "{cli_log}");
 
-    let engine = format!(r#"{{"mode": "ENGINE", "engine_socket": "{SOCKET}"}}"#);
-    let ((by_engine, engine_lives, engine_log), engine_truth) =
-        with_cpu_truth(&burner, || publish_once(&f, &broker, &engine));
-    check_mode(
-        "ENGINE",
-        &f,
-        &by_engine,
-        &f.service("from-label"),
-        engine_truth,
-    );
-    check_lifecycle(
-        "ENGINE",
-        &f,
-        &by_engine,
-        &engine_lives,
-        &f.service("from-label"),
-    );
-    assert!(
-        engine_log.contains("ENGINE mode"),
-        "the agent said which mode it ran: {engine_log}"
-    );
+    // The default (`auto`: the kernel's files here) and the engine's stats API.
+    for figures in ["auto", "api"] {
+        let engine = format!(
+            r#"{{"mode": "ENGINE", "engine_socket": "{SOCKET}", "engine_figures": "{figures}"}}"#
+        );
+        let ((by_engine, engine_lives, engine_log), engine_truth) =
+            with_cpu_truth(&burner, || publish_once(&f, &broker, &engine));
+        let mode = format!("ENGINE ({figures})");
+        check_mode(
+            &mode,
+            &f,
+            &by_engine,
+            &f.service("from-label"),
+            engine_truth,
+        );
+        check_lifecycle(
+            "ENGINE",
+            &f,
+            &by_engine,
+            &engine_lives,
+            &f.service("from-label"),
+        );
+        assert!(
+            engine_log.contains("ENGINE mode")
+                && engine_log.contains(&format!("engine_figures {figures}")),
+            "the agent said which mode it ran: {engine_log}"
+        );
+        assert!(
+            !engine_log.contains("stats API instead")
+                && !engine_log.contains("kernel figures unreadable"),
+            "{engine_log}"
+        );
+        cross_check(&f, &by_cli, &by_engine);
+    }
+}
 
-    // Cross-check, container by container (the plain one under its two names).
+/// Container by container, CLI against ENGINE (the plain one under its two names).
+fn cross_check(f: &Fixture, by_cli: &Figures, by_engine: &Figures) {
     let pairs = [
         (f.service("burner"), f.service("burner")),
         (f.service("idle"), f.service("idle")),

@@ -75,8 +75,13 @@ impl Fixture {
 
     /// `docker run -d` without networking, under exactly `name`; remembered for clean-up first.
     pub fn run(&mut self, name: &str, opts: &[&str], cmd: &[&str]) {
+        self.run_on("none", name, opts, cmd);
+    }
+
+    /// [`Fixture::run`] on `network`.
+    pub fn run_on(&mut self, network: &str, name: &str, opts: &[&str], cmd: &[&str]) {
         self.containers.push(name.to_owned());
-        let mut args = vec!["run", "-d", "--name", name, "--network", "none"];
+        let mut args = vec!["run", "-d", "--name", name, "--network", network];
         args.extend_from_slice(opts);
         args.push(&self.image);
         args.extend_from_slice(cmd);

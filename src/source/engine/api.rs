@@ -299,8 +299,28 @@ fn clip(text: &str) -> String {
     }
 }
 
+/// An inspect answer: who the container is, how its life goes, and its main process (the host's pid, while
+/// it runs) whose cgroup and network namespace hold its figures.
+pub struct Inspected {
+    pub listed: Listed,
+    pub life: Lifecycle,
+    pub pid: Option<u32>,
+    pub network: Network,
+}
+
+/// Whose network namespace a container's process is in (`HostConfig.NetworkMode`): `/proc/<pid>/net/dev`
+/// is the container's own only in the first case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    Own,
+    /// `host`: the engine reports no networks (docker stats shows 0B / 0B); net/dev is the host's.
+    Host,
+    /// `container:<id>`: another container's; only the engine knows what it reports.
+    Shared,
+}
+
 /// `GET /containers/{id}/json`, reduced to who the container is and how its life goes.
-pub fn parse_inspect(body: &[u8]) -> Result<(Listed, Lifecycle), String> {
+pub fn parse_inspect(body: &[u8]) -> Result<Inspected, String> {
     #[derive(Deserialize)]
     struct RawHealth {
         #[serde(rename = "Status")]
@@ -318,11 +338,18 @@ pub fn parse_inspect(body: &[u8]) -> Result<(Listed, Lifecycle), String> {
         started_at: Option<String>,
         #[serde(rename = "Health")]
         health: Option<RawHealth>,
+        #[serde(rename = "Pid")]
+        pid: Option<u32>,
     }
     #[derive(Deserialize)]
     struct RawConfig {
         #[serde(rename = "Labels")]
         labels: Option<Labels>,
+    }
+    #[derive(Deserialize)]
+    struct RawHostConfig {
+        #[serde(rename = "NetworkMode")]
+        network_mode: Option<String>,
     }
     #[derive(Deserialize)]
     struct Raw {
@@ -336,6 +363,8 @@ pub fn parse_inspect(body: &[u8]) -> Result<(Listed, Lifecycle), String> {
         state: Option<RawState>,
         #[serde(rename = "Config")]
         config: Option<RawConfig>,
+        #[serde(rename = "HostConfig")]
+        host_config: Option<RawHostConfig>,
     }
     let raw: Raw = serde_json::from_slice(body)
         .map_err(|e| format!("inspect answer is not the expected JSON: {e}"))?;
@@ -377,7 +406,20 @@ pub fn parse_inspect(body: &[u8]) -> Result<(Listed, Lifecycle), String> {
         service,
         state: Some(state),
     };
-    Ok((listed, life))
+    // The engine says 0 for a container that is not running.
+    let pid = st.pid.filter(|&p| p > 0 && state == State::Running);
+    let mode = raw.host_config.and_then(|h| h.network_mode);
+    let network = match mode.as_deref() {
+        Some("host") => Network::Host,
+        Some(m) if m.starts_with("container:") => Network::Shared,
+        _ => Network::Own,
+    };
+    Ok(Inspected {
+        listed,
+        life,
+        pid,
+        network,
+    })
 }
 
 /// The engine's times (`2026-11-25T09:19:41.269701798Z`, or with an offset) in Unix milliseconds; `None`
@@ -474,10 +516,15 @@ mod lifecycle_tests {
                      "StartedAt":"2026-11-25T09:19:41.269701798Z","FinishedAt":"2026-11-25T09:20:00Z",
                      "Health":{"Status":"unhealthy","FailingStreak":3,"Log":[]}},
             "Config":{"Labels":{"io.balena.service-name":"main"}}}"#;
-        let (l, life) = parse_inspect(body).unwrap();
+        let Inspected {
+            listed: l,
+            life,
+            pid,
+            ..
+        } = parse_inspect(body).unwrap();
         assert_eq!(
-            (l.name.as_str(), l.service.as_deref(), l.state),
-            ("main_1_2", Some("main"), Some(State::Exited))
+            (l.name.as_str(), l.service.as_deref(), l.state, pid),
+            ("main_1_2", Some("main"), Some(State::Exited), None)
         );
         assert_eq!(
             life,
@@ -490,10 +537,29 @@ mod lifecycle_tests {
                 started_at_ms: Some(1_795_598_381_269),
             }
         );
-        let (_, life) = parse_inspect(
-            br#"{"Id":"ab","State":{"Status":"created","StartedAt":"0001-01-01T00:00:00Z"}}"#,
+        let running = parse_inspect(br#"{"Id":"ab","State":{"Status":"running","Pid":4242}}"#);
+        let running = running.unwrap();
+        assert_eq!((running.pid, running.network), (Some(4242), Network::Own));
+        for (mode, network) in [
+            ("host", Network::Host),
+            ("container:ab12", Network::Shared),
+            ("bridge", Network::Own),
+            ("my-net", Network::Own),
+        ] {
+            let body = format!(
+                r#"{{"Id":"ab","State":{{"Status":"running","Pid":1}},"HostConfig":{{"NetworkMode":"{mode}"}}}}"#
+            );
+            assert_eq!(
+                parse_inspect(body.as_bytes()).unwrap().network,
+                network,
+                "{mode}"
+            );
+        }
+        let life = parse_inspect(
+            br#"{"Id":"ab","State":{"Status":"created","StartedAt":"0001-01-01T00:00:00Z","Pid":0}}"#,
         )
-        .unwrap();
+        .unwrap()
+        .life;
         assert_eq!(
             (life.state, life.health, life.started_at_ms),
             (State::Created, None, None)

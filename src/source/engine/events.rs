@@ -59,6 +59,8 @@ pub struct EventStream {
     line: Vec<u8>,
     /// The current line went past [`MAX_EVENT_LINE`]: skip to its end.
     skipping: bool,
+    /// An event was skipped since [`EventStream::take_lost`] last asked: what we know may be stale.
+    lost: bool,
 }
 
 impl Default for EventStream {
@@ -67,11 +69,23 @@ impl Default for EventStream {
             body: Body::Head(Vec::new()),
             line: Vec::new(),
             skipping: false,
+            lost: false,
         }
     }
 }
 
 impl EventStream {
+    /// The engine has answered the request: from here on it sends every event (it subscribes us before
+    /// it answers), so a container list asked for now misses nothing.
+    pub fn subscribed(&self) -> bool {
+        !matches!(self.body, Body::Head(_))
+    }
+
+    /// Whether an event was skipped (too long to read) since the last call.
+    pub fn take_lost(&mut self) -> bool {
+        std::mem::take(&mut self.lost)
+    }
+
     /// Takes the bytes that came; the events they completed go to `out`. An error ends the stream (a
     /// refusal, a framing the stream cannot be read past).
     pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
@@ -149,6 +163,7 @@ impl EventStream {
                 if self.line.len() + part.len() > MAX_EVENT_LINE {
                     crate::warn!("engine events: a line over {MAX_EVENT_LINE} bytes skipped");
                     self.skipping = true;
+                    self.lost = true;
                     self.line.clear();
                 } else {
                     self.line.extend_from_slice(part);
@@ -278,6 +293,7 @@ mod tests {
         assert!(e.contains("500"), "{e}");
         let mut s = EventStream::default();
         let mut got = Vec::new();
+        assert!(!s.subscribed());
         let wire = format!(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}{}",
             chunk("not json\n{\"Type\":\"network\",\"Action\":\"connect\",\"Actor\":{\"ID\":\"ab\"}}\n"),
@@ -285,10 +301,15 @@ mod tests {
         );
         s.feed(wire.as_bytes(), &mut got).unwrap();
         assert!(got.is_empty(), "{got:?}");
-        // An overlong line is skipped, the next one still read.
+        assert!(
+            s.subscribed() && !s.take_lost(),
+            "junk that is not ours is not a lost event"
+        );
+        // An overlong line is skipped, the next one still read; the skip is told once.
         let long = format!("{}\n{DIE}\n", "x".repeat(MAX_EVENT_LINE + 10));
         s.feed(chunk(&long).as_bytes(), &mut got).unwrap();
         assert_eq!(got.len(), 1);
+        assert!(s.take_lost() && !s.take_lost());
         assert!(s.feed(b"0\r\n\r\n", &mut got).is_err());
         let mut s = EventStream::default();
         assert!(s

@@ -15,6 +15,7 @@ pub mod api;
 pub mod events;
 pub mod http;
 
+use super::kernel::{self, Place, Roots};
 use super::{pollfd, Output, Source};
 use crate::mqtt::backoff::Backoff;
 use crate::stats::lifecycle::{Lifecycle, State};
@@ -116,11 +117,84 @@ struct EventConn {
     parser: events::EventStream,
 }
 
-/// What we know of a container: who it is and its life as last inspected.
+/// What we know of a container: who it is, its life and main process as last inspected, and where the
+/// kernel keeps its counters.
 struct Known {
     listed: Listed,
     life: Lifecycle,
+    pid: Option<u32>,
+    network: api::Network,
+    track: Track,
 }
+
+/// A running container's counters in the kernel: found once per main process.
+#[derive(Default)]
+struct Track {
+    place: Option<Place>,
+    /// Our previous CPU reading of it, for the next CPU %.
+    previous: Option<(u64, Instant)>,
+    /// Its fallback to the stats API was said; said again only after the kernel's files worked.
+    warned: bool,
+}
+
+/// Where running containers' figures come from: the engine's stats API, or the kernel's own files, which
+/// the engine would read for us at about twenty times the price.
+pub enum Figuring {
+    Api,
+    Kernel {
+        roots: Roots,
+        /// `auto`: if the first try reads no container's files, the API takes over for good.
+        auto: bool,
+    },
+}
+
+/// The kernel route's state.
+struct Kernel {
+    roots: Roots,
+    /// The host's memory: what the engine gives as an unlimited container's limit.
+    host_memory: Result<u64, String>,
+    auto: bool,
+    /// Some container's files have been read: `auto` keeps the kernel from here on.
+    proven: bool,
+}
+
+/// The choice of `engine_figures`, with `auto` settled by whether the kernel's files are there at all (a
+/// balena container sees the host's only with the sysfs and procfs labels).
+pub fn figuring(
+    choice: crate::config::EngineFigures,
+    cgroup_root: &str,
+    proc_root: &str,
+) -> Figuring {
+    use crate::config::EngineFigures;
+    let roots = Roots {
+        cgroup: cgroup_root.into(),
+        proc: proc_root.into(),
+    };
+    match choice {
+        EngineFigures::Api => Figuring::Api,
+        EngineFigures::Cgroup => Figuring::Kernel { roots, auto: false },
+        EngineFigures::Auto => {
+            let usable = kernel::host_memory(&roots).and_then(|_| {
+                if roots.cgroup.is_dir() {
+                    Ok(())
+                } else {
+                    Err(format!("{} is not a directory", roots.cgroup.display()))
+                }
+            });
+            match usable {
+                Ok(()) => Figuring::Kernel { roots, auto: true },
+                Err(why) => {
+                    crate::info!("engine_figures auto: {why}; {API_INSTEAD}");
+                    Figuring::Api
+                }
+            }
+        }
+    }
+}
+
+const API_INSTEAD: &str =
+    "figures come from the engine's stats API instead (on balena, give this service \
+                           the labels io.balena.features.sysfs and io.balena.features.procfs)";
 
 /// One container in the collection under way.
 struct Entry {
@@ -128,6 +202,19 @@ struct Entry {
     figures: Option<Figures>,
     /// The first sample's CPU, while a CPU % still waits for a later one.
     cpu_before: Option<CpuSample>,
+    /// The same for the kernel's counter.
+    kernel_before: Option<(u64, Instant)>,
+}
+
+impl Entry {
+    fn new(listed: Listed) -> Entry {
+        Entry {
+            listed,
+            figures: None,
+            cpu_before: None,
+            kernel_before: None,
+        }
+    }
 }
 
 /// The collection under way.
@@ -143,6 +230,11 @@ struct Run {
     stats_left: usize,
     round: u32,
     next_round: Option<Instant>,
+    /// The kernel's files are still to be read, once the list and its inspects are in.
+    kernel_pending: bool,
+    /// The event stream's connection (its number) that was already subscribed when the list was asked:
+    /// while it stays up, the list plus its events is all we need to know.
+    list_under: Option<u64>,
 }
 
 /// ENGINE mode as a [`Source`].
@@ -152,8 +244,14 @@ pub struct EngineSource {
     timeout: Duration,
     /// Follow the event stream (not for `--once`: there is no later collection to hand changes to).
     follow: bool,
-    /// Our own previous CPU sample of each container, by full id.
+    /// Our own previous CPU sample of each container, by full id (the API's figures).
     previous: HashMap<String, CpuSample>,
+    kernel: Option<Kernel>,
+    /// What we know is the engine's truth: listed under a subscribed event stream, which has kept it
+    /// current since. A tick then asks the engine nothing (kernel route).
+    synced: bool,
+    /// Event stream connections made so far: which one a list was asked under.
+    events_gen: u64,
     known: HashMap<String, Known>,
     /// Inspects under way for events, by id: true when another event came meanwhile.
     inspecting: HashMap<String, bool>,
@@ -173,14 +271,31 @@ pub struct EngineSource {
 }
 
 impl EngineSource {
-    pub fn new(configured: Option<String>, timeout: Duration, follow: bool) -> EngineSource {
+    pub fn new(
+        configured: Option<String>,
+        timeout: Duration,
+        follow: bool,
+        figuring: Figuring,
+    ) -> EngineSource {
         let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let kernel = match figuring {
+            Figuring::Api => None,
+            Figuring::Kernel { roots, auto } => Some(Kernel {
+                host_memory: kernel::host_memory(&roots),
+                roots,
+                auto,
+                proven: false,
+            }),
+        };
         EngineSource {
             configured,
             socket: String::new(),
             timeout,
             follow,
             previous: HashMap::new(),
+            kernel,
+            synced: false,
+            events_gen: 0,
             known: HashMap::new(),
             inspecting: HashMap::new(),
             oom_seen: Vec::new(),
@@ -288,8 +403,9 @@ impl EngineSource {
             .collect();
         // Stats are numbered by entry; a container whose state we do not know (yet) is inspected.
         let mut asks = Vec::new();
+        let api = self.kernel.is_none();
         for (i, c) in listed.iter().enumerate() {
-            if c.state == Some(State::Running) {
+            if api && c.state == Some(State::Running) {
                 asks.push((stats_path(&c.id), Purpose::Stats(i), MAX_STATS_BODY));
             }
             let stale = self
@@ -304,23 +420,20 @@ impl EngineSource {
                 asks.push((inspect_path(&c.id), purpose, MAX_STATS_BODY));
             }
         }
+        let subscribed = self.subscribed();
         let Some(run) = self.run.as_mut() else {
             return;
         };
         run.listed = true;
+        if run.list_under.is_some() && run.list_under == subscribed {
+            self.synced = true;
+        }
         for id in gone {
             if let Some(k) = self.known.remove(&id) {
                 run.removed.push(k.listed);
             }
         }
-        run.entries = listed
-            .into_iter()
-            .map(|listed| Entry {
-                listed,
-                figures: None,
-                cpu_before: None,
-            })
-            .collect();
+        run.entries = listed.into_iter().map(Entry::new).collect();
         run.outstanding += asks.len();
         run.stats_left = asks
             .iter()
@@ -330,6 +443,7 @@ impl EngineSource {
             self.ask(path, purpose, max);
         }
         self.open_queued(now);
+        self.kernel_phase(now);
         self.round_done(now);
     }
 
@@ -406,10 +520,13 @@ impl EngineSource {
         let Some(run) = self.run.as_mut() else {
             return;
         };
-        if !run.listed || run.stats_left > 0 || run.next_round.is_some() {
+        if !run.listed || run.kernel_pending || run.stats_left > 0 || run.next_round.is_some() {
             return;
         }
-        let waiting = run.entries.iter().any(|e| e.cpu_before.is_some());
+        let waiting = run
+            .entries
+            .iter()
+            .any(|e| e.cpu_before.is_some() || e.kernel_before.is_some());
         if waiting && run.round < SAMPLE_ROUNDS {
             let at = run.started + SECOND_SAMPLE_AFTER * (run.round + 1);
             if at + Duration::from_millis(100) >= run.deadline {
@@ -433,6 +550,13 @@ impl EngineSource {
         }
         run.next_round = None;
         run.round += 1;
+        if let Some(k) = self.kernel.as_ref() {
+            for e in run.entries.iter_mut() {
+                if let Some(before) = e.kernel_before.take() {
+                    second_kernel_sample(k, self.known.get_mut(&e.listed.id), e, before, now);
+                }
+            }
+        }
         let again: Vec<(String, usize)> = run
             .entries
             .iter()
@@ -460,14 +584,30 @@ impl EngineSource {
         };
         match result {
             Ok(r) if r.status == 200 => match api::parse_inspect(&r.body) {
-                Ok((listed, life)) => {
+                Ok(api::Inspected {
+                    listed,
+                    life,
+                    pid,
+                    network,
+                }) => {
                     let life = oom_from_events(life, self.oom_seen.contains(&id));
-                    let changed = self.known.get(&id).is_none_or(|k| k.life != life);
+                    let old = self.known.remove(&id);
+                    let changed = old.as_ref().is_none_or(|k| k.life != life);
                     if changed && !for_run {
                         self.changes.push(lifecycle_only(&listed, life.clone()));
                     }
-                    if self.known.len() < MAX_CONTAINERS || self.known.contains_key(&id) {
-                        self.known.insert(id.clone(), Known { listed, life });
+                    // The same main process: its cgroup and our last reading of it still hold.
+                    let track = old.filter(|k| k.pid == pid).map(|k| k.track);
+                    if self.known.len() < MAX_CONTAINERS {
+                        let track = track.unwrap_or_default();
+                        let k = Known {
+                            listed,
+                            life,
+                            pid,
+                            network,
+                            track,
+                        };
+                        self.known.insert(id.clone(), k);
                     }
                 }
                 Err(e) => crate::warn!("engine: container {}: {e}", api::short_id(&id)),
@@ -509,6 +649,99 @@ impl EngineSource {
         self.ask(path, purpose, MAX_STATS_BODY);
     }
 
+    /// The number of the event stream's connection if the engine has subscribed it.
+    fn subscribed(&self) -> Option<u64> {
+        let ev = self.events.as_ref()?;
+        ev.parser.subscribed().then_some(self.events_gen)
+    }
+
+    /// The collection's containers when we are in sync: those the events have kept us told of.
+    fn entries_from_known(&mut self) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        let mut entries: Vec<Entry> = self
+            .known
+            .values()
+            .map(|k| Entry::new(k.listed.clone()))
+            .collect();
+        entries.sort_by(|a, b| a.listed.name.cmp(&b.listed.name));
+        run.entries = entries;
+        let known = &self.known;
+        self.previous.retain(|id, _| known.contains_key(id));
+    }
+
+    /// Once the list and its inspects are in: every running container's figures from the kernel's files.
+    /// One that cannot be read is asked of the stats API instead, for this tick, with a warning.
+    fn kernel_phase(&mut self, now: Instant) {
+        let (Some(k), Some(run)) = (self.kernel.as_mut(), self.run.as_mut()) else {
+            return;
+        };
+        if !run.kernel_pending || !run.listed || run.outstanding > 0 {
+            return;
+        }
+        run.kernel_pending = false;
+        let mut failed = Vec::new();
+        let mut unknown = Vec::new();
+        for (i, e) in run.entries.iter_mut().enumerate() {
+            if e.listed.state != Some(State::Running) {
+                continue;
+            }
+            let known = self.known.get_mut(&e.listed.id);
+            let known = known.filter(|c| c.pid.is_some() && c.network != api::Network::Shared);
+            let Some(known) = known else {
+                // Its inspect failed or is late, or it counts another container's network as its own:
+                // only the engine can say, and that says nothing of the kernel's files.
+                unknown.push(i);
+                continue;
+            };
+            match first_kernel_sample(k, known, e, now) {
+                Ok(()) => k.proven = true,
+                Err(why) => failed.push((i, why)),
+            }
+        }
+        if k.auto && !k.proven {
+            if let Some((_, why)) = failed.first() {
+                crate::info!(
+                    "engine_figures auto: the kernel's files cannot be read ({why}); {API_INSTEAD}"
+                );
+                self.kernel = None;
+                self.synced = false;
+            }
+        } else {
+            for (i, why) in &failed {
+                let e = &run.entries[*i];
+                let warned = self
+                    .known
+                    .get_mut(&e.listed.id)
+                    .map(|k| &mut k.track.warned);
+                if let Some(false) | None = warned.as_deref() {
+                    crate::warn!(
+                        "engine: container {} ({}): kernel figures unreadable ({why}); asking the engine's stats API until they are readable again",
+                        e.listed.name,
+                        api::short_id(&e.listed.id)
+                    );
+                }
+                if let Some(w) = warned {
+                    *w = true;
+                }
+            }
+        }
+        let asks: Vec<(String, usize)> = failed
+            .into_iter()
+            .map(|(i, _)| i)
+            .chain(unknown)
+            .map(|i| (stats_path(&run.entries[i].listed.id), i))
+            .collect();
+        run.outstanding += asks.len();
+        run.stats_left += asks.len();
+        for (path, i) in asks {
+            self.ask(path, Purpose::Stats(i), MAX_STATS_BODY);
+        }
+        self.open_queued(now);
+        self.round_done(now);
+    }
+
     fn fail(&mut self, error: String) {
         self.run = None;
         // The collection's own requests are dropped; those for events stay.
@@ -525,10 +758,9 @@ impl EngineSource {
     /// Every answer is in: the tick's containers, running ones with figures, the others by their
     /// lifecycle alone, removed ones once.
     fn finish_if_done(&mut self, now: Instant) {
-        let done = self
-            .run
-            .as_ref()
-            .is_some_and(|r| r.listed && r.outstanding == 0 && r.next_round.is_none());
+        let done = self.run.as_ref().is_some_and(|r| {
+            r.listed && !r.kernel_pending && r.outstanding == 0 && r.next_round.is_none()
+        });
         if !done {
             return;
         }
@@ -593,6 +825,7 @@ impl EngineSource {
         }
         match connect(&self.socket) {
             Ok(stream) => {
+                self.events_gen += 1;
                 self.events = Some(EventConn {
                     stream,
                     wire: http::get_request(EVENTS_PATH),
@@ -606,6 +839,7 @@ impl EngineSource {
 
     fn events_failed(&mut self, now: Instant, why: &str) {
         self.events = None;
+        self.synced = false;
         let delay = self.events_backoff.next_delay();
         self.events_at = now + delay;
         // Once per outage: a collection says the same more loudly if the engine is really gone.
@@ -654,6 +888,10 @@ impl EngineSource {
             self.events_backoff.reset();
             self.events_warned = false;
         }
+        if ev.parser.take_lost() {
+            // An event we could not read may have changed anything: the next tick lists again.
+            self.synced = false;
+        }
         for e in got.into_iter().filter(events::Event::matters) {
             crate::debug!("engine event: {} {}", api::short_id(&e.id), e.action);
             match e.action.as_str() {
@@ -676,21 +914,33 @@ impl EngineSource {
 
 impl Source for EngineSource {
     fn start(&mut self, now: Instant) {
-        self.socket = self.resolve();
+        // In sync the list is what the events have made of it: no request at all.
+        let synced = self.synced && self.kernel.is_some();
+        if !synced {
+            self.socket = self.resolve();
+        }
         self.run = Some(Run {
             started: now,
             deadline: now + self.timeout,
-            listed: false,
+            listed: synced,
             entries: Vec::new(),
             removed: Vec::new(),
-            outstanding: 1,
+            outstanding: usize::from(!synced),
             stats_left: 0,
             round: 0,
             next_round: None,
+            kernel_pending: self.kernel.is_some(),
+            list_under: self.subscribed(),
         });
-        self.ask(LIST_PATH.to_owned(), Purpose::List, MAX_LIST_BODY);
+        if synced {
+            self.entries_from_known();
+        } else {
+            self.ask(LIST_PATH.to_owned(), Purpose::List, MAX_LIST_BODY);
+        }
         self.open_queued(now);
         self.events_due(now);
+        self.kernel_phase(now);
+        self.finish_if_done(now);
     }
 
     fn busy(&self) -> bool {
@@ -775,6 +1025,7 @@ impl Source for EngineSource {
         }
         self.next_round(now);
         self.expire_run(now);
+        self.kernel_phase(now);
         self.open_queued(now);
         self.events_due(now);
         self.finish_if_done(now);
@@ -898,6 +1149,74 @@ fn connect(socket: &str) -> Result<UnixStream, String> {
         return Err(fail(std::io::Error::last_os_error()));
     }
     Ok(UnixStream::from(owned))
+}
+
+/// Reads a container's counters, finding where they are first when we do not know yet. A failed read
+/// forgets the place: the container may have restarted with a new main process.
+fn read_kernel(k: &Kernel, known: Option<&mut Known>, id: &str) -> Result<kernel::Reading, String> {
+    let c = known.ok_or("not inspected yet")?;
+    let pid = c.pid.ok_or("the engine gave no main process")?;
+    let place = match c.track.place.take() {
+        Some(p) => p,
+        None => kernel::locate(&k.roots, pid, id)?,
+    };
+    let reading = kernel::read(&k.roots, &place, pid)?;
+    c.track.place = Some(place);
+    Ok(reading)
+}
+
+/// This tick's reading: the figures, with a CPU % against our previous reading when there is one (else
+/// the entry waits for a second).
+fn first_kernel_sample(
+    k: &Kernel,
+    c: &mut Known,
+    e: &mut Entry,
+    now: Instant,
+) -> Result<(), String> {
+    let host = *k
+        .host_memory
+        .as_ref()
+        .map_err(|e| format!("host memory: {e}"))?;
+    let mut r = read_kernel(k, Some(&mut *c), &e.listed.id)?;
+    if c.network == api::Network::Host {
+        // The host's interfaces, which the engine does not count as the container's.
+        (r.rx_bytes, r.tx_bytes) = (0, 0);
+    }
+    let cpu = c
+        .track
+        .previous
+        .and_then(|before| kernel::cpu_percent(before, (r.cpu_ns, now)));
+    c.track.previous = Some((r.cpu_ns, now));
+    c.track.warned = false;
+    if cpu.is_none() {
+        e.kernel_before = Some((r.cpu_ns, now));
+    }
+    e.figures = Some(kernel::figures(&r, host, cpu));
+    Ok(())
+}
+
+/// A later reading for an entry that had no CPU % yet. A failure leaves the figures without one.
+fn second_kernel_sample(
+    k: &Kernel,
+    mut known: Option<&mut Known>,
+    e: &mut Entry,
+    before: (u64, Instant),
+    now: Instant,
+) {
+    let Ok(r) = read_kernel(k, known.as_deref_mut(), &e.listed.id) else {
+        return;
+    };
+    match kernel::cpu_percent(before, (r.cpu_ns, now)) {
+        Some(p) => {
+            if let Some(f) = e.figures.as_mut() {
+                f.set(Metric::CpuPercent, Value::Percent(p));
+            }
+            if let Some(c) = known {
+                c.track.previous = Some((r.cpu_ns, now));
+            }
+        }
+        None => e.kernel_before = Some(before),
+    }
 }
 
 fn stats_path(id: &str) -> String {
@@ -1089,7 +1408,12 @@ mod tests {
     }
 
     fn source(socket: &str) -> EngineSource {
-        EngineSource::new(Some(socket.to_owned()), Duration::from_secs(10), false)
+        EngineSource::new(
+            Some(socket.to_owned()),
+            Duration::from_secs(10),
+            false,
+            Figuring::Api,
+        )
     }
 
     fn answer(status: &str, body: &str) -> Vec<u8> {
@@ -1308,7 +1632,7 @@ mod tests {
             ],
             4,
         );
-        let mut e = EngineSource::new(Some(socket), Duration::from_secs(10), false);
+        let mut e = EngineSource::new(Some(socket), Duration::from_secs(10), false, Figuring::Api);
         let got = parsed(collect(&mut e));
         assert_eq!(got[0].lifecycle.as_ref().unwrap().state, State::Running);
         // Only now the event stream (the fake engine's answers go in order of the requests).

@@ -7,9 +7,6 @@
 //! `cgroup` and `proc` roots are configurable because in a balena container the host's `/sys` and
 //! `/proc` are bind-mounted where the device's labels put them, and so tests can use fixture trees.
 
-// Until ENGINE mode reads through it (issue 12's wiring); remove with the first caller.
-#![allow(dead_code)]
-
 pub mod cgroup;
 pub mod counters;
 pub mod netdev;
