@@ -268,14 +268,16 @@ def write_config(confdir, broker, collector, qos=1, once_timeout=None):
 class Agent:
     """The agent running continuously, its stderr followed line by line for the tick lines."""
 
-    def __init__(self, binary, confdir, logpath):
+    def __init__(self, binary, confdir, logpath, env=None):
+        """`confdir` None: no --config-dir (the configuration is in `env`, e.g. CONFIG_DIR and STATS_*)."""
         self.ticks = []  # (containers, messages)
         self.lines = []
         self.cv = threading.Condition()
         self.log = open(logpath, "w")
-        env = dict(os.environ, LOG_LEVEL="info")
-        self.proc = RES.popen([binary, "--config-dir", confdir], stdin=subprocess.DEVNULL,
-                              stdout=self.log, stderr=subprocess.PIPE, text=True, env=env)
+        env = dict(os.environ if env is None else env, LOG_LEVEL="info")
+        argv = [binary] + (["--config-dir", confdir] if confdir else [])
+        self.proc = RES.popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.PIPE, text=True,
+                              env=env)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
