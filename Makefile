@@ -76,11 +76,20 @@ image:
 	@CARGO="$(CARGO)" $(STATIC) image "$(PLATFORM)" "$(IMAGE)"
 
 # make bench: binary sizes, FILE-mode CPU/RSS per tick at 8 / 1,000 / 10,000 containers, --once publishing
-# against mosquitto_pub, CLI and ENGINE mode on real containers (issue 6). Report in target/bench/.
-.PHONY: bench
+# against mosquitto_pub, CLI and ENGINE mode on real containers (issue 6), and the CPU per cycle of agent +
+# engine for ENGINE's kernel figures, its API figures and the CLI route (issue 12). Report in target/bench/.
+# make bench-kernel: only the last (about 10 minutes), on the shipped x86_64 binary; a quick look:
+#   make bench-kernel BENCH_KERNEL_ARGS="--cycles 3 --scale-cycles 2 --counts 10,40"
+.PHONY: bench bench-kernel
+BENCH_KERNEL_ARGS ?=
 bench: build dist
 	@sh tests/scripts/ensure-deps.sh bench
 	@python3 tests/bench/bench.py
+
+bench-kernel: x86_64
+	@sh tests/scripts/ensure-deps.sh bench
+	@python3 tests/bench/kernel_figures.py $(BENCH_KERNEL_ARGS) \
+		"$${CARGO_TARGET_DIR:-target}/device/x86_64-unknown-linux-musl/release/$(BIN)"
 
 # make fuzz: the deterministic fuzzers of src/fuzz.rs (stats text and broker bytes), FUZZ_CASES each
 # (default 1,000,000); make test runs them for 20,000 and 50,000 cases.

@@ -268,14 +268,16 @@ def write_config(confdir, broker, collector, qos=1, once_timeout=None):
 class Agent:
     """The agent running continuously, its stderr followed line by line for the tick lines."""
 
-    def __init__(self, binary, confdir, logpath):
+    def __init__(self, binary, confdir, logpath, env=None):
+        """`confdir` None: no --config-dir (the configuration is in `env`, e.g. CONFIG_DIR and STATS_*)."""
         self.ticks = []  # (containers, messages)
         self.lines = []
         self.cv = threading.Condition()
         self.log = open(logpath, "w")
-        env = dict(os.environ, LOG_LEVEL="info")
-        self.proc = RES.popen([binary, "--config-dir", confdir], stdin=subprocess.DEVNULL,
-                              stdout=self.log, stderr=subprocess.PIPE, text=True, env=env)
+        env = dict(os.environ if env is None else env, LOG_LEVEL="info")
+        argv = [binary] + (["--config-dir", confdir] if confdir else [])
+        self.proc = RES.popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.PIPE, text=True,
+                              env=env)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -1006,6 +1008,16 @@ def render(res):
         else:
             import engine_scale
             L.extend(engine_scale.render(scale))
+    kf = res.get("kernel_figures")
+    if kf:
+        L.append("")
+        L.append("## CPU per cycle of the agent and the engine: figures from cgroups, the API, the CLI (issue 12)")
+        L.append("")
+        if "error" in kf:
+            L.append(f"failed: {kf['error']}")
+        else:
+            import kernel_figures
+            L.extend(l.replace("### ", "#### ", 1) if l.startswith("### ") else l for l in kernel_figures.render(kf))
     L.append("")
     L.append("## Floods (issue 10): a peer that keeps the socket full")
     L.append("")
@@ -1024,7 +1036,7 @@ def render(res):
         L.append(f"| {row['scenario']} | {row['flood_messages']:,} | {mib(row['calm_hwm'])} -> {mib(row['peak_rss'])} | "
                  f"{row['ticks']} / {row['expected_ticks']} | {late} | {row['stop_s'] * 1000:.0f} ms |")
     L.append("")
-    L.append("## Targets (issues 6 and 10), for reading; nothing fails on them")
+    L.append("## Targets (issues 6, 10 and 12), for reading; nothing fails on them")
     L.append("")
     L.append("| target | measured |")
     L.append("| --- | --- |")
@@ -1065,6 +1077,10 @@ def targets(res):
         out.append({"what": "CPU per tick over TLS / plain TCP, 1,000 containers <= 1.5", "value": t["ratio"],
                     "limit": 1.5, "measured": f"{t['ratio']:.2f} ({ms(cpu(t))} against {ms(t['plain_cpu_ms'])})",
                     "unit": "x"})
+    kf = res.get("kernel_figures")
+    if kf and "error" not in kf:
+        import kernel_figures
+        out.extend(kernel_figures.targets(kf))
     p = res.get("publishing")
     if p and "error" not in p and 1 in p["qos"]:
         out.append({"what": "QoS 1 publishing ratio agent / mosquitto_pub -l <= 1.0", "value": p["qos"][1]["ratio"],
@@ -1151,6 +1167,8 @@ def machine(binary):
 
 
 def main():
+    # kernel_figures imports `bench`: let it share this running module (one RES, one Failure), not a copy.
+    sys.modules.setdefault("bench", sys.modules[__name__])
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     # The shipped binary (static musl, std rebuilt for size) is what is measured; the glibc build of
@@ -1263,6 +1281,17 @@ def main():
             except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the bench goes on
                 failures += 1
                 res["engine_scale"] = {"error": str(e)}
+            try:
+                # Also before the rows below: it grows the engine to 200 containers of its own and removes them.
+                import kernel_figures
+                log("CPU per cycle of agent + engine: ENGINE figures from cgroups or the API, and the CLI route "
+                    f"(issue 12; {kernel_figures.COUNTS} containers)")
+                res["kernel_figures"] = kernel_figures.measure(binary, broker, work)
+                failures += res["kernel_figures"]["failures"]
+                kernel_figures.write(res["kernel_figures"], machine(binary_src))
+            except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the bench goes on
+                failures += 1
+                res["kernel_figures"] = {"error": str(e)}
             try:
                 log(f"starting {ENGINE_CONTAINERS} busybox containers")
                 start_containers(work, ENGINE_CONTAINERS)

@@ -9,6 +9,7 @@ the figures being handed to publishing. The first collection includes the wait f
 `--network none`, named with this process's id, and removed on every way out.
 """
 
+import concurrent.futures
 import json
 import os
 import re
@@ -45,17 +46,22 @@ class Containers:
             tar = subprocess.run(["tar", "-C", root, "-c", "bin"], capture_output=True, check=True).stdout
         docker("import", "-", self.image, input=tar)
 
-    def grow_to(self, n):
-        while len(self.ids) < n:
-            i = len(self.ids)
+    def grow_to(self, n, parallel=1):
+        """`parallel` docker runs at a time: the engine starts 200 containers in about half the time with 4."""
+        def start(i):
             name = f"scalesvc{i}-{self.run_id}_{5400000 + i}_2764432"
-            self.ids.append(docker("run", "-d", "--network", "none", "--name", name,
-                                   "--label", f"telemetry-scale={self.run_id}", self.image,
-                                   "/bin/busybox", "sleep", "3600"))
+            return docker("run", "-d", "--network", "none", "--name", name, "--label",
+                          f"telemetry-scale={self.run_id}", self.image, "/bin/busybox", "sleep", "3600")
+        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+            self.ids.extend(pool.map(start, range(len(self.ids), n)))
 
     def remove(self):
-        for i in range(0, len(self.ids), 50):
-            docker("rm", "-f", *self.ids[i:i + 50], check=False)
+        # By label too: a `docker run` that failed after creating its container left no id here.
+        labelled = docker("ps", "-aq", "--no-trunc", "--filter", f"label=telemetry-scale={self.run_id}", check=False)
+        ids = list(dict.fromkeys(self.ids + [i for i in labelled.split() if i]))
+        for i in range(0, len(ids), 50):
+            docker("rm", "-f", *ids[i:i + 50], check=False)
+        self.ids = []
         docker("rmi", "-f", self.image, check=False)
 
 
