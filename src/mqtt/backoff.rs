@@ -45,7 +45,7 @@ impl Backoff {
 }
 
 /// A delay for a log line, as `{:.1}` printed its f32 seconds (`2.4`), without float formatting: the
-/// agent's only `{:.1}` of a float, whose Grisu/Dragon code and tables were 6 KB of the device binary.
+/// agent's only `{:.1}` of a float, whose Grisu/Dragon code and tables are 6.6 KB of the device binary.
 pub struct Seconds(pub Duration);
 
 impl std::fmt::Display for Seconds {

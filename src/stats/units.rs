@@ -5,7 +5,7 @@
 //! serves both. Percentages are `%.2f%%`.
 //!
 //! We check the shape of the number first, so that no `NaN`, `inf` or sign ever reaches a payload, then read
-//! its value ourselves rather than with `f64::from_str`: core's float parser and its tables were 14 KB of
+//! its value ourselves rather than with `f64::from_str`: core's float parser and its tables were 15 KB of
 //! the 1,000 KiB device binary, for numbers docker prints with at most 4 significant digits.
 
 /// Why a figure could not be read. The caller names the field.

@@ -149,7 +149,7 @@ struct RawMemory {
 }
 
 /// The page-cache figures of `memory_stats.stats`, kept as the object streams past rather than stored
-/// as a map of every counter (the map's code was 2 KB of the device binary). As with the map: every
+/// as a map of every counter (the map's code was 1 KB of the device binary). As with the map: every
 /// value must be a u64, and a repeated key counts with its last value.
 #[derive(Default)]
 struct PageCache {
