@@ -9,7 +9,7 @@
 //! Everything that decides anything lives in the pure modules this drives.
 
 use crate::config::{Collector, Mode, Mqtt};
-use crate::mqtt::backoff::Backoff;
+use crate::mqtt::backoff::{Backoff, Seconds};
 use crate::mqtt::connect;
 use crate::mqtt::resolve::{self, Resolver};
 use crate::mqtt::transport::{TlsClient, Transport};
@@ -538,10 +538,10 @@ impl Agent {
         self.next_addr = self.next_addr.wrapping_add(1);
         let delay = self.backoff.next_delay();
         warn!(
-            "broker {}:{} unreachable: {why}; retrying in {:.1}s",
+            "broker {}:{} unreachable: {why}; retrying in {}s",
             self.s.mqtt.host,
             self.s.mqtt.port,
-            delay.as_secs_f32()
+            Seconds(delay)
         );
         self.reconnect_at = now + delay;
     }
@@ -710,7 +710,7 @@ impl Agent {
         } else {
             "could not connect to broker"
         };
-        warn!("{what}: {e}; retrying in {:.1}s", delay.as_secs_f32());
+        warn!("{what}: {e}; retrying in {}s", Seconds(delay));
     }
 
     /// Sleeps in one `poll` on the socket, the signal pipe and the source's descriptors until one is

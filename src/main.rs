@@ -12,6 +12,7 @@ mod schedule;
 mod signal;
 mod source;
 mod stats;
+mod thread_name;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

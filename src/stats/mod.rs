@@ -159,7 +159,10 @@ pub fn parse_line(
     line: &str,
     warnings: &mut Vec<FieldWarning>,
 ) -> Result<ContainerStats, LineError> {
-    let raw: RawLine = serde_json::from_str(line).map_err(|e| LineError::Json(e.to_string()))?;
+    // from_slice, as every other JSON body but the config's: each of serde_json's readers (str, slice)
+    // is a copy of its parser in the binary.
+    let raw: RawLine =
+        serde_json::from_slice(line.as_bytes()).map_err(|e| LineError::Json(e.to_string()))?;
     let name = raw.name.as_deref().map(|n| n.trim_start_matches('/'));
     let name = match name {
         Some(n) if !n.is_empty() => n.to_owned(),
@@ -244,6 +247,28 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str = r#"{"BlockIO":"1e+03kB / 2.46GB","CPUPerc":"1.75%","Container":"0123456789ab","ID":"0123456789ab","MemPerc":"4.07%","MemUsage":"318.6MiB / 7.676GiB","Name":"main_1_2_0123456789abcdef0123456789abcdef","NetIO":"999MB / 512B","PIDs":"23"}"#;
+
+    #[test]
+    fn reading_the_line_as_bytes_errs_as_reading_it_as_text_did() {
+        let mut lines = vec![
+            SAMPLE.to_owned(),
+            String::new(),
+            "[]".into(),
+            r#"{"Name":"a\ud800"}"#.into(),
+            r#"{"Name":"\u00e9t\u00e9","CPUPerc":"1%"}"#.into(),
+            r#"{"Name":"été","PIDs":3}"#.into(),
+            r#"{"Name":"a",}"#.into(),
+            "{\"Name\":\"a\u{1}\"}".into(),
+        ];
+        lines.extend((0..SAMPLE.len()).map(|n| SAMPLE[..n].to_owned()));
+        for line in lines {
+            let text = serde_json::from_str::<RawLine>(&line)
+                .err()
+                .map(|e| e.to_string());
+            let bytes = serde_json::from_slice::<RawLine>(line.as_bytes()).err();
+            assert_eq!(text, bytes.map(|e| e.to_string()), "{line}");
+        }
+    }
 
     fn parse(line: &str) -> (ContainerStats, Vec<FieldWarning>) {
         let mut w = Vec::new();

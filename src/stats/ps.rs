@@ -22,7 +22,10 @@ struct RawPs<'a> {
 
 /// The container's name (as `docker stats` prints it) and what `ps` says of its life.
 pub fn parse_line(line: &str) -> Result<(String, Lifecycle), String> {
-    let raw: RawPs = serde_json::from_str(line).map_err(|e| format!("not a ps object: {e}"))?;
+    // from_slice, as every other JSON body but the config's: each of serde_json's readers (str, slice)
+    // is a copy of its parser in the binary.
+    let raw: RawPs =
+        serde_json::from_slice(line.as_bytes()).map_err(|e| format!("not a ps object: {e}"))?;
     let name = raw
         .names
         .as_deref()

@@ -145,7 +145,44 @@ struct RawCpuUsage {
 struct RawMemory {
     usage: Option<u64>,
     limit: Option<u64>,
-    stats: Option<HashMap<String, u64>>,
+    stats: Option<PageCache>,
+}
+
+/// The page-cache figures of `memory_stats.stats`, kept as the object streams past rather than stored
+/// as a map of every counter (the map's code was 1 KB of the device binary). As with the map: every
+/// value must be a u64, and a repeated key counts with its last value.
+#[derive(Default)]
+struct PageCache {
+    total_inactive_file: Option<u64>,
+    inactive_file: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for PageCache {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Counters;
+        impl<'de> serde::de::Visitor<'de> for Counters {
+            type Value = PageCache;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<PageCache, A::Error> {
+                let mut cache = PageCache::default();
+                while let Some(key) = m.next_key::<String>()? {
+                    let value = m.next_value::<u64>()?;
+                    match key.as_str() {
+                        "total_inactive_file" => cache.total_inactive_file = Some(value),
+                        "inactive_file" => cache.inactive_file = Some(value),
+                        _ => {}
+                    }
+                }
+                Ok(cache)
+            }
+        }
+        d.deserialize_map(Counters)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -224,17 +261,12 @@ pub fn parse_stats(body: &[u8]) -> Result<Sample, SampleError> {
     let mem = &raw.memory_stats;
     if let Some(usage) = mem.usage {
         // cgroup v1 reports total_inactive_file, v2 inactive_file; the CLI subtracts that page cache.
-        let stats = mem.stats.as_ref();
-        let cache = stats
-            .and_then(|s| s.get("total_inactive_file"))
-            .filter(|&&v| v < usage)
-            .or_else(|| {
-                stats
-                    .and_then(|s| s.get("inactive_file"))
-                    .filter(|&&v| v < usage)
-            })
-            .copied()
-            .unwrap_or(0);
+        let cache = mem.stats.as_ref().map_or(0, |s| {
+            let below = |v: Option<u64>| v.filter(|&v| v < usage);
+            below(s.total_inactive_file)
+                .or(below(s.inactive_file))
+                .unwrap_or(0)
+        });
         let used = usage - cache;
         f.set(Metric::MemoryUsage, Value::Count(used));
         if let Some(limit) = mem.limit.filter(|&l| l > 0) {
@@ -655,6 +687,30 @@ mod tests {
     }
 
     #[test]
+    fn page_cache_counters_escaped_repeated_or_null() {
+        let usage = |stats: &str| {
+            let body = format!(
+                r#"{{"read":"2026-01-01T00:00:00Z","memory_stats":{{"usage":3000,"stats":{stats}}}}}"#
+            );
+            count(
+                &parse_stats(body.as_bytes()).unwrap().figures,
+                Metric::MemoryUsage,
+            )
+        };
+        assert_eq!(
+            usage(r#"{"inactive_file":1,"inactive_file":500}"#),
+            Some(2500)
+        );
+        assert_eq!(usage(r#"{"inactive\u005ffile":100}"#), Some(2900));
+        assert_eq!(
+            usage(r#"{"total_inactive_file":4000,"inactive_file":10}"#),
+            Some(2990)
+        );
+        assert_eq!(usage("null"), Some(3000));
+        assert_eq!(usage("{}"), Some(3000));
+    }
+
+    #[test]
     fn cpu_percent_against_a_previous_sample() {
         let before = CpuSample {
             total: 1_000_000_000,
@@ -705,6 +761,9 @@ mod tests {
             r#"{"memory_stats":{"usage":-1}}"#,
             r#"{"memory_stats":{"usage":1e400}}"#,
             r#"{"networks":{"eth0":{"rx_bytes":"x"}}}"#,
+            // Counters we do not read must still be numbers, as when the whole map was kept.
+            r#"{"memory_stats":{"usage":9,"stats":{"anon":"x","inactive_file":1}}}"#,
+            r#"{"memory_stats":{"usage":9,"stats":[]}}"#,
             r#"{"cpu_stats":{"cpu_usage":{"total_usage":18446744073709551616}}}"#,
         ] {
             assert!(parse_stats(body.as_bytes()).is_err(), "{body}");
