@@ -655,7 +655,7 @@ impl<'a> Fields<'a> {
         };
         let mut map = match src.text {
             None => Map::new(),
-            Some(text) => match serde_json::from_str::<Value>(text) {
+            Some(text) => match serde_json::from_slice::<Value>(text.as_bytes()) {
                 Ok(Value::Object(map)) => map,
                 Ok(_) => return Err(error("must hold a JSON object".into())),
                 Err(e) => return Err(error(format!("is not valid JSON: {e}"))),

@@ -845,9 +845,9 @@ impl EngineSource {
         // Once per outage: a collection says the same more loudly if the engine is really gone.
         if !self.events_warned {
             crate::warn!(
-                "engine {}: event stream: {why}; retrying in {:.1}s (lifecycle changes wait for the next tick meanwhile)",
+                "engine {}: event stream: {why}; retrying in {}s (lifecycle changes wait for the next tick meanwhile)",
                 self.socket,
-                delay.as_secs_f32()
+                crate::mqtt::backoff::Seconds(delay)
             );
             self.events_warned = true;
         }
