@@ -1453,6 +1453,78 @@ mod tests {
         ))
     }
 
+    /// A running container's inspect, with its main process.
+    fn inspect_running(id: &str, name: &str, pid: u32) -> Vec<u8> {
+        ok(&format!(
+            r#"{{"Id":"{id}","Name":"/{name}","State":{{"Status":"running","Pid":{pid},
+               "StartedAt":"2026-01-01T00:00:00Z"}},"HostConfig":{{"NetworkMode":"bridge"}}}}"#
+        ))
+    }
+
+    #[test]
+    fn kernel_route_reads_the_cgroup_and_asks_the_api_only_for_what_it_cannot_read() {
+        // The fixture tree copied from this project's CI machine (cgroup v1, hybrid): container `k` is
+        // there with its main process 9734; container `f`'s process 4242 is not.
+        const K: &str = "4b3ba0896e21bad17b1bdc8e053726c04b7e9d8b57ca8476dcf3ab77d138776d";
+        const F: &str = "ffffffffffffffff";
+        let tree =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cgroup/v1-hybrid");
+        let list = format!(
+            r#"[{{"Id":"{K}","Names":["/k"],"State":"running"}},{{"Id":"{F}","Names":["/f"],"State":"running"}}]"#
+        );
+        let (socket, server) = serve(
+            vec![
+                ("/containers/json", vec![ok(&list)]),
+                ("776d/json", vec![inspect_running(K, "k", 9734)]),
+                ("ffffffffffffffff/json", vec![inspect_running(F, "f", 4242)]),
+                (
+                    "ffffffffffffffff/stats",
+                    vec![ok(&stats(1_000, 10_000)), ok(&stats(1_500, 12_000))],
+                ),
+            ],
+            // The list, two inspects, and f's two stats samples (no previous one): nothing for k.
+            5,
+        );
+        let roots = Roots {
+            cgroup: tree.join("cgroup"),
+            proc: tree.join("proc"),
+        };
+        let kernel = Figuring::Kernel { roots, auto: false };
+        let mut e = EngineSource::new(Some(socket), Duration::from_secs(10), false, kernel);
+        let got = parsed(collect(&mut e));
+        let requests = server.join().unwrap();
+        assert!(
+            !requests.iter().any(|r| r.contains("776d/stats")),
+            "{requests:?}"
+        );
+        let k = got.iter().find(|c| c.name == "k").unwrap();
+        let count = |m| match k.figures.get(m) {
+            Some(Value::Count(n)) => n,
+            other => panic!("{m:?}: {other:?}"),
+        };
+        // memory.usage_in_bytes less total_inactive_file; eth0 but not lo.
+        assert_eq!(count(Metric::MemoryUsage), 6_438_912 - 4_509_696);
+        assert_eq!(count(Metric::MemoryLimit), 67_108_864);
+        assert_eq!(count(Metric::Pids), 1);
+        assert_eq!(count(Metric::NetworkReceived), 656);
+        // The counter did not move in the fixture between the two readings a second apart.
+        assert_eq!(k.figures.get(Metric::CpuPercent), Some(Value::Percent(0.0)));
+        let f = got.iter().find(|c| c.name == "f").unwrap();
+        assert_eq!(
+            f.figures.get(Metric::Pids),
+            Some(Value::Count(4)),
+            "f from the API"
+        );
+        assert_eq!(
+            f.figures.get(Metric::CpuPercent),
+            Some(Value::Percent(50.0))
+        );
+        assert!(e.kernel.as_ref().is_some_and(|k| k.proven));
+        let known = &e.known[F];
+        assert!(known.track.warned && known.track.place.is_none());
+        assert!(e.known[K].track.place.is_some() && e.known[K].track.previous.is_some());
+    }
+
     #[test]
     fn collects_figures_and_lifecycles_from_a_fake_engine() {
         let list = r#"[{"Id":"aaaaaaaaaaaaaaaa","Names":["/web_1_2"],"Labels":{"io.balena.service-name":"web"},"State":"running"},
