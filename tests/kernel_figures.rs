@@ -36,8 +36,11 @@ struct EngineView {
     cpu: f64,
 }
 
-fn engine_view(name: &str) -> EngineView {
-    let s = engine_get(&format!("/containers/{name}/stats?stream=false"));
+/// `one_shot`: the engine's latest sample at once (no CPU %); else it waits for a second one.
+fn engine_view(name: &str, one_shot: bool) -> EngineView {
+    let s = engine_get(&format!(
+        "/containers/{name}/stats?stream=false&one-shot={one_shot}"
+    ));
     let n = |v: &Value| v.as_f64().unwrap_or(0.0);
     let mem = &s["memory_stats"];
     let inactive = n(&mem["stats"]["total_inactive_file"]);
@@ -267,41 +270,67 @@ fn kernel_figures_agree_with_the_engine_and_a_tick_asks_the_engine_nothing() {
         "the agent follows the event stream"
     );
 
-    // The engine's view of the same containers now, at rest except for the burner.
-    let views: BTreeMap<&str, EngineView> = [&burner, &limited, &holder, &pids, &listener, &talker]
-        .into_iter()
-        .map(|c| (c.as_str(), engine_view(c)))
-        .collect();
-    let burner_engine_cpu = median(
-        (0..3)
-            .map(|_| engine_view(&burner).cpu)
-            .chain([views[burner.as_str()].cpu])
-            .collect(),
-    );
-    // The agent's latest tick after those.
-    assert!(ticks(9), "nine ticks published");
+    // The engine's view of the same containers just before and just after one tick of the agent's. At
+    // rest (but the burner) the two agree; a stray packet (a new interface's IPv6 chatter on the bridge)
+    // or page between them means another try.
+    let names = [&burner, &limited, &holder, &pids, &listener, &talker];
+    // All at once, so that the view is one moment.
+    let views = |c: &[&String]| -> BTreeMap<String, EngineView> {
+        std::thread::scope(|scope| {
+            let asks: Vec<_> = c
+                .iter()
+                .map(|c| (c.to_string(), scope.spawn(move || engine_view(c, true))))
+                .collect();
+            asks.into_iter()
+                .map(|(c, t)| (c, t.join().unwrap()))
+                .collect()
+        })
+    };
+    let count = || {
+        sub.lines()
+            .iter()
+            .filter(|x| x.starts_with(&cpu_topic))
+            .count()
+    };
+    let mut bracket = None;
+    for _ in 0..5 {
+        let before = views(&names);
+        assert!(ticks(count() + 1), "a tick published");
+        let after = views(&names);
+        let rest = names[1..].iter().all(|n| {
+            let (b, a) = (&before[n.as_str()], &after[n.as_str()]);
+            (b.rx, b.tx, b.pids) == (a.rx, a.tx, a.pids)
+        });
+        if rest {
+            bracket = Some((before, after, sub.lines()));
+            break;
+        }
+    }
+    let (before, after, lines) = bracket.expect("the containers came to rest around a tick");
+    let burner_engine_cpu = median((0..3).map(|_| engine_view(&burner, false).cpu).collect());
     let log = stop_agent(agent);
-    let got = figures_by_service(&sub.lines(), &root);
-    for (name, view) in &views {
+    let got = figures_by_service(&lines, &root);
+    for (name, view) in &after {
+        let name = name.as_str();
         let m = got
-            .get(*name)
+            .get(name)
             .unwrap_or_else(|| panic!("{name} published nothing: {got:?}"));
         let last = |metric: &str| *m[metric].last().unwrap();
         let memory = last("memory_usage_in_bytes");
-        // The burner's shell moves by a page or two between two reads; the others hold still.
-        let slack = if *name == burner.as_str() {
-            8192.0
-        } else {
-            0.0
-        };
+        // cgroup v1's usage_in_bytes is, in the kernel's words, not exact: it counts pages charged ahead
+        // per CPU, so two reads of an idle container can differ by a few pages. That is over 1 % of a
+        // container of a few hundred KiB; the 8 MB holder gets no such slack.
+        let slack = if view.memory < 4e6 { 16_384.0 } else { 0.0 };
+        let near = |v: &EngineView| (memory - v.memory).abs() <= v.memory * 0.01 + slack;
         assert!(
-            (memory - view.memory).abs() <= view.memory * 0.01 + slack,
-            "{name}: memory {memory} against the engine's {}",
+            near(view) || near(&before[name]),
+            "{name}: memory {memory} against the engine's {} and {}",
+            before[name].memory,
             view.memory
         );
         assert_eq!(last("memory_limit_in_bytes"), view.limit, "{name}: limit");
         assert_eq!(last("pids"), view.pids, "{name}: PIDs");
-        if *name != burner.as_str() {
+        if name != burner.as_str() {
             assert_eq!(
                 last("network_received_in_bytes"),
                 view.rx,
@@ -325,6 +354,7 @@ fn kernel_figures_agree_with_the_engine_and_a_tick_asks_the_engine_nothing() {
             "{name}: all nine figures: {m:?}"
         );
     }
+    let views = after;
     assert_eq!(views[limited.as_str()].limit, 50_331_648.0);
     assert!(
         views[holder.as_str()].memory > 8e6,

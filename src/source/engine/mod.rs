@@ -131,6 +131,8 @@ struct Known {
 #[derive(Default)]
 struct Track {
     place: Option<Place>,
+    /// Its counter files, kept open while its main process lives.
+    files: kernel::Files,
     /// Our previous CPU reading of it, for the next CPU %.
     previous: Option<(u64, Instant)>,
     /// Its fallback to the stats API was said; said again only after the kernel's files worked.
@@ -280,12 +282,15 @@ impl EngineSource {
         let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let kernel = match figuring {
             Figuring::Api => None,
-            Figuring::Kernel { roots, auto } => Some(Kernel {
-                host_memory: kernel::host_memory(&roots),
-                roots,
-                auto,
-                proven: false,
-            }),
+            Figuring::Kernel { roots, auto } => {
+                kernel::keep_files_open();
+                Some(Kernel {
+                    host_memory: kernel::host_memory(&roots),
+                    roots,
+                    auto,
+                    proven: false,
+                })
+            }
         };
         EngineSource {
             configured,
@@ -1160,9 +1165,16 @@ fn read_kernel(k: &Kernel, known: Option<&mut Known>, id: &str) -> Result<kernel
         Some(p) => p,
         None => kernel::locate(&k.roots, pid, id)?,
     };
-    let reading = kernel::read(&k.roots, &place, pid)?;
-    c.track.place = Some(place);
-    Ok(reading)
+    match kernel::read(&k.roots, &place, pid, &mut c.track.files) {
+        Ok(reading) => {
+            c.track.place = Some(place);
+            Ok(reading)
+        }
+        Err(e) => {
+            c.track.files = kernel::Files::default();
+            Err(e)
+        }
+    }
 }
 
 /// This tick's reading: the figures, with a CPU % against our previous reading when there is one (else

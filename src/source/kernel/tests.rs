@@ -80,7 +80,7 @@ fn v1_hybrid_as_read_on_this_machine() {
             pids: Some(dir("pids")),
         }
     );
-    let r = read(&roots, &place, 9734).unwrap();
+    let r = read(&roots, &place, 9734, &mut Files::default()).unwrap();
     assert_eq!(
         r,
         Reading {
@@ -120,7 +120,7 @@ fn v1_comounted_controllers_are_found_under_the_list_directory() {
             pids: Some(dir("pids")),
         }
     );
-    let r = read(&roots, &place, 1234).unwrap();
+    let r = read(&roots, &place, 1234, &mut Files::default()).unwrap();
     // No memory limit (the kernel's largest value); CFQ's blkio file as the throttle one is missing.
     assert_eq!(
         r,
@@ -173,7 +173,7 @@ fn v1_single_controller_mounts_are_the_fallback() {
             pids: None,
         }
     );
-    let r = read(&roots, &place, 1234).unwrap();
+    let r = read(&roots, &place, 1234, &mut Files::default()).unwrap();
     assert_eq!((r.cpu_ns, r.pids), (5_210_987_654, None));
     assert_eq!(figures(&r, 1 << 30, None).get(Metric::Pids), None);
 }
@@ -186,7 +186,7 @@ fn v2_cgroupfs_driver() {
         place,
         Place::V2(roots.cgroup.join("docker").join(V2_CGROUPFS_ID))
     );
-    let r = read(&roots, &place, 2345).unwrap();
+    let r = read(&roots, &place, 2345, &mut Files::default()).unwrap();
     assert_eq!(
         r,
         Reading {
@@ -216,7 +216,7 @@ fn v2_systemd_driver_without_io_controller_or_limit() {
         place,
         Place::V2(roots.cgroup.join("system.slice").join(scope))
     );
-    let r = read(&roots, &place, 3456).unwrap();
+    let r = read(&roots, &place, 3456, &mut Files::default()).unwrap();
     assert_eq!(
         r,
         Reading {
@@ -281,14 +281,14 @@ fn a_vanished_container_is_an_error_naming_the_file() {
     let roots = roots("v2-cgroupfs");
     let place = locate(&roots, 2345, V2_CGROUPFS_ID).unwrap();
     // The process is gone: its net/dev is the last file read.
-    let e = read(&roots, &place, 999_999).unwrap_err();
+    let e = read(&roots, &place, 999_999, &mut Files::default()).unwrap_err();
     assert!(
         e.contains("999999/net/dev") && e.contains("No such file"),
         "{e}"
     );
     // The cgroup is gone.
     let gone = Place::V2(roots.cgroup.join("docker").join("gone"));
-    let e = read(&roots, &gone, 2345).unwrap_err();
+    let e = read(&roots, &gone, 2345, &mut Files::default()).unwrap_err();
     assert!(e.contains("gone/cpu.stat"), "{e}");
     let gone = Place::V1 {
         cpuacct: roots.cgroup.join("gone"),
@@ -296,7 +296,7 @@ fn a_vanished_container_is_an_error_naming_the_file() {
         blkio: None,
         pids: None,
     };
-    let e = read(&roots, &gone, 2345).unwrap_err();
+    let e = read(&roots, &gone, 2345, &mut Files::default()).unwrap_err();
     assert!(e.contains("gone/cpuacct.usage"), "{e}");
 }
 
@@ -310,7 +310,7 @@ fn garbled_or_oversized_files_are_errors() {
         proc: s.0.join("proc"),
     };
     let place = Place::V2(s.0.join("cg"));
-    let e = read(&roots, &place, 1).unwrap_err();
+    let e = read(&roots, &place, 1, &mut Files::default()).unwrap_err();
     assert!(
         e.contains("memory.current: not what the kernel writes"),
         "{e}"
@@ -320,13 +320,13 @@ fn garbled_or_oversized_files_are_errors() {
     let mut big = b"inactive_file 1\n".to_vec();
     big.resize(MAX_FILE + 1, b'x');
     s.write("cg/memory.stat", &big);
-    let e = read(&roots, &place, 1).unwrap_err();
+    let e = read(&roots, &place, 1, &mut Files::default()).unwrap_err();
     assert!(e.contains("memory.stat: file too large"), "{e}");
     // Exactly at the bound is fine.
     big.truncate(MAX_FILE);
     s.write("cg/memory.stat", &big);
     s.write("proc/1/net/dev", b"");
-    let r = read(&roots, &place, 1).unwrap();
+    let r = read(&roots, &place, 1, &mut Files::default()).unwrap();
     assert_eq!((r.inactive_file, r.pids, r.block_read), (1, None, 0));
     s.write("meminfo", b"MemFree: 1 kB\n");
     let e = host_memory(&Roots {
@@ -503,7 +503,7 @@ mod live {
         let mut places = Vec::new();
         for (id, pid) in &containers {
             let place = locate(&roots, *pid, id).unwrap();
-            read(&roots, &place, *pid).unwrap();
+            read(&roots, &place, *pid, &mut Files::default()).unwrap();
             places.push(place);
         }
         let (mut t_locate, mut t_read) = (Vec::new(), Vec::new());
@@ -513,7 +513,7 @@ mod live {
                 std::hint::black_box(locate(&roots, *pid, id).unwrap());
                 t_locate.push(t.elapsed().as_nanos());
                 let t = Instant::now();
-                std::hint::black_box(read(&roots, place, *pid).unwrap());
+                std::hint::black_box(read(&roots, place, *pid, &mut Files::default()).unwrap());
                 t_read.push(t.elapsed().as_nanos());
             }
         }
@@ -529,9 +529,9 @@ mod live {
         // the odd packet).
         let (id, pid) = &containers[0];
         let host = host_memory(&roots).unwrap();
-        let before = read(&roots, &places[0], *pid).unwrap();
+        let before = read(&roots, &places[0], *pid, &mut Files::default()).unwrap();
         let theirs = engine_stats(id);
-        let after = read(&roots, &places[0], *pid).unwrap();
+        let after = read(&roots, &places[0], *pid, &mut Files::default()).unwrap();
         let mem = &theirs["memory_stats"];
         let usage = mem["usage"].as_u64().unwrap();
         let cache = mem["stats"]["total_inactive_file"].as_u64().unwrap();
@@ -565,7 +565,11 @@ mod live {
         assert!(between(tx, before.tx_bytes, after.tx_bytes));
         // An unlimited one: the engine reports the host's memory.
         let (id, pid) = &containers[1];
-        let f = figures(&read(&roots, &places[1], *pid).unwrap(), host, None);
+        let f = figures(
+            &read(&roots, &places[1], *pid, &mut Files::default()).unwrap(),
+            host,
+            None,
+        );
         let theirs = engine_stats(id);
         eprintln!(
             "unlimited: engine limit {}, ours {:?}",
@@ -577,4 +581,34 @@ mod live {
             theirs["memory_stats"]["limit"].as_u64()
         );
     }
+}
+
+#[test]
+fn kept_files_are_read_again_from_their_start_and_given_back_with_the_container() {
+    let s = Scratch::new();
+    s.write("cg/cpu.stat", b"usage_usec 12\n");
+    s.write("cg/memory.current", b"100\n");
+    s.write("cg/memory.max", b"max\n");
+    s.write("cg/memory.stat", b"inactive_file 1\n");
+    s.write("proc/1/net/dev", b"");
+    let roots = Roots {
+        cgroup: s.0.clone(),
+        proc: s.0.join("proc"),
+    };
+    let place = Place::V2(s.0.join("cg"));
+    keep_files_open();
+    let mut files = Files::default();
+    let r = read(&roots, &place, 1, &mut files).unwrap();
+    assert_eq!(r.cpu_ns, 12_000);
+    let kept = files.kept.iter().flatten().count();
+    assert!(kept >= 5, "cpu, memory x3 and net/dev kept: {kept}");
+    // The same files, written anew in place (as the kernel's change under an open descriptor).
+    s.write("cg/cpu.stat", b"usage_usec 4000\n");
+    s.write("cg/memory.current", b"2048\n");
+    let r = read(&roots, &place, 1, &mut files).unwrap();
+    assert_eq!((r.cpu_ns, r.memory_usage), (4_000_000, 2048));
+    // Descriptors go back to the budget with the container.
+    let before = KEEP_BUDGET.load(Ordering::Relaxed);
+    drop(files);
+    assert!(KEEP_BUDGET.load(Ordering::Relaxed) >= before + kept);
 }
