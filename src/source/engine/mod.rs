@@ -145,6 +145,8 @@ pub enum Figuring {
     Api,
     Kernel {
         roots: Roots,
+        /// `/proc/meminfo`'s total, read once.
+        host_memory: Result<u64, String>,
         /// `auto`: if the first try reads no container's files, the API takes over for good.
         auto: bool,
     },
@@ -172,31 +174,32 @@ pub fn figuring(
         cgroup: cgroup_root.into(),
         proc: proc_root.into(),
     };
-    match choice {
-        EngineFigures::Api => Figuring::Api,
-        EngineFigures::Cgroup => Figuring::Kernel { roots, auto: false },
-        EngineFigures::Auto => {
-            let usable = kernel::host_memory(&roots).and_then(|_| {
-                if roots.cgroup.is_dir() {
-                    Ok(())
-                } else {
-                    Err(format!("{} is not a directory", roots.cgroup.display()))
-                }
+    if choice == EngineFigures::Api {
+        return Figuring::Api;
+    }
+    let host_memory = kernel::host_memory(&roots);
+    let auto = choice == EngineFigures::Auto;
+    if auto {
+        let usable = host_memory
+            .clone()
+            .and_then(|_| match roots.cgroup.is_dir() {
+                true => Ok(()),
+                false => Err(format!("{} is not a directory", roots.cgroup.display())),
             });
-            match usable {
-                Ok(()) => Figuring::Kernel { roots, auto: true },
-                Err(why) => {
-                    crate::info!("engine_figures auto: {why}; {API_INSTEAD}");
-                    Figuring::Api
-                }
-            }
+        if let Err(why) = usable {
+            crate::info!("engine_figures auto: {why}; {API_INSTEAD}");
+            return Figuring::Api;
         }
+    }
+    Figuring::Kernel {
+        roots,
+        host_memory,
+        auto,
     }
 }
 
-const API_INSTEAD: &str =
-    "figures come from the engine's stats API instead (on balena, give this service \
-                           the labels io.balena.features.sysfs and io.balena.features.procfs)";
+const API_INSTEAD: &str = "figures come from the engine's stats API instead (on balena, give this \
+                           service the labels io.balena.features.sysfs and io.balena.features.procfs)";
 
 /// One container in the collection under way.
 struct Entry {
@@ -204,8 +207,9 @@ struct Entry {
     figures: Option<Figures>,
     /// The first sample's CPU, while a CPU % still waits for a later one.
     cpu_before: Option<CpuSample>,
-    /// The same for the kernel's counter.
-    kernel_before: Option<(u64, Instant)>,
+    /// Its kernel reading had no previous one to give a CPU %: read again next round (the previous is
+    /// the container's [`Track`]'s).
+    kernel_waits: bool,
 }
 
 impl Entry {
@@ -214,7 +218,7 @@ impl Entry {
             listed,
             figures: None,
             cpu_before: None,
-            kernel_before: None,
+            kernel_waits: false,
         }
     }
 }
@@ -282,11 +286,15 @@ impl EngineSource {
         let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let kernel = match figuring {
             Figuring::Api => None,
-            Figuring::Kernel { roots, auto } => {
+            Figuring::Kernel {
+                roots,
+                host_memory,
+                auto,
+            } => {
                 kernel::keep_files_open();
                 Some(Kernel {
-                    host_memory: kernel::host_memory(&roots),
                     roots,
+                    host_memory,
                     auto,
                     proven: false,
                 })
@@ -531,7 +539,7 @@ impl EngineSource {
         let waiting = run
             .entries
             .iter()
-            .any(|e| e.cpu_before.is_some() || e.kernel_before.is_some());
+            .any(|e| e.cpu_before.is_some() || e.kernel_waits);
         if waiting && run.round < SAMPLE_ROUNDS {
             let at = run.started + SECOND_SAMPLE_AFTER * (run.round + 1);
             if at + Duration::from_millis(100) >= run.deadline {
@@ -556,9 +564,10 @@ impl EngineSource {
         run.next_round = None;
         run.round += 1;
         if let Some(k) = self.kernel.as_ref() {
-            for e in run.entries.iter_mut() {
-                if let Some(before) = e.kernel_before.take() {
-                    second_kernel_sample(k, self.known.get_mut(&e.listed.id), e, before, now);
+            for e in run.entries.iter_mut().filter(|e| e.kernel_waits) {
+                e.kernel_waits = false;
+                if let Some(c) = self.known.get_mut(&e.listed.id) {
+                    second_kernel_sample(k, c, e, now);
                 }
             }
         }
@@ -701,12 +710,19 @@ impl EngineSource {
                 continue;
             };
             match first_kernel_sample(k, known, e, now) {
-                Ok(()) => k.proven = true,
-                Err(why) => failed.push((i, why)),
+                Ok(()) => {
+                    k.proven = true;
+                    known.track.warned = false;
+                }
+                Err(why) => {
+                    // Said once, until its files read again.
+                    let say = !std::mem::replace(&mut known.track.warned, true);
+                    failed.push((i, why, say));
+                }
             }
         }
         if k.auto && !k.proven {
-            if let Some((_, why)) = failed.first() {
+            if let Some((_, why, _)) = failed.first() {
                 crate::info!(
                     "engine_figures auto: the kernel's files cannot be read ({why}); {API_INSTEAD}"
                 );
@@ -714,27 +730,18 @@ impl EngineSource {
                 self.synced = false;
             }
         } else {
-            for (i, why) in &failed {
+            for (i, why, _) in failed.iter().filter(|f| f.2) {
                 let e = &run.entries[*i];
-                let warned = self
-                    .known
-                    .get_mut(&e.listed.id)
-                    .map(|k| &mut k.track.warned);
-                if let Some(false) | None = warned.as_deref() {
-                    crate::warn!(
-                        "engine: container {} ({}): kernel figures unreadable ({why}); asking the engine's stats API until they are readable again",
-                        e.listed.name,
-                        api::short_id(&e.listed.id)
-                    );
-                }
-                if let Some(w) = warned {
-                    *w = true;
-                }
+                crate::warn!(
+                    "engine: container {} ({}): kernel figures unreadable ({why}); asking the engine's stats API until they are readable again",
+                    e.listed.name,
+                    api::short_id(&e.listed.id)
+                );
             }
         }
         let asks: Vec<(String, usize)> = failed
             .into_iter()
-            .map(|(i, _)| i)
+            .map(|(i, _, _)| i)
             .chain(unknown)
             .map(|i| (stats_path(&run.entries[i].listed.id), i))
             .collect();
@@ -1157,17 +1164,20 @@ fn connect(socket: &str) -> Result<UnixStream, String> {
 }
 
 /// Reads a container's counters, finding where they are first when we do not know yet. A failed read
-/// forgets the place: the container may have restarted with a new main process.
-fn read_kernel(k: &Kernel, known: Option<&mut Known>, id: &str) -> Result<kernel::Reading, String> {
-    let c = known.ok_or("not inspected yet")?;
+/// forgets the place and closes the files: the container may have restarted with a new main process.
+fn read_kernel(k: &Kernel, c: &mut Known, id: &str) -> Result<kernel::Reading, String> {
     let pid = c.pid.ok_or("the engine gave no main process")?;
     let place = match c.track.place.take() {
         Some(p) => p,
         None => kernel::locate(&k.roots, pid, id)?,
     };
     match kernel::read(&k.roots, &place, pid, &mut c.track.files) {
-        Ok(reading) => {
+        Ok(mut reading) => {
             c.track.place = Some(place);
+            if c.network == api::Network::Host {
+                // The host's interfaces, which the engine does not count as the container's.
+                (reading.rx_bytes, reading.tx_bytes) = (0, 0);
+            }
             Ok(reading)
         }
         Err(e) => {
@@ -1189,33 +1199,24 @@ fn first_kernel_sample(
         .host_memory
         .as_ref()
         .map_err(|e| format!("host memory: {e}"))?;
-    let mut r = read_kernel(k, Some(&mut *c), &e.listed.id)?;
-    if c.network == api::Network::Host {
-        // The host's interfaces, which the engine does not count as the container's.
-        (r.rx_bytes, r.tx_bytes) = (0, 0);
-    }
+    let r = read_kernel(k, c, &e.listed.id)?;
     let cpu = c
         .track
         .previous
         .and_then(|before| kernel::cpu_percent(before, (r.cpu_ns, now)));
     c.track.previous = Some((r.cpu_ns, now));
-    c.track.warned = false;
-    if cpu.is_none() {
-        e.kernel_before = Some((r.cpu_ns, now));
-    }
+    e.kernel_waits = cpu.is_none();
     e.figures = Some(kernel::figures(&r, host, cpu));
     Ok(())
 }
 
-/// A later reading for an entry that had no CPU % yet. A failure leaves the figures without one.
-fn second_kernel_sample(
-    k: &Kernel,
-    mut known: Option<&mut Known>,
-    e: &mut Entry,
-    before: (u64, Instant),
-    now: Instant,
-) {
-    let Ok(r) = read_kernel(k, known.as_deref_mut(), &e.listed.id) else {
+/// A later reading for an entry that had no CPU % yet, against the first. A failure leaves the figures
+/// without one; a counter that did not move on (no time passed) waits for another round.
+fn second_kernel_sample(k: &Kernel, c: &mut Known, e: &mut Entry, now: Instant) {
+    let Some(before) = c.track.previous else {
+        return;
+    };
+    let Ok(r) = read_kernel(k, c, &e.listed.id) else {
         return;
     };
     match kernel::cpu_percent(before, (r.cpu_ns, now)) {
@@ -1223,11 +1224,9 @@ fn second_kernel_sample(
             if let Some(f) = e.figures.as_mut() {
                 f.set(Metric::CpuPercent, Value::Percent(p));
             }
-            if let Some(c) = known {
-                c.track.previous = Some((r.cpu_ns, now));
-            }
+            c.track.previous = Some((r.cpu_ns, now));
         }
-        None => e.kernel_before = Some(before),
+        None => e.kernel_waits = true,
     }
 }
 
@@ -1501,7 +1500,11 @@ mod tests {
             cgroup: tree.join("cgroup"),
             proc: tree.join("proc"),
         };
-        let kernel = Figuring::Kernel { roots, auto: false };
+        let kernel = Figuring::Kernel {
+            host_memory: kernel::host_memory(&roots),
+            roots,
+            auto: false,
+        };
         let mut e = EngineSource::new(Some(socket), Duration::from_secs(10), false, kernel);
         let got = parsed(collect(&mut e));
         let requests = server.join().unwrap();
