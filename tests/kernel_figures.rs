@@ -217,6 +217,9 @@ fn kernel_figures_agree_with_the_engine_and_a_tick_asks_the_engine_nothing() {
     ])
     .expect("inspect");
     assert!(!ip.is_empty(), "listener has an address on {}", net.0);
+    // On the host's network: its /proc/<pid>/net/dev is the host's, the engine counts nothing.
+    let hostnet = f.service("hostnet");
+    f.run_on("host", &hostnet, &[], &["sleep", "3600"]);
     let talker = f.service("talker");
     // Traffic first, then rest: both ends have counted bytes that no longer change.
     let talk = format!("ping -c 4 -i 0.2 {ip}; sleep 3600");
@@ -224,6 +227,7 @@ fn kernel_figures_agree_with_the_engine_and_a_tick_asks_the_engine_nothing() {
 
     let broker = Broker::start();
     let proxy = Proxy::start();
+    let proxy_from = Instant::now();
     let device = format!("kernel{}", std::process::id());
     let root = format!("root/{device}/telemetry/system/");
     let sub = Subscriber::start(broker.port, &format!("root/{device}/#"));
@@ -264,7 +268,7 @@ fn kernel_figures_agree_with_the_engine_and_a_tick_asks_the_engine_nothing() {
     );
     assert!(
         proxy
-            .requests_since(Instant::now() - Duration::from_secs(3600))
+            .requests_since(proxy_from)
             .iter()
             .any(|r| r.contains("/events")),
         "the agent follows the event stream"
@@ -273,7 +277,9 @@ fn kernel_figures_agree_with_the_engine_and_a_tick_asks_the_engine_nothing() {
     // The engine's view of the same containers just before and just after one tick of the agent's. At
     // rest (but the burner) the two agree; a stray packet (a new interface's IPv6 chatter on the bridge)
     // or page between them means another try.
-    let names = [&burner, &limited, &holder, &pids, &listener, &talker];
+    let names = [
+        &burner, &limited, &holder, &pids, &listener, &talker, &hostnet,
+    ];
     // All at once, so that the view is one moment.
     let views = |c: &[&String]| -> BTreeMap<String, EngineView> {
         std::thread::scope(|scope| {
@@ -356,6 +362,10 @@ fn kernel_figures_agree_with_the_engine_and_a_tick_asks_the_engine_nothing() {
     }
     let views = after;
     assert_eq!(views[limited.as_str()].limit, 50_331_648.0);
+    assert_eq!(
+        (views[hostnet.as_str()].rx, views[hostnet.as_str()].tx),
+        (0.0, 0.0)
+    );
     assert!(
         views[holder.as_str()].memory > 8e6,
         "{:?}",

@@ -46,7 +46,7 @@ static KEEP_BUDGET: AtomicUsize = AtomicUsize::new(0);
 
 /// Lets [`read`] keep counter files open, as many as the descriptor limit allows after raising the soft
 /// limit to the hard one: half of it, leaving the rest to the engine's connections and the broker.
-/// Containers past that budget have their files opened at each read, as before.
+/// Containers past that budget have their files opened at each read.
 pub fn keep_files_open() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
