@@ -289,9 +289,12 @@ fn cli_and_engine_modes_against_real_containers_agree() {
                 && engine_log.contains(&format!("engine_figures {figures}")),
             "the agent said which mode it ran: {engine_log}"
         );
+        // Other tests' containers may vanish mid-read on the same engine (and are warned of); none of ours.
+        let ours_unread = engine_log
+            .lines()
+            .any(|l| l.contains("kernel figures unreadable") && l.contains(&f.prefix));
         assert!(
-            !engine_log.contains("stats API instead")
-                && !engine_log.contains("kernel figures unreadable"),
+            !engine_log.contains("stats API instead") && !ours_unread,
             "{engine_log}"
         );
         cross_check(&f, &by_cli, &by_engine);

@@ -386,7 +386,13 @@ fn kernel_figures_agree_with_the_engine_and_a_tick_asks_the_engine_nothing() {
         (ours - burner_engine_cpu).abs() <= 2.0,
         "burner CPU: agent {ours} % against the engine's {burner_engine_cpu:.2} %"
     );
-    assert!(!log.contains("kernel figures unreadable"), "{log}");
+    // Other tests' containers come and go on the same engine (one vanishing mid-read is warned of, as
+    // it should be); ours are all read from the kernel.
+    let ours_unread = log
+        .lines()
+        .filter(|l| l.contains("kernel figures unreadable") && l.contains(&f.prefix))
+        .count();
+    assert_eq!(ours_unread, 0, "{log}");
 }
 
 #[test]
