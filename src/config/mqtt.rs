@@ -1,0 +1,541 @@
+//! The MQTT file's keys (`MQTT_*`): the broker, the topics, the session and Home Assistant.
+
+use super::broker_url::{is_tls_url, parse_broker_url};
+use super::keys::{Fields, MQTT_PREFIX};
+use super::tls::{parse_tls, Tls};
+use super::{ConfigError, Env, PayloadMode, Source};
+use crate::publish::topics::{TopicTemplate, DEFAULT_TEMPLATE, DEFAULT_UNIT};
+use mqttrs::QoS;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mqtt {
+    pub host: String,
+    pub port: u16,
+    pub device_id: String,
+    pub template: TopicTemplate,
+    pub client_id: String,
+    pub qos: QoS,
+    pub retain: bool,
+    pub keep_alive: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub reconnect_max_delay: Duration,
+    pub max_buffered_messages: usize,
+    pub availability_topic: String,
+    pub once_timeout: Duration,
+    pub payload_mode: PayloadMode,
+    pub home_assistant: Option<HomeAssistant>,
+    /// `mqtts://` (or `ssl://`): MQTT over TLS with these settings.
+    pub tls: Option<Tls>,
+}
+
+/// Home Assistant MQTT discovery, when `home_assistant_discovery` is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeAssistant {
+    pub prefix: String,
+    /// How long a service may go unreported before its entities are removed from Home Assistant.
+    pub remove_after: Option<Duration>,
+}
+
+pub const MQTT_KEYS: &[&str] = &[
+    "broker_url",
+    "device_id",
+    // The original program's topic level for `{unit}` in the template.
+    "unit",
+    "root_topic_template",
+    "client_id",
+    "qos",
+    "retain",
+    "keep_alive_in_seconds",
+    "username",
+    "password",
+    "reconnect_max_delay_in_seconds",
+    "max_buffered_messages",
+    "availability_topic",
+    "once_timeout_in_seconds",
+    "payload_mode",
+    "home_assistant_discovery",
+    "home_assistant_discovery_prefix",
+    "home_assistant_remove_after_in_seconds",
+    // The old name of `home_assistant_remove_after_in_seconds`, read with a warning: it never did what
+    // Home Assistant calls expire_after (mark unavailable), it removed entities.
+    "home_assistant_expire_after_in_seconds",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_server_name",
+];
+
+/// Built-in defaults, equal to `config/mqtt.example-config.json`.
+pub const DEFAULT_BROKER_URL: &str = "tcp://localhost:1883";
+pub const DEFAULT_DEVICE_ID: &str = "my-device";
+
+pub fn parse_mqtt(
+    src: &Source,
+    env: &Env,
+    warnings: &mut Vec<String>,
+) -> Result<Mqtt, ConfigError> {
+    let f = Fields::new(src, MQTT_KEYS, MQTT_PREFIX, env, warnings)?;
+    let url = f
+        .string("broker_url")?
+        .unwrap_or_else(|| DEFAULT_BROKER_URL.into());
+    let (host, port) = parse_broker_url(&url).map_err(|m| f.error("broker_url", m))?;
+    let tls = parse_tls(&f, env, &host, is_tls_url(&url), warnings)?;
+
+    // MQTT_DEVICE_ID, set for this agent on purpose, wins over the UUID balena sets everywhere; the
+    // UUID wins over the file's device_id.
+    let uuid = env.device_uuid.as_deref().filter(|s| !s.is_empty());
+    let device_id = match uuid.filter(|_| !f.set_by_env("device_id")) {
+        Some(uuid) => {
+            check_level(uuid).map_err(|m| ConfigError {
+                file: "environment".into(),
+                key: Some("BALENA_DEVICE_UUID"),
+                message: m,
+            })?;
+            uuid.to_owned()
+        }
+        None => {
+            let id = f
+                .string("device_id")?
+                .unwrap_or_else(|| DEFAULT_DEVICE_ID.into());
+            if id.is_empty() {
+                return Err(f.error(
+                    "device_id",
+                    "is empty and BALENA_DEVICE_UUID is not set".into(),
+                ));
+            }
+            check_level(&id).map_err(|m| f.error("device_id", m))?;
+            id
+        }
+    };
+
+    let unit = f.string("unit")?.unwrap_or_else(|| DEFAULT_UNIT.into());
+    check_level(&unit).map_err(|m| f.error("unit", m))?;
+    if unit.is_empty() {
+        return Err(f.error("unit", "must not be empty".into()));
+    }
+    let template_text = f
+        .string("root_topic_template")?
+        .unwrap_or_else(|| DEFAULT_TEMPLATE.into());
+    let template = TopicTemplate::parse_with_unit(&template_text, &device_id, &unit)
+        .map_err(|m| f.error("root_topic_template", m))?;
+    if !template.is_per_container() {
+        warnings.push(format!(
+            "{}: \"root_topic_template\" names no container ({{service_name}}, {{container_name}} or \
+             {{container_id}}): every container will publish to the same topics",
+            f.path
+        ));
+    }
+
+    let client_id = f
+        .string("client_id")?
+        .unwrap_or_else(|| format!("balena-telemetry-{device_id}"));
+    check_mqtt_string(&client_id).map_err(|m| f.error("client_id", m))?;
+    if client_id.is_empty() {
+        return Err(f.error("client_id", "must not be empty".into()));
+    }
+    let qos = match f.uint("qos", 0, 1)?.unwrap_or(1) {
+        0 => QoS::AtMostOnce,
+        _ => QoS::AtLeastOnce,
+    };
+    let retain = f.boolean("retain")?.unwrap_or(false);
+    let keep_alive = f.uint("keep_alive_in_seconds", 0, 65_535)?.unwrap_or(60) as u16;
+    let username = f.string("username")?.filter(|u| !u.is_empty());
+    if let Some(u) = &username {
+        check_mqtt_string(u).map_err(|m| f.error("username", m))?;
+    }
+    let password = f.string("password")?.filter(|p| !p.is_empty());
+    if let Some(p) = &password {
+        check_mqtt_string(p).map_err(|m| f.error("password", m))?;
+        // MQTT-3.1.2-22: a CONNECT may carry a password only with a user name; brokers refuse it, and
+        // retrying could never succeed.
+        if username.is_none() {
+            return Err(f.error(
+                "password",
+                "is set but \"username\" is not: MQTT sends a password only with a user name"
+                    .into(),
+            ));
+        }
+    }
+    let reconnect_max_delay = f
+        .uint("reconnect_max_delay_in_seconds", 1, 3_600)?
+        .unwrap_or(60);
+    let max_buffered_messages = f
+        .uint("max_buffered_messages", 1, 10_000_000)?
+        .unwrap_or(10_000) as usize;
+    let availability_topic = match f.string("availability_topic")? {
+        Some(t) => {
+            check_topic(&t).map_err(|m| f.error("availability_topic", m))?;
+            t.replace("{device_id}", &device_id)
+                .replace("{unit}", &unit)
+        }
+        None => template.default_availability_topic(),
+    };
+    let once_timeout = f.uint("once_timeout_in_seconds", 1, 3_600)?.unwrap_or(30);
+    let payload_mode = match f.string("payload_mode")?.as_deref().unwrap_or("per_metric") {
+        "per_metric" => PayloadMode::PerMetric,
+        "per_service" => PayloadMode::PerService,
+        other => {
+            return Err(f.error(
+                "payload_mode",
+                format!("{other:?} is not a payload mode (use \"per_metric\" or \"per_service\")"),
+            ))
+        }
+    };
+    let prefix = f
+        .string("home_assistant_discovery_prefix")?
+        .unwrap_or_else(|| "homeassistant".into());
+    // The prefix goes into a SUBSCRIBE filter (`<prefix>/status`), which we keep under 256 bytes.
+    if prefix.is_empty()
+        || prefix.len() > 200
+        || prefix.contains(['+', '#', '\0'])
+        || prefix.ends_with('/')
+    {
+        return Err(f.error(
+            "home_assistant_discovery_prefix",
+            format!(
+                "{prefix:?} must be a topic of 1 to 200 bytes without '+', '#' or a trailing '/'"
+            ),
+        ));
+    }
+    let remove = match f.uint("home_assistant_remove_after_in_seconds", 0, 31_536_000)? {
+        Some(n) => Some(n),
+        None => f.uint("home_assistant_expire_after_in_seconds", 0, 31_536_000)?,
+    };
+    if f.get("home_assistant_expire_after_in_seconds").is_some() {
+        warnings.push(format!(
+            "{}: \"home_assistant_expire_after_in_seconds\" is deprecated: it removes entities, which is \
+             not Home Assistant's expire_after; use \"home_assistant_remove_after_in_seconds\"{}",
+            f.origin("home_assistant_expire_after_in_seconds"),
+            if f.get("home_assistant_remove_after_in_seconds").is_some() {
+                " (set too, and it wins)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let remove = remove.unwrap_or(0);
+    let home_assistant = f
+        .boolean("home_assistant_discovery")?
+        .unwrap_or(false)
+        .then(|| HomeAssistant {
+            prefix,
+            remove_after: (remove > 0).then(|| Duration::from_secs(remove)),
+        });
+
+    Ok(Mqtt {
+        host,
+        port,
+        device_id,
+        template,
+        client_id,
+        qos,
+        retain,
+        keep_alive,
+        username,
+        password,
+        reconnect_max_delay: Duration::from_secs(reconnect_max_delay),
+        max_buffered_messages,
+        availability_topic,
+        once_timeout: Duration::from_secs(once_timeout),
+        payload_mode,
+        home_assistant,
+        tls,
+    })
+}
+
+fn check_mqtt_string(s: &str) -> Result<(), String> {
+    if s.len() > usize::from(u16::MAX) {
+        return Err("is longer than MQTT allows (65,535 bytes)".into());
+    }
+    if s.contains('\0') {
+        return Err("must not contain NUL".into());
+    }
+    Ok(())
+}
+
+/// A value that becomes one topic level.
+fn check_level(s: &str) -> Result<(), String> {
+    check_mqtt_string(s)?;
+    if s.contains(['+', '#', '/']) {
+        return Err(format!(
+            "{s:?} must not contain '+', '#' or '/' (it becomes one topic level)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_topic(s: &str) -> Result<(), String> {
+    check_mqtt_string(s)?;
+    if s.is_empty() || s.contains(['+', '#']) {
+        return Err(format!(
+            "{s:?} must be a non-empty topic without '+' or '#'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::*;
+
+    #[test]
+    fn mqtt_errors_name_the_key() {
+        assert_eq!(
+            key_of(mqtt(r#"{"broker_url": "https://x:8883"}"#)),
+            Some("broker_url")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"broker_url": "tcp://:1883"}"#)),
+            Some("broker_url")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"broker_url": "tcp://h:99999"}"#)),
+            Some("broker_url")
+        );
+        assert_eq!(key_of(mqtt(r#"{"qos": 2}"#)), Some("qos"));
+        assert_eq!(key_of(mqtt(r#"{"retain": "yes"}"#)), Some("retain"));
+        assert_eq!(
+            key_of(mqtt(r#"{"keep_alive_in_seconds": 70000}"#)),
+            Some("keep_alive_in_seconds")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"root_topic_template": "a/{nope}"}"#)),
+            Some("root_topic_template")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"root_topic_template": "a/+/{service_name}"}"#)),
+            Some("root_topic_template")
+        );
+        assert_eq!(key_of(mqtt(r#"{"device_id": ""}"#)), Some("device_id"));
+        assert_eq!(key_of(mqtt(r#"{"device_id": "a/b"}"#)), Some("device_id"));
+        assert_eq!(key_of(mqtt(r#"{"client_id": ""}"#)), Some("client_id"));
+        assert_eq!(
+            key_of(mqtt(r#"{"availability_topic": "a/#"}"#)),
+            Some("availability_topic")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"max_buffered_messages": 0}"#)),
+            Some("max_buffered_messages")
+        );
+    }
+
+    #[test]
+    fn device_uuid_from_the_environment_wins() {
+        let env = Env {
+            device_uuid: Some("abc123".into()),
+            vars: Vec::new(),
+        };
+        let m = mqtt_env(Some(r#"{"device_id": "file-id"}"#), &env).unwrap();
+        assert_eq!(m.device_id, "abc123");
+        assert_eq!(
+            m.availability_topic,
+            "root/abc123/telemetry/system/availability"
+        );
+        let empty = Env {
+            device_uuid: Some(String::new()),
+            vars: Vec::new(),
+        };
+        assert_eq!(
+            mqtt_env(Some(r#"{"device_id": "file-id"}"#), &empty)
+                .unwrap()
+                .device_id,
+            "file-id"
+        );
+        let bad = Env {
+            device_uuid: Some("a+b".into()),
+            vars: Vec::new(),
+        };
+        let e = mqtt_env(None, &bad).unwrap_err();
+        assert_eq!(e.key, Some("BALENA_DEVICE_UUID"));
+        assert_eq!(
+            key_of(mqtt_env(Some(r#"{"device_id": ""}"#), &empty)),
+            Some("device_id")
+        );
+    }
+
+    #[test]
+    fn a_password_without_a_user_name_is_refused() {
+        let env = Env::default();
+        let e = mqtt_env(Some(r#"{"password": "pw"}"#), &env).unwrap_err();
+        assert_eq!(e.key, Some("password"));
+        assert!(e.message.contains("\"username\" is not"), "{e}");
+        let from_env = vars(&[("MQTT_PASSWORD", "envpw")]);
+        let e = mqtt_env(Some(r#"{"username": ""}"#), &from_env).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key),
+            ("environment variable MQTT_PASSWORD", Some("password"))
+        );
+    }
+
+    #[test]
+    fn password_from_the_environment_wins() {
+        let env = vars(&[("MQTT_PASSWORD", "envpw")]);
+        let m = mqtt_env(Some(r#"{"username": "u", "password": "filepw"}"#), &env).unwrap();
+        assert_eq!(
+            (m.username.as_deref(), m.password.as_deref()),
+            (Some("u"), Some("envpw"))
+        );
+    }
+
+    #[test]
+    fn home_assistant_and_payload_mode() {
+        let m = mqtt(r#"{}"#).unwrap();
+        assert_eq!(
+            (m.payload_mode, m.home_assistant.clone()),
+            (PayloadMode::PerMetric, None)
+        );
+        let m = mqtt(
+            r#"{"home_assistant_discovery": true, "payload_mode": "per_service",
+                "home_assistant_remove_after_in_seconds": 600}"#,
+        )
+        .unwrap();
+        assert_eq!(m.payload_mode, PayloadMode::PerService);
+        assert_eq!(
+            m.home_assistant,
+            Some(HomeAssistant {
+                prefix: "homeassistant".into(),
+                remove_after: Some(Duration::from_secs(600))
+            })
+        );
+        let m =
+            mqtt(r#"{"home_assistant_discovery": true, "home_assistant_discovery_prefix": "ha"}"#)
+                .unwrap();
+        assert_eq!(
+            m.home_assistant.unwrap(),
+            HomeAssistant {
+                prefix: "ha".into(),
+                remove_after: None
+            }
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"payload_mode": "per_container"}"#)),
+            Some("payload_mode")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"home_assistant_discovery": "yes"}"#)),
+            Some("home_assistant_discovery")
+        );
+        for bad in [r#""""#, r#""ha/+""#, r#""ha/""#] {
+            let text = format!(r#"{{"home_assistant_discovery_prefix": {bad}}}"#);
+            assert_eq!(
+                key_of(mqtt(&text)),
+                Some("home_assistant_discovery_prefix"),
+                "{bad}"
+            );
+        }
+        let long = format!(
+            r#"{{"home_assistant_discovery_prefix": "{}"}}"#,
+            "h".repeat(201)
+        );
+        assert_eq!(key_of(mqtt(&long)), Some("home_assistant_discovery_prefix"));
+    }
+
+    #[test]
+    fn the_old_name_of_remove_after_still_works_with_a_warning() {
+        let parse = |text: &str, env: &[(&str, &str)]| {
+            let mut warnings = Vec::new();
+            let src = Source {
+                path: "m.json",
+                text: Some(text),
+            };
+            let m = parse_mqtt(&src, &vars(env), &mut warnings).unwrap();
+            (m.home_assistant.unwrap().remove_after, warnings)
+        };
+        let on = r#"{"home_assistant_discovery": true"#;
+        let (after, w) = parse(
+            &format!(r#"{on}, "home_assistant_expire_after_in_seconds": 90}}"#),
+            &[],
+        );
+        assert_eq!(after, Some(Duration::from_secs(90)));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("m.json: ") && w[0].contains("remove_after"),
+            "{w:?}"
+        );
+        // From the environment, the warning names the variable.
+        let (after, w) = parse(
+            &format!("{on}}}"),
+            &[("MQTT_HOME_ASSISTANT_EXPIRE_AFTER_IN_SECONDS", "30")],
+        );
+        assert_eq!(after, Some(Duration::from_secs(30)));
+        assert!(
+            w[0].contains("MQTT_HOME_ASSISTANT_EXPIRE_AFTER_IN_SECONDS"),
+            "{w:?}"
+        );
+        // Both: the new name wins, and the warning says so.
+        let (after, w) = parse(
+            &format!(
+                r#"{on}, "home_assistant_expire_after_in_seconds": 90, "home_assistant_remove_after_in_seconds": 0}}"#
+            ),
+            &[],
+        );
+        assert_eq!(after, None);
+        assert!(w[0].contains("wins"), "{w:?}");
+        let (after, w) = parse(&format!("{on}}}"), &[]);
+        assert_eq!((after, w.len()), (None, 0));
+    }
+
+    #[test]
+    fn null_means_default() {
+        let m = mqtt(r#"{"client_id": null, "qos": null}"#).unwrap();
+        assert_eq!(m.client_id, "balena-telemetry-my-device");
+        assert_eq!(m.qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn device_id_variable_wins_over_the_balena_uuid() {
+        let mut env = vars(&[("MQTT_DEVICE_ID", "mine")]);
+        env.device_uuid = Some("uuid1".into());
+        let file = r#"{"device_id": "file-id"}"#;
+        assert_eq!(mqtt_env(Some(file), &env).unwrap().device_id, "mine");
+        env.vars.clear();
+        assert_eq!(mqtt_env(Some(file), &env).unwrap().device_id, "uuid1");
+    }
+
+    #[test]
+    fn the_original_programs_config_runs_unchanged() {
+        // Its default config/mqtt.config.json, with the `unit` key and the `{unit}` placeholder.
+        let original = r#"{
+  "broker_url": "tcp://127.0.0.1:1883",
+  "device_id": "d35a7ea843c61c723a12f19a41c26ef1",
+  "unit": "my-unit",
+  "root_topic_template": "isb/{device_id}/telemetry/{unit}/{service_name}"
+}"#;
+        let mut w = Vec::new();
+        let m = parse_mqtt(
+            &Source {
+                path: "m.json",
+                text: Some(original),
+            },
+            &Env::default(),
+            &mut w,
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let mut root = String::new();
+        m.template.render_root(
+            &crate::publish::topics::Names {
+                service_name: "main",
+                container_name: "main_1_2",
+                container_id: "abc",
+            },
+            &mut root,
+        );
+        assert_eq!(
+            root,
+            "isb/d35a7ea843c61c723a12f19a41c26ef1/telemetry/my-unit/main"
+        );
+        assert_eq!(
+            m.availability_topic,
+            "isb/d35a7ea843c61c723a12f19a41c26ef1/telemetry/my-unit/availability"
+        );
+        // Without `unit`, {unit} is the default template's level.
+        let m = mqtt(r#"{"root_topic_template": "a/{unit}/{service_name}"}"#).unwrap();
+        assert_eq!(m.availability_topic, "a/system/availability");
+        assert_eq!(key_of(mqtt(r#"{"unit": "a/b"}"#)), Some("unit"));
+        assert_eq!(key_of(mqtt(r#"{"unit": ""}"#)), Some("unit"));
+    }
+}

@@ -1,0 +1,105 @@
+//! The start summary: the effective settings in one line for the log.
+
+use super::{Collector, EngineFigures, Mode, Mqtt, PayloadMode};
+use mqttrs::QoS;
+
+/// The effective settings in one line, secrets masked.
+pub fn summary(c: &Collector, m: &Mqtt) -> String {
+    let mode = match c.mode {
+        Mode::Cli => "CLI",
+        Mode::File => "FILE",
+        Mode::Engine => "ENGINE",
+    };
+    let mut s = format!("{mode} mode, every {}s", c.interval.as_secs());
+    match c.mode {
+        Mode::Cli => {
+            s += &format!(
+                ", cli_path {:?}, cli_timeout {}s",
+                c.cli_path,
+                c.cli_timeout.as_secs()
+            )
+        }
+        Mode::File => s += &format!(", file_path {:?}", c.file_path),
+        Mode::Engine => {
+            let figures = match c.engine_figures {
+                EngineFigures::Auto => "auto",
+                EngineFigures::Cgroup => "cgroup",
+                EngineFigures::Api => "api",
+            };
+            s += &format!(
+                ", engine_socket {}, timeout {}s, engine_figures {figures}, cgroup_root {:?}, proc_root {:?}",
+                c.engine_socket
+                    .as_deref()
+                    .unwrap_or("(DOCKER_HOST or the usual places)"),
+                c.cli_timeout.as_secs(),
+                c.cgroup_root,
+                c.proc_root
+            )
+        }
+    }
+    s += &format!(
+        "; broker {}:{}{}, device_id {:?}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
+         username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {}, \
+         reconnect_max_delay {}s, once_timeout {}s, home_assistant {}",
+        m.host,
+        m.port,
+        if m.tls.is_some() { " over TLS" } else { "" },
+        m.device_id,
+        {
+            let mut root = String::new();
+            let names = crate::publish::topics::Names {
+                service_name: "{service_name}",
+                container_name: "{container_name}",
+                container_id: "{container_id}",
+            };
+            m.template.render_root(&names, &mut root);
+            root
+        },
+        m.client_id,
+        match m.qos {
+            QoS::AtMostOnce => 0,
+            _ => 1,
+        },
+        m.retain,
+        m.keep_alive,
+        m.username.as_deref().map_or("(none)".into(), |u| format!("{u:?}")),
+        if m.password.is_some() { "***" } else { "(none)" },
+        m.availability_topic,
+        match m.payload_mode {
+            PayloadMode::PerMetric => "per_metric",
+            PayloadMode::PerService => "per_service",
+        },
+        m.max_buffered_messages,
+        m.reconnect_max_delay.as_secs(),
+        m.once_timeout.as_secs(),
+        match &m.home_assistant {
+            None => "off".to_owned(),
+            Some(h) => format!("on (prefix {:?})", h.prefix),
+        },
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::*;
+
+    #[test]
+    fn summary_masks_the_password() {
+        let m = mqtt_env(
+            Some(r#"{"username": "bob", "password": "s3cret"}"#),
+            &vars(&[("MQTT_QOS", "0")]),
+        )
+        .unwrap();
+        let s = summary(&collector(None).unwrap(), &m);
+        assert!(!s.contains("s3cret"), "{s}");
+        assert!(s.contains("password ***"), "{s}");
+        assert!(s.contains("username \"bob\""), "{s}");
+        assert!(s.contains("qos 0"), "{s}");
+        assert!(
+            s.contains(r#"root topic "root/my-device/telemetry/system/{service_name}""#),
+            "{s}"
+        );
+    }
+}
