@@ -5,7 +5,8 @@
 #
 # Build with `make image PLATFORM=linux/arm64` (or linux/arm/v7, linux/arm/v6, linux/amd64), which first
 # puts the binary for that platform in dist/<TARGETARCH>[/<TARGETVARIANT>]/. buildx sets TARGETARCH and
-# TARGETVARIANT from --platform; the classic builder needs them as --build-arg (make image does that).
+# TARGETVARIANT from --platform; the classic builder needs them as --build-arg (make image does that), or
+# takes the host's binary from dist/host/.
 FROM scratch
 # The one default that differs from the agent's built-in ones: "mode": "ENGINE". It is a file, not an ENV
 # line, so that a STATS_MODE variable still wins over it and a config directory mounted on /config
@@ -16,7 +17,9 @@ FROM scratch
 COPY config/image/balena_stats_collector.config.json /config/balena_stats_collector.config.json
 ARG TARGETARCH
 ARG TARGETVARIANT
-COPY dist/${TARGETARCH}/${TARGETVARIANT}/balena-multi-container-telemetry /balena-multi-container-telemetry
+# Without TARGETARCH (the classic builder, which docker-compose uses on a plain Docker host), the binary
+# for the machine that ran `make host` or `make dist`: dist/host/.
+COPY dist/${TARGETARCH:-host}/${TARGETVARIANT}/balena-multi-container-telemetry /balena-multi-container-telemetry
 WORKDIR /
 # nobody:nogroup: enough for FILE mode, which only reads the mounted stats file. The engine socket
 # belongs to root, so ENGINE mode needs `user: "0"` in the compose file (or the socket's group): see

@@ -1,7 +1,11 @@
 # balena-multi-container-telemetry
 #   make build   release binary for this machine (target/release/)
-#   make test    every test: unit, integration against a real mosquitto (installed when missing)
+#   make test    every test: unit, integration against a real mosquitto (installed when missing), the
+#                real Docker Engine, qemu for the Arm builds; builds every device binary first
+#   make test-unit  the unit tests alone (no broker, no engine, no device builds): a minute or two
 #   make demo    the agent once on the example configs and a sample stats file, against a throwaway broker
+#   make demo-engine  the agent once in ENGINE mode on this machine's Docker engine, against a throwaway
+#                broker (needs access to the engine's socket: root or the docker group)
 #   make lint    cargo fmt --check and clippy with warnings as errors
 #   make clean
 #   make fuzz    the fuzzers for FUZZ_CASES cases each (default 1,000,000)
@@ -10,16 +14,18 @@
 #   make aarch64 / armv7 / armv6 / x86_64
 #                static musl binary in target/device/<triple>/release/ (rust-lld; clang for ring)
 #   make dist    the four static binaries, copied to dist/arm64, dist/arm/v7, dist/arm/v6, dist/amd64
-#                (Docker's platform names, TARGETARCH/TARGETVARIANT)
+#                (Docker's platform names, TARGETARCH/TARGETVARIANT), and this machine's also to dist/host
+#   make host    only this machine's static binary, in dist/host/ (what docker-compose.local.yaml builds)
 #   make dist-notls   aarch64 without the tls feature, in dist/notls/
 #   make size    their sizes (and the build without TLS) against the budgets (make test fails when one is over)
 #   make image   the FROM scratch image for PLATFORM (default linux/arm64; linux/arm/v7, linux/arm/v6,
-#                linux/amd64), tagged $(IMAGE):<arch>
+#                linux/amd64), tagged $(IMAGE):<platform> (arm64, arm-v7, arm-v6, amd64)
 
 CARGO ?= cargo
 BIN := balena-multi-container-telemetry
 
-.PHONY: all build test demo lint clean deps check-ha aarch64 armv7 armv6 x86_64 dist dist-notls size size-check image
+.PHONY: all build test test-unit demo demo-engine lint clean deps check-ha aarch64 armv7 armv6 x86_64 dist \
+	host dist-notls size size-check image
 
 STATIC := sh cross-compile/static.sh
 PLATFORM ?= linux/arm64
@@ -41,8 +47,14 @@ test: deps dist
 	@$(STATIC) check
 	@TLS=off $(STATIC) check aarch64
 
+test-unit:
+	$(CARGO) test --release --bins
+
 demo: deps build
 	@sh tests/scripts/demo.sh
+
+demo-engine: deps build
+	@sh tests/scripts/demo.sh engine
 
 check-ha: deps
 	python3 tests/scripts/check-ha-schemas.py
@@ -60,6 +72,9 @@ aarch64 armv7 armv6 x86_64:
 
 dist:
 	@CARGO="$(CARGO)" $(STATIC) dist
+
+host:
+	@CARGO="$(CARGO)" $(STATIC) host
 
 dist-notls:
 	@CARGO="$(CARGO)" TLS=off $(STATIC) dist

@@ -8,9 +8,13 @@
 #   static.sh check ARCH...   fail (exit 1) when a dist/ binary is over its budget
 #                             (dist/, not target/: what make test just built and ran, even if another
 #                             cargo run rewrites target/ meanwhile)
+#   static.sh host            dist for this machine's own architecture, also copied to dist/host/: the
+#                             root Dockerfile's choice when the builder sets no TARGETARCH (the classic
+#                             builder, docker-compose on a plain Docker host)
 #   static.sh image PLATFORM NAME
 #                             dist for PLATFORM (linux/arm64, linux/arm/v7, linux/arm/v6, linux/amd64),
-#                             then the root Dockerfile's FROM scratch image, tagged NAME:<arch>
+#                             then the root Dockerfile's FROM scratch image, tagged NAME:<platform> with
+#                             the platform as asked for, less `linux/`, `/` made `-` (NAME:arm-v7)
 #
 # ARCH is aarch64, armv7, armv6 or x86_64 (all four when none is given). dist/ is laid out by Docker
 # platform, TARGETARCH[/TARGETVARIANT]: dist/arm64, dist/arm/v7, dist/arm/v6, dist/amd64, so the root
@@ -212,12 +216,27 @@ path() {
     echo "$TARGET_DIR/$(triple "$1")/release/$BIN"
 }
 
+# This machine's architecture, by our names, or nothing when it is none of ours.
+host_arch() {
+    case "$(uname -m)" in
+        x86_64 | amd64) echo x86_64 ;;
+        aarch64 | arm64) echo aarch64 ;;
+        armv7l | armv8l) echo armv7 ;;
+        armv6l) echo armv6 ;;
+    esac
+}
+
 dist() {
     build "$1"
     if [ -f "$(path "$1")" ]; then
         mkdir -p "$(dist_dir "$1")"
         cp "$(path "$1")" "$(dist_dir "$1")/$BIN"
         echo "$(dist_dir "$1")/$BIN"
+        # The host's own binary under a name that needs no TARGETARCH (the root Dockerfile's default).
+        if [ "$1" = "$(host_arch)" ] && [ -z "$FEATURES" ]; then
+            mkdir -p "$DIST/host"
+            cp "$(path "$1")" "$DIST/host/$BIN"
+        fi
     fi
 }
 
@@ -241,7 +260,7 @@ image() {
     targetarch=${targetarch%%/*}
     variant=""
     case "$platform" in linux/*/*) variant=${platform##*/} ;; esac
-    tag="$2:$arch"
+    tag="$2:$(echo "${1#linux/}" | tr / -)"
     if docker buildx version >/dev/null 2>&1; then
         docker buildx build --platform "$platform" --load -t "$tag" .
     else
@@ -256,6 +275,14 @@ image() {
 
 cmd=${1:-}
 [ $# -gt 0 ] && shift
+if [ "$cmd" = host ]; then
+    arch=$(host_arch)
+    [ -n "$arch" ] || { echo "no device build for this machine's architecture ($(uname -m))" >&2; exit 1; }
+    dist "$arch"
+    [ -f "$DIST/host/$BIN" ] || { echo "no $arch binary for dist/host (see the SKIPPED line above)" >&2; exit 1; }
+    echo "$DIST/host/$BIN"
+    exit 0
+fi
 if [ "$cmd" = image ]; then
     [ $# = 2 ] || { echo "usage: $0 image PLATFORM NAME" >&2; exit 2; }
     image "$1" "$2"
@@ -287,7 +314,7 @@ for arch in "$@"; do
                 echo "$line"
             fi
             ;;
-        *) echo "usage: $0 build|dist|size|check [$ALL_ARCHS]..." >&2; exit 2 ;;
+        *) echo "usage: $0 build|dist|size|check [$ALL_ARCHS]... | host | image PLATFORM NAME" >&2; exit 2 ;;
     esac
 done
 [ "$cmd" = size ] && exit 0

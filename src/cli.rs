@@ -9,7 +9,15 @@ pub const USAGE: &str = "usage: balena-multi-container-telemetry [--once] [--con
   --help              print this help
   --version           print the version
 
-Environment: CONFIG_DIR, BALENA_DEVICE_UUID, MQTT_PASSWORD, LOG_LEVEL (error|warn|info|debug).";
+Configuration: config/balena_stats_collector.config.json and config/mqtt.config.json, both optional.
+Every key of each can be set by a variable, which wins over the file:
+  STATS_<KEY>         a collector key, e.g. STATS_MODE=ENGINE, STATS_COLLECTION_INTERVAL_IN_SECONDS=30
+  MQTT_<KEY>          an MQTT key, e.g. MQTT_BROKER_URL=tcp://192.168.1.10:1883, MQTT_USERNAME
+Mode (STATS_MODE): CLI runs `balena stats` (cli_path), FILE reads a file of its output (file_path),
+ENGINE asks the engine's socket. Unset: CLI when cli_path is found, else ENGINE when an engine socket is.
+Other variables: CONFIG_DIR, BALENA_DEVICE_UUID (the device id; default: the host name),
+DOCKER_HOST (unix:// only), LOG_LEVEL (error|warn|info|debug).
+More: README.md, sections Configuration and Running it.";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Args {

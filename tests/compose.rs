@@ -347,3 +347,91 @@ fn balena_dockerfile_template_copies_the_binary_for_each_balena_arch() {
         );
     }
 }
+
+/// The plain-Docker compose file, brought up as its header says: `docker-compose -f
+/// docker-compose.local.yaml up --build`, with the classic builder (no TARGETARCH: the binary comes from
+/// dist/host/) and only MQTT_BROKER_URL set. Figures come from the kernel through the mounted /proc and
+/// cgroup tree, services are named by their compose service, and the device id is the host name.
+#[test]
+fn local_compose_file_runs_on_a_plain_docker_host() {
+    let compose_file = repo().join("docker-compose.local.yaml");
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let compose_text = std::fs::read_to_string(&compose_file).unwrap();
+    assert!(
+        readme.contains(&format!("```yaml\n{compose_text}```")),
+        "README.md must show docker-compose.local.yaml verbatim in a ```yaml block"
+    );
+    if !have_engine() {
+        skipped("local compose test: no Docker Engine answers (`docker info` failed)");
+        return;
+    }
+    if !repo()
+        .join("dist/host/balena-multi-container-telemetry")
+        .is_file()
+    {
+        skipped("local compose test: dist/host not built (run `make host`; `make test` does)");
+        return;
+    }
+    let pid = std::process::id();
+    let project = format!("bmctlocal{pid}");
+    let file = compose_file.display().to_string();
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "root/#");
+    let compose = |args: &[&str]| {
+        let mut all = vec!["-p", project.as_str(), "-f", &file];
+        all.extend(args);
+        Command::new("docker-compose")
+            .args(&all)
+            .env("MQTT_BROKER_URL", broker.url())
+            // The classic builder, as docker-compose uses it by default: no TARGETARCH.
+            .env_remove("DOCKER_BUILDKIT")
+            .env_remove("COMPOSE_DOCKER_CLI_BUILD")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let mut cleanup = Cleanup::default();
+    // compose names the image it builds after the project and the service.
+    cleanup.then("docker", &["rmi", "-f", &format!("{project}_telemetry")]);
+    cleanup.then(
+        "docker-compose",
+        &["-p", &project, "-f", &file, "down", "--remove-orphans", "-t", "10"],
+    );
+    let up = compose(&["up", "-d", "--build"]);
+    assert!(
+        up.status.success(),
+        "docker-compose up --build: {}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let container = format!("{project}_telemetry_1");
+    let logs = || String::from_utf8_lossy(&run("docker", &["logs", &container]).stderr).into_owned();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    // Its own container is one of those it measures, named by its compose service.
+    let prefix = format!("root/{host}/telemetry/system/telemetry/");
+    let arrived = sub.wait_for(
+        |lines| {
+            ["cpu_usage_in_percent", "memory_usage_in_bytes", "pids"]
+                .iter()
+                .all(|m| lines.iter().any(|l| l.starts_with(&format!("{prefix}{m} "))))
+        },
+        Duration::from_secs(60),
+    );
+    assert!(arrived, "figures under {prefix}: {:?}\n{}", sub.lines(), logs());
+    let log = logs();
+    assert!(
+        log.contains("figures from the kernel"),
+        "the mounted /proc and cgroup tree give kernel figures: {log}"
+    );
+    let stop = compose(&["stop", "-t", "10"]);
+    assert!(stop.status.success(), "{stop:?}");
+    assert_eq!(
+        run_ok("docker", &["inspect", "-f", "{{.State.ExitCode}}", &container]),
+        "0",
+        "{}",
+        logs()
+    );
+}

@@ -392,10 +392,11 @@ fn make_image_builds_one_platform_after_another() {
         skipped("make image test: no Docker Engine answers (`docker info` failed)");
         return;
     }
+    // Each image is tagged by the platform asked for, as Docker names it.
     let platforms = [
-        ("linux/arm/v6", "armv6", "arm", "v6"),
-        ("linux/amd64", "x86_64", "amd64", ""),
-        ("linux/arm/v7", "armv7", "arm", "v7"),
+        ("linux/arm/v6", "arm-v6", "arm", "v6"),
+        ("linux/amd64", "amd64", "amd64", ""),
+        ("linux/arm/v7", "arm-v7", "arm", "v7"),
     ];
     if let Some((p, ..)) = platforms
         .iter()
@@ -416,8 +417,7 @@ fn make_image_builds_one_platform_after_another() {
             image: image.clone(),
             layers: Vec::new(),
         });
-        let out = Command::new("sh")
-            .arg(repo().join("cross-compile/static.sh"))
+        let out = without_cargo_env(Command::new("sh").arg(repo().join("cross-compile/static.sh")))
             .args(["image", platform, &name])
             .stdin(Stdio::null())
             .output()
@@ -440,4 +440,28 @@ fn make_image_builds_one_platform_after_another() {
             "{platform}"
         );
     }
+}
+
+/// `cmd` without the variables `cargo test` gives this process (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...).
+/// A build started from a test would otherwise see them: ring's build
+/// script reruns when they change, so the device binaries were built again, dist/ was overwritten, and the
+/// next `make dist` built them once more. What the user set for cargo (CARGO_HOME, CARGO_TARGET_DIR, the
+/// CARGO_BUILD_* and CARGO_PROFILE_* settings) stays.
+fn without_cargo_env(cmd: &mut Command) -> &mut Command {
+    let theirs = |k: &str| {
+        k == "CARGO"
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_CRATE_NAME"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "OUT_DIR"
+            || ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_RUSTC_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+    };
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(theirs) {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd
 }

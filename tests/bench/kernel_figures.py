@@ -224,6 +224,27 @@ def net(row, baseline):
             "shims_idle": shims_idle, "shims_net": row["median_ms"]["shims"] - shims_idle}
 
 
+def noise_floor(baseline):
+    """How far the idle engine alone wanders from cycle to cycle (half the range of its per-cycle ms): a
+    net figure below it is noise, and no ratio may divide by it."""
+    per = baseline.get("per_cycle_ms", {})
+    rows = [per[g] for g in ENGINE if g in per]
+    if not rows or not rows[0]:
+        return 0.0
+    totals = [sum(r[i] for r in rows) for i in range(len(rows[0]))]
+    return (max(totals) - min(totals)) / 2
+
+
+def ratio_text(num, den, noise):
+    """`num / den` as `12.3x`; when `den` is at noise level, the bound that the noise floor gives (`>= Nx`),
+    never a quotient of noise."""
+    if den > noise and den > 0:
+        return f"{num / den:.1f}x"
+    if noise > 0:
+        return f">= {num / noise:.0f}x (denominator {f2(den)} ms is within the idle noise, {f2(noise)} ms)"
+    return "n/a"
+
+
 def measure(binary, broker, work, counts=None, cycles=None, scale_cycles=None, headline=None, routes=None):
     counts = counts or COUNTS
     cycles, scale_cycles = cycles or CYCLES, scale_cycles or SCALE_CYCLES
@@ -306,23 +327,25 @@ def render(res):
         L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         cg = head["runs"].get("cgroup")
         base = cg["net"]["total_net"] if cg and "error" not in cg else None
+        noise = noise_floor(head["baseline"]) if "baseline" in head else 0.0
         for route, r in head["runs"].items():
             if "error" in r:
                 L.append(f"| {ROUTE_NAMES.get(route, route)} | failed: {r['error']} | | | | | | | | |")
                 continue
             m, n = r["median_ms"], r["net"]
-            ratio = f"{n['total_net'] / base:.1f}x" if base and base > 0 else "n/a"
+            ratio = ratio_text(n["total_net"], base, noise) if base is not None else "n/a"
             L.append(f"| {ROUTE_NAMES.get(route, route)} | {f2(m['agent'])} | {f2(m['children'])} | "
                      f"{f2(m['dockerd'])} | {f2(m['containerd'])} | {f2(m['total'])} | {f2(n['engine_idle'])} | "
                      f"**{f2(n['total_net'])}** | {ratio} | {f2(m['shims'])} / {f2(n['shims_idle'])} / "
                      f"{f2(n['shims_net'])} |")
         cli = head["runs"].get("cli")
-        if base and base > 0 and cli and "error" not in cli:
-            raw_ratio = cli["median_ms"]["total"] / cg["median_ms"]["total"]
+        if base is not None and cli and "error" not in cli:
+            raw_ratio = ratio_text(cli["median_ms"]["total"], cg["median_ms"]["total"], 0.0)
             L.append("")
-            L.append(f"The CLI route costs **{cli['net']['total_net'] / base:.1f}x** the `cgroup` route net "
-                     f"({raw_ratio:.1f}x raw); the `cgroup` route's net total is **{f2(base)} ms** per cycle "
-                     "(issue 12's targets: at most 10 ms, and 20 times below the CLI route).")
+            L.append(f"The CLI route costs **{ratio_text(cli['net']['total_net'], base, noise)}** the `cgroup` "
+                     f"route net ({raw_ratio} raw); the `cgroup` route's net total is **{f2(base)} ms** per cycle, "
+                     f"the idle engine's noise {f2(noise)} ms (targets: at most 10 ms, and 20 times below the "
+                     "CLI route).")
     L.append("")
     L.append("### Growth with the number of containers")
     L.append("")
@@ -398,8 +421,9 @@ def targets(res):
         v = cg["net"]["total_net"]
         out.append({"what": f"ENGINE cgroup, {head['containers']} containers: agent + engine net CPU/cycle <= 10 ms",
                     "value": v, "limit": 10, "measured": bench.ms(v), "unit": "ms"})
-        if cli and "error" not in cli and cli["net"]["total_net"] > 0 and v > 0:
-            v = cg["net"]["total_net"] / cli["net"]["total_net"]
+        if cli and "error" not in cli and cli["net"]["total_net"] > 0:
+            # At noise level the cgroup route's figure is bounded by the noise, not known: compare that bound.
+            v = max(v, noise_floor(head.get("baseline", {}))) / cli["net"]["total_net"]
             out.append({"what": "ENGINE cgroup / CLI route, net CPU/cycle <= 1/20", "value": v, "limit": 0.05,
                         "measured": f"1/{1 / v:.1f}" if v > 0 else f"{v:.3f}", "unit": "x"})
     big = max(res.get("counts", []), key=lambda r: r["containers"], default=None)
