@@ -1,31 +1,40 @@
 //! ENGINE mode: figures and lifecycles straight from the engine's API socket, without running the CLI.
 //!
 //! A state machine the loop drives ([`EngineSource`]): every request is a non-blocking connection of its
-//! own in the loop's poll set, never waited on here. The HTTP framing is in `http.rs`, the event stream's
-//! in `events.rs`, the JSON in `api.rs`, all pure. A collection is one `GET /containers/json?all=1`, then
-//! at once one `GET /containers/{id}/stats?stream=false&one-shot=true` per running container (at most
-//! [`MAX_OPEN`] connections open, the rest as those finish) and an inspect of each container whose state
-//! we do not know yet; a container without a previous CPU sample is asked again a second later (a
-//! deadline, not a sleep). Between collections the event stream (`GET /events`, containers only) says
-//! which container to inspect again, and what changed is handed over at once. Anything that goes wrong
-//! with one container is a warning; anything that stops the list fails the tick. Nothing the engine
-//! sends can panic us.
+//! own in the loop's poll set, never waited on here (`conn.rs`, with the system calls). The HTTP framing
+//! is in `http.rs`, the event stream's in `events.rs`, the JSON in `api.rs`, all pure. A collection
+//! (`collection.rs`) is one `GET /containers/json?all=1`, then at once one
+//! `GET /containers/{id}/stats?stream=false&one-shot=true` per running container (at most [`MAX_OPEN`]
+//! connections open, the rest as those finish) and an inspect of each container whose state we do not
+//! know yet; a container without a previous CPU sample is asked again a second later (a deadline, not a
+//! sleep). On the kernel route (`kernel_route.rs`) the running containers' figures come from the
+//! kernel's files instead, and the stats API is asked only for those it cannot read; while the event
+//! stream has kept us in sync since a list, a collection asks the engine nothing. Between collections
+//! the event stream (`watch.rs`, `GET /events`, containers only) says which container to inspect again,
+//! and what changed is handed over at once. Anything that goes wrong with one container is a warning;
+//! anything that stops the list fails the tick. Nothing the engine sends can panic us.
 
 pub mod api;
+mod collection;
+mod conn;
 pub mod events;
 pub mod http;
+mod kernel_route;
+mod watch;
 
-use super::kernel::{self, Place, Roots};
 use super::{pollfd, Output, Source};
 use crate::mqtt::backoff::Backoff;
 use crate::stats::lifecycle::{Lifecycle, State};
-use crate::stats::{ContainerStats, Figures, Metric, Value};
+use crate::stats::{ContainerStats, Figures};
 use api::{CpuSample, Listed};
+use collection::Run;
+use conn::{write_some, Conn, EventConn};
+pub use kernel_route::{figuring, Figuring};
+use kernel_route::{Kernel, Track};
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+use watch::EVENTS_MAX_DELAY;
 
 /// Where the engine listens when neither `engine_socket` nor a `unix://` `DOCKER_HOST` says: balenaOS's
 /// host, a container with the `io.balena.features.balena-socket` label, then plain Docker.
@@ -35,8 +44,6 @@ pub const SOCKET_CANDIDATES: [&str; 3] = [
     "/var/run/docker.sock",
 ];
 
-/// One request may take this long at most (and never past the collection's deadline).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds on what we accept: a list of thousands of containers, and a stats or inspect answer (about 5
 /// KB; an inspect with a long healthcheck log a few times that).
 const MAX_LIST_BODY: usize = 8 * 1024 * 1024;
@@ -47,16 +54,7 @@ const MAX_STATS_BODY: usize = 1024 * 1024;
 pub const MAX_OPEN: usize = 128;
 /// Containers we keep track of (and report) at most.
 pub const MAX_CONTAINERS: usize = 4096;
-/// Rounds of asking again for a CPU sample, a second apart.
-const SAMPLE_ROUNDS: u32 = 3;
-/// The event stream is re-opened after a failure no sooner than this backoff says, at most this late.
-const EVENTS_MAX_DELAY: Duration = Duration::from_secs(30);
 const LIST_PATH: &str = "/containers/json?all=1";
-/// `/events?filters={"type":["container"]}`.
-const EVENTS_PATH: &str = "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D";
-/// How long we wait between two samples of a container we have no previous sample of (`--once`, the
-/// first tick, a new container). About the docker CLI's own wait.
-const SECOND_SAMPLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The socket to use: `configured` when set, else `DOCKER_HOST` when it is `unix://...`, else the first
 /// of [`SOCKET_CANDIDATES`] that `exists`, else the first candidate (so the error names a real default).
@@ -99,24 +97,6 @@ struct Request {
     max_body: usize,
 }
 
-/// A request on its connection: the request bytes still to write, the answer so far.
-struct Conn {
-    req: Request,
-    stream: UnixStream,
-    wire: Vec<u8>,
-    sent: usize,
-    buf: Vec<u8>,
-    until: Instant,
-}
-
-/// The event stream's connection.
-struct EventConn {
-    stream: UnixStream,
-    wire: Vec<u8>,
-    sent: usize,
-    parser: events::EventStream,
-}
-
 /// What we know of a container: who it is, its life and main process as last inspected, and where the
 /// kernel keeps its counters.
 struct Known {
@@ -125,122 +105,6 @@ struct Known {
     pid: Option<u32>,
     network: api::Network,
     track: Track,
-}
-
-/// A running container's counters in the kernel: found once per main process.
-#[derive(Default)]
-struct Track {
-    place: Option<Place>,
-    /// Its counter files, kept open while its main process lives.
-    files: kernel::Files,
-    /// Our previous CPU reading of it, for the next CPU %.
-    previous: Option<(u64, Instant)>,
-    /// Its fallback to the stats API was said; said again only after the kernel's files worked.
-    warned: bool,
-}
-
-/// Where running containers' figures come from: the engine's stats API, or the kernel's own files, which
-/// the engine would read for us at about twenty times the price.
-pub enum Figuring {
-    Api,
-    Kernel {
-        roots: Roots,
-        /// `/proc/meminfo`'s total, read once.
-        host_memory: Result<u64, String>,
-        /// `auto`: if the first try reads no container's files, the API takes over for good.
-        auto: bool,
-    },
-}
-
-/// The kernel route's state.
-struct Kernel {
-    roots: Roots,
-    /// The host's memory: what the engine gives as an unlimited container's limit.
-    host_memory: Result<u64, String>,
-    auto: bool,
-    /// Some container's files have been read: `auto` keeps the kernel from here on.
-    proven: bool,
-}
-
-/// The choice of `engine_figures`, with `auto` settled by whether the kernel's files are there at all (a
-/// balena container sees the host's only with the sysfs and procfs labels).
-pub fn figuring(
-    choice: crate::config::EngineFigures,
-    cgroup_root: &str,
-    proc_root: &str,
-) -> Figuring {
-    use crate::config::EngineFigures;
-    let roots = Roots {
-        cgroup: cgroup_root.into(),
-        proc: proc_root.into(),
-    };
-    if choice == EngineFigures::Api {
-        return Figuring::Api;
-    }
-    let host_memory = kernel::host_memory(&roots);
-    let auto = choice == EngineFigures::Auto;
-    if auto {
-        let usable = host_memory
-            .clone()
-            .and_then(|_| match roots.cgroup.is_dir() {
-                true => Ok(()),
-                false => Err(format!("{} is not a directory", roots.cgroup.display())),
-            });
-        if let Err(why) = usable {
-            crate::info!("engine_figures auto: {why}; {API_INSTEAD}");
-            return Figuring::Api;
-        }
-    }
-    Figuring::Kernel {
-        roots,
-        host_memory,
-        auto,
-    }
-}
-
-const API_INSTEAD: &str = "figures come from the engine's stats API instead (on balena, give this \
-                           service the labels io.balena.features.sysfs and io.balena.features.procfs)";
-
-/// One container in the collection under way.
-struct Entry {
-    listed: Listed,
-    figures: Option<Figures>,
-    /// The first sample's CPU, while a CPU % still waits for a later one.
-    cpu_before: Option<CpuSample>,
-    /// Its kernel reading had no previous one to give a CPU %: read again next round (the previous is
-    /// the container's [`Track`]'s).
-    kernel_waits: bool,
-}
-
-impl Entry {
-    fn new(listed: Listed) -> Entry {
-        Entry {
-            listed,
-            figures: None,
-            cpu_before: None,
-            kernel_waits: false,
-        }
-    }
-}
-
-/// The collection under way.
-struct Run {
-    started: Instant,
-    deadline: Instant,
-    listed: bool,
-    entries: Vec<Entry>,
-    /// Containers that were known and are gone from the list: reported once as removed.
-    removed: Vec<Listed>,
-    /// Requests of this collection not answered yet, and of them the current round's stats.
-    outstanding: usize,
-    stats_left: usize,
-    round: u32,
-    next_round: Option<Instant>,
-    /// The kernel's files are still to be read, once the list and its inspects are in.
-    kernel_pending: bool,
-    /// The event stream's connection (its number) that was already subscribed when the list was asked:
-    /// while it stays up, the list plus its events is all we need to know.
-    list_under: Option<u64>,
 }
 
 /// ENGINE mode as a [`Source`].
@@ -284,22 +148,7 @@ impl EngineSource {
         figuring: Figuring,
     ) -> EngineSource {
         let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let kernel = match figuring {
-            Figuring::Api => None,
-            Figuring::Kernel {
-                roots,
-                host_memory,
-                auto,
-            } => {
-                kernel::keep_files_open();
-                Some(Kernel {
-                    roots,
-                    host_memory,
-                    auto,
-                    proven: false,
-                })
-            }
-        };
+        let kernel = Kernel::new(figuring);
         EngineSource {
             configured,
             socket: String::new(),
@@ -332,39 +181,6 @@ impl EngineSource {
         })
     }
 
-    fn ask(&mut self, path: String, purpose: Purpose, max_body: usize) {
-        self.queue.push_back(Request {
-            path,
-            purpose,
-            max_body,
-        });
-    }
-
-    /// Opens connections for queued requests while fewer than [`MAX_OPEN`] are open.
-    fn open_queued(&mut self, now: Instant) {
-        while self.open.len() < MAX_OPEN {
-            let Some(req) = self.queue.pop_front() else {
-                return;
-            };
-            let until = self
-                .run
-                .as_ref()
-                .map_or(now + REQUEST_TIMEOUT, |r| r.deadline)
-                .min(now + REQUEST_TIMEOUT);
-            match connect(&self.socket) {
-                Ok(stream) => self.open.push(Conn {
-                    wire: http::get_request(&req.path),
-                    req,
-                    stream,
-                    sent: 0,
-                    buf: Vec::new(),
-                    until,
-                }),
-                Err(e) => self.answered(now, req, Err(e)),
-            }
-        }
-    }
-
     /// A request's answer (or why there is none), to the collection or the lifecycle it was for.
     fn answered(&mut self, now: Instant, req: Request, result: Result<http::Response, String>) {
         let socket = &self.socket;
@@ -376,550 +192,6 @@ impl EngineSource {
             ),
             Purpose::Stats(i) => self.sampled(now, i, result),
             Purpose::Inspect { id, for_run } => self.inspected(id, for_run, result),
-        }
-    }
-
-    fn listed(&mut self, now: Instant, result: Result<http::Response, String>) {
-        let Some(run) = self.run.as_mut() else {
-            return;
-        };
-        run.outstanding -= 1;
-        let socket = &self.socket;
-        let parsed = result.and_then(|r| match r.status {
-            200 => api::parse_list(&r.body).map_err(|e| format!("engine {socket}: {e}")),
-            s => Err(format!(
-                "engine {socket}: GET /containers/json answered {s}: {}",
-                api::error_message(&r.body)
-            )),
-        });
-        let mut listed = match parsed {
-            Ok(l) => l,
-            Err(error) => {
-                self.fail(error);
-                return;
-            }
-        };
-        if listed.len() > MAX_CONTAINERS {
-            crate::warn!(
-                "engine {socket}: {} containers, only the first {MAX_CONTAINERS} reported",
-                listed.len()
-            );
-            listed.truncate(MAX_CONTAINERS);
-        }
-        self.previous
-            .retain(|id, _| listed.iter().any(|c| &c.id == id));
-        let gone: Vec<String> = self
-            .known
-            .keys()
-            .filter(|id| !listed.iter().any(|c| &c.id == *id))
-            .cloned()
-            .collect();
-        // Stats are numbered by entry; a container whose state we do not know (yet) is inspected.
-        let mut asks = Vec::new();
-        let api = self.kernel.is_none();
-        for (i, c) in listed.iter().enumerate() {
-            if api && c.state == Some(State::Running) {
-                asks.push((stats_path(&c.id), Purpose::Stats(i), MAX_STATS_BODY));
-            }
-            let stale = self
-                .known
-                .get(&c.id)
-                .is_none_or(|k| Some(k.life.state) != c.state);
-            if stale {
-                let purpose = Purpose::Inspect {
-                    id: c.id.clone(),
-                    for_run: true,
-                };
-                asks.push((inspect_path(&c.id), purpose, MAX_STATS_BODY));
-            }
-        }
-        let subscribed = self.subscribed();
-        let Some(run) = self.run.as_mut() else {
-            return;
-        };
-        run.listed = true;
-        if run.list_under.is_some() && run.list_under == subscribed {
-            self.synced = true;
-        }
-        for id in gone {
-            if let Some(k) = self.known.remove(&id) {
-                run.removed.push(k.listed);
-            }
-        }
-        run.entries = listed.into_iter().map(Entry::new).collect();
-        run.outstanding += asks.len();
-        run.stats_left = asks
-            .iter()
-            .filter(|a| matches!(a.1, Purpose::Stats(_)))
-            .count();
-        for (path, purpose, max) in asks {
-            self.ask(path, purpose, max);
-        }
-        self.open_queued(now);
-        self.kernel_phase(now);
-        self.round_done(now);
-    }
-
-    fn sampled(&mut self, now: Instant, i: usize, result: Result<http::Response, String>) {
-        let Some(run) = self.run.as_mut() else {
-            return;
-        };
-        run.outstanding -= 1;
-        run.stats_left -= 1;
-        let Some(entry) = run.entries.get_mut(i) else {
-            return;
-        };
-        let sample = result.and_then(|r| match r.status {
-            200 => api::parse_stats(&r.body).map_err(|e| e.to_string()),
-            404 => Err(format!(
-                "gone between list and stats ({})",
-                api::error_message(&r.body)
-            )),
-            s => Err(format!("answered {s}: {}", api::error_message(&r.body))),
-        });
-        match sample {
-            Err(e) => {
-                if run.round == 0 {
-                    crate::warn!(
-                        "engine: container {} ({}): {e}; its figures left out this tick",
-                        entry.listed.name,
-                        api::short_id(&entry.listed.id)
-                    );
-                }
-            }
-            Ok(sample) => {
-                let id = &entry.listed.id;
-                match (entry.cpu_before.take(), sample.cpu) {
-                    // A later round: against the first sample.
-                    (Some(before), Some(cpu)) => match api::cpu_percent(&before, &cpu) {
-                        Some(p) => {
-                            if let Some(f) = entry.figures.as_mut() {
-                                f.set(Metric::CpuPercent, Value::Percent(p));
-                            }
-                            self.previous.insert(id.clone(), cpu);
-                        }
-                        None => entry.cpu_before = Some(before),
-                    },
-                    (Some(before), None) => entry.cpu_before = Some(before),
-                    (None, cpu) => {
-                        let mut figures = sample.figures;
-                        if let Some(cpu) = cpu {
-                            // Against our own last sample; else the engine's (older engines ignore
-                            // one-shot and fill precpu_stats); else a later sample.
-                            let pct = self
-                                .previous
-                                .get(id)
-                                .and_then(|before| api::cpu_percent(before, &cpu))
-                                .or_else(|| sample.precpu.and_then(|p| api::cpu_percent(&p, &cpu)));
-                            match pct {
-                                Some(p) => figures.set(Metric::CpuPercent, Value::Percent(p)),
-                                None => entry.cpu_before = Some(cpu),
-                            }
-                            self.previous.insert(id.clone(), cpu);
-                        }
-                        entry.figures = Some(figures);
-                    }
-                }
-            }
-        }
-        self.round_done(now);
-    }
-
-    /// When a round's samples are all in: another round a second after the last for the containers
-    /// still without a CPU %, if time allows. The engine samples each container about once a second and
-    /// a one-shot request answers with its latest sample, so an early second request can return the very
-    /// sample the first did.
-    fn round_done(&mut self, _now: Instant) {
-        let Some(run) = self.run.as_mut() else {
-            return;
-        };
-        if !run.listed || run.kernel_pending || run.stats_left > 0 || run.next_round.is_some() {
-            return;
-        }
-        let waiting = run
-            .entries
-            .iter()
-            .any(|e| e.cpu_before.is_some() || e.kernel_waits);
-        if waiting && run.round < SAMPLE_ROUNDS {
-            let at = run.started + SECOND_SAMPLE_AFTER * (run.round + 1);
-            if at + Duration::from_millis(100) >= run.deadline {
-                crate::warn!(
-                    "engine {}: no time left for a second sample; CPU % left out this tick",
-                    self.socket
-                );
-            } else {
-                run.next_round = Some(at);
-            }
-        }
-    }
-
-    /// The next round's time has come: ask again for the containers still without a CPU %.
-    fn next_round(&mut self, now: Instant) {
-        let Some(run) = self.run.as_mut() else {
-            return;
-        };
-        if run.next_round.is_none_or(|t| now < t) {
-            return;
-        }
-        run.next_round = None;
-        run.round += 1;
-        if let Some(k) = self.kernel.as_ref() {
-            for e in run.entries.iter_mut().filter(|e| e.kernel_waits) {
-                e.kernel_waits = false;
-                if let Some(c) = self.known.get_mut(&e.listed.id) {
-                    second_kernel_sample(k, c, e, now);
-                }
-            }
-        }
-        let again: Vec<(String, usize)> = run
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.cpu_before.is_some())
-            .map(|(i, e)| (stats_path(&e.listed.id), i))
-            .collect();
-        run.stats_left += again.len();
-        run.outstanding += again.len();
-        for (path, i) in again {
-            self.ask(path, Purpose::Stats(i), MAX_STATS_BODY);
-        }
-    }
-
-    fn inspected(&mut self, id: String, for_run: bool, result: Result<http::Response, String>) {
-        if for_run {
-            if let Some(run) = self.run.as_mut() {
-                run.outstanding -= 1;
-            }
-        }
-        let again = if for_run {
-            false
-        } else {
-            self.inspecting.remove(&id).unwrap_or(false)
-        };
-        match result {
-            Ok(r) if r.status == 200 => match api::parse_inspect(&r.body) {
-                Ok(api::Inspected {
-                    listed,
-                    life,
-                    pid,
-                    network,
-                }) => {
-                    let life = oom_from_events(life, self.oom_seen.contains(&id));
-                    let old = self.known.remove(&id);
-                    let changed = old.as_ref().is_none_or(|k| k.life != life);
-                    if changed && !for_run {
-                        self.changes.push(lifecycle_only(&listed, life.clone()));
-                    }
-                    // The same main process: its cgroup and our last reading of it still hold.
-                    let track = old.filter(|k| k.pid == pid).map(|k| k.track);
-                    if self.known.len() < MAX_CONTAINERS {
-                        let track = track.unwrap_or_default();
-                        let k = Known {
-                            listed,
-                            life,
-                            pid,
-                            network,
-                            track,
-                        };
-                        self.known.insert(id.clone(), k);
-                    }
-                }
-                Err(e) => crate::warn!("engine: container {}: {e}", api::short_id(&id)),
-            },
-            // Gone: reported once as removed, then forgotten.
-            Ok(r) if r.status == 404 => {
-                if let Some(k) = self.known.remove(&id) {
-                    match self.run.as_mut().filter(|_| for_run) {
-                        Some(run) => run.removed.push(k.listed),
-                        None => self.changes.push(removed(&k.listed)),
-                    }
-                }
-                return;
-            }
-            Ok(r) => crate::warn!(
-                "engine: inspect of {} answered {}: {}",
-                api::short_id(&id),
-                r.status,
-                api::error_message(&r.body)
-            ),
-            Err(e) => crate::warn!("engine: inspect of {}: {e}", api::short_id(&id)),
-        }
-        if again {
-            self.inspect_for_event(id);
-        }
-    }
-
-    fn inspect_for_event(&mut self, id: String) {
-        if let Some(again) = self.inspecting.get_mut(&id) {
-            *again = true;
-            return;
-        }
-        if self.inspecting.len() >= MAX_CONTAINERS {
-            return;
-        }
-        self.inspecting.insert(id.clone(), false);
-        let path = inspect_path(&id);
-        let purpose = Purpose::Inspect { id, for_run: false };
-        self.ask(path, purpose, MAX_STATS_BODY);
-    }
-
-    /// The number of the event stream's connection if the engine has subscribed it.
-    fn subscribed(&self) -> Option<u64> {
-        let ev = self.events.as_ref()?;
-        ev.parser.subscribed().then_some(self.events_gen)
-    }
-
-    /// The collection's containers when we are in sync: those the events have kept us told of.
-    fn entries_from_known(&mut self) {
-        let Some(run) = self.run.as_mut() else {
-            return;
-        };
-        let mut entries: Vec<Entry> = self
-            .known
-            .values()
-            .map(|k| Entry::new(k.listed.clone()))
-            .collect();
-        entries.sort_by(|a, b| a.listed.name.cmp(&b.listed.name));
-        run.entries = entries;
-        let known = &self.known;
-        self.previous.retain(|id, _| known.contains_key(id));
-    }
-
-    /// Once the list and its inspects are in: every running container's figures from the kernel's files.
-    /// One that cannot be read is asked of the stats API instead, for this tick, with a warning.
-    fn kernel_phase(&mut self, now: Instant) {
-        let (Some(k), Some(run)) = (self.kernel.as_mut(), self.run.as_mut()) else {
-            return;
-        };
-        if !run.kernel_pending || !run.listed || run.outstanding > 0 {
-            return;
-        }
-        run.kernel_pending = false;
-        let mut failed = Vec::new();
-        let mut unknown = Vec::new();
-        for (i, e) in run.entries.iter_mut().enumerate() {
-            if e.listed.state != Some(State::Running) {
-                continue;
-            }
-            let known = self.known.get_mut(&e.listed.id);
-            let known = known.filter(|c| c.pid.is_some() && c.network != api::Network::Shared);
-            let Some(known) = known else {
-                // Its inspect failed or is late, or it counts another container's network as its own:
-                // only the engine can say, and that says nothing of the kernel's files.
-                unknown.push(i);
-                continue;
-            };
-            match first_kernel_sample(k, known, e, now) {
-                Ok(()) => {
-                    k.proven = true;
-                    known.track.warned = false;
-                }
-                Err(why) => {
-                    // Said once, until its files read again.
-                    let say = !std::mem::replace(&mut known.track.warned, true);
-                    failed.push((i, why, say));
-                }
-            }
-        }
-        if k.auto && !k.proven {
-            if let Some((_, why, _)) = failed.first() {
-                crate::info!(
-                    "engine_figures auto: the kernel's files cannot be read ({why}); {API_INSTEAD}"
-                );
-                self.kernel = None;
-                self.synced = false;
-            }
-        } else {
-            for (i, why, _) in failed.iter().filter(|f| f.2) {
-                let e = &run.entries[*i];
-                crate::warn!(
-                    "engine: container {} ({}): kernel figures unreadable ({why}); asking the engine's stats API until they are readable again",
-                    e.listed.name,
-                    api::short_id(&e.listed.id)
-                );
-            }
-        }
-        let asks: Vec<(String, usize)> = failed
-            .into_iter()
-            .map(|(i, _, _)| i)
-            .chain(unknown)
-            .map(|i| (stats_path(&run.entries[i].listed.id), i))
-            .collect();
-        run.outstanding += asks.len();
-        run.stats_left += asks.len();
-        for (path, i) in asks {
-            self.ask(path, Purpose::Stats(i), MAX_STATS_BODY);
-        }
-        self.open_queued(now);
-        self.round_done(now);
-    }
-
-    fn fail(&mut self, error: String) {
-        self.run = None;
-        // The collection's own requests are dropped; those for events stay.
-        self.queue
-            .retain(|r| matches!(r.purpose, Purpose::Inspect { for_run: false, .. }));
-        self.open
-            .retain(|c| matches!(c.req.purpose, Purpose::Inspect { for_run: false, .. }));
-        self.out.push_back(Output::Failed {
-            error,
-            expected: false,
-        });
-    }
-
-    /// Every answer is in: the tick's containers, running ones with figures, the others by their
-    /// lifecycle alone, removed ones once.
-    fn finish_if_done(&mut self, now: Instant) {
-        let done = self.run.as_ref().is_some_and(|r| {
-            r.listed && !r.kernel_pending && r.outstanding == 0 && r.next_round.is_none()
-        });
-        if !done {
-            return;
-        }
-        let Some(run) = self.run.take() else {
-            return;
-        };
-        crate::debug!(
-            "engine collection took {} ms",
-            now.saturating_duration_since(run.started).as_millis()
-        );
-        let mut gone = run.removed;
-        gone.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut stats: Vec<ContainerStats> = gone.iter().map(removed).collect();
-        for e in run.entries {
-            let life = self.known.get(&e.listed.id).map(|k| k.life.clone());
-            let life = life.or_else(|| e.listed.state.map(state_only));
-            let running = e.listed.state == Some(State::Running);
-            let mut c = api::container_stats(&e.listed, e.figures.unwrap_or_default());
-            c.lifecycle = life;
-            if running || c.lifecycle.is_some() {
-                stats.push(c);
-            }
-        }
-        self.out.push_back(Output::Parsed {
-            source: format!("engine {}", self.socket),
-            stats,
-        });
-    }
-
-    /// The collection ran out of time: what is answered is reported, the rest said.
-    fn expire_run(&mut self, now: Instant) {
-        let Some(run) = self.run.as_mut() else {
-            return;
-        };
-        if now < run.deadline {
-            return;
-        }
-        if !run.listed {
-            let e = format!("engine {}: GET /containers/json: timed out", self.socket);
-            self.fail(e);
-            return;
-        }
-        crate::warn!(
-            "engine {}: {} requests unanswered after {}s; the tick goes out without them",
-            self.socket,
-            run.outstanding,
-            self.timeout.as_secs()
-        );
-        run.outstanding = 0;
-        run.stats_left = 0;
-        run.next_round = None;
-        self.queue
-            .retain(|r| matches!(r.purpose, Purpose::Inspect { for_run: false, .. }));
-        self.open
-            .retain(|c| matches!(c.req.purpose, Purpose::Inspect { for_run: false, .. }));
-        self.finish_if_done(now);
-    }
-
-    fn events_due(&mut self, now: Instant) {
-        if !self.follow || self.events.is_some() || now < self.events_at || self.socket.is_empty() {
-            return;
-        }
-        match connect(&self.socket) {
-            Ok(stream) => {
-                self.events_gen += 1;
-                self.events = Some(EventConn {
-                    stream,
-                    wire: http::get_request(EVENTS_PATH),
-                    sent: 0,
-                    parser: events::EventStream::default(),
-                })
-            }
-            Err(e) => self.events_failed(now, &e),
-        }
-    }
-
-    fn events_failed(&mut self, now: Instant, why: &str) {
-        self.events = None;
-        self.synced = false;
-        let delay = self.events_backoff.next_delay();
-        self.events_at = now + delay;
-        // Once per outage: a collection says the same more loudly if the engine is really gone.
-        if !self.events_warned {
-            crate::warn!(
-                "engine {}: event stream: {why}; retrying in {}s (lifecycle changes wait for the next tick meanwhile)",
-                self.socket,
-                crate::mqtt::backoff::Seconds(delay)
-            );
-            self.events_warned = true;
-        }
-    }
-
-    fn read_events(&mut self, now: Instant) {
-        let Some(ev) = self.events.as_mut() else {
-            return;
-        };
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 16 * 1024];
-        // At most 256 KiB per wake-up: a flood of events gets its share, the rest of the loop its own.
-        let mut result = Ok(());
-        for _ in 0..16 {
-            match ev.stream.read(&mut chunk) {
-                Ok(0) => {
-                    result = Err("closed by the engine".to_owned());
-                    break;
-                }
-                Ok(n) => {
-                    if let Err(e) = ev.parser.feed(&chunk[..n], &mut got) {
-                        result = Err(e);
-                        break;
-                    }
-                    if n < chunk.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    result = Err(e.to_string());
-                    break;
-                }
-            }
-        }
-        if !got.is_empty() {
-            self.events_backoff.reset();
-            self.events_warned = false;
-        }
-        if ev.parser.take_lost() {
-            // An event we could not read may have changed anything: the next tick lists again.
-            self.synced = false;
-        }
-        for e in got.into_iter().filter(events::Event::matters) {
-            crate::debug!("engine event: {} {}", api::short_id(&e.id), e.action);
-            match e.action.as_str() {
-                "oom" if !self.oom_seen.contains(&e.id) => {
-                    if self.oom_seen.len() >= MAX_CONTAINERS {
-                        self.oom_seen.remove(0);
-                    }
-                    self.oom_seen.push(e.id.clone());
-                }
-                "start" => self.oom_seen.retain(|id| *id != e.id),
-                _ => {}
-            }
-            self.inspect_for_event(e.id);
-        }
-        if let Err(e) = result {
-            self.events_failed(now, &e);
         }
     }
 }
@@ -1060,185 +332,7 @@ impl Source for EngineSource {
     }
 }
 
-impl Conn {
-    /// Writes what is left of the request, then reads what is there; `None` while the answer is not
-    /// whole yet.
-    fn progress(&mut self) -> Option<Result<http::Response, String>> {
-        if let Err(e) = write_some(&self.stream, &self.wire, &mut self.sent) {
-            return Some(Err(e));
-        }
-        if self.sent < self.wire.len() {
-            return None;
-        }
-        // Bytes on the wire may exceed the body (chunk framing); past this the peer is not making sense.
-        let max_wire = self.req.max_body.saturating_mul(2) + http::MAX_HEAD + 64 * 1024;
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            let n = match (&self.stream).read(&mut chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
-                Err(e) => return Some(Err(e.to_string())),
-            };
-            self.buf.extend_from_slice(&chunk[..n]);
-            if self.buf.len() > max_wire {
-                return Some(Err(format!("answer over {max_wire} bytes")));
-            }
-            match http::parse(&self.buf, n == 0, self.req.max_body) {
-                Ok(None) if n == 0 => return Some(Err("closed without an answer".into())),
-                Ok(None) => {}
-                Ok(Some(r)) => return Some(Ok(r)),
-                Err(e) => return Some(Err(e.to_string())),
-            }
-        }
-    }
-}
-
-/// Writes what the socket takes of `wire[*sent..]`.
-fn write_some(stream: &UnixStream, wire: &[u8], sent: &mut usize) -> Result<(), String> {
-    let mut s = stream;
-    while *sent < wire.len() {
-        match s.write(&wire[*sent..]) {
-            Ok(0) => return Err("closed by the engine".into()),
-            Ok(n) => *sent += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(format!("cannot send: {e}")),
-        }
-    }
-    Ok(())
-}
-
-/// A non-blocking connection to the engine's socket. A local stream socket connects at once or fails
-/// (a full backlog says EAGAIN rather than waiting).
-fn connect(socket: &str) -> Result<UnixStream, String> {
-    let fail = |e: std::io::Error| {
-        let hint = match e.kind() {
-            ErrorKind::NotFound => {
-                " (no engine socket there: set engine_socket, or mount the socket with the label \
-                 io.balena.features.balena-socket)"
-            }
-            ErrorKind::PermissionDenied => " (run as root or in the socket's group)",
-            _ => "",
-        };
-        format!("engine {socket}: cannot connect: {e}{hint}")
-    };
-    // SAFETY: plain socket creation; the descriptor is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(fail(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_un is plain data; all zeros is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let path = socket.as_bytes();
-    if path.is_empty() || path.len() >= addr.sun_path.len() || path.contains(&0) {
-        return Err(format!(
-            "engine {socket}: cannot connect: not a usable socket path"
-        ));
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(path) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + path.len() + 1;
-    // SAFETY: `addr` is a filled sockaddr_un and `len` within it.
-    let r = unsafe {
-        libc::connect(
-            owned.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            len as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(fail(std::io::Error::last_os_error()));
-    }
-    Ok(UnixStream::from(owned))
-}
-
-/// Reads a container's counters, finding where they are first when we do not know yet. A failed read
-/// forgets the place and closes the files: the container may have restarted with a new main process.
-fn read_kernel(k: &Kernel, c: &mut Known, id: &str) -> Result<kernel::Reading, String> {
-    let pid = c.pid.ok_or("the engine gave no main process")?;
-    let place = match c.track.place.take() {
-        Some(p) => p,
-        None => kernel::locate(&k.roots, pid, id)?,
-    };
-    match kernel::read(&k.roots, &place, pid, &mut c.track.files) {
-        Ok(mut reading) => {
-            c.track.place = Some(place);
-            if c.network == api::Network::Host {
-                // The host's interfaces, which the engine does not count as the container's.
-                (reading.rx_bytes, reading.tx_bytes) = (0, 0);
-            }
-            Ok(reading)
-        }
-        Err(e) => {
-            c.track.files = kernel::Files::default();
-            Err(e)
-        }
-    }
-}
-
-/// This tick's reading: the figures, with a CPU % against our previous reading when there is one (else
-/// the entry waits for a second).
-fn first_kernel_sample(
-    k: &Kernel,
-    c: &mut Known,
-    e: &mut Entry,
-    now: Instant,
-) -> Result<(), String> {
-    let host = *k
-        .host_memory
-        .as_ref()
-        .map_err(|e| format!("host memory: {e}"))?;
-    let r = read_kernel(k, c, &e.listed.id)?;
-    let cpu = c
-        .track
-        .previous
-        .and_then(|before| kernel::cpu_percent(before, (r.cpu_ns, now)));
-    c.track.previous = Some((r.cpu_ns, now));
-    e.kernel_waits = cpu.is_none();
-    e.figures = Some(kernel::figures(&r, host, cpu));
-    Ok(())
-}
-
-/// A later reading for an entry that had no CPU % yet, against the first. A failure leaves the figures
-/// without one; a counter that did not move on (no time passed) waits for another round.
-fn second_kernel_sample(k: &Kernel, c: &mut Known, e: &mut Entry, now: Instant) {
-    let Some(before) = c.track.previous else {
-        return;
-    };
-    let Ok(r) = read_kernel(k, c, &e.listed.id) else {
-        return;
-    };
-    match kernel::cpu_percent(before, (r.cpu_ns, now)) {
-        Some(p) => {
-            if let Some(f) = e.figures.as_mut() {
-                f.set(Metric::CpuPercent, Value::Percent(p));
-            }
-            c.track.previous = Some((r.cpu_ns, now));
-        }
-        None => e.kernel_waits = true,
-    }
-}
-
-fn stats_path(id: &str) -> String {
-    format!("/containers/{id}/stats?stream=false&one-shot=true")
-}
-
-fn inspect_path(id: &str) -> String {
-    format!("/containers/{id}/json")
-}
-
-fn state_only(state: State) -> Lifecycle {
+pub(super) fn state_only(state: State) -> Lifecycle {
     Lifecycle {
         state,
         health: None,
@@ -1249,13 +343,13 @@ fn state_only(state: State) -> Lifecycle {
     }
 }
 
-fn lifecycle_only(listed: &Listed, life: Lifecycle) -> ContainerStats {
+pub(super) fn lifecycle_only(listed: &Listed, life: Lifecycle) -> ContainerStats {
     let mut c = api::container_stats(listed, Figures::default());
     c.lifecycle = Some(life);
     c
 }
 
-fn removed(listed: &Listed) -> ContainerStats {
+pub(super) fn removed(listed: &Listed) -> ContainerStats {
     lifecycle_only(listed, state_only(State::Removed))
 }
 
@@ -1263,43 +357,12 @@ fn strip_query(path: &str) -> &str {
     path.split('?').next().unwrap_or(path)
 }
 
-/// A container the engine reported an `oom` event for, and that has not started again, was OOM-killed,
-/// whatever its inspect answer says.
-fn oom_from_events(mut life: Lifecycle, oom_event: bool) -> Lifecycle {
-    if oom_event && life.state != State::Running {
-        life.oom_killed = Some(true);
-    }
-    life
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_oom_event_wins_over_an_inspect_that_missed_it() {
-        let life = |state, oom| Lifecycle {
-            state,
-            health: None,
-            restart_count: Some(0),
-            exit_code: Some(137),
-            oom_killed: Some(oom),
-            started_at_ms: None,
-        };
-        assert_eq!(
-            oom_from_events(life(State::Exited, false), true).oom_killed,
-            Some(true)
-        );
-        assert_eq!(
-            oom_from_events(life(State::Exited, false), false).oom_killed,
-            Some(false)
-        );
-        // Started again since: the old OOM no longer describes it.
-        assert_eq!(
-            oom_from_events(life(State::Running, false), true).oom_killed,
-            Some(false)
-        );
-    }
+    use crate::source::kernel::{self, Roots};
+    use crate::stats::{Metric, Value};
+    use std::io::{Read, Write};
 
     #[test]
     fn socket_resolution_order() {
