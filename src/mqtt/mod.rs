@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod connect;
+pub mod control;
 pub mod frame;
 pub mod message;
 pub mod resolve;

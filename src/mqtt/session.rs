@@ -28,6 +28,7 @@
 //!   caller stops reading while more than [`INPUT_OUT_LIMIT`] bytes wait to be written (see
 //!   [`Session::accepts_input`]), so the PUBACKs we owe cannot pile up either.
 
+use super::control;
 use super::frame::{self, FrameError, Incoming};
 use super::message::Message;
 use mqttrs::{
@@ -468,9 +469,8 @@ impl Session {
                 },
             ) => {
                 if let Some(pid) = pid {
-                    self.write_packet(&Packet::Puback(
-                        Pid::try_from(pid).map_err(|_| Error::Unexpected("packet id 0"))?,
-                    ));
+                    let puback = control::puback(pid).ok_or(Error::Unexpected("packet id 0"))?;
+                    self.out.extend_from_slice(&puback);
                 }
                 self.deliver(topic, payload);
                 Ok(())
@@ -586,7 +586,7 @@ impl Session {
         if ping_sent.is_none() {
             if let Some(due) = self.ping_due() {
                 if now >= due {
-                    self.write_packet(&Packet::Pingreq);
+                    self.out.extend_from_slice(&control::PINGREQ);
                     self.state = State::Up {
                         ping_sent: Some(now),
                     };
@@ -692,7 +692,7 @@ impl Session {
             if let Some(m) = farewell {
                 self.out.extend_from_slice(m.bytes());
             }
-            self.write_packet(&Packet::Disconnect);
+            self.out.extend_from_slice(&control::DISCONNECT);
             self.state = State::Down;
         }
     }
@@ -792,13 +792,6 @@ impl Session {
         ));
         let mut buf = [0u8; 5 * 260 + 8];
         if let Ok(n) = mqttrs::encode_slice(&packet, &mut buf) {
-            self.out.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    fn write_packet(&mut self, packet: &Packet) {
-        let mut buf = [0u8; 4];
-        if let Ok(n) = mqttrs::encode_slice(packet, &mut buf) {
             self.out.extend_from_slice(&buf[..n]);
         }
     }
