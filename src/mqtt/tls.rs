@@ -12,6 +12,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
     AlertDescription, CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct,
     Error, OtherError, RootCertStore, SignatureScheme,
@@ -90,6 +91,7 @@ pub fn client(
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let keys = provider.key_provider;
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| ConfigError {
@@ -120,9 +122,32 @@ pub fn client(
                         .into(),
                 )
             })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| error(key_pem, format!("is not usable with the certificate: {e}")))?
+            let unusable = |why: String| {
+                error(
+                    key_pem,
+                    format!("is not usable with the certificate: {why}"),
+                )
+            };
+            let key = keys
+                .load_private_key(key)
+                .map_err(|e| unusable(e.to_string()))?;
+            // Whether the certificate is valid is the broker's to judge; ours is only whether the key is
+            // its key. rustls' with_client_auth_cert checks that too, but through webpki, which refuses
+            // the X.509 v1 certificates `openssl x509 -req` makes (mosquitto's own TLS guide).
+            let Some(spki) = x509::public_key_info(&chain[0]) else {
+                return Err(error(
+                    cert_pem,
+                    "holds no X.509 certificate we can read".into(),
+                ));
+            };
+            if key.public_key().is_some_and(|k| k.as_ref() != spki) {
+                return Err(unusable(format!(
+                    "it does not match the public key of the certificate ({})",
+                    cert_pem.origin()
+                )));
+            }
+            let chosen = CertifiedKey::new(chain, key);
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(chosen)))
         }
         _ => builder.with_no_client_auth(),
     };
@@ -677,6 +702,29 @@ mod tests {
         assert_eq!(e.key, Some("MQTT_TLS_KEY_PEM"));
         let shown = format!("{e} {s:?}");
         assert!(!shown.contains("U0VDUkVU"), "the key never shows: {shown}");
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_naming_the_key() {
+        let pki = Pki::new("Test CA");
+        let (cert, _) = pki.leaf(&["client"], false);
+        let other = rcgen::KeyPair::generate().unwrap();
+        let mut s = settings(&pki, "localhost");
+        s.cert = Some(Pem::Inline {
+            var: "MQTT_TLS_CERT_PEM",
+            text: cert.pem(),
+        });
+        s.key = Some(Pem::Inline {
+            var: "MQTT_TLS_KEY_PEM",
+            text: other.serialize_pem(),
+        });
+        let e = super::client(&s, "m.json", &no_files).unwrap_err();
+        assert_eq!(e.key, Some("MQTT_TLS_KEY_PEM"));
+        assert!(
+            e.message
+                .contains("does not match the public key of the certificate (MQTT_TLS_CERT_PEM)"),
+            "{e}"
+        );
     }
 
     #[test]
