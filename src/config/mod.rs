@@ -47,12 +47,23 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-/// What the process environment contributes.
-#[derive(Debug, Clone, Default)]
+/// What the process environment contributes. `Debug` shows the variables' names only: their values
+/// include passwords and private keys.
+#[derive(Clone, Default)]
 pub struct Env {
     pub device_uuid: Option<String>,
     /// Every `STATS_*` and `MQTT_*` variable, name and value (`MQTT_PASSWORD` among them).
     pub vars: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let names: Vec<&str> = self.vars.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Env")
+            .field("device_uuid", &self.device_uuid)
+            .field("vars", &names)
+            .finish()
+    }
 }
 
 impl Env {
