@@ -425,6 +425,46 @@ fn an_unreadable_or_invalid_pem_file_is_a_config_error_naming_the_key() {
 }
 
 #[test]
+fn a_huge_file_named_by_a_tls_key_is_a_config_error_naming_the_key() {
+    let s = tls_broker("", false);
+    // 64 MiB that take no disk (a sparse file): only the first MiB and a byte are ever read.
+    let huge = s.files.path().join("huge.pem");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let (cert, key) = s.pki.issue(&["telemetry-client"], false);
+    let cert = s.files.write("c-cert.pem", &cert);
+    let key = s.files.write("c-key.pem", &key);
+    let ca = s.ca_file();
+    let pair = |c: &Path, k: &Path| {
+        format!(
+            r#", "tls_ca_file": "{ca}", "tls_cert_file": "{}", "tls_key_file": "{}""#,
+            c.display(),
+            k.display()
+        )
+    };
+    for (name, keys) in [
+        (
+            "tls_ca_file",
+            format!(r#", "tls_ca_file": "{}""#, huge.display()),
+        ),
+        ("tls_cert_file", pair(&huge, &key)),
+        ("tls_key_file", pair(&cert, &huge)),
+    ] {
+        let (code, log) = run_once(&s.mqtt(&keys), &[]);
+        assert_eq!(code, Some(2), "{name}:\n{log}");
+        assert!(
+            log.contains(&format!(
+                "\"{name}\": {}: is larger than 1024 KiB",
+                huge.display()
+            )),
+            "{name}:\n{log}"
+        );
+    }
+}
+
+#[test]
 fn a_plain_port_given_mqtts_and_a_tls_port_given_mqtt_say_so() {
     let s = tls_broker("", false);
     let ca = format!(r#", "tls_ca_file": "{}""#, s.ca_file());

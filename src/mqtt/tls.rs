@@ -37,6 +37,20 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The most a PEM file (or variable) may hold: a CA bundle like Mozilla's whole one (about 220 KB)
+/// several times over, and a bound on what start-up reads from a file a key names.
+pub const MAX_PEM_BYTES: usize = 1024 * 1024;
+
+/// A file's first MAX_PEM_BYTES + 1 bytes: enough for `client` to tell that it is too large. What the
+/// caller gives `client` to read files with.
+pub fn read_file(path: &str) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_PEM_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Reads and checks the certificates of `s`; an error names the config key or environment variable.
 /// `read` gives a file's bytes (the caller owns the file system); `config_path` is mqtt.config.json's.
 pub fn client(
@@ -57,12 +71,22 @@ pub fn client(
         },
     };
     let text = |pem: &Pem| -> Result<Vec<u8>, ConfigError> {
-        match pem {
+        let bytes = match pem {
             Pem::File { path, .. } => {
-                read(path).map_err(|e| error(pem, format!("cannot be read: {e}")))
+                read(path).map_err(|e| error(pem, format!("cannot be read: {e}")))?
             }
-            Pem::Inline { text, .. } => Ok(text.as_bytes().to_vec()),
+            Pem::Inline { text, .. } => text.as_bytes().to_vec(),
+        };
+        if bytes.len() > MAX_PEM_BYTES {
+            return Err(error(
+                pem,
+                format!(
+                    "is larger than {} KiB: not a PEM certificate or key",
+                    MAX_PEM_BYTES / 1024
+                ),
+            ));
         }
+        Ok(bytes)
     };
     let certs = |pem: &Pem| -> Result<Vec<CertificateDer<'static>>, ConfigError> {
         let bytes = text(pem)?;
@@ -702,6 +726,34 @@ mod tests {
         assert_eq!(e.key, Some("MQTT_TLS_KEY_PEM"));
         let shown = format!("{e} {s:?}");
         assert!(!shown.contains("U0VDUkVU"), "the key never shows: {shown}");
+    }
+
+    #[test]
+    fn files_are_read_with_a_bound() {
+        // An endless file gives its first bytes and one more, no more.
+        let bytes = read_file("/dev/zero").unwrap();
+        assert_eq!(bytes.len(), MAX_PEM_BYTES + 1);
+        let pki = Pki::new("Test CA");
+        let mut s = settings(&pki, "localhost");
+        s.ca = Some(Pem::File {
+            key: "tls_ca_file",
+            path: "/dev/zero".into(),
+        });
+        let e = super::client(&s, "m.json", &read_file).unwrap_err();
+        assert_eq!((e.file.as_str(), e.key), ("m.json", Some("tls_ca_file")));
+        assert!(
+            e.message
+                .contains("/dev/zero: is larger than 1024 KiB: not a PEM certificate or key"),
+            "{e}"
+        );
+        let mut pem = pki.ca.pem();
+        pem += &"#".repeat(MAX_PEM_BYTES);
+        s.ca = Some(Pem::Inline {
+            var: "MQTT_TLS_CA_PEM",
+            text: pem,
+        });
+        let e = super::client(&s, "m.json", &no_files).unwrap_err();
+        assert_eq!(e.key, Some("MQTT_TLS_CA_PEM"));
     }
 
     #[test]
