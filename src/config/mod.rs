@@ -26,7 +26,10 @@ pub use keys::env_name;
 pub use keys::{origins, COLLECTOR_PREFIX, MQTT_PREFIX};
 pub use mqtt::*;
 pub use summary::summary;
-pub use tls::{Pem, Tls, TLS_PEM_VARS};
+pub use tls::TLS_PEM_VARS;
+// For mqtt::tls, which a build without the `tls` feature leaves out.
+#[cfg_attr(not(feature = "tls"), allow(unused_imports))]
+pub use tls::{Pem, Tls};
 
 pub const COLLECTOR_FILE: &str = "balena_stats_collector.config.json";
 pub const MQTT_FILE: &str = "mqtt.config.json";
