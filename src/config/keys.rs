@@ -125,6 +125,14 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A string never to be shown (a password): a value of the wrong type is not quoted either.
+    pub(super) fn secret(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.get(key) {
+            Some(v) if !v.is_string() => Err(self.error(key, "must be a string".into())),
+            _ => self.string(key),
+        }
+    }
+
     pub(super) fn uint(
         &self,
         key: &'static str,

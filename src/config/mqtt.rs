@@ -1,6 +1,6 @@
 //! The MQTT file's keys (`MQTT_*`): the broker, the topics, the session and Home Assistant.
 
-use super::broker_url::{is_tls_url, parse_broker_url};
+use super::broker_url::parse_broker_url;
 use super::keys::{Fields, MQTT_PREFIX};
 use super::tls::{parse_tls, Tls};
 use super::{ConfigError, Env, PayloadMode, Source};
@@ -8,7 +8,8 @@ use crate::publish::topics::{TopicTemplate, DEFAULT_TEMPLATE, DEFAULT_UNIT};
 use mqttrs::QoS;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` is written by hand below, so that the password never shows.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Mqtt {
     pub host: String,
     pub port: u16,
@@ -28,6 +29,30 @@ pub struct Mqtt {
     pub home_assistant: Option<HomeAssistant>,
     /// `mqtts://` (or `ssl://`): MQTT over TLS with these settings.
     pub tls: Option<Tls>,
+}
+
+impl std::fmt::Debug for Mqtt {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("Mqtt")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("device_id", &self.device_id)
+            .field("template", &self.template)
+            .field("client_id", &self.client_id)
+            .field("qos", &self.qos)
+            .field("retain", &self.retain)
+            .field("keep_alive", &self.keep_alive)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("max_buffered_messages", &self.max_buffered_messages)
+            .field("availability_topic", &self.availability_topic)
+            .field("once_timeout", &self.once_timeout)
+            .field("payload_mode", &self.payload_mode)
+            .field("home_assistant", &self.home_assistant)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// Home Assistant MQTT discovery, when `home_assistant_discovery` is on.
@@ -80,8 +105,8 @@ pub fn parse_mqtt(
     let url = f
         .string("broker_url")?
         .unwrap_or_else(|| DEFAULT_BROKER_URL.into());
-    let (host, port) = parse_broker_url(&url).map_err(|m| f.error("broker_url", m))?;
-    let tls = parse_tls(&f, env, &host, is_tls_url(&url), warnings)?;
+    let broker = parse_broker_url(&url).map_err(|m| f.error("broker_url", m))?;
+    let tls = parse_tls(&f, env, &broker.host, broker.tls, warnings)?;
 
     // MQTT_DEVICE_ID, set for this agent on purpose, wins over the UUID balena sets everywhere; the
     // UUID wins over the file's device_id.
@@ -141,23 +166,45 @@ pub fn parse_mqtt(
     };
     let retain = f.boolean("retain")?.unwrap_or(false);
     let keep_alive = f.uint("keep_alive_in_seconds", 0, 65_535)?.unwrap_or(60) as u16;
-    let username = f.string("username")?.filter(|u| !u.is_empty());
-    if let Some(u) = &username {
-        check_mqtt_string(u).map_err(|m| f.error("username", m))?;
+    // The keys (and their variables) win over the user name and password in the URL.
+    let from_url = |v: Option<String>| v.map(|v| (v, "broker_url"));
+    let username = f
+        .string("username")?
+        .filter(|u| !u.is_empty())
+        .map(|u| (u, "username"))
+        .or_else(|| from_url(broker.username));
+    let password = f
+        .secret("password")?
+        .filter(|p| !p.is_empty())
+        .map(|p| (p, "password"))
+        .or_else(|| from_url(broker.password));
+    for (value, key) in [&username, &password].into_iter().flatten() {
+        check_mqtt_string(value).map_err(|m| match *key {
+            "broker_url" => f.error(key, format!("its user name or password {m}")),
+            _ => f.error(key, m),
+        })?;
     }
-    let password = f.string("password")?.filter(|p| !p.is_empty());
-    if let Some(p) = &password {
-        check_mqtt_string(p).map_err(|m| f.error("password", m))?;
-        // MQTT-3.1.2-22: a CONNECT may carry a password only with a user name; brokers refuse it, and
-        // retrying could never succeed.
-        if username.is_none() {
+    // MQTT-3.1.2-22: a CONNECT may carry a password only with a user name; brokers refuse it, and
+    // retrying could never succeed.
+    match (&username, &password) {
+        (None, Some((_, "broker_url"))) => {
+            return Err(f.error(
+                "broker_url",
+                "has a password but no user name: MQTT sends a password only with a user name \
+                 (user:password@, or the \"username\" key)"
+                    .into(),
+            ))
+        }
+        (None, Some(_)) => {
             return Err(f.error(
                 "password",
                 "is set but \"username\" is not: MQTT sends a password only with a user name"
                     .into(),
-            ));
+            ))
         }
+        _ => {}
     }
+    let (username, password) = (username.map(|(u, _)| u), password.map(|(p, _)| p));
     let reconnect_max_delay = f
         .uint("reconnect_max_delay_in_seconds", 1, 3_600)?
         .unwrap_or(60);
@@ -225,8 +272,8 @@ pub fn parse_mqtt(
         });
 
     Ok(Mqtt {
-        host,
-        port,
+        host: broker.host,
+        port: broker.port,
         device_id,
         template,
         client_id,
@@ -368,6 +415,48 @@ mod tests {
             (e.file.as_str(), e.key),
             ("environment variable MQTT_PASSWORD", Some("password"))
         );
+    }
+
+    #[test]
+    fn credentials_in_the_url_and_the_keys_win_over_them() {
+        let creds = |m: Mqtt| (m.username, m.password);
+        let some = |u: &str, p: &str| (Some(u.to_owned()), Some(p.to_owned()));
+        let url = r#"{"broker_url": "tcp://al%69ce:s3%40cret@h:1884""#;
+        let m = mqtt(&format!("{url}}}")).unwrap();
+        assert_eq!((m.host.as_str(), m.port), ("h", 1884));
+        assert_eq!(creds(m), some("alice", "s3@cret"));
+        // Each key, from the file or its variable, wins over its part of the URL.
+        let m = mqtt(&format!(r#"{url}, "password": "filepw"}}"#)).unwrap();
+        assert_eq!(creds(m), some("alice", "filepw"));
+        let m = mqtt(&format!(r#"{url}, "username": "bob"}}"#)).unwrap();
+        assert_eq!(creds(m), some("bob", "s3@cret"));
+        let env = vars(&[("MQTT_PASSWORD", "envpw"), ("MQTT_USERNAME", "carol")]);
+        let m = mqtt_env(Some(&format!(r#"{url}, "password": "filepw"}}"#)), &env).unwrap();
+        assert_eq!(creds(m), some("carol", "envpw"));
+        // A URL's password with no user name anywhere names broker_url; with the key's, it is fine.
+        let e = mqtt(r#"{"broker_url": "tcp://:s3cret@h"}"#).unwrap_err();
+        assert_eq!(e.key, Some("broker_url"));
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let m = mqtt(r#"{"broker_url": "tcp://:s3cret@h", "username": "u"}"#).unwrap();
+        assert_eq!(creds(m), some("u", "s3cret"));
+        let e = mqtt(r#"{"broker_url": "tcp://u:a%00b@h"}"#).unwrap_err();
+        assert_eq!(e.key, Some("broker_url"));
+        assert!(e.message.contains("must not contain NUL"), "{e}");
+    }
+
+    #[test]
+    fn no_error_or_debug_output_shows_a_password() {
+        let e = mqtt(r#"{"username": "u", "password": ["s3cret"]}"#).unwrap_err();
+        assert_eq!(e.key, Some("password"));
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e}");
+        let e = mqtt(r#"{"broker_url": "tcp://u:s3cret@h:0"}"#).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e}");
+        let env = vars(&[("MQTT_PASSWORD", "envs3cret")]);
+        let m = mqtt_env(Some(r#"{"username": "u"}"#), &env).unwrap();
+        assert_eq!(m.password.as_deref(), Some("envs3cret"));
+        let shown = format!("{m:?} {env:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("MQTT_PASSWORD"), "{shown}");
     }
 
     #[test]

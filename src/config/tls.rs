@@ -136,11 +136,11 @@ mod tests {
     #[test]
     fn tls_urls_keys_and_inline_pem() {
         assert_eq!(
-            parse_broker_url("mqtts://b.example"),
+            parse_broker_url("mqtts://b.example").map(|b| (b.host, b.port)),
             Ok(("b.example".into(), 8883))
         );
         assert_eq!(
-            parse_broker_url("ssl://b.example:8884"),
+            parse_broker_url("ssl://b.example:8884").map(|b| (b.host, b.port)),
             Ok(("b.example".into(), 8884))
         );
         assert_eq!(mqtt(r#"{}"#).unwrap().tls, None);
