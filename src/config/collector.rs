@@ -15,6 +15,9 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collector {
     pub mode: Mode,
+    /// `mode` was set (file or variable). Unset, CLI mode may give way to ENGINE at start when the CLI
+    /// is not there and an engine socket is (see `main`).
+    pub mode_given: bool,
     pub interval: Duration,
     pub cli_path: String,
     pub file_path: String,
@@ -65,7 +68,9 @@ pub fn parse_collector(
     warnings: &mut Vec<String>,
 ) -> Result<Collector, ConfigError> {
     let f = Fields::new(src, COLLECTOR_KEYS, COLLECTOR_PREFIX, env, warnings)?;
-    let mode = match f.string("mode")?.as_deref().unwrap_or("CLI") {
+    let mode_text = f.string("mode")?;
+    let mode_given = mode_text.is_some();
+    let mode = match mode_text.as_deref().unwrap_or("CLI") {
         "CLI" => Mode::Cli,
         "FILE" => Mode::File,
         "ENGINE" => Mode::Engine,
@@ -126,6 +131,7 @@ pub fn parse_collector(
     let proc_root = root("proc_root", DEFAULT_PROC_ROOT)?;
     Ok(Collector {
         mode,
+        mode_given,
         interval: Duration::from_secs(interval),
         cli_path,
         file_path,

@@ -285,6 +285,7 @@ mod tests {
             .collect();
         Env {
             device_uuid: None,
+            host_name: None,
             vars: pairs,
         }
     }
@@ -382,6 +383,7 @@ mod tests {
     fn unknown_variables_warn_and_do_not_fail() {
         let env = vars(&[
             ("MQTT_BROKER", "tcp://x"),
+            ("MQTT_BROKER_URL", "tcp://b"),
             ("MQTT_QOS", "0"),
             ("STATS_MODEE", "FILE"),
             ("BALENA_APP_NAME", "a"),

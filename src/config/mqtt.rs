@@ -14,6 +14,8 @@ pub struct Mqtt {
     pub host: String,
     pub port: u16,
     pub device_id: String,
+    /// The device id is the host name: nothing else named one (said at start).
+    pub device_id_is_host_name: bool,
     pub template: TopicTemplate,
     pub client_id: String,
     pub qos: QoS,
@@ -92,6 +94,16 @@ pub const MQTT_KEYS: &[&str] = &[
     "tls_server_name",
 ];
 
+/// The host name as a device id: one topic level, so `+`, `#` and `/` (which no host name has) would make
+/// it unusable; `None` then, and for an empty name.
+fn host_name_id(env: &Env) -> Option<String> {
+    env.host_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|h| !h.is_empty() && check_level(h).is_ok())
+        .map(str::to_owned)
+}
+
 /// Built-in defaults, equal to `config/mqtt.example-config.json`.
 pub const DEFAULT_BROKER_URL: &str = "tcp://localhost:1883";
 pub const DEFAULT_DEVICE_ID: &str = "my-device";
@@ -102,15 +114,25 @@ pub fn parse_mqtt(
     warnings: &mut Vec<String>,
 ) -> Result<Mqtt, ConfigError> {
     let f = Fields::new(src, MQTT_KEYS, MQTT_PREFIX, env, warnings)?;
-    let url = f
-        .string("broker_url")?
-        .unwrap_or_else(|| DEFAULT_BROKER_URL.into());
+    let url = f.string("broker_url")?.unwrap_or_else(|| {
+        // In a container, localhost is the container itself: a missing MQTT_BROKER_URL is the likely
+        // reason nothing arrives, so say it once.
+        warnings.push(format!(
+            "broker_url is not set (MQTT_BROKER_URL, or {}): using the default broker {DEFAULT_BROKER_URL}, \
+             which in a container is the container itself",
+            f.path
+        ));
+        DEFAULT_BROKER_URL.into()
+    });
     let broker = parse_broker_url(&url).map_err(|m| f.error("broker_url", m))?;
     let tls = parse_tls(&f, env, &broker.host, broker.tls, warnings)?;
 
     // MQTT_DEVICE_ID, set for this agent on purpose, wins over the UUID balena sets everywhere; the
     // UUID wins over the file's device_id.
     let uuid = env.device_uuid.as_deref().filter(|s| !s.is_empty());
+    let host_name = host_name_id(env);
+    let device_id_is_host_name =
+        uuid.is_none() && host_name.is_some() && f.string("device_id")?.is_none();
     let device_id = match uuid.filter(|_| !f.set_by_env("device_id")) {
         Some(uuid) => {
             check_level(uuid).map_err(|m| ConfigError {
@@ -123,6 +145,7 @@ pub fn parse_mqtt(
         None => {
             let id = f
                 .string("device_id")?
+                .or(host_name)
                 .unwrap_or_else(|| DEFAULT_DEVICE_ID.into());
             if id.is_empty() {
                 return Err(f.error(
@@ -275,6 +298,7 @@ pub fn parse_mqtt(
         host: broker.host,
         port: broker.port,
         device_id,
+        device_id_is_host_name,
         template,
         client_id,
         qos,
@@ -373,6 +397,7 @@ mod tests {
     fn device_uuid_from_the_environment_wins() {
         let env = Env {
             device_uuid: Some("abc123".into()),
+            host_name: None,
             vars: Vec::new(),
         };
         let m = mqtt_env(Some(r#"{"device_id": "file-id"}"#), &env).unwrap();
@@ -383,6 +408,7 @@ mod tests {
         );
         let empty = Env {
             device_uuid: Some(String::new()),
+            host_name: None,
             vars: Vec::new(),
         };
         assert_eq!(
@@ -393,6 +419,7 @@ mod tests {
         );
         let bad = Env {
             device_uuid: Some("a+b".into()),
+            host_name: None,
             vars: Vec::new(),
         };
         let e = mqtt_env(None, &bad).unwrap_err();
@@ -401,6 +428,56 @@ mod tests {
             key_of(mqtt_env(Some(r#"{"device_id": ""}"#), &empty)),
             Some("device_id")
         );
+    }
+
+    #[test]
+    fn the_host_name_is_the_device_id_when_nothing_else_names_one() {
+        let host = |name: &str, uuid: Option<&str>| Env {
+            device_uuid: uuid.map(str::to_owned),
+            host_name: Some(name.into()),
+            vars: Vec::new(),
+        };
+        let m = mqtt_env(None, &host("pi-kitchen", None)).unwrap();
+        assert_eq!(m.device_id, "pi-kitchen");
+        assert!(m.device_id_is_host_name);
+        assert_eq!(m.client_id, "balena-telemetry-pi-kitchen");
+        // The file's device_id, the UUID and MQTT_DEVICE_ID each win over it.
+        let m = mqtt_env(Some(r#"{"device_id": "f"}"#), &host("h", None)).unwrap();
+        assert_eq!(
+            (m.device_id.as_str(), m.device_id_is_host_name),
+            ("f", false)
+        );
+        let m = mqtt_env(None, &host("h", Some("uuid1"))).unwrap();
+        assert_eq!(
+            (m.device_id.as_str(), m.device_id_is_host_name),
+            ("uuid1", false)
+        );
+        // No usable host name: the old default.
+        let m = mqtt_env(None, &host("", None)).unwrap();
+        assert_eq!(
+            (m.device_id.as_str(), m.device_id_is_host_name),
+            ("my-device", false)
+        );
+    }
+
+    #[test]
+    fn the_default_broker_is_a_warning() {
+        let mut w = Vec::new();
+        let src = Source {
+            path: "m.json",
+            text: None,
+        };
+        parse_mqtt(&src, &Env::default(), &mut w).unwrap();
+        assert_eq!(
+            w,
+            [
+                "broker_url is not set (MQTT_BROKER_URL, or m.json): using the default broker \
+              tcp://localhost:1883, which in a container is the container itself"
+            ]
+        );
+        let mut w = Vec::new();
+        parse_mqtt(&src, &vars(&[("MQTT_BROKER_URL", "tcp://b")]), &mut w).unwrap();
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
@@ -533,7 +610,7 @@ mod tests {
             let m = parse_mqtt(&src, &vars(env), &mut warnings).unwrap();
             (m.home_assistant.unwrap().remove_after, warnings)
         };
-        let on = r#"{"home_assistant_discovery": true"#;
+        let on = r#"{"broker_url": "tcp://b", "home_assistant_discovery": true"#;
         let (after, w) = parse(
             &format!(r#"{on}, "home_assistant_expire_after_in_seconds": 90}}"#),
             &[],

@@ -198,7 +198,7 @@ mod tests {
         let mut w = Vec::new();
         let src = Source {
             path: "m.json",
-            text: Some(r#"{"tls_ca_file": "/c/ca.pem"}"#),
+            text: Some(r#"{"broker_url": "tcp://b", "tls_ca_file": "/c/ca.pem"}"#),
         };
         assert_eq!(parse_mqtt(&src, &Env::default(), &mut w).unwrap().tls, None);
         assert!(w[0].contains("tls_ca_file is set but"), "{w:?}");
