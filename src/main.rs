@@ -11,6 +11,7 @@ mod publish;
 mod schedule;
 mod signal;
 mod source;
+mod start_file;
 mod stats;
 mod thread_name;
 
@@ -191,9 +192,17 @@ fn config_vars() -> Result<Vec<(String, String)>, config::ConfigError> {
     Ok(vars)
 }
 
+/// A config file of a few dozen keys is about 1 KB; whatever is far larger is not one.
+const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
 /// The file's text; `None` when it does not exist (defaults apply), an error when it cannot be read.
 fn read_config(path: &Path) -> Result<Option<String>, config::ConfigError> {
-    match std::fs::read(path) {
+    match start_file::read(&path.to_string_lossy(), MAX_CONFIG_BYTES) {
+        Ok(bytes) if bytes.len() > MAX_CONFIG_BYTES => Err(config::ConfigError {
+            file: path.display().to_string(),
+            key: None,
+            message: format!("is larger than {} KiB", MAX_CONFIG_BYTES / 1024),
+        }),
         Ok(bytes) => String::from_utf8(bytes)
             .map(Some)
             .map_err(|_| config::ConfigError {

@@ -44,11 +44,7 @@ pub const MAX_PEM_BYTES: usize = 1024 * 1024;
 /// A file's first MAX_PEM_BYTES + 1 bytes: enough for `client` to tell that it is too large. What the
 /// caller gives `client` to read files with.
 pub fn read_file(path: &str) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_PEM_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
+    crate::start_file::read(path, MAX_PEM_BYTES)
 }
 
 /// Reads and checks the certificates of `s`; an error names the config key or environment variable.
