@@ -91,6 +91,16 @@ enum Purpose {
     },
 }
 
+impl Purpose {
+    /// Whether the collection under way waits for the answer.
+    fn for_run(&self) -> bool {
+        match self {
+            Purpose::List | Purpose::Stats(_) => true,
+            Purpose::Inspect { for_run, .. } => *for_run,
+        }
+    }
+}
+
 struct Request {
     path: String,
     purpose: Purpose,
@@ -209,8 +219,6 @@ impl Source for EngineSource {
             listed: synced,
             entries: Vec::new(),
             removed: Vec::new(),
-            outstanding: usize::from(!synced),
-            stats_left: 0,
             round: 0,
             next_round: None,
             kernel_pending: self.kernel.is_some(),
@@ -268,36 +276,21 @@ impl Source for EngineSource {
     fn advance(&mut self, now: Instant, ready: &[libc::pollfd]) {
         // The slots are those `fds` gave: the open requests in order, then the event stream.
         let n = self.open.len();
-        let mut finished = Vec::new();
-        let mut k = 0;
-        self.open.retain_mut(|c| {
+        for (k, c) in self.open.iter_mut().enumerate() {
             let revents = ready.get(k).map_or(0, |f| f.revents);
-            k += 1;
-            let result = if revents != 0 {
-                c.progress()
+            if revents != 0 {
+                c.answer = c.progress();
             } else if now >= c.until {
-                Some(Err("timed out".to_owned()))
-            } else {
-                None
-            };
-            match result {
-                None => true,
-                Some(r) => {
-                    finished.push((
-                        Request {
-                            path: std::mem::take(&mut c.req.path),
-                            purpose: std::mem::replace(&mut c.req.purpose, Purpose::List),
-                            max_body: c.req.max_body,
-                        },
-                        r,
-                    ));
-                    false
-                }
+                c.answer = Some(Err("timed out".to_owned()));
             }
-        });
+        }
         let event_ready = self.events.is_some() && ready.get(n).is_some_and(|f| f.revents != 0);
-        for (req, r) in finished {
-            self.answered(now, req, r);
+        // One answer at a time, in order: those not taken yet still count as in flight.
+        while let Some(i) = self.open.iter().position(|c| c.answer.is_some()) {
+            let c = self.open.remove(i);
+            if let Some(r) = c.answer {
+                self.answered(now, c.req, r);
+            }
         }
         if event_ready {
             if let Some(ev) = self.events.as_mut() {

@@ -23,11 +23,6 @@ impl EngineSource {
         for_run: bool,
         result: Result<http::Response, String>,
     ) {
-        if for_run {
-            if let Some(run) = self.run.as_mut() {
-                run.outstanding -= 1;
-            }
-        }
         let again = if for_run {
             false
         } else {
