@@ -800,4 +800,62 @@ mod tests {
         assert_eq!((life.state, life.exit_code), (State::Exited, Some(3)));
         assert!(change[0].figures == Figures::default());
     }
+
+    #[test]
+    fn a_container_being_removed_keeps_its_state_until_it_is_gone() {
+        const A: &str = "aaaaaaaaaaaaaaaa";
+        let removing = ok(&format!(
+            r#"{{"Id":"{A}","Name":"/web","State":{{"Status":"removing","Running":false,"Pid":0,
+               "ExitCode":137}}}}"#
+        ));
+        let event = format!(r#"{{"Type":"container","Action":"die","Actor":{{"ID":"{A}"}}}}"#);
+        let stream = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\n\r\n",
+            event.len() + 1
+        );
+        let running = format!(r#"[{{"Id":"{A}","Names":["/web"],"State":"running"}}]"#);
+        let being_removed = format!(r#"[{{"Id":"{A}","Names":["/web"],"State":"removing"}}]"#);
+        let (socket, server) = serve(
+            vec![
+                ("/containers/json", vec![ok(&running), ok(&being_removed)]),
+                (
+                    "/stats",
+                    vec![ok(&stats(1_000, 10_000)), ok(&stats(1_500, 12_000))],
+                ),
+                ("/events", vec![stream.into_bytes()]),
+                (
+                    "/json",
+                    vec![inspect_running(A, "web", 4242), removing.clone(), removing],
+                ),
+            ],
+            // A collection (list, inspect, two stats), the event stream and the event's inspect, then a
+            // collection that lists it as being removed (list, inspect).
+            8,
+        );
+        let mut e = source(&socket);
+        parsed(collect(&mut e));
+        e.follow = true;
+        let t = Instant::now();
+        // Until the event's inspect is answered.
+        while !(e.inspecting.is_empty() && e.known[A].listed.state.is_none()) {
+            assert!(t.elapsed() < Duration::from_secs(10), "no inspect answer");
+            let mut fds = Vec::new();
+            e.fds(&mut fds);
+            // SAFETY: a live vector of pollfd, its length passed with it.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            e.advance(Instant::now(), &fds);
+            assert!(e.take().is_none(), "no change handed over");
+        }
+        let k = &e.known[A];
+        assert_eq!((k.life.state, k.listed.state), (State::Running, None));
+        // The fake engine has closed the stream; it is not to be asked again.
+        e.follow = false;
+        // A collection meanwhile: the state held, no figures, and no stats asked of it.
+        let got = parsed(collect(&mut e));
+        let requests = server.join().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].lifecycle.as_ref().unwrap().state, State::Running);
+        assert_eq!(got[0].figures, Figures::default());
+        assert_eq!(requests.iter().filter(|r| r.contains("/stats")).count(), 2);
+    }
 }
