@@ -9,11 +9,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn skipped(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n#### SKIPPED: {why} ####\n");
-}
-
 /// A TLS broker, its plain port, and the files the agent needs.
 struct Setup {
     broker: Broker,
@@ -149,7 +144,7 @@ fn required_client_certificate_ec_and_rsa_delivers_every_figure() {
         .stderr(Stdio::null())
         .status();
     if !made.is_ok_and(|s| s.success()) {
-        return skipped("RSA client key: openssl is missing (apt-get install openssl)");
+        return skipped("openssl is missing (apt-get install openssl)");
     }
     let key_pem = std::fs::read_to_string(&key_path).unwrap();
     assert!(key_pem.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8");
@@ -560,15 +555,13 @@ fn aarch64_static_binary_under_qemu_over_tls() {
     let bin = repo().join("dist/arm64/balena-multi-container-telemetry");
     if !bin.is_file() {
         return skipped(&format!(
-            "aarch64 over TLS: {} not built (run `make dist`; `make test` does)",
+            "{} not built (run `make dist`; `make test` does)",
             bin.display()
         ));
     }
     let qemu = "qemu-aarch64-static";
-    if Command::new(qemu).arg("--version").output().is_err() {
-        return skipped(
-            "aarch64 over TLS: qemu-aarch64-static is missing (apt-get install qemu-user-static)",
-        );
+    if !have_program(qemu, &["--version"], "apt-get install qemu-user-static") {
+        return;
     }
     let s = tls_broker("require_certificate true", false);
     let sub = Subscriber::start(s.plain_port, "root/#");
