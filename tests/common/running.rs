@@ -78,6 +78,20 @@ impl Running {
         }
     }
 
+    /// Waits up to `limit` until `pred` accepts the log so far.
+    pub fn wait_for(&self, pred: impl Fn(&[String]) -> bool, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            if pred(&self.lines()) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits up to `limit` until `n` lines contain `needle`.
     pub fn wait_count(&self, needle: &str, n: usize, limit: Duration) -> bool {
         let until = Instant::now() + limit;
