@@ -169,7 +169,8 @@ fn aarch64_static_binary_under_qemu() {
 #[test]
 fn armv7_static_binary_under_qemu_on_a_cortex_a7() {
     run_binary("arm/v7", Some(("qemu-arm-static", "cortex-a7")), EM_ARM);
-    if let Some((bin, _)) = runner("arm/v7", None) {
+    let bin = static_binary("arm/v7");
+    if bin.is_file() {
         assert_eq!(arm_float_abi(&bin), "hard", "armv7hf is hard-float");
     }
 }
@@ -178,7 +179,8 @@ fn armv7_static_binary_under_qemu_on_a_cortex_a7() {
 fn armv6_static_binary_under_qemu_on_an_arm1176() {
     run_binary("arm/v6", Some(("qemu-arm-static", "arm1176")), EM_ARM);
     // Soft-float EABI: the same binary runs on every ARM from v6 up, with or without a VFP.
-    if let Some((bin, _)) = runner("arm/v6", None) {
+    let bin = static_binary("arm/v6");
+    if bin.is_file() {
         assert_eq!(arm_float_abi(&bin), "soft", "armv6 binary is soft-float");
     }
 }
