@@ -342,15 +342,14 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
         readme.contains(&format!("```yaml\n{compose_text}```")),
         "README.md must show docker-compose.local.yaml verbatim in a ```yaml block"
     );
-    if !have_engine() {
-        skipped("local compose test: no Docker Engine answers (`docker info` failed)");
+    if !engine_available() {
         return;
     }
     if !repo()
         .join("dist/host/balena-multi-container-telemetry")
         .is_file()
     {
-        skipped("local compose test: dist/host not built (run `make host`; `make test` does)");
+        skipped("dist/host not built (run `make host`; `make test` does)");
         return;
     }
     let pid = std::process::id();
