@@ -209,7 +209,7 @@ fn a_v1_client_certificate_made_as_mosquittos_guide_makes_it_delivers_every_figu
     let guide_ca = "req -new -x509 -days 2 -extensions v3_ca -nodes -subj /CN=Guide-CA \
                     -keyout ca.key -out ca.crt";
     if !openssl(dir, guide_ca) {
-        return skipped("v1 client certificate: openssl is missing (apt-get install openssl)");
+        return skipped("openssl is missing (apt-get install openssl)");
     }
     assert!(openssl(
         dir,
