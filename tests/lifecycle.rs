@@ -227,7 +227,7 @@ fn a_forced_removal_of_running_containers_is_no_warning() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, &format!("root/{}/#", device()));
     // A long interval: the removals come by the event stream and their inspects.
-    let agent = Running::start(&broker, 30);
+    let (agent, _cfg) = start(&broker, 30);
     let fail = |what: &str| -> ! {
         panic!(
             "{what}:\n{}\nmessages:\n{}",
