@@ -9,6 +9,7 @@ use crate::mqtt::session::Tag;
 use crate::mqtt::Message;
 use crate::publish::balena::{service_name, topic_level};
 use crate::publish::discovery::{Discovery, Entity, PayloadMode};
+use crate::publish::exception::{Exceptions, Picked};
 use crate::publish::handover::{Handover, Verdict};
 use crate::publish::lifecycle::{self, Topic};
 use crate::publish::payload::{write_field, write_service, write_value, Field};
@@ -37,6 +38,8 @@ pub struct Scratch {
     payload: Vec<u8>,
     warnings: Vec<FieldWarning>,
     handover: Handover,
+    /// Reporting by exception: what was last published, to judge what moved (none: every figure).
+    pub exceptions: Option<Exceptions>,
 }
 
 /// Where a record came from, for warnings: its line in stats text, or the container (ENGINE mode).
@@ -165,6 +168,9 @@ impl Tick {
     fn end_handover_tick(&self, scratch: &mut Scratch) {
         if self.figures_judged {
             scratch.handover.end_tick();
+        }
+        if let Some(x) = &mut scratch.exceptions {
+            x.end();
         }
     }
 
@@ -313,7 +319,14 @@ impl Tick {
             line,
             container: &stats.name,
         };
+        let picked = match &mut scratch.exceptions {
+            Some(x) => x.judge(&scratch.topic, &stats.figures, life),
+            None => Picked::ALL,
+        };
         if p.mode == PayloadMode::PerService {
+            if !picked.any() {
+                return true;
+            }
             let mut keys = [("", Field::Flag(false)); Topic::ALL.len()];
             let mut n = 0;
             for (topic, field) in life.iter().flatten() {
@@ -332,14 +345,14 @@ impl Tick {
         }
         scratch.topic.push('/');
         let root_len = scratch.topic.len();
-        for (metric, value) in stats.figures.iter() {
+        for (metric, value) in stats.figures.iter().filter(|(m, _)| picked.metric(*m)) {
             scratch.topic.truncate(root_len);
             scratch.topic.push_str(metric.name());
             scratch.payload.clear();
             write_value(&mut scratch.payload, value, self.timestamp_ms);
             self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
         }
-        for (topic, field) in life.iter().flatten() {
+        for (topic, field) in life.iter().flatten().filter(|(t, _)| picked.life(*t)) {
             scratch.topic.truncate(root_len);
             scratch.topic.push_str(topic.name());
             scratch.payload.clear();
