@@ -42,6 +42,16 @@ pub struct Scratch {
     pub exceptions: Option<Exceptions>,
 }
 
+impl Scratch {
+    /// With the filter that picks what moved, when reporting by exception.
+    pub fn new(exceptions: Option<Exceptions>) -> Scratch {
+        Scratch {
+            exceptions,
+            ..Scratch::default()
+        }
+    }
+}
+
 /// Where a record came from, for warnings: its line in stats text, or the container (ENGINE mode).
 struct Where<'a> {
     line: Option<usize>,
@@ -821,6 +831,65 @@ mod tests {
         // web: nine metrics, five lifecycle topics and running; worker: its life without uptime.
         assert_eq!(configs, 2 * (15 + 6), "every entity in both modes");
         std::fs::write(path, lines).unwrap();
+    }
+
+    #[test]
+    fn by_exception_only_what_moved_goes_out() {
+        use crate::publish::exception::{Report, DEFAULT_DEADBANDS};
+        use crate::stats::{Figures, Metric, Value};
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let report = Report {
+            on_change: true,
+            heartbeat: std::time::Duration::from_secs(900),
+            deadbands: DEFAULT_DEADBANDS,
+        };
+        let stats = |cpu, pids| {
+            let mut f = Figures::default();
+            f.set(Metric::CpuPercent, Value::Percent(cpu));
+            f.set(Metric::Pids, Value::Count(pids));
+            vec![ContainerStats {
+                lifecycle: None,
+                figures: f,
+                ..with_life("web_1_2", None, State::Running)
+            }]
+        };
+        for mode in [PayloadMode::PerMetric, PayloadMode::PerService] {
+            let p = Publishing {
+                template: &template,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                mode,
+            };
+            let mut scratch = Scratch::new(Some(Exceptions::new(&report, mode)));
+            let now = Instant::now();
+            let mut tick = |stats| {
+                scratch.exceptions.as_mut().unwrap().begin(now, true);
+                let mut t = Tick::parsed("t".into(), stats, 5);
+                let mut out = Vec::new();
+                while t.step(&p, &mut scratch, None, &mut |m, _| {
+                    if let Ok(Incoming::Publish { topic, .. }) = decode(m.bytes()) {
+                        out.push(topic.rsplit('/').next().unwrap().to_owned());
+                    }
+                }) {}
+                (out, t.messages)
+            };
+            let (first, n) = tick(stats(5.0, 3));
+            assert_eq!(n, first.len());
+            let second = tick(stats(5.5, 4)).0;
+            let third = tick(stats(5.5, 4)).0;
+            match mode {
+                PayloadMode::PerMetric => {
+                    assert_eq!(first, ["cpu_usage_in_percent", "pids"]);
+                    assert_eq!(second, ["pids"]);
+                }
+                PayloadMode::PerService => {
+                    assert_eq!(first, ["web"]);
+                    assert_eq!(second, ["web"]);
+                }
+            }
+            assert!(third.is_empty(), "{mode:?}: {third:?}");
+        }
     }
 
     #[test]
