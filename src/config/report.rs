@@ -55,7 +55,10 @@ fn hundredths(f: &Fields, key: &'static str, max: u64) -> Result<Option<u64>, Co
                 Some(text) => format!("{text:?}"),
                 None => value.map_or(String::new(), |v| v.to_string()),
             };
-            Err(f.error(key, format!("must be a number from 0 to {max}, not {shown}")))
+            Err(f.error(
+                key,
+                format!("must be a number from 0 to {max}, not {shown}"),
+            ))
         }
     }
 }

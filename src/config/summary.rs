@@ -113,8 +113,10 @@ mod tests {
         assert!(s.contains("username \"bob\""), "{s}");
         assert!(s.contains("qos 0"), "{s}");
         assert!(s.contains(", report every_tick;"), "{s}");
-        let c = collector(Some(r#"{"report": "on_change", "report_cpu_deadband_in_percentage_points": 0.5}"#))
-            .unwrap();
+        let c = collector(Some(
+            r#"{"report": "on_change", "report_cpu_deadband_in_percentage_points": 0.5}"#,
+        ))
+        .unwrap();
         let s = summary(&c, &m);
         assert!(
             s.contains(", report on_change (heartbeat 900s; deadbands: cpu 0.50 points, memory 2.00 %, network 1048576 B, block I/O 1048576 B);"),

@@ -186,12 +186,18 @@ impl Exceptions {
         }
         let picked = Picked(picked);
         for (m, v) in figures.iter().filter(|(m, _)| picked.metric(*m)) {
-            t.metrics[m as usize] = Some(Sent { value: code(v), at: now });
+            t.metrics[m as usize] = Some(Sent {
+                value: code(v),
+                at: now,
+            });
         }
         for (topic, field) in life.iter().flatten() {
             let slot = &mut t.life[*topic as usize];
             if picked.life(*topic) {
-                *slot = Some(Sent { value: *field, at: now });
+                *slot = Some(Sent {
+                    value: *field,
+                    at: now,
+                });
             } else if let Some(s) = slot.as_mut().filter(|_| *topic == Topic::Uptime) {
                 // The uptime seen, not published: it going back is how a restart shows.
                 s.value = *field;
@@ -373,7 +379,11 @@ mod tests {
         ];
         for &(m, inside, beyond, also) in cases {
             let (mut x, t0) = baseline(PayloadMode::PerMetric, &base);
-            assert_eq!(tick(&mut x, t0, 10, &with(&base, m, inside)), [], "{m:?} inside");
+            assert_eq!(
+                tick(&mut x, t0, 10, &with(&base, m, inside)),
+                [],
+                "{m:?} inside"
+            );
             let mut expected = vec![m];
             expected.extend_from_slice(also);
             expected.sort_by_key(|m| *m as usize);
@@ -466,11 +476,17 @@ mod tests {
             ["state", "restart_count", "oom_killed", "uptime_in_seconds"]
         );
         assert_eq!(at(10, &running(10)), Vec::<&str>::new(), "uptime moved");
-        assert_eq!(at(20, &life(State::Exited, 0, 20_000)), ["state", "exit_code"]);
+        assert_eq!(
+            at(20, &life(State::Exited, 0, 20_000)),
+            ["state", "exit_code"]
+        );
         // Started again: the uptime starts from zero, which is news.
         let again = life(State::Running, 25_000, 30_000);
         assert_eq!(at(30, &again), ["state", "uptime_in_seconds"]);
-        assert_eq!(at(899, &life(State::Running, 25_000, 899_000)), Vec::<&str>::new());
+        assert_eq!(
+            at(899, &life(State::Running, 25_000, 899_000)),
+            Vec::<&str>::new()
+        );
         assert_eq!(
             at(900, &life(State::Running, 25_000, 900_000)),
             ["restart_count", "oom_killed"],
@@ -538,7 +554,10 @@ mod tests {
         // Without a usage figure it is held to the relative deadband itself: 2 % of 10.00 is 0.20.
         let mut alone = Figures::default();
         alone.set(MemoryPercent, Value::Percent(10.2));
-        let (mut x, t0) = baseline(PayloadMode::PerMetric, &figures(&[(MemoryPercent, Value::Percent(10.0))]));
+        let (mut x, t0) = baseline(
+            PayloadMode::PerMetric,
+            &figures(&[(MemoryPercent, Value::Percent(10.0))]),
+        );
         assert_eq!(tick(&mut x, t0, 10, &alone), []);
         alone.set(MemoryPercent, Value::Percent(10.21));
         assert_eq!(tick(&mut x, t0, 20, &alone), [MemoryPercent]);
