@@ -41,25 +41,26 @@ pub(super) fn parse_report(f: &Fields) -> Result<Report, ConfigError> {
 /// A number from 0 to `max` (decimals allowed), in hundredths. A variable's text is read as JSON, by the
 /// same parser as the file, so no float parser of its own is linked.
 fn hundredths(f: &Fields, key: &'static str, max: u64) -> Result<Option<u64>, ConfigError> {
+    let parsed;
     let value = match f.env_text(key) {
-        Some(text) => serde_json::from_slice::<Value>(text.as_bytes()).ok(),
+        Some(text) => {
+            parsed = serde_json::from_slice::<Value>(text.as_bytes()).unwrap_or(Value::Null);
+            &parsed
+        }
         None => match f.get(key) {
             None => return Ok(None),
-            Some(v) => Some(v.clone()),
+            Some(v) => v,
         },
     };
-    match value.as_ref().and_then(Value::as_f64) {
+    match value.as_f64() {
         Some(x) if (0.0..=max as f64).contains(&x) => Ok(Some((x * 100.0).round() as u64)),
-        _ => {
-            let shown = match f.env_text(key) {
-                Some(text) => format!("{text:?}"),
-                None => value.map_or(String::new(), |v| v.to_string()),
-            };
-            Err(f.error(
-                key,
-                format!("must be a number from 0 to {max}, not {shown}"),
-            ))
-        }
+        _ => Err(f.error(
+            key,
+            match f.env_text(key) {
+                Some(text) => format!("must be a number from 0 to {max}, not {text:?}"),
+                None => format!("must be a number from 0 to {max}, not {value}"),
+            },
+        )),
     }
 }
 
