@@ -156,6 +156,9 @@ const ALL: [&str; 9] = [
     "pids",
 ];
 
+/// A change to web's figures, the metrics it must send, and the value the changed one must carry.
+type Step = (fn(&mut Web), &'static [&'static str], &'static str);
+
 #[test]
 fn a_crossing_goes_out_within_its_tick_and_a_move_inside_the_deadband_does_not() {
     let broker = Broker::start();
@@ -196,7 +199,7 @@ fn a_crossing_goes_out_within_its_tick_and_a_move_inside_the_deadband_does_not()
     );
     // Then one figure at a time just beyond it: that one goes out in that tick, and nothing else.
     let mut now = inside.clone();
-    let steps: [(fn(&mut Web), &[&str], &str); 9] = [
+    let steps: [Step; 9] = [
         (|w| w.cpu = "6.01%", &["cpu_usage_in_percent"], "6.01"),
         (
             |w| w.mem = "106954753B",
