@@ -346,8 +346,6 @@ impl Agent {
     fn report_drops(&mut self) {
         let dropped = self.session.take_dropped();
         if dropped > 0 {
-            // Figures the filter counted as published never left: a baseline makes up for them.
-            self.fresh_baseline();
             warn!(
                 "message buffer full ({}): {dropped} oldest messages dropped",
                 self.s.mqtt.max_buffered_messages

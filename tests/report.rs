@@ -305,6 +305,50 @@ fn per_service_sends_the_whole_payload_on_a_crossing_and_at_the_heartbeat() {
     stop_agent(agent);
 }
 
+#[test]
+fn a_home_assistant_birth_brings_a_fresh_baseline() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "root/#");
+    let mut file = StatsFile::new();
+    let lines = [stats_line("web", &BASE)];
+    file.write(&lines);
+    let report = r#", "report": "on_change", "report_heartbeat_in_seconds": 3600"#;
+    let cfg = config_dir(
+        &collector(&file, report),
+        &mqtt(&broker, r#", "home_assistant_discovery": true"#),
+    );
+    let agent = spawn_agent(cfg.path());
+    assert!(
+        sub.wait_for(|l| has_marker(l, 1), WAIT),
+        "{:?}",
+        sub.lines()
+    );
+    assert_eq!(metrics(&web(&sub.lines())), ALL);
+    assert_eq!(tick(&sub, &mut file, &lines), [], "at rest");
+    // Home Assistant (re)starts: it has no values. Its birth is retained, as Home Assistant sends it.
+    let born = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-q", "1", "-t", "homeassistant/status", "-m", "online"])
+        .status()
+        .unwrap();
+    assert!(born.success());
+    // The birth reaches the agent before any tick that follows the next config it sends (the configs are
+    // re-announced 0.5 to 5 s after it): wait for one, then the next tick is the baseline.
+    let configs = Subscriber::start(broker.port, "homeassistant/+/+/+/config");
+    let before = configs.lines().len();
+    assert!(
+        configs.wait_for(|l| l.len() > before, WAIT),
+        "configs re-announced after the birth"
+    );
+    assert_eq!(
+        metrics(&tick(&sub, &mut file, &lines)),
+        ALL,
+        "a fresh baseline"
+    );
+    assert_eq!(tick(&sub, &mut file, &lines), [], "then exceptions again");
+    stop_agent(agent);
+}
+
 const PERSISTENT: &str =
     "persistence true\npersistence_location {dir}/\nmax_queued_messages 100000\n";
 

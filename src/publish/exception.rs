@@ -13,8 +13,8 @@
 //!
 //! Pure: a tick's instant and each container's figures go in, which of them to publish comes out. What
 //! it hands out counts as published; the caller calls [`Exceptions::reset`] when that may not be true
-//! (a reconnect, messages dropped from a full buffer) and when a consumer lost what it had (Home
-//! Assistant's birth): every figure then goes out once, a fresh baseline. State is kept per topic root,
+//! (a reconnect) and when a consumer lost what it had (Home Assistant's birth): every figure then goes
+//! out once, a fresh baseline. State is kept per topic root,
 //! only for the containers the last collection listed.
 //!
 //! Deadbands are integers, in the units the payloads carry: percentages in hundredths (as published,
