@@ -143,6 +143,7 @@ impl Agent {
             subscriptions: discovery.iter().map(Discovery::status_topic).collect(),
             max_inflight: MAX_INFLIGHT,
             max_queued: m.max_buffered_messages,
+            max_queued_bytes: crate::mqtt::session::DEFAULT_MAX_QUEUED_BYTES,
             connack_timeout: CONNACK_TIMEOUT,
             ack_timeout: ACK_TIMEOUT,
             write_timeout: WRITE_TIMEOUT,

@@ -222,6 +222,7 @@ fn session() -> Session {
         subscriptions: vec!["homeassistant/status".into()],
         max_inflight: 4,
         max_queued: 8,
+        max_queued_bytes: crate::mqtt::session::DEFAULT_MAX_QUEUED_BYTES,
         connack_timeout: Duration::from_secs(1),
         ack_timeout: Duration::from_secs(1),
         write_timeout: Duration::from_secs(1),

@@ -194,6 +194,89 @@ fn required_client_certificate_ec_and_rsa_delivers_every_figure() {
     assert_delivered(&s, &sub, code, &log, "TLS 1.3");
 }
 
+/// `openssl <args>` (split at white space) in `dir`; false when it fails or is missing.
+fn openssl(dir: &Path, args: &str) -> bool {
+    Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_v1_client_certificate_made_as_mosquittos_guide_makes_it_delivers_every_figure() {
+    // The client side as mosquitto's TLS guide makes it (keys without a passphrase): its own CA, a
+    // request, and `openssl x509 -req` without extensions, which OpenSSL 3 makes an X.509 v1 certificate.
+    let files = TempDir::new("tls-v1");
+    let dir = files.path();
+    let guide_ca = "req -new -x509 -days 2 -extensions v3_ca -nodes -subj /CN=Guide-CA \
+                    -keyout ca.key -out ca.crt";
+    if !openssl(dir, guide_ca) {
+        return skipped("v1 client certificate: openssl is missing (apt-get install openssl)");
+    }
+    assert!(openssl(
+        dir,
+        "req -new -newkey rsa:2048 -nodes -subj /CN=telemetry-client -keyout client.key -out client.csr"
+    ));
+    assert!(openssl(
+        dir,
+        "x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 2"
+    ));
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in", "client.crt"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"),
+        "openssl made a v1 certificate"
+    );
+
+    // The broker checks client certificates against the guide's CA; its own is the test PKI's.
+    let pki = Pki::new("Test Broker CA");
+    let server = pki.issue(&["localhost", "127.0.0.1"], false);
+    let guide_ca_pem = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+    let plain_port = free_port();
+    let broker = Broker::start_with(&tls_broker_config(
+        &files,
+        &server,
+        &guide_ca_pem,
+        "require_certificate true",
+        plain_port,
+    ));
+    files.write("ca.pem", &pki.ca_pem);
+    let s = Setup {
+        broker,
+        plain_port,
+        files,
+        pki,
+    };
+    let dir = s.files.path();
+    let keys = |key: &str| {
+        s.mqtt(&format!(
+            r#", "tls_ca_file": "{}", "tls_cert_file": "{}", "tls_key_file": "{}""#,
+            s.ca_file(),
+            dir.join("client.crt").display(),
+            dir.join(key).display()
+        ))
+    };
+    let sub = Subscriber::start(s.plain_port, "root/#");
+    let (code, log) = run_once(&keys("client.key"), &[]);
+    assert_delivered(&s, &sub, code, &log, "TLS 1.3");
+
+    // A key that is not the certificate's is still refused at start, naming the key: exit 2.
+    assert!(openssl(dir, "genpkey -algorithm RSA -out other.key"));
+    let (code, log) = run_once(&keys("other.key"), &[]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("\"tls_key_file\"")
+            && log.contains("does not match the public key of the certificate (tls_cert_file)"),
+        "{log}"
+    );
+}
+
 #[test]
 fn required_client_certificate_missing_is_refused_in_words() {
     let s = tls_broker("require_certificate true", false);
@@ -339,6 +422,46 @@ fn an_unreadable_or_invalid_pem_file_is_a_config_error_naming_the_key() {
         log.contains("\"tls_ca_file\"") && log.contains("holds no certificate"),
         "{log}"
     );
+}
+
+#[test]
+fn a_huge_file_named_by_a_tls_key_is_a_config_error_naming_the_key() {
+    let s = tls_broker("", false);
+    // 64 MiB that take no disk (a sparse file): only the first MiB and a byte are ever read.
+    let huge = s.files.path().join("huge.pem");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let (cert, key) = s.pki.issue(&["telemetry-client"], false);
+    let cert = s.files.write("c-cert.pem", &cert);
+    let key = s.files.write("c-key.pem", &key);
+    let ca = s.ca_file();
+    let pair = |c: &Path, k: &Path| {
+        format!(
+            r#", "tls_ca_file": "{ca}", "tls_cert_file": "{}", "tls_key_file": "{}""#,
+            c.display(),
+            k.display()
+        )
+    };
+    for (name, keys) in [
+        (
+            "tls_ca_file",
+            format!(r#", "tls_ca_file": "{}""#, huge.display()),
+        ),
+        ("tls_cert_file", pair(&huge, &key)),
+        ("tls_key_file", pair(&cert, &huge)),
+    ] {
+        let (code, log) = run_once(&s.mqtt(&keys), &[]);
+        assert_eq!(code, Some(2), "{name}:\n{log}");
+        assert!(
+            log.contains(&format!(
+                "\"{name}\": {}: is larger than 1024 KiB",
+                huge.display()
+            )),
+            "{name}:\n{log}"
+        );
+    }
 }
 
 #[test]

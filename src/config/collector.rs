@@ -17,6 +17,9 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collector {
     pub mode: Mode,
+    /// `mode` was set (file or variable). Unset, CLI mode may give way to ENGINE at start when the CLI
+    /// is not there and an engine socket is (see `main`).
+    pub mode_given: bool,
     pub interval: Duration,
     pub cli_path: String,
     pub file_path: String,
@@ -76,7 +79,9 @@ pub fn parse_collector(
     warnings: &mut Vec<String>,
 ) -> Result<Collector, ConfigError> {
     let f = Fields::new(src, COLLECTOR_KEYS, COLLECTOR_PREFIX, env, warnings)?;
-    let mode = match f.string("mode")?.as_deref().unwrap_or("CLI") {
+    let mode_text = f.string("mode")?;
+    let mode_given = mode_text.is_some();
+    let mode = match mode_text.as_deref().unwrap_or("CLI") {
         "CLI" => Mode::Cli,
         "FILE" => Mode::File,
         "ENGINE" => Mode::Engine,
@@ -138,6 +143,7 @@ pub fn parse_collector(
     let report = parse_report(&f)?;
     Ok(Collector {
         mode,
+        mode_given,
         interval: Duration::from_secs(interval),
         cli_path,
         file_path,

@@ -125,6 +125,14 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A string never to be shown (a password): a value of the wrong type is not quoted either.
+    pub(super) fn secret(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.get(key) {
+            Some(v) if !v.is_string() => Err(self.error(key, "must be a string".into())),
+            _ => self.string(key),
+        }
+    }
+
     pub(super) fn uint(
         &self,
         key: &'static str,
@@ -283,6 +291,7 @@ mod tests {
             .collect();
         Env {
             device_uuid: None,
+            host_name: None,
             vars: pairs,
         }
     }
@@ -380,6 +389,7 @@ mod tests {
     fn unknown_variables_warn_and_do_not_fail() {
         let env = vars(&[
             ("MQTT_BROKER", "tcp://x"),
+            ("MQTT_BROKER_URL", "tcp://b"),
             ("MQTT_QOS", "0"),
             ("STATS_MODEE", "FILE"),
             ("BALENA_APP_NAME", "a"),

@@ -53,13 +53,24 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         s += ", report every_tick";
     }
     s += &format!(
-        "; broker {}:{}{}, device_id {:?}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
+        "; broker {}:{}{}, device_id {:?}{}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
          username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {}, \
          reconnect_max_delay {}s, once_timeout {}s, home_assistant {}",
         m.host,
         m.port,
         if m.tls.is_some() { " over TLS" } else { "" },
         m.device_id,
+        match m.device_id_is_host_name {
+            // Docker names a container's host after its short id, which a re-created container changes.
+            true if m.device_id.len() == 12
+                && m.device_id.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                " (the host name, which looks like a container id that changes when the container is \
+                 re-created: set device_id, or give the container a hostname)"
+            }
+            true => " (the host name: set BALENA_DEVICE_UUID or device_id to choose)",
+            false => "",
+        },
         {
             let mut root = String::new();
             let names = crate::publish::topics::Names {
