@@ -340,6 +340,15 @@ fn a_home_assistant_birth_brings_a_fresh_baseline() {
         configs.wait_for(|l| l.len() > before, WAIT),
         "configs re-announced after the birth"
     );
+    // Entities expire after three intervals plus the heartbeat: a resting figure never shows unavailable.
+    assert!(
+        configs
+            .lines()
+            .iter()
+            .all(|l| l.contains(r#""expire_after":3603"#)),
+        "{:?}",
+        configs.lines()
+    );
     assert_eq!(
         metrics(&tick(&sub, &mut file, &lines)),
         ALL,
