@@ -143,7 +143,7 @@ impl Agent {
             subscriptions: discovery.iter().map(Discovery::status_topic).collect(),
             max_inflight: MAX_INFLIGHT,
             max_queued: m.max_buffered_messages,
-            max_queued_bytes: crate::mqtt::session::DEFAULT_MAX_QUEUED_BYTES,
+            max_queued_bytes: m.max_buffered_bytes,
             connack_timeout: CONNACK_TIMEOUT,
             ack_timeout: ACK_TIMEOUT,
             write_timeout: WRITE_TIMEOUT,
@@ -348,8 +348,9 @@ impl Agent {
         let dropped = self.session.take_dropped();
         if dropped > 0 {
             warn!(
-                "message buffer full ({}): {dropped} oldest messages dropped",
-                self.s.mqtt.max_buffered_messages
+                "message buffer full ({} messages or {} KiB): {dropped} oldest messages dropped",
+                self.s.mqtt.max_buffered_messages,
+                self.s.mqtt.max_buffered_bytes / 1024
             );
             self.failed = true;
         }

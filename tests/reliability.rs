@@ -197,7 +197,7 @@ fn full_buffer_drops_oldest_and_says_so_once_per_tick() {
     let log = stop_agent(child);
     let drops: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("message buffer full (100)"))
+        .filter(|l| l.contains("message buffer full (100 messages"))
         .collect();
     let ticks = log.matches("INFO tick:").count();
     assert!(!drops.is_empty(), "{log}");

@@ -259,6 +259,7 @@ mod tests {
         ("password", r#""p""#, "p"),
         ("reconnect_max_delay_in_seconds", "9", "9"),
         ("max_buffered_messages", "77", "77"),
+        ("max_buffered_bytes", "2097152", "2097152"),
         (
             "availability_topic",
             r#""av/{device_id}""#,

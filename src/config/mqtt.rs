@@ -25,6 +25,8 @@ pub struct Mqtt {
     pub password: Option<String>,
     pub reconnect_max_delay: Duration,
     pub max_buffered_messages: usize,
+    /// The same buffer's bound in bytes (encoded messages plus their bookkeeping).
+    pub max_buffered_bytes: usize,
     pub availability_topic: String,
     pub once_timeout: Duration,
     pub payload_mode: PayloadMode,
@@ -48,6 +50,7 @@ impl std::fmt::Debug for Mqtt {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("max_buffered_messages", &self.max_buffered_messages)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("availability_topic", &self.availability_topic)
             .field("once_timeout", &self.once_timeout)
             .field("payload_mode", &self.payload_mode)
@@ -79,6 +82,7 @@ pub const MQTT_KEYS: &[&str] = &[
     "password",
     "reconnect_max_delay_in_seconds",
     "max_buffered_messages",
+    "max_buffered_bytes",
     "availability_topic",
     "once_timeout_in_seconds",
     "payload_mode",
@@ -234,6 +238,12 @@ pub fn parse_mqtt(
     let max_buffered_messages = f
         .uint("max_buffered_messages", 1, 10_000_000)?
         .unwrap_or(10_000) as usize;
+    // At least 1 MiB: the in-flight window alone (2,048 messages) must fit while connected.
+    let max_buffered_bytes = f
+        .uint("max_buffered_bytes", 1 << 20, 1 << 30)?
+        .map_or(crate::mqtt::session::DEFAULT_MAX_QUEUED_BYTES, |b| {
+            b as usize
+        });
     let availability_topic = match f.string("availability_topic")? {
         Some(t) => {
             check_topic(&t).map_err(|m| f.error("availability_topic", m))?;
@@ -308,6 +318,7 @@ pub fn parse_mqtt(
         password,
         reconnect_max_delay: Duration::from_secs(reconnect_max_delay),
         max_buffered_messages,
+        max_buffered_bytes,
         availability_topic,
         once_timeout: Duration::from_secs(once_timeout),
         payload_mode,
@@ -390,6 +401,10 @@ mod tests {
         assert_eq!(
             key_of(mqtt(r#"{"max_buffered_messages": 0}"#)),
             Some("max_buffered_messages")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"max_buffered_bytes": 1000}"#)),
+            Some("max_buffered_bytes")
         );
     }
 

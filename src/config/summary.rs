@@ -54,7 +54,7 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
     }
     s += &format!(
         "; broker {}:{}{}, device_id {:?}{}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
-         username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {}, \
+         username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {} messages / {} KiB, \
          reconnect_max_delay {}s, once_timeout {}s, home_assistant {}",
         m.host,
         m.port,
@@ -96,6 +96,7 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
             PayloadMode::PerService => "per_service",
         },
         m.max_buffered_messages,
+        m.max_buffered_bytes / 1024,
         m.reconnect_max_delay.as_secs(),
         m.once_timeout.as_secs(),
         match &m.home_assistant {

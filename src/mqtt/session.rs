@@ -50,7 +50,8 @@ pub struct Will {
     pub retain: bool,
 }
 
-#[derive(Debug, Clone)]
+/// No `Debug`: it holds the password, which nothing may print.
+#[derive(Clone)]
 pub struct Options {
     pub client_id: String,
     /// Seconds; 0 turns keep-alive off.

@@ -726,20 +726,32 @@ mod tests {
 
     #[test]
     fn files_are_read_with_a_bound() {
-        // An endless file gives its first bytes and one more, no more.
-        let bytes = read_file("/dev/zero").unwrap();
+        // A huge file (sparse: nothing is written) gives its first bytes and one more, no more; a
+        // device such as /dev/zero is no file at all.
+        let dir = std::env::temp_dir().join(format!("bmct-tls-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let huge = dir.join("huge.pem");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let huge = huge.to_str().unwrap().to_owned();
+        let bytes = read_file(&huge).unwrap();
         assert_eq!(bytes.len(), MAX_PEM_BYTES + 1);
+        assert!(read_file("/dev/zero").is_err());
         let pki = Pki::new("Test CA");
         let mut s = settings(&pki, "localhost");
         s.ca = Some(Pem::File {
             key: "tls_ca_file",
-            path: "/dev/zero".into(),
+            path: huge.clone(),
         });
         let e = super::client(&s, "m.json", &read_file).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!((e.file.as_str(), e.key), ("m.json", Some("tls_ca_file")));
         assert!(
-            e.message
-                .contains("/dev/zero: is larger than 1024 KiB: not a PEM certificate or key"),
+            e.message.contains(&format!(
+                "{huge}: is larger than 1024 KiB: not a PEM certificate or key"
+            )),
             "{e}"
         );
         let mut pem = pki.ca.pem();

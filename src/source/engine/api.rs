@@ -17,7 +17,7 @@ pub struct Listed {
     pub name: String,
     /// `io.balena.service-name`, when set and non-empty.
     pub service: Option<String>,
-    /// The list's `State` word, when it is one of docker's.
+    /// The list's `State` word, when it is one of ours (not `removing`, see [`parse_inspect`]).
     pub state: Option<State>,
 }
 
@@ -351,8 +351,10 @@ pub enum Network {
     Shared,
 }
 
-/// `GET /containers/{id}/json`, reduced to who the container is and how its life goes.
-pub fn parse_inspect(body: &[u8]) -> Result<Inspected, String> {
+/// `GET /containers/{id}/json`, reduced to who the container is and how its life goes; `None` while the
+/// engine removes it (`State.Status` `removing`, between the kill and the `destroy` of `docker rm -f`):
+/// docker's one word that is no state of ours, a container on its way to `removed`.
+pub fn parse_inspect(body: &[u8]) -> Result<Option<Inspected>, String> {
     #[derive(Deserialize)]
     struct RawHealth {
         #[serde(rename = "Status")]
@@ -405,6 +407,9 @@ pub fn parse_inspect(body: &[u8]) -> Result<Inspected, String> {
         .filter(|i| is_id(i))
         .ok_or("inspect answer without an id")?;
     let st = raw.state.ok_or("inspect answer without a State")?;
+    if st.status.as_deref() == Some("removing") {
+        return Ok(None);
+    }
     let state = st
         .status
         .as_deref()
@@ -446,12 +451,12 @@ pub fn parse_inspect(body: &[u8]) -> Result<Inspected, String> {
         Some(m) if m.starts_with("container:") => Network::Shared,
         _ => Network::Own,
     };
-    Ok(Inspected {
+    Ok(Some(Inspected {
         listed,
         life,
         pid,
         network,
-    })
+    }))
 }
 
 /// The engine's times (`2026-11-25T09:19:41.269701798Z`, or with an offset) in Unix milliseconds; `None`
@@ -553,7 +558,7 @@ mod lifecycle_tests {
             life,
             pid,
             ..
-        } = parse_inspect(body).unwrap();
+        } = parse_inspect(body).unwrap().unwrap();
         assert_eq!(
             (l.name.as_str(), l.service.as_deref(), l.state, pid),
             ("main_1_2", Some("main"), Some(State::Exited), None)
@@ -570,7 +575,7 @@ mod lifecycle_tests {
             }
         );
         let running = parse_inspect(br#"{"Id":"ab","State":{"Status":"running","Pid":4242}}"#);
-        let running = running.unwrap();
+        let running = running.unwrap().unwrap();
         assert_eq!((running.pid, running.network), (Some(4242), Network::Own));
         for (mode, network) in [
             ("host", Network::Host),
@@ -582,7 +587,7 @@ mod lifecycle_tests {
                 r#"{{"Id":"ab","State":{{"Status":"running","Pid":1}},"HostConfig":{{"NetworkMode":"{mode}"}}}}"#
             );
             assert_eq!(
-                parse_inspect(body.as_bytes()).unwrap().network,
+                parse_inspect(body.as_bytes()).unwrap().unwrap().network,
                 network,
                 "{mode}"
             );
@@ -590,6 +595,7 @@ mod lifecycle_tests {
         let life = parse_inspect(
             br#"{"Id":"ab","State":{"Status":"created","StartedAt":"0001-01-01T00:00:00Z","Pid":0}}"#,
         )
+        .unwrap()
         .unwrap()
         .life;
         assert_eq!(
@@ -604,6 +610,28 @@ mod lifecycle_tests {
         ] {
             assert!(parse_inspect(junk).is_err());
         }
+    }
+
+    /// The real engine's answer (Docker Engine 20.10) between the kill and the destroy of `docker rm -f` on a
+    /// running container.
+    const REMOVING: &[u8] =
+        br#"{"Id":"ab","Name":"/web","RestartCount":0,"State":{"Status":"removing",
+        "Running":false,"Paused":false,"Restarting":false,"OOMKilled":false,"Dead":false,"Pid":0,
+        "ExitCode":137,"Error":"","StartedAt":"2026-12-04T15:21:46.787057281Z",
+        "FinishedAt":"2026-12-04T15:21:46.874813774Z"}}"#;
+
+    #[test]
+    fn a_container_being_removed_is_known_not_an_error() {
+        let got = parse_inspect(REMOVING);
+        assert!(got.is_ok(), "{:?}", got.err());
+        assert!(got.unwrap().is_none());
+        // Docker's other words are ours, and an unknown one is still an error.
+        let word = |w: &str| format!(r#"{{"Id":"ab","State":{{"Status":"{w}"}}}}"#);
+        for s in State::ALL.iter().filter(|s| **s != State::Removed) {
+            let got = parse_inspect(word(s.name()).as_bytes());
+            assert_eq!(got.unwrap().unwrap().life.state, *s);
+        }
+        assert!(parse_inspect(word("Removing").as_bytes()).is_err());
     }
 }
 

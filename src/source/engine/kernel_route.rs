@@ -110,10 +110,11 @@ impl EngineSource {
     /// Once the list and its inspects are in: every running container's figures from the kernel's files.
     /// One that cannot be read is asked of the stats API instead, for this tick, with a warning.
     pub(super) fn kernel_phase(&mut self, now: Instant) {
+        let outstanding = self.in_flight().all;
         let (Some(k), Some(run)) = (self.kernel.as_mut(), self.run.as_mut()) else {
             return;
         };
-        if !run.kernel_pending || !run.listed || run.outstanding > 0 {
+        if !run.kernel_pending || !run.listed || outstanding > 0 {
             return;
         }
         run.kernel_pending = false;
@@ -167,8 +168,6 @@ impl EngineSource {
             .chain(unknown)
             .map(|i| (stats_path(&run.entries[i].listed.id), i))
             .collect();
-        run.outstanding += asks.len();
-        run.stats_left += asks.len();
         for (path, i) in asks {
             self.ask(path, Purpose::Stats(i), MAX_STATS_BODY);
         }
