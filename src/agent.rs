@@ -281,7 +281,9 @@ impl Agent {
                     self.collected = true;
                     // A stats file the host has not written (yet) is expected now and then: a warning. A
                     // CLI or engine that fails is an error.
-                    if expected {
+                    if error.is_empty() {
+                        debug!("tick skipped (the reason was said before)");
+                    } else if expected {
                         warn!("{error}; tick skipped");
                     } else {
                         error!("{error}; tick skipped");

@@ -154,3 +154,65 @@ fn a_missing_cli_says_what_to_set() {
         "{log}"
     );
 }
+
+#[test]
+fn a_missing_engine_socket_is_named_once_with_both_hints_then_ticks_pass_quietly() {
+    let broker = Broker::start();
+    let url = broker.url();
+    let (mut cmd, _cfg) = bare_agent(&[
+        ("STATS_MODE", "ENGINE"),
+        ("STATS_ENGINE_SOCKET", "/nonexistent/engine.sock"),
+        ("STATS_COLLECTION_INTERVAL_IN_SECONDS", "1"),
+        ("MQTT_BROKER_URL", &url),
+        ("LOG_LEVEL", "debug"),
+    ]);
+    let agent = Running::spawn(&mut cmd);
+    // Three ticks after the first: each skipped without repeating the reason (the reminder comes a
+    // minute later).
+    assert!(
+        agent.wait_count(
+            "tick skipped (the reason was said before)",
+            3,
+            Duration::from_secs(30)
+        ),
+        "{}",
+        agent.log()
+    );
+    let log = agent.stop();
+    let full = "engine: engine_socket /nonexistent/engine.sock is not there (on balena, give this service \
+                the label io.balena.features.balena-socket: '1'; under Docker, mount the socket (-v \
+                /var/run/docker.sock:/var/run/docker.sock); or set STATS_ENGINE_SOCKET)";
+    assert_eq!(log.matches(full).count(), 1, "{log}");
+}
+
+#[test]
+fn engine_mode_says_which_socket_and_where_figures_come_from() {
+    if !common::engine::engine_available() {
+        skipped("engine socket line: no Docker Engine answers");
+        return;
+    }
+    let broker = Broker::start();
+    let url = broker.url();
+    let (mut cmd, _cfg) = bare_agent(&[
+        ("STATS_MODE", "ENGINE"),
+        ("DOCKER_HOST", "tcp://127.0.0.1:2375"),
+        ("MQTT_BROKER_URL", &url),
+    ]);
+    let (code, log) = run_limited(cmd.arg("--once"), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains(
+            "WARN DOCKER_HOST \"tcp://127.0.0.1:2375\" is not supported: the agent talks to the engine \
+             over a unix socket only, so it uses /var/run/docker.sock"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "INFO engine: socket /var/run/docker.sock (found); figures from the kernel (cgroup_root \
+             /sys/fs/cgroup, proc_root /proc), or from the engine's stats API if the first tick can \
+             read no container's files"
+        ),
+        "{log}"
+    );
+}

@@ -15,7 +15,7 @@ pub struct Listed {
     pub id: String,
     /// First name, leading `/` dropped.
     pub name: String,
-    /// `io.balena.service-name`, when set and non-empty.
+    /// `io.balena.service-name`, else `com.docker.compose.service`, when set and non-empty.
     pub service: Option<String>,
     /// The list's `State` word, when it is one of ours (not `removing`, see [`parse_inspect`]).
     pub state: Option<State>,
@@ -33,11 +33,26 @@ struct RawListed {
     state: Option<String>,
 }
 
-/// The one label we read, balena's service name; serde skips the others without storing them.
+/// The labels we read, the service name balena's supervisor or docker-compose gave; serde skips the
+/// others without storing them.
 #[derive(Deserialize)]
 struct Labels {
     #[serde(rename = "io.balena.service-name")]
-    service: Option<String>,
+    balena: Option<String>,
+    /// Without it, docker-compose's containers would be named `project_service_1`.
+    #[serde(rename = "com.docker.compose.service")]
+    compose: Option<String>,
+}
+
+impl Labels {
+    fn service(self) -> Option<String> {
+        let set = |s: &Option<String>| s.as_ref().is_some_and(|s| !s.is_empty());
+        if set(&self.balena) {
+            self.balena
+        } else {
+            self.compose.filter(|s| !s.is_empty())
+        }
+    }
 }
 
 /// Reads the container list. Entries without an id are skipped; one without a name is named by its
@@ -56,7 +71,7 @@ pub fn parse_list(body: &[u8]) -> Result<Vec<Listed>, String> {
                 .map(|n| n.trim_start_matches('/').to_owned())
                 .find(|n| !n.is_empty())
                 .unwrap_or_else(|| short_id(&id).to_owned());
-            let service = c.labels.and_then(|l| l.service).filter(|s| !s.is_empty());
+            let service = c.labels.and_then(Labels::service);
             let state = c.state.as_deref().and_then(State::parse);
             Some(Listed {
                 id,
@@ -420,11 +435,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Inspected>, String> {
         .map(|n| n.trim_start_matches('/').to_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| short_id(&id).to_owned());
-    let service = raw
-        .config
-        .and_then(|c| c.labels)
-        .and_then(|l| l.service)
-        .filter(|s| !s.is_empty());
+    let service = raw.config.and_then(|c| c.labels).and_then(Labels::service);
     let life = Lifecycle {
         state,
         health: st
@@ -819,7 +830,10 @@ mod tests {
             {"Id":"cc05f919de07","Names":[]},
             {"Id":"../../version?","Names":["/evil"]},
             {"Names":["/noid"]},
-            {"Id":"dd05f919de07","Names":["/x"],"Labels":{"io.balena.service-name":""}}
+            {"Id":"dd05f919de07","Names":["/x"],"Labels":{"io.balena.service-name":""}},
+            {"Id":"ee05f919de07","Names":["/proj_web_1"],"Labels":{"com.docker.compose.service":"web"}},
+            {"Id":"ff05f919de07","Names":["/m_1_2"],
+             "Labels":{"io.balena.service-name":"main","com.docker.compose.service":"web"}}
         ]"#;
         let l = parse_list(body).unwrap();
         let got: Vec<_> = l
@@ -833,6 +847,8 @@ mod tests {
                 ("bb05f919de07", "plain", None),
                 ("cc05f919de07", "cc05f919de07", None),
                 ("dd05f919de07", "x", None),
+                ("ee05f919de07", "proj_web_1", Some("web")),
+                ("ff05f919de07", "m_1_2", Some("main")),
             ]
         );
         assert!(parse_list(b"{\"message\":\"x\"}").is_err());

@@ -20,6 +20,7 @@ mod conn;
 pub mod events;
 pub mod http;
 mod kernel_route;
+mod socket;
 mod watch;
 
 use super::{pollfd, Output, Source};
@@ -148,6 +149,7 @@ pub struct EngineSource {
     events_warned: bool,
     changes: Vec<ContainerStats>,
     out: VecDeque<Output>,
+    notices: socket::SocketNotices,
 }
 
 impl EngineSource {
@@ -180,15 +182,43 @@ impl EngineSource {
             events_warned: false,
             changes: Vec::new(),
             out: VecDeque::new(),
+            notices: socket::SocketNotices::default(),
         }
     }
 
-    /// The socket to use (resolved afresh each collection, so a socket mounted late is found).
-    fn resolve(&self) -> String {
+    /// The socket to use, resolved afresh each collection (so a socket mounted late is found), with what
+    /// there is to say about it; `false` when it is not there and the collection has failed.
+    fn resolve(&mut self, now: Instant) -> bool {
         let docker_host = std::env::var("DOCKER_HOST").ok();
-        resolve_socket(self.configured.as_deref(), docker_host.as_deref(), &|p| {
-            std::path::Path::new(p).exists()
-        })
+        let route = match &self.kernel {
+            Some(k) => k.describe(),
+            None => "figures from the engine's stats API".into(),
+        };
+        let r = self.notices.resolve(
+            self.configured.as_deref(),
+            docker_host.as_deref(),
+            &|p| std::path::Path::new(p).exists(),
+            &route,
+            now,
+        );
+        for (warning, line) in r.notes {
+            if warning {
+                crate::warn!("{line}");
+            } else {
+                crate::info!("{line}");
+            }
+        }
+        self.socket = r.socket;
+        match r.missing {
+            Some(error) => {
+                self.out.push_back(Output::Failed {
+                    error,
+                    expected: false,
+                });
+                false
+            }
+            None => true,
+        }
     }
 
     /// A request's answer (or why there is none), to the collection or the lifecycle it was for.
@@ -210,8 +240,8 @@ impl Source for EngineSource {
     fn start(&mut self, now: Instant) {
         // In sync the list is what the events have made of it: no request at all.
         let synced = self.synced && self.kernel.is_some();
-        if !synced {
-            self.socket = self.resolve();
+        if !synced && !self.resolve(now) {
+            return;
         }
         self.run = Some(Run {
             started: now,
@@ -736,7 +766,10 @@ mod tests {
     #[test]
     fn socket_problems_are_errors_not_panics() {
         let e = failed(collect(&mut source("/nonexistent/engine.sock")));
-        assert!(e.contains("cannot connect"), "{e}");
+        assert!(
+            e.contains("engine_socket /nonexistent/engine.sock is not there"),
+            "{e}"
+        );
         let (socket, server) = serve(
             vec![(
                 "/",
