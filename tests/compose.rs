@@ -213,6 +213,10 @@ services:
         log.contains("INFO balena-multi-container-telemetry") && log.contains("ENGINE mode, every"),
         "the image's default is ENGINE mode: {log}"
     );
+    assert!(
+        log.contains(", report on_change ("),
+        "the image reports by exception: {log}"
+    );
     let pids = sub
         .lines()
         .iter()

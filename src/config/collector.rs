@@ -1,7 +1,9 @@
 //! The collector file's keys (`STATS_*`): where figures come from and how often.
 
 use super::keys::{Fields, COLLECTOR_PREFIX};
+use super::report::parse_report;
 use super::{ConfigError, Env, Source};
+use crate::publish::exception::Report;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub struct Collector {
     /// them only with the `io.balena.features.sysfs` and `io.balena.features.procfs` labels).
     pub cgroup_root: String,
     pub proc_root: String,
+    /// Every figure every tick, or by exception.
+    pub report: Report,
 }
 
 /// `engine_figures`: the kernel's own counters, or the engine's stats API that reads the same files for us
@@ -53,6 +57,13 @@ pub const COLLECTOR_KEYS: &[&str] = &[
     "engine_figures",
     "cgroup_root",
     "proc_root",
+    // Report by exception (config/report.rs).
+    "report",
+    "report_heartbeat_in_seconds",
+    "report_cpu_deadband_in_percentage_points",
+    "report_memory_deadband_in_percent",
+    "report_network_deadband_in_bytes",
+    "report_block_io_deadband_in_bytes",
 ];
 
 /// Built-in defaults, equal to `config/balena_stats_collector.example-config.json`.
@@ -129,6 +140,7 @@ pub fn parse_collector(
     };
     let cgroup_root = root("cgroup_root", DEFAULT_CGROUP_ROOT)?;
     let proc_root = root("proc_root", DEFAULT_PROC_ROOT)?;
+    let report = parse_report(&f)?;
     Ok(Collector {
         mode,
         mode_given,
@@ -140,6 +152,7 @@ pub fn parse_collector(
         engine_figures,
         cgroup_root,
         proc_root,
+        report,
     })
 }
 

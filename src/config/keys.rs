@@ -235,6 +235,12 @@ mod tests {
             "/host/sys/fs/cgroup",
         ),
         ("proc_root", r#""/host/proc""#, "/host/proc"),
+        ("report", r#""on_change""#, "on_change"),
+        ("report_heartbeat_in_seconds", "60", "60"),
+        ("report_cpu_deadband_in_percentage_points", "2.5", "2.5"),
+        ("report_memory_deadband_in_percent", "0.5", "0.5"),
+        ("report_network_deadband_in_bytes", "1000", "1000"),
+        ("report_block_io_deadband_in_bytes", "2000", "2000"),
     ];
     const EVERY_MQTT_KEY: &[(&str, &str, &str)] = &[
         ("broker_url", r#""tcp://b:1884""#, "tcp://b:1884"),

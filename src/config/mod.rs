@@ -13,6 +13,7 @@ mod broker_url;
 mod collector;
 mod keys;
 mod mqtt;
+mod report;
 mod summary;
 mod tls;
 

@@ -37,6 +37,21 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
             )
         }
     }
+    let r = &c.report;
+    if r.on_change {
+        let d = &r.deadbands;
+        let decimal = |h: u64| format!("{}.{:02}", h / 100, h % 100);
+        s += &format!(
+            ", report on_change (heartbeat {}s; deadbands: cpu {} points, memory {} %, network {} B, block I/O {} B)",
+            r.heartbeat.as_secs(),
+            decimal(d.cpu),
+            decimal(d.memory),
+            d.network,
+            d.block_io
+        );
+    } else {
+        s += ", report every_tick";
+    }
     s += &format!(
         "; broker {}:{}{}, device_id {:?}{}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
          username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {} messages / {} KiB, \
@@ -109,6 +124,16 @@ mod tests {
         assert!(s.contains("password ***"), "{s}");
         assert!(s.contains("username \"bob\""), "{s}");
         assert!(s.contains("qos 0"), "{s}");
+        assert!(s.contains(", report every_tick;"), "{s}");
+        let c = collector(Some(
+            r#"{"report": "on_change", "report_cpu_deadband_in_percentage_points": 0.5}"#,
+        ))
+        .unwrap();
+        let s = summary(&c, &m);
+        assert!(
+            s.contains(", report on_change (heartbeat 900s; deadbands: cpu 0.50 points, memory 2.00 %, network 1048576 B, block I/O 1048576 B);"),
+            "{s}"
+        );
         assert!(
             s.contains(r#"root topic "root/my-device/telemetry/system/{service_name}""#),
             "{s}"

@@ -330,12 +330,17 @@ impl Discovery {
 
     /// A message arrived on a subscribed topic; `rand` spreads a fleet's answers to one HA restart.
     pub fn on_message(&mut self, now: Instant, topic: &str, payload: &[u8], rand: u64) {
-        if topic == self.status_topic() && payload.eq_ignore_ascii_case(b"online") {
+        if self.is_birth(topic, payload) {
             // A re-announcement already pending stays: births repeated faster than the delay (another
             // client flooding the status topic) must not postpone it for ever.
             let delay = Duration::from_millis(500 + rand % 4_500);
             self.republish_at.get_or_insert(now + delay);
         }
+    }
+
+    /// Home Assistant announcing it is (back) online.
+    pub fn is_birth(&self, topic: &str, payload: &[u8]) -> bool {
+        topic == self.status_topic() && payload.eq_ignore_ascii_case(b"online")
     }
 
     /// When [`Discovery::poll`] next has something to do on its own (it also hands out, at every call,
