@@ -436,9 +436,15 @@ fn mqtt_password_without_a_user_name_is_a_config_error() {
 fn missing_config_files_fall_back_to_defaults_with_an_info_line() {
     // Running on the environment alone is normal in a container (issue 14): an info line, no warning.
     let cfg = TempDir::new("empty");
-    // Defaults are CLI mode with `balena`, which is not here: the tick fails, the agent does not.
+    // Defaults are CLI mode with `balena`, which is not here: the tick fails, the agent does not. (No
+    // engine socket either, or the agent would choose ENGINE mode; and a broker named, or the default
+    // broker would be warned of.)
+    let broker = Broker::start();
     let (code, log) = run_limited(
-        once(cfg.path()).env("LOG_LEVEL", "info"),
+        once(cfg.path())
+            .env("LOG_LEVEL", "info")
+            .env("STATS_ENGINE_SOCKET", "/nonexistent/engine.sock")
+            .env("MQTT_BROKER_URL", broker.url()),
         Duration::from_secs(60),
     );
     assert!(
