@@ -19,7 +19,7 @@ use crate::publish::tick::{Publishing, Scratch, Tick};
 use crate::schedule::Schedule;
 use crate::source::cli::CliSource;
 use crate::source::engine::{self, EngineSource};
-use crate::source::file::FileSource;
+use crate::source::file::{self, FileSource};
 use crate::source::{self, Collected, Output, Source};
 use crate::{debug, error, info, signal, warn};
 use mqttrs::QoS;
@@ -74,8 +74,6 @@ pub struct Agent {
     discovery: Option<Discovery>,
     /// Waiting for every acknowledgement (--once after its collection, or stopping): read eagerly.
     draining: bool,
-    /// The stats file has not been written for a long time (warned once).
-    stale: bool,
     /// Which of the broker's addresses the next connect tries.
     next_addr: usize,
     /// The last read stopped at its budget with more perhaps waiting, or brought more than acknowledgements
@@ -115,14 +113,10 @@ impl Agent {
                 mode: m.payload_mode,
                 // Three collections without news: a dead service shows unavailable, not its last values.
                 // Not for --once runs, which cron spaces as it likes. A stats file is republished only
-                // when rewritten, so FILE mode allows its writer the ten minutes after which the file is
-                // called stale.
-                expire_after: (!s.once).then(|| {
-                    let three = s.collector.interval * 3;
-                    match s.collector.mode {
-                        Mode::File => three.max(Duration::from_secs(600)),
-                        _ => three,
-                    }
+                // when rewritten, so FILE mode allows its writer until the file is called stale.
+                expire_after: (!s.once).then(|| match s.collector.mode {
+                    Mode::File => file::stale_after(s.collector.interval),
+                    _ => s.collector.interval * 3,
                 }),
                 remove_after: ha.remove_after,
             })
@@ -162,7 +156,6 @@ impl Agent {
             offline: availability(b"offline"),
             discovery,
             draining: false,
-            stale: false,
             next_addr: 0,
             more_input: false,
             coalesce_until: None,
@@ -257,16 +250,12 @@ impl Agent {
                     let tick = Tick::parsed("engine events".into(), stats, unix_millis());
                     self.start_tick(tick, true);
                 }
-                Output::Unchanged {
-                    taken_at_ms,
-                    read_at,
-                } => {
+                Output::Unchanged { read_at } => {
                     self.collected = true;
                     debug!(
                         "stats file {} unchanged since the last tick: nothing published",
                         self.s.collector.file_path
                     );
-                    self.note_staleness(unix_millis().saturating_sub(taken_at_ms));
                     if let Some(d) = &mut self.discovery {
                         d.still_present(read_at, now);
                     }
@@ -299,30 +288,8 @@ impl Agent {
                 );
             }
         }
-        let now_ms = unix_millis();
-        let taken_at = collected.taken_at_ms.unwrap_or(now_ms);
-        self.note_staleness(now_ms.saturating_sub(taken_at));
+        let taken_at = collected.taken_at_ms.unwrap_or_else(unix_millis);
         self.start_tick(Tick::new(source, collected.text, taken_at), false);
-    }
-
-    /// A stats file the host stopped refreshing keeps its old timestamp in every payload; say so once
-    /// when it goes stale (older than ten minutes or three intervals) and once when it is fresh again.
-    fn note_staleness(&mut self, age_ms: u64) {
-        let limit = self.s.collector.interval.as_millis().max(200_000) as u64 * 3;
-        let stale = age_ms > limit;
-        if stale && !self.stale {
-            warn!(
-                "stats file {} was last written {}s ago: is the host's stats job still running?",
-                self.s.collector.file_path,
-                age_ms / 1000
-            );
-        } else if !stale && self.stale {
-            info!(
-                "stats file {} is being written again",
-                self.s.collector.file_path
-            );
-        }
-        self.stale = stale;
     }
 
     fn start_tick(&mut self, tick: Tick, change: bool) {
@@ -745,7 +712,7 @@ impl Agent {
 fn build_source(s: &Settings) -> Box<dyn Source> {
     let c = &s.collector;
     match c.mode {
-        Mode::File => Box::new(FileSource::new(c.file_path.clone())),
+        Mode::File => Box::new(FileSource::new(c.file_path.clone(), c.interval)),
         Mode::Cli => Box::new(CliSource::new(c.cli_path.clone(), c.cli_timeout)),
         // A --once run has no next collection for the event stream to hand changes between.
         Mode::Engine => Box::new(EngineSource::new(
