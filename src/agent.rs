@@ -154,6 +154,7 @@ impl Agent {
                     }
                 }),
                 remove_after: ha.remove_after,
+                resend_values: !s.once && !m.retain,
             })
         });
         let opts = Options {
@@ -409,7 +410,12 @@ impl Agent {
                 } else {
                     String::new()
                 };
-                if *change_tick {
+                if t.is_resend() {
+                    debug!(
+                        "values of {} containers sent again for Home Assistant: {} messages",
+                        t.containers, t.messages
+                    );
+                } else if *change_tick {
                     debug!(
                         "lifecycle changes: {} containers, {} messages",
                         t.containers, t.messages
@@ -419,6 +425,11 @@ impl Agent {
                         "tick: {} containers, {} messages{}",
                         t.containers, t.messages, bad
                     );
+                }
+                if !*change_tick {
+                    if let Some(d) = discovery.as_mut() {
+                        d.end_collection();
+                    }
                 }
                 if let Some(done) = tick.take() {
                     source.recycle(done.into_text());
@@ -438,6 +449,11 @@ impl Agent {
             if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
                 self.session.enqueue_kept(m, c.tag);
             }
+        }
+        // Services whose configs Home Assistant has had time to read: their values once more.
+        let again = d.take_resend(now);
+        if !again.is_empty() {
+            self.start_tick(Tick::resent(again), true);
         }
     }
 
@@ -668,7 +684,7 @@ impl Agent {
                 Event::Subscribed { .. } => {}
                 Event::Delivered(tag) => {
                     if let Some(d) = self.discovery.as_mut() {
-                        d.delivered(tag);
+                        d.delivered(now, tag);
                     }
                 }
             }

@@ -26,8 +26,9 @@
 
 use crate::mqtt::session::Tag;
 use crate::publish::lifecycle::Topic;
+use crate::publish::resend::Resend;
 use crate::stats::lifecycle::{Health, State};
-use crate::stats::Metric;
+use crate::stats::{ContainerStats, Metric};
 use serde_json::{json, Value as Json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -54,6 +55,9 @@ pub struct Settings {
     pub expire_after: Option<Duration>,
     /// How long a service may go unreported before its entities are removed (none: never).
     pub remove_after: Option<Duration>,
+    /// Send a service's values again once its configs have settled (see `resend`): not when they are
+    /// retained (Home Assistant gets them when it subscribes), nor for `--once`.
+    pub resend_values: bool,
 }
 
 /// One Home Assistant entity of a service: a metric's sensor, or one of its life.
@@ -149,6 +153,8 @@ struct Service {
     /// Expired: its configs are being removed; the entry goes once that is acknowledged.
     gone: bool,
     last_seen: Instant,
+    /// Configs were handed out since its values last went out again (see `resend`).
+    announced: bool,
 }
 
 pub struct Discovery {
@@ -162,6 +168,8 @@ pub struct Discovery {
     /// The session has no room: [`Discovery::seen`] remembers rather than hands out.
     holding: bool,
     republish_at: Option<Instant>,
+    /// Each service's latest values, for Home Assistant to hear once its configs settled.
+    resend: Resend,
 }
 
 impl Discovery {
@@ -174,6 +182,7 @@ impl Discovery {
             dirty: BTreeSet::new(),
             holding: false,
             republish_at: None,
+            resend: Resend::default(),
         }
     }
 
@@ -214,6 +223,7 @@ impl Discovery {
                         pending: 0,
                         gone: false,
                         last_seen: now,
+                        announced: false,
                     },
                 );
                 id
@@ -246,13 +256,17 @@ impl Discovery {
         out
     }
 
-    /// The broker acknowledged the config (or removal) of this tag.
-    pub fn delivered(&mut self, tag: Tag) {
+    /// The broker acknowledged the config (or removal) of this tag at `now`.
+    pub fn delivered(&mut self, now: Instant, tag: Tag) {
         let id = tag >> TAG_BITS;
         let Some(svc) = self.services.get_mut(&id) else {
             return;
         };
         svc.pending &= !(1 << (tag & TAG_MASK));
+        if svc.announced && svc.pending == 0 && svc.todo == 0 && !svc.gone {
+            svc.announced = false;
+            self.resend.announced(now, &svc.name);
+        }
         if svc.todo != 0 {
             // A newer config of the same sensor waited for this one.
             self.dirty.insert(id);
@@ -272,6 +286,7 @@ impl Discovery {
         }
         svc.todo &= !due;
         svc.pending |= due;
+        svc.announced |= (due & svc.metrics) != 0;
         let (name, root, metrics) = (svc.name.clone(), svc.root_topic.clone(), svc.metrics);
         for e in Entity::ALL.into_iter().filter(|e| due & bit(*e) != 0) {
             let mut c = if metrics & bit(e) != 0 {
@@ -325,7 +340,27 @@ impl Discovery {
                 .map(|s| s.last_seen + e)
                 .min()
         });
-        [self.republish_at, expiry].into_iter().flatten().min()
+        [self.republish_at, expiry, self.resend.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// `record`, published for `service` (taken at `timestamp_ms`), is its latest: kept for a re-send.
+    pub fn keep(&mut self, service: &str, timestamp_ms: u64, record: ContainerStats) {
+        if self.s.resend_values {
+            self.resend.keep(service, timestamp_ms, record);
+        }
+    }
+
+    /// A collection has been published: forget the values of the services it did not list.
+    pub fn end_collection(&mut self) {
+        self.resend.end_collection();
+    }
+
+    /// The records of the services whose configs have settled, to publish again (with their timestamps).
+    pub fn take_resend(&mut self, now: Instant) -> Vec<(u64, ContainerStats)> {
+        self.resend.take_due(now)
     }
 
     /// Re-announcements after an HA birth, removals of expired services, and configs that waited for an
@@ -562,13 +597,14 @@ mod tests {
             mode,
             expire_after: Some(Duration::from_secs(30)),
             remove_after: expire.map(Duration::from_secs),
+            resend_values: true,
         })
     }
 
     /// The broker acknowledged these.
     fn deliver(d: &mut Discovery, configs: &[Config]) {
         for c in configs {
-            d.delivered(c.tag);
+            d.delivered(Instant::now(), c.tag);
         }
     }
 
