@@ -395,7 +395,16 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
     cleanup.then("docker", &["rmi", "-f", &format!("{project}_telemetry")]);
     cleanup.then(
         "docker-compose",
-        &["-p", &project, "-f", &file, "down", "--remove-orphans", "-t", "10"],
+        &[
+            "-p",
+            &project,
+            "-f",
+            &file,
+            "down",
+            "--remove-orphans",
+            "-t",
+            "10",
+        ],
     );
     let up = compose(&["up", "-d", "--build"]);
     assert!(
@@ -405,7 +414,8 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
         String::from_utf8_lossy(&up.stderr)
     );
     let container = format!("{project}_telemetry_1");
-    let logs = || String::from_utf8_lossy(&run("docker", &["logs", &container]).stderr).into_owned();
+    let logs =
+        || String::from_utf8_lossy(&run("docker", &["logs", &container]).stderr).into_owned();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
@@ -416,11 +426,20 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
         |lines| {
             ["cpu_usage_in_percent", "memory_usage_in_bytes", "pids"]
                 .iter()
-                .all(|m| lines.iter().any(|l| l.starts_with(&format!("{prefix}{m} "))))
+                .all(|m| {
+                    lines
+                        .iter()
+                        .any(|l| l.starts_with(&format!("{prefix}{m} ")))
+                })
         },
         Duration::from_secs(60),
     );
-    assert!(arrived, "figures under {prefix}: {:?}\n{}", sub.lines(), logs());
+    assert!(
+        arrived,
+        "figures under {prefix}: {:?}\n{}",
+        sub.lines(),
+        logs()
+    );
     let log = logs();
     assert!(
         log.contains("figures from the kernel"),
@@ -429,7 +448,10 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
     let stop = compose(&["stop", "-t", "10"]);
     assert!(stop.status.success(), "{stop:?}");
     assert_eq!(
-        run_ok("docker", &["inspect", "-f", "{{.State.ExitCode}}", &container]),
+        run_ok(
+            "docker",
+            &["inspect", "-f", "{{.State.ExitCode}}", &container]
+        ),
         "0",
         "{}",
         logs()

@@ -454,9 +454,14 @@ fn without_cargo_env(cmd: &mut Command) -> &mut Command {
             || k == "CARGO_CRATE_NAME"
             || k == "CARGO_TARGET_TMPDIR"
             || k == "OUT_DIR"
-            || ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_RUSTC_"]
-                .iter()
-                .any(|p| k.starts_with(p))
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_BIN_",
+                "CARGO_RUSTC_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
     };
     for (k, _) in std::env::vars_os() {
         if k.to_str().is_some_and(theirs) {

@@ -719,6 +719,31 @@ mod tests {
     }
 
     #[test]
+    fn retained_values_are_not_kept_for_a_re_send() {
+        // Home Assistant gets retained values when it subscribes: nothing to send again, nothing kept.
+        let t0 = Instant::now();
+        let mut d = Discovery::new(Settings {
+            resend_values: false,
+            ..discovery(PayloadMode::PerMetric, None).s
+        });
+        let c = d.seen(t0, "web", "r/web", [Metric::Pids].into_iter());
+        let mut record = ContainerStats {
+            name: "web".into(),
+            id: String::new(),
+            service: None,
+            figures: Default::default(),
+            lifecycle: None,
+        };
+        record
+            .figures
+            .set(Metric::Pids, crate::stats::Value::Count(3));
+        d.keep("web", 1, record);
+        deliver(&mut d, &c);
+        assert_eq!(d.next_deadline(), None);
+        assert!(d.take_resend(t0 + Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
     fn without_an_availability_topic_configs_name_none() {
         let mut d = Discovery::new(Settings {
             availability_topic: None,
