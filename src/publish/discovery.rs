@@ -414,7 +414,9 @@ impl Discovery {
         )
     }
 
-    fn config(&self, service: &str, root_topic: &str, e: Entity) -> Config {
+    /// The entity's own options, keys in full: the entity form sends them with the device, origin and
+    /// availability, the device form under `cmps`.
+    fn entity_options(&self, service: &str, root_topic: &str, e: Entity) -> Json {
         let (state_topic, key) = match self.s.mode {
             PayloadMode::PerMetric => (format!("{root_topic}/{}", e.key()), "value"),
             PayloadMode::PerService => (root_topic.to_owned(), e.key()),
@@ -429,26 +431,36 @@ impl Discovery {
             ),
             "state_topic": state_topic,
             "value_template": value_template(e, key, self.s.mode),
-            "device": {
-                "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
-                "name": format!("{service} on {}", self.s.device_id),
-                "manufacturer": PRODUCT,
-                "model": "balena container telemetry",
-                "sw_version": VERSION,
-            },
-            "origin": { "name": PRODUCT, "sw_version": VERSION },
         });
-        if let Some(topic) = &self.s.availability_topic {
-            c["availability_topic"] = json!(topic);
-            c["payload_available"] = json!("online");
-            c["payload_not_available"] = json!("offline");
-        }
         if let Some(after) = self.s.expire_after {
             c["expire_after"] = json!(after.as_secs().max(1));
         }
         let extra = classes(e);
         if let (Json::Object(map), Json::Object(more)) = (&mut c, extra) {
             map.extend(more);
+        }
+        c
+    }
+
+    /// The HA device of a service, the same in both forms (entities keep their device when migrated).
+    fn device(&self, service: &str) -> Json {
+        json!({
+            "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
+            "name": format!("{service} on {}", self.s.device_id),
+            "manufacturer": PRODUCT,
+            "model": "balena container telemetry",
+            "sw_version": VERSION,
+        })
+    }
+
+    fn config(&self, service: &str, root_topic: &str, e: Entity) -> Config {
+        let mut c = self.entity_options(service, root_topic, e);
+        c["device"] = self.device(service);
+        c["origin"] = json!({ "name": PRODUCT, "sw_version": VERSION });
+        if let Some(topic) = &self.s.availability_topic {
+            c["availability_topic"] = json!(topic);
+            c["payload_available"] = json!("online");
+            c["payload_not_available"] = json!("offline");
         }
         Config {
             topic: self.config_topic(service, e),
