@@ -126,6 +126,7 @@ impl Agent {
                 }),
                 remove_after: ha.remove_after,
                 resend_values: !s.once && !m.retain,
+                form: ha.form,
             })
         });
         let opts = Options {

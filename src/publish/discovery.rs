@@ -1,10 +1,11 @@
 //! Home Assistant MQTT discovery: which retained config messages to send, and when.
 //!
 //! Pure: containers seen, Home Assistant's birth messages and instants go in; config messages come out.
-//! We use the per-entity form `<prefix>/<component>/<node_id>/<object_id>/config` (one retained message
-//! per entity) rather than the device form with `cmps`: every Home Assistant release and other consumers of
-//! the discovery format (openHAB, ioBroker) read it, while the device form needs Home Assistant 2024.11 or
-//! later. The entities of one service share one HA device, so they still appear grouped: a sensor per
+//! By default we use the per-entity form `<prefix>/<component>/<node_id>/<object_id>/config` (one retained
+//! message per entity): every Home Assistant release and other consumers of the discovery format (openHAB,
+//! ioBroker) read it. The device form (`device_form`, Home Assistant 2024.11 or later) says the same in one
+//! message per service, in about a third of the bytes. The entities of one service share one HA device, so
+//! they appear grouped: a sensor per
 //! metric, and where the source reports the container's life, `running` and `oom_killed` binary sensors
 //! and `state`, `health`, `restart_count`, `exit_code` and `uptime_in_seconds` sensors.
 //!
@@ -29,9 +30,12 @@ use crate::publish::lifecycle::Topic;
 use crate::publish::resend::Resend;
 use crate::stats::lifecycle::{Health, State};
 use crate::stats::{ContainerStats, Metric};
+use device_form::Migration;
 use serde_json::{json, Value as Json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+mod device_form;
 
 const PRODUCT: &str = "balena-multi-container-telemetry";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -58,6 +62,14 @@ pub struct Settings {
     /// Send a service's values again once its configs have settled (see `resend`): not when they are
     /// retained (Home Assistant gets them when it subscribes), nor for `--once`.
     pub resend_values: bool,
+    pub form: Form,
+}
+
+/// `home_assistant_discovery_form`: a retained message per entity, or one per service (`device_form`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Entity,
+    Device,
 }
 
 /// One Home Assistant entity of a service: a metric's sensor, or one of its life.
@@ -155,6 +167,8 @@ struct Service {
     last_seen: Instant,
     /// Configs were handed out since its values last went out again (see `resend`).
     announced: bool,
+    /// The device form's migration from per-entity topics.
+    migration: Migration,
 }
 
 pub struct Discovery {
@@ -224,6 +238,7 @@ impl Discovery {
                         gone: false,
                         last_seen: now,
                         announced: false,
+                        migration: Migration::default(),
                     },
                 );
                 id
@@ -244,6 +259,7 @@ impl Discovery {
             seen |= bit(Entity::Running);
         }
         svc.todo |= seen & !svc.metrics;
+        svc.migration.todo |= seen & !svc.metrics;
         svc.metrics |= seen;
         let mut out = Vec::new();
         if self.holding {
@@ -251,7 +267,7 @@ impl Discovery {
                 self.dirty.insert(id);
             }
         } else {
-            self.hand_out(id, &mut out);
+            self.hand_out(now, id, &mut out);
         }
         out
     }
@@ -271,12 +287,16 @@ impl Discovery {
             // A newer config of the same sensor waited for this one.
             self.dirty.insert(id);
         } else if svc.gone && svc.pending == 0 {
-            self.forget(id);
+            return self.forget(id);
         }
+        self.requests_acknowledged(now, id);
     }
 
     /// Moves the service's due sensors (in `todo`, none pending) to `out`, marking them pending.
-    fn hand_out(&mut self, id: u64, out: &mut Vec<Config>) {
+    fn hand_out(&mut self, now: Instant, id: u64, out: &mut Vec<Config>) {
+        if self.s.form == Form::Device {
+            return self.hand_out_device(now, id, out);
+        }
         let Some(svc) = self.services.get_mut(&id) else {
             return;
         };
@@ -340,10 +360,15 @@ impl Discovery {
                 .map(|s| s.last_seen + e)
                 .min()
         });
-        [self.republish_at, expiry, self.resend.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.republish_at,
+            expiry,
+            self.resend.next_deadline(),
+            self.next_settled(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// `record`, published for `service` (taken at `timestamp_ms`), is its latest: kept for a re-send.
@@ -385,12 +410,13 @@ impl Discovery {
                 self.dirty.insert(*id);
             }
         }
+        self.settled(now);
         let mut out = Vec::new();
         while out.len() < room {
             let Some(id) = self.dirty.pop_first() else {
                 break;
             };
-            self.hand_out(id, &mut out);
+            self.hand_out(now, id, &mut out);
             if let Some(svc) = self.services.get(&id) {
                 if svc.gone && svc.todo == 0 && svc.pending == 0 {
                     self.forget(id);
@@ -598,7 +624,7 @@ pub fn id_safe(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn discovery(mode: PayloadMode, expire: Option<u64>) -> Discovery {
@@ -610,17 +636,18 @@ mod tests {
             expire_after: Some(Duration::from_secs(30)),
             remove_after: expire.map(Duration::from_secs),
             resend_values: true,
+            form: Form::Entity,
         })
     }
 
     /// The broker acknowledged these.
-    fn deliver(d: &mut Discovery, configs: &[Config]) {
+    pub(super) fn deliver(d: &mut Discovery, configs: &[Config]) {
         for c in configs {
             d.delivered(Instant::now(), c.tag);
         }
     }
 
-    fn parse(c: &Config) -> Json {
+    pub(super) fn parse(c: &Config) -> Json {
         serde_json::from_slice(&c.payload).unwrap()
     }
 

@@ -798,6 +798,7 @@ mod tests {
                 expire_after: None,
                 remove_after: None,
                 resend_values: true,
+                form: crate::publish::discovery::Form::Entity,
             });
             let t0 = Instant::now();
             let first = Tick::parsed(
@@ -840,6 +841,7 @@ mod tests {
             expire_after: None,
             remove_after: None,
             resend_values: true,
+            form: crate::publish::discovery::Form::Entity,
         });
         let out = drain_mode(
             vec![with_life("worker", None, State::Exited)],
@@ -912,6 +914,7 @@ mod tests {
                 expire_after: Some(std::time::Duration::from_secs(30)),
                 remove_after: None,
                 resend_values: false,
+                form: crate::publish::discovery::Form::Entity,
             });
             let out = drain_mode(vec![running.clone(), exited.clone()], mode, Some(&mut d));
             for (topic, payload, config) in &out {
