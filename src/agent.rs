@@ -209,7 +209,13 @@ impl Agent {
             self.collect_if_due(now);
             self.connect_if_due(now);
             let session_deadline = self.pump(now);
-            if self.s.once && self.collected && self.tick.is_none() && self.session.is_idle() {
+            let settling = self.discovery.as_ref().is_some_and(Discovery::settling);
+            if self.s.once
+                && self.collected
+                && self.tick.is_none()
+                && self.session.is_idle()
+                && !settling
+            {
                 return self.stop(now);
             }
             let wake = [

@@ -874,10 +874,11 @@ mod tests {
     /// exited one (no figures, an exit code), so every entity is announced. One line per message,
     /// `topic<TAB>payload`, configs first, written to the file `HA_CONFIG_DUMP` names. No source in this
     /// branch reports lifecycle yet, so the agent's own runs in that script cannot show these entities.
+    /// tests/scripts/check-ha-device.py asks for the device form's messages instead (`HA_DUMP_FORM`).
     #[test]
     #[ignore]
     fn dump_configs_and_messages() {
-        use crate::publish::discovery::Settings;
+        use crate::publish::discovery::{Form, Settings};
         use crate::stats::lifecycle::Health;
         let path = std::env::var("HA_CONFIG_DUMP").expect("HA_CONFIG_DUMP names the output file");
         let line = r#"{"BlockIO":"1kB / 2GB","CPUPerc":"1.75%","MemPerc":"4.07%","MemUsage":"318.6MiB / 7.676GiB","Name":"web_1_2","NetIO":"999MB / 512B","PIDs":"23"}"#;
@@ -900,6 +901,11 @@ mod tests {
             }),
             ..with_life("worker_1_2", None, State::Exited)
         };
+        // HA_DUMP_FORM=device: the device form's messages (once its migration requests settled).
+        let form = match std::env::var("HA_DUMP_FORM").as_deref() {
+            Ok("device") => Form::Device,
+            _ => Form::Entity,
+        };
         let mut lines = String::new();
         let mut configs = 0;
         for (mode, device) in [
@@ -914,16 +920,38 @@ mod tests {
                 expire_after: Some(std::time::Duration::from_secs(30)),
                 remove_after: None,
                 resend_values: false,
-                form: crate::publish::discovery::Form::Entity,
+                form,
             });
-            let out = drain_mode(vec![running.clone(), exited.clone()], mode, Some(&mut d));
+            let now = Instant::now();
+            let tick = Tick::parsed("t".into(), vec![running.clone(), exited.clone()], 62_500);
+            let mut out = drain_tick(tick, mode, &mut d, now);
+            if form == Form::Device {
+                for (_, _, tag) in &out {
+                    if let Some(tag) = tag {
+                        d.delivered(now, *tag);
+                    }
+                }
+                out.retain(|m| m.2.is_none());
+                let settled = now + crate::publish::resend::SETTLE;
+                for c in d.poll(settled, usize::MAX) {
+                    if !c.payload.is_empty() {
+                        let payload = String::from_utf8(c.payload).unwrap();
+                        out.push((c.topic, payload, Some(c.tag)));
+                    }
+                }
+            }
             for (topic, payload, config) in &out {
-                configs += usize::from(*config);
+                configs += usize::from(config.is_some());
                 lines += &format!("{topic}\t{payload}\n");
             }
         }
-        // web: nine metrics, five lifecycle topics and running; worker: its life without uptime.
-        assert_eq!(configs, 2 * (15 + 6), "every entity in both modes");
+        let want = match form {
+            // web: nine metrics, five lifecycle topics and running; worker: its life without uptime.
+            Form::Entity => 2 * (15 + 6),
+            // One per service.
+            Form::Device => 2 * 2,
+        };
+        assert_eq!(configs, want, "every entity in both modes");
         std::fs::write(path, lines).unwrap();
     }
 

@@ -143,6 +143,11 @@ impl Discovery {
         }
     }
 
+    /// Some service's device message waits for its migration requests to settle (`--once` waits too).
+    pub fn settling(&self) -> bool {
+        self.next_settled().is_some()
+    }
+
     pub(super) fn next_settled(&self) -> Option<Instant> {
         self.services
             .values()
