@@ -1,5 +1,5 @@
 //! A baseline Home Assistant hears: a service's values go out again once the broker has acknowledged its
-//! discovery configs and the settle time (2 s) has passed, through a real mosquitto.
+//! discovery configs and the settle time (5 s) has passed, through a real mosquitto.
 //!
 //! One collection only (FILE mode, an hour's interval): any second copy of a value is the re-send. The
 //! broker's own log (`log_type all`) gives the order of events on the agent's connection: every config's
@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 const CLIENT: &str = "baseline-agent";
-/// The agent's settle time (src/publish/resend.rs), less what the subscriber's own scheduling may add
+/// The agent's settle time (5 s, src/publish/resend.rs), less what the subscriber's own scheduling may add
 /// to its stamp of a config.
-const SETTLED_AT_LEAST: f64 = 2.0 - 0.5;
+const SETTLED_AT_LEAST: f64 = 5.0 - 0.5;
 
 /// (arrival in Unix seconds, topic, payload) from a subscriber started with `-F %U|%t|%p`.
 fn stamped(lines: &[String]) -> Vec<(f64, String, String)> {

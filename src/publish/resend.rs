@@ -8,6 +8,11 @@
 //! values go out once more, in either report mode: at start, for a new container or a new entity, and
 //! after a Home Assistant birth (whose re-announcement goes the same way).
 //!
+//! Home Assistant sends its SUBSCRIBE only once discovery has been quiet for 0.1 s (it debounces its
+//! subscriptions), so while configs keep coming (many services, a slow link) it subscribes to none: the
+//! settle time counts from the last acknowledgement of all the services waiting, which go out together,
+//! though none waits more than [`MAX_WAIT`] after its own.
+//!
 //! Pure: the tick moves each service's latest record in here once it is published (no copy), the
 //! discovery bookkeeping says when a service's configs are all acknowledged, and the due records come out
 //! as a tick's worth of records, each with the timestamp it was taken at. Only the services the last
@@ -17,19 +22,23 @@ use crate::stats::lifecycle::State;
 use crate::stats::ContainerStats;
 use std::time::{Duration, Instant};
 
-/// How long after the last acknowledgement of a service's configs its values go out again. Home
-/// Assistant 2024.3.3 and 2025.4.4 subscribed 160 to 210 ms after a config arrived on this machine; a
-/// Raspberry Pi running Home Assistant, busy creating a fleet device's entities all at once, is several
-/// times slower. Two seconds is ten times the figure measured, and still well within the shortest
-/// collection interval a fleet uses (the values carry the time they were taken).
-pub const SETTLE: Duration = Duration::from_secs(2);
+/// How long after the last acknowledgement of the configs the values go out again. Home Assistant
+/// 2024.3.3 and 2025.4.4 subscribed 160 to 210 ms after a config arrived, on this machine; a Raspberry Pi
+/// running Home Assistant, busy creating a fleet device's entities all at once, is several times slower.
+/// Waiting longer costs nothing but the delay (the values carry the time they were taken), so the margin
+/// is wide: 5 s.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// The longest a service's values wait after its own configs were acknowledged, however long others'
+/// keep coming.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
 struct Latest {
     service: String,
     timestamp_ms: u64,
     record: ContainerStats,
-    /// When its values go out again, if they are to.
-    due: Option<Instant>,
+    /// When its values go out again, if they are to, and when its configs were acknowledged.
+    due: Option<(Instant, Instant)>,
     /// Listed by the collection in progress.
     listed: bool,
 }
@@ -72,23 +81,30 @@ impl Resend {
         }
     }
 
-    /// Every config of `service` handed out so far is acknowledged: its values go out again at
-    /// `now + SETTLE` (a later acknowledgement postpones them, since Home Assistant subscribes anew).
+    /// Every config of `service` handed out so far is acknowledged at `now`: its values, and those of
+    /// every service waiting, go out again at `now + SETTLE` (each within `MAX_WAIT` of its own).
     pub fn announced(&mut self, now: Instant, service: &str) {
-        if let Ok(i) = self.find(service) {
-            self.latest[i].due = Some(now + SETTLE);
+        let Ok(i) = self.find(service) else {
+            return;
+        };
+        let l = &mut self.latest[i];
+        l.due = Some((now, l.due.map_or(now, |(_, acked)| acked)));
+        for l in &mut self.latest {
+            if let Some((due, acked)) = &mut l.due {
+                *due = (now + SETTLE).min(*acked + MAX_WAIT);
+            }
         }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.latest.iter().filter_map(|l| l.due).min()
+        self.latest.iter().filter_map(|l| l.due).map(|d| d.0).min()
     }
 
     /// The records due by `now`, each with its timestamp, in service order; they stay the latest.
     pub fn take_due(&mut self, now: Instant) -> Vec<(u64, ContainerStats)> {
         let mut out = Vec::new();
         for l in &mut self.latest {
-            if l.due.is_some_and(|d| now >= d) {
+            if l.due.is_some_and(|(d, _)| now >= d) {
                 l.due = None;
                 out.push((l.timestamp_ms, l.record.clone()));
             }
@@ -146,7 +162,7 @@ mod tests {
         assert_eq!(r.next_deadline(), None, "nothing before an acknowledgement");
         r.announced(t0, "web");
         r.announced(t0 + Duration::from_millis(300), "web");
-        r.announced(t0, "unknown");
+        r.announced(t0 + Duration::from_millis(400), "unknown");
         let due = t0 + Duration::from_millis(300) + SETTLE;
         assert_eq!(
             r.next_deadline(),
@@ -162,6 +178,34 @@ mod tests {
         assert_eq!(out[0].1.figures.get(Metric::Pids), Some(Value::Count(4)));
         assert!(r.take_due(due + SETTLE).is_empty(), "once");
         assert_eq!(r.next_deadline(), None);
+    }
+
+    #[test]
+    fn waiting_services_go_out_together_after_the_last_acknowledgement_within_the_longest_wait() {
+        let t0 = Instant::now();
+        let mut r = Resend::default();
+        for s in ["a", "b", "c"] {
+            r.keep(s, 1, record(s, Some(1), None));
+        }
+        r.announced(t0, "a");
+        let b_acked = t0 + SETTLE - Duration::from_millis(1);
+        r.announced(b_acked, "b");
+        assert!(
+            r.take_due(t0 + SETTLE).is_empty(),
+            "a waits for b's settling"
+        );
+        let both = r.take_due(b_acked + SETTLE);
+        let names: Vec<&str> = both.iter().map(|x| x.1.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        // Configs that keep coming postpone no one past the longest wait.
+        r.announced(t0, "a");
+        let mut t = t0;
+        while t < t0 + MAX_WAIT {
+            t += SETTLE / 2;
+            r.announced(t, "c");
+        }
+        assert_eq!(r.next_deadline(), Some(t0 + MAX_WAIT));
+        assert_eq!(r.take_due(t0 + MAX_WAIT)[0].1.name, "a");
     }
 
     #[test]
