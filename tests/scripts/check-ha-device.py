@@ -61,21 +61,25 @@ def load_entity_checker():
 entity = load_entity_checker()
 
 
-def ensure_home_assistant():
-    """Re-runs this script under a Python that has Home Assistant 2025.4.4, installing it when missing."""
+def ensure_home_assistant(script=__file__, extra=()):
+    """Re-runs `script` under a Python that has Home Assistant 2025.4.4 (and the `extra` packages, as
+    `module==version`), installing what is missing."""
     if os.environ.get("CHECK_HA_IN_VENV") == "1":
         return
     python = os.path.join(VENV, "bin", "python")
-    probe = [python, "-c", "import homeassistant.const as c, homeassistant.components.mqtt.discovery; "
-             f"assert c.__version__ == {HA_VERSION!r}"]
+    imports = ", ".join(["homeassistant.components.mqtt.discovery"] +
+                        [e.split("==")[0].replace("-", "_").replace("paho_mqtt", "paho.mqtt") for e in extra])
+    probe = [python, "-c", f"import homeassistant.const as c, {imports}; assert c.__version__ == {HA_VERSION!r}"]
     if not os.path.exists(python) or subprocess.run(probe, cwd="/", capture_output=True).returncode:
         if not os.path.exists(PYTHON):
             sys.exit(f"Home Assistant {HA_VERSION} needs Python 3.13: {PYTHON} is missing (set HA_PYTHON)")
-        print(f"== installing homeassistant=={HA_VERSION} into {VENV} (once; large)", flush=True)
+        print(f"== installing homeassistant=={HA_VERSION} {' '.join(extra)} into {VENV} (once; large)",
+              flush=True)
         subprocess.run([PYTHON, "-m", "venv", VENV], check=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", f"homeassistant=={HA_VERSION}"], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", f"homeassistant=={HA_VERSION}", *extra],
+                       check=True)
     env = dict(os.environ, CHECK_HA_IN_VENV="1")
-    os.execve(python, [python, os.path.abspath(__file__)] + sys.argv[1:], env)
+    os.execve(python, [python, os.path.abspath(script)] + sys.argv[1:], env)
 
 
 def expand(topic, text):
@@ -192,13 +196,13 @@ class Subscriber:
         self.proc.wait()
 
 
-def write_config(work, name, port, mode, form, interval=1):
+def write_config(work, name, port, mode, form, interval=1, device_id=None):
     cfg = os.path.join(work, f"{name}-{form}-{mode}")
     os.makedirs(cfg)
     with open(os.path.join(cfg, "balena_stats_collector.config.json"), "w") as f:
         json.dump({"mode": "FILE", "file_path": SAMPLE, "collection_interval_in_seconds": interval}, f)
     with open(os.path.join(cfg, "mqtt.config.json"), "w") as f:
-        json.dump({"broker_url": f"tcp://127.0.0.1:{port}", "device_id": name, "payload_mode": mode,
+        json.dump({"broker_url": f"tcp://127.0.0.1:{port}", "device_id": device_id or name, "payload_mode": mode,
                    "home_assistant_discovery": True, "home_assistant_discovery_form": form}, f)
     return cfg
 
