@@ -1,7 +1,9 @@
 //! The collector file's keys (`STATS_*`): where figures come from and how often.
 
 use super::keys::{Fields, COLLECTOR_PREFIX};
+use super::report::parse_report;
 use super::{ConfigError, Env, Source};
+use crate::publish::exception::Report;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +17,9 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collector {
     pub mode: Mode,
+    /// `mode` was set (file or variable). Unset, CLI mode may give way to ENGINE at start when the CLI
+    /// is not there and an engine socket is (see `main`).
+    pub mode_given: bool,
     pub interval: Duration,
     pub cli_path: String,
     pub file_path: String,
@@ -27,6 +32,8 @@ pub struct Collector {
     /// them only with the `io.balena.features.sysfs` and `io.balena.features.procfs` labels).
     pub cgroup_root: String,
     pub proc_root: String,
+    /// Every figure every tick, or by exception.
+    pub report: Report,
 }
 
 /// `engine_figures`: the kernel's own counters, or the engine's stats API that reads the same files for us
@@ -50,6 +57,13 @@ pub const COLLECTOR_KEYS: &[&str] = &[
     "engine_figures",
     "cgroup_root",
     "proc_root",
+    // Report by exception (config/report.rs).
+    "report",
+    "report_heartbeat_in_seconds",
+    "report_cpu_deadband_in_percentage_points",
+    "report_memory_deadband_in_percent",
+    "report_network_deadband_in_bytes",
+    "report_block_io_deadband_in_bytes",
 ];
 
 /// Built-in defaults, equal to `config/balena_stats_collector.example-config.json`.
@@ -65,7 +79,9 @@ pub fn parse_collector(
     warnings: &mut Vec<String>,
 ) -> Result<Collector, ConfigError> {
     let f = Fields::new(src, COLLECTOR_KEYS, COLLECTOR_PREFIX, env, warnings)?;
-    let mode = match f.string("mode")?.as_deref().unwrap_or("CLI") {
+    let mode_text = f.string("mode")?;
+    let mode_given = mode_text.is_some();
+    let mode = match mode_text.as_deref().unwrap_or("CLI") {
         "CLI" => Mode::Cli,
         "FILE" => Mode::File,
         "ENGINE" => Mode::Engine,
@@ -124,8 +140,10 @@ pub fn parse_collector(
     };
     let cgroup_root = root("cgroup_root", DEFAULT_CGROUP_ROOT)?;
     let proc_root = root("proc_root", DEFAULT_PROC_ROOT)?;
+    let report = parse_report(&f)?;
     Ok(Collector {
         mode,
+        mode_given,
         interval: Duration::from_secs(interval),
         cli_path,
         file_path,
@@ -134,6 +152,7 @@ pub fn parse_collector(
         engine_figures,
         cgroup_root,
         proc_root,
+        report,
     })
 }
 

@@ -5,14 +5,20 @@
 //! - Messages leave in the order they were queued, kept ones (see [`Outbox::push_kept`]) first;
 //!   `inflight` holds the QoS 1 ones not yet acknowledged, oldest first, and on disconnect they go back to
 //!   the front of their queue, marked DUP.
-//! - `queue` never holds more than `max_queued` messages: the oldest are dropped and counted. `kept` is
-//!   never dropped from; its producer bounds it.
+//! - `queue` never holds more than `max_queued` messages, nor more than `max_queued_bytes` bytes (see
+//!   [`cost`]; `queued_bytes` is the sum): past either the oldest are dropped and counted. `kept` is never
+//!   dropped from; its producer bounds it.
 //! - At most `max_inflight` QoS 1 messages await a PUBACK, and no two of them share a packet id.
 //! - The in-flight messages whose bytes the socket has taken are a prefix of `inflight` (`stamped`).
 
 use super::message::Message;
 use std::collections::VecDeque;
 use std::time::Instant;
+
+/// The queue's byte bound unless configured: 16 MiB of a Raspberry Pi Zero's 512 MB, some 130,000
+/// messages of one figure each (such a PUBLISH is about 100 bytes, plus 24 for its slot in the queue).
+/// The message bound's default (10,000) stays well below it; its maximum (10,000,000) does not.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 16 << 20;
 
 /// Names a kept message (see [`Outbox::push_kept`]) when it is delivered.
 pub type Tag = u64;
@@ -35,7 +41,9 @@ pub struct NotInFlight;
 pub struct Outbox {
     max_inflight: usize,
     max_queued: usize,
+    max_queued_bytes: usize,
     queue: VecDeque<Message>,
+    queued_bytes: usize,
     /// Messages the queue bound never drops, sent before `queue`.
     kept: VecDeque<(Message, Tag)>,
     inflight: VecDeque<Inflight>,
@@ -49,11 +57,13 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(max_inflight: usize, max_queued: usize) -> Outbox {
+    pub fn new(max_inflight: usize, max_queued: usize, max_queued_bytes: usize) -> Outbox {
         Outbox {
             max_inflight,
             max_queued,
+            max_queued_bytes,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             kept: VecDeque::new(),
             inflight: VecDeque::new(),
             stamped: 0,
@@ -72,22 +82,35 @@ impl Outbox {
             f.message.set_dup();
             match f.tag {
                 Some(tag) => self.kept.push_front((f.message, tag)),
-                None => self.queue.push_front(f.message),
+                None => {
+                    self.queued_bytes += cost(&f.message);
+                    self.queue.push_front(f.message);
+                }
             }
         }
         self.stamped = 0;
         self.enforce_queue_bound();
     }
 
-    /// Queues a message; when the queue is full the oldest one is dropped and counted.
+    /// Queues a message; when the queue is full the oldest ones are dropped and counted. One larger than
+    /// the whole byte bound is dropped (and counted) itself, rather than emptying the queue first.
     pub fn push(&mut self, message: Message) {
+        let cost = cost(&message);
+        if cost > self.max_queued_bytes {
+            self.dropped += 1;
+            return;
+        }
+        self.queued_bytes += cost;
         self.queue.push_back(message);
         self.enforce_queue_bound();
     }
 
     fn enforce_queue_bound(&mut self) {
-        while self.queue.len() > self.max_queued {
-            self.queue.pop_front();
+        while self.queue.len() > self.max_queued || self.queued_bytes > self.max_queued_bytes {
+            let Some(oldest) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes -= cost(&oldest);
             self.dropped += 1;
         }
     }
@@ -193,7 +216,10 @@ impl Outbox {
             let (mut message, tag) = match self.kept.pop_front() {
                 Some((m, tag)) => (m, Some(tag)),
                 None => match self.queue.pop_front() {
-                    Some(m) => (m, None),
+                    Some(m) => {
+                        self.queued_bytes -= cost(&m);
+                        (m, None)
+                    }
                     None => break,
                 },
             };
@@ -261,6 +287,12 @@ impl Outbox {
     }
 }
 
+/// What a queued message counts against the byte bound: its encoded bytes and its slot in the queue, so
+/// that many tiny messages cannot hold much more memory than the bound says.
+fn cost(m: &Message) -> usize {
+    m.bytes().len() + std::mem::size_of::<Message>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +306,7 @@ mod tests {
     #[test]
     fn messages_are_stamped_when_their_last_byte_is_taken() {
         let t0 = Instant::now();
-        let mut o = Outbox::new(3, 5);
+        let mut o = Outbox::new(3, 5, DEFAULT_MAX_QUEUED_BYTES);
         for i in 0..3 {
             o.push(msg(&format!("t/{i}")));
         }
@@ -294,5 +326,38 @@ mod tests {
         assert_eq!(o.acknowledge(2), Ok(None));
         assert_eq!(o.stamped, 2);
         assert_eq!(o.inflight[1].taken_at, Some(t2));
+    }
+
+    #[test]
+    fn queued_bytes_follow_messages_out_and_back() {
+        let c = cost(&msg("t/0"));
+        let mut o = Outbox::new(3, 100, 2 * c);
+        o.push(msg("t/0"));
+        o.push(msg("t/1"));
+        assert_eq!(o.queued_bytes, 2 * c);
+        let mut out = Vec::new();
+        o.fill(&mut out, usize::MAX, 0, |_| {});
+        assert_eq!(
+            (o.queued_bytes, o.inflight()),
+            (0, 2),
+            "sent: no longer queued"
+        );
+        o.push(msg("t/2"));
+        // Back in front of t/2 after a disconnect: three over a bound of two, so the oldest goes.
+        o.requeue_inflight();
+        assert_eq!(
+            (o.queued(), o.take_dropped(), o.queued_bytes),
+            (2, 1, 2 * c)
+        );
+        // One larger than the whole bound is dropped itself; the queue keeps what it had.
+        let huge = Message::publish("t/3", &[b'x'; 200], QoS::AtLeastOnce, false).unwrap();
+        o.push(huge);
+        assert_eq!(
+            (o.queued(), o.take_dropped(), o.queued_bytes),
+            (2, 1, 2 * c)
+        );
+        out.clear();
+        o.fill(&mut out, usize::MAX, 0, |_| {});
+        assert_eq!(o.queued_bytes, 0);
     }
 }

@@ -28,7 +28,7 @@ use super::control;
 use super::frame::{self, FrameError, Incoming};
 use super::message::Message;
 use super::outbox::Outbox;
-pub use super::outbox::Tag;
+pub use super::outbox::{Tag, DEFAULT_MAX_QUEUED_BYTES};
 use mqttrs::ConnectReturnCode;
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,8 @@ pub struct Will {
     pub retain: bool,
 }
 
-#[derive(Debug, Clone)]
+/// No `Debug`: it holds the password, which nothing may print.
+#[derive(Clone)]
 pub struct Options {
     pub client_id: String,
     /// Seconds; 0 turns keep-alive off.
@@ -63,7 +64,10 @@ pub struct Options {
     /// Topic filters subscribed at QoS 1 after every CONNACK (clean sessions forget them).
     pub subscriptions: Vec<String>,
     pub max_inflight: usize,
+    /// How many messages the queue holds at most, and how many bytes ([`Outbox`] says what counts): past
+    /// either, the oldest are dropped and counted.
     pub max_queued: usize,
+    pub max_queued_bytes: usize,
     pub connack_timeout: Duration,
     /// How long a PUBACK may take once the PUBLISH has left, and since the last PUBACK.
     pub ack_timeout: Duration,
@@ -175,7 +179,7 @@ const UNSOLICITED_TOPIC_SHOWN: usize = 100;
 impl Session {
     pub fn new(opts: Options) -> Session {
         Session {
-            outbox: Outbox::new(opts.max_inflight, opts.max_queued),
+            outbox: Outbox::new(opts.max_inflight, opts.max_queued, opts.max_queued_bytes),
             opts,
             state: State::Down,
             out: Vec::new(),
@@ -671,6 +675,7 @@ mod tests {
             subscriptions: Vec::new(),
             max_inflight: 3,
             max_queued: 5,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             connack_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
@@ -1267,6 +1272,45 @@ mod tests {
         sent(&mut s, t0);
         s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
         assert_eq!(sent(&mut s, t0)[0].2, "t/3");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too_dropping_the_oldest() {
+        let big = |i: usize| {
+            let payload = [b'x'; 1000];
+            Message::publish(&format!("t/{i:06}"), &payload, QoS::AtLeastOnce, false).unwrap()
+        };
+        let cost = big(0).bytes().len() + std::mem::size_of::<Message>();
+        let mut o = opts();
+        o.max_queued = 1_000;
+        o.max_queued_bytes = 10 * cost;
+        let mut s = Session::new(o);
+        for i in 0..25 {
+            s.enqueue(big(i));
+        }
+        assert_eq!((s.queued(), s.take_dropped()), (10, 15));
+        // Kept messages are not counted against it, nor dropped.
+        s.enqueue_kept(big(99), 1);
+        assert_eq!((s.queued(), s.take_dropped()), (11, 0));
+        let t0 = Instant::now();
+        s.connected(t0);
+        sent(&mut s, t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        let first: Vec<_> = sent(&mut s, t0).into_iter().map(|p| p.2).collect();
+        assert_eq!(
+            first,
+            ["t/000099", "t/000015", "t/000016"],
+            "the oldest went"
+        );
+        // The default holds 16 MiB: with a bound of ten million messages it is the one that bites.
+        let mut o = opts();
+        o.max_queued = 10_000_000;
+        let mut s = Session::new(o);
+        let n = DEFAULT_MAX_QUEUED_BYTES / cost;
+        for i in 0..n + 100 {
+            s.enqueue(big(i));
+        }
+        assert_eq!((s.queued(), s.take_dropped()), (n, 100));
     }
 
     #[test]
