@@ -196,3 +196,90 @@ fn a_birth_brings_the_values_again_after_the_configs() {
         "sent again {gap:.3} s after the re-announcement"
     );
 }
+
+/// Reporting by exception, a resting container's figures go out once and then not before the heartbeat;
+/// Home Assistant still gets them once its configs settled. The stats file is rewritten with the same
+/// `web` figures and a `marker` whose PIDs move every time (so every rewrite is a tick whose end its
+/// marker shows): between the first copy and the re-send, ticks pass that send nothing for `web`.
+#[test]
+fn reporting_by_exception_the_resting_values_are_sent_again_too() {
+    let broker = Broker::start();
+    let sub = Subscriber::start_args(broker.port, &["-F", "%U|%t|%p", "-t", "#"]);
+    let dir = TempDir::new("baseline-on-change");
+    let file = dir.path().join("stats.jsonl");
+    let line = |name: &str, pids: u64| {
+        format!(
+            r#"{{"Name":"{name}","CPUPerc":"5.00%","MemPerc":"10.00%","MemUsage":"100MiB / 1000MiB","NetIO":"1MB / 1MB","BlockIO":"1MB / 1MB","PIDs":"{pids}"}}"#
+        )
+    };
+    let write = |marker: u64| {
+        let tmp = dir.write(
+            "stats.tmp",
+            &format!("{}\n{}\n", line("web", 3), line("marker", marker)),
+        );
+        std::fs::rename(tmp, &file).unwrap();
+    };
+    write(1);
+    let collector = format!(
+        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1,
+            "report": "on_change", "report_heartbeat_in_seconds": 3600}}"#,
+        file.display()
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "{}", "device_id": "dev1", "home_assistant_discovery": true}}"#,
+        broker.url()
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    let child = spawn_agent(cfg.path());
+    let web_pids = "root/dev1/telemetry/system/web/pids";
+    let marker = |l: &[String], n: u64| {
+        stamped(l).iter().any(|m| {
+            m.1 == "root/dev1/telemetry/system/marker/pids"
+                && m.2.starts_with(&format!("{{\"value\":{n},"))
+        })
+    };
+    let count = |l: &[String], topic: &str| stamped(l).iter().filter(|m| m.1 == topic).count();
+    // Ticks, one after the other, until web's values have come a second time.
+    let mut n = 1;
+    while count(&sub.lines(), web_pids) < 2 {
+        assert!(
+            sub.wait_for(|l| marker(l, n), Duration::from_secs(15)),
+            "tick {n}"
+        );
+        assert!(n < 60, "no re-send after {n} ticks");
+        n += 1;
+        write(n);
+    }
+    assert!(sub.wait_for(|l| marker(l, n), Duration::from_secs(15)));
+    sub.sync(broker.port);
+    let log = stop_agent(child);
+    let msgs = stamped(&sub.lines());
+    let web: Vec<&(f64, String, String)> = msgs
+        .iter()
+        .filter(|m| m.1.starts_with("root/dev1/telemetry/system/web/"))
+        .collect();
+    let topics: BTreeSet<&str> = web.iter().map(|m| m.1.as_str()).collect();
+    assert_eq!(topics.len(), 9, "{log}");
+    for t in &topics {
+        let copies: Vec<&&(f64, String, String)> = web.iter().filter(|m| m.1 == *t).collect();
+        assert_eq!(
+            copies.len(),
+            2,
+            "{t}: once at the first tick, once re-sent: {log}"
+        );
+        let value = |p: &str| serde_json::from_str::<Value>(p).unwrap()["value"].clone();
+        assert_eq!(value(&copies[0].2), value(&copies[1].2), "{t}");
+    }
+    // Ticks went by between them without a word for web: those copies came from the re-send alone.
+    let pids: Vec<f64> = msgs
+        .iter()
+        .filter(|m| m.1 == web_pids)
+        .map(|m| m.0)
+        .collect();
+    let ticks_between = msgs
+        .iter()
+        .filter(|m| m.1.ends_with("/marker/pids") && m.0 > pids[0] && m.0 < pids[1])
+        .count();
+    assert!(ticks_between >= 2, "{ticks_between} ticks between: {log}");
+    assert!(log.contains("sent again for Home Assistant"), "{log}");
+}
