@@ -125,6 +125,8 @@ impl Agent {
                     }
                 }),
                 remove_after: ha.remove_after,
+                resend_values: !s.once && !m.retain,
+                form: ha.form,
             })
         });
         let opts = Options {
@@ -210,7 +212,13 @@ impl Agent {
             self.collect_if_due(now);
             self.connect_if_due(now);
             let session_deadline = self.pump(now);
-            if self.s.once && self.collected && self.tick.is_none() && self.session.is_idle() {
+            let settling = self.discovery.as_ref().is_some_and(Discovery::settling);
+            if self.s.once
+                && self.collected
+                && self.tick.is_none()
+                && self.session.is_idle()
+                && !settling
+            {
                 return self.stop(now);
             }
             let wake = [
@@ -363,7 +371,12 @@ impl Agent {
                 } else {
                     String::new()
                 };
-                if *change_tick {
+                if t.is_resend() {
+                    debug!(
+                        "values of {} containers sent again for Home Assistant: {} messages",
+                        t.containers, t.messages
+                    );
+                } else if *change_tick {
                     debug!(
                         "lifecycle changes: {} containers, {} messages",
                         t.containers, t.messages
@@ -373,6 +386,11 @@ impl Agent {
                         "tick: {} containers, {} messages{}",
                         t.containers, t.messages, bad
                     );
+                }
+                if !*change_tick {
+                    if let Some(d) = discovery.as_mut() {
+                        d.end_collection();
+                    }
                 }
                 if let Some(done) = tick.take() {
                     source.recycle(done.into_text());
@@ -392,6 +410,11 @@ impl Agent {
             if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
                 self.session.enqueue_kept(m, c.tag);
             }
+        }
+        // Services whose configs Home Assistant has had time to read: their values once more.
+        let again = d.take_resend(now);
+        if !again.is_empty() {
+            self.start_tick(Tick::resent(again), true);
         }
     }
 
@@ -566,7 +589,7 @@ impl Agent {
                 Event::Subscribed { .. } => {}
                 Event::Delivered(tag) => {
                     if let Some(d) = self.discovery.as_mut() {
-                        d.delivered(tag);
+                        d.delivered(now, tag);
                     }
                 }
             }

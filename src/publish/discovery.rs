@@ -1,10 +1,11 @@
 //! Home Assistant MQTT discovery: which retained config messages to send, and when.
 //!
 //! Pure: containers seen, Home Assistant's birth messages and instants go in; config messages come out.
-//! We use the per-entity form `<prefix>/<component>/<node_id>/<object_id>/config` (one retained message
-//! per entity) rather than the device form with `cmps`: every Home Assistant release and other consumers of
-//! the discovery format (openHAB, ioBroker) read it, while the device form needs Home Assistant 2024.11 or
-//! later. The entities of one service share one HA device, so they still appear grouped: a sensor per
+//! By default we use the per-entity form `<prefix>/<component>/<node_id>/<object_id>/config` (one retained
+//! message per entity): every Home Assistant release and other consumers of the discovery format (openHAB,
+//! ioBroker) read it. The device form (`device_form`, Home Assistant 2024.11 or later) says the same in one
+//! message per service, in about a third of the bytes. The entities of one service share one HA device, so
+//! they appear grouped: a sensor per
 //! metric, and where the source reports the container's life, `running` and `oom_killed` binary sensors
 //! and `state`, `health`, `restart_count`, `exit_code` and `uptime_in_seconds` sensors.
 //!
@@ -27,11 +28,15 @@
 
 use crate::mqtt::session::Tag;
 use crate::publish::lifecycle::Topic;
+use crate::publish::resend::Resend;
 use crate::stats::lifecycle::{Health, State};
-use crate::stats::Metric;
+use crate::stats::{ContainerStats, Metric};
+use device_form::Migration;
 use serde_json::{json, Value as Json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+mod device_form;
 
 /// The most services remembered at once. Without `remove_after` nothing else forgets a service, so
 /// a device whose service names keep changing would grow the map for ever. At the bound, a service seen
@@ -65,6 +70,17 @@ pub struct Settings {
     pub expire_after: Option<Duration>,
     /// How long a service may go unreported before its entities are removed (none: never).
     pub remove_after: Option<Duration>,
+    /// Send a service's values again once its configs have settled (see `resend`): not when they are
+    /// retained (Home Assistant gets them when it subscribes), nor for `--once`.
+    pub resend_values: bool,
+    pub form: Form,
+}
+
+/// `home_assistant_discovery_form`: a retained message per entity, or one per service (`device_form`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Entity,
+    Device,
 }
 
 /// One Home Assistant entity of a service: a metric's sensor, or one of its life.
@@ -160,6 +176,10 @@ struct Service {
     /// Expired: its configs are being removed; the entry goes once that is acknowledged.
     gone: bool,
     last_seen: Instant,
+    /// Configs were handed out since its values last went out again (see `resend`).
+    announced: bool,
+    /// The device form's migration from per-entity topics.
+    migration: Migration,
 }
 
 pub struct Discovery {
@@ -173,6 +193,8 @@ pub struct Discovery {
     /// The session has no room: [`Discovery::seen`] remembers rather than hands out.
     holding: bool,
     republish_at: Option<Instant>,
+    /// Each service's latest values, for Home Assistant to hear once its configs settled.
+    resend: Resend,
 }
 
 impl Discovery {
@@ -185,6 +207,7 @@ impl Discovery {
             dirty: BTreeSet::new(),
             holding: false,
             republish_at: None,
+            resend: Resend::default(),
         }
     }
 
@@ -228,6 +251,8 @@ impl Discovery {
                         pending: 0,
                         gone: false,
                         last_seen: now,
+                        announced: false,
+                        migration: Migration::default(),
                     },
                 );
                 id
@@ -248,6 +273,7 @@ impl Discovery {
             seen |= bit(Entity::Running);
         }
         svc.todo |= seen & !svc.metrics;
+        svc.migration.todo |= seen & !svc.metrics;
         svc.metrics |= seen;
         let mut out = Vec::new();
         if self.holding {
@@ -255,28 +281,36 @@ impl Discovery {
                 self.dirty.insert(id);
             }
         } else {
-            self.hand_out(id, &mut out);
+            self.hand_out(now, id, &mut out);
         }
         out
     }
 
-    /// The broker acknowledged the config (or removal) of this tag.
-    pub fn delivered(&mut self, tag: Tag) {
+    /// The broker acknowledged the config (or removal) of this tag at `now`.
+    pub fn delivered(&mut self, now: Instant, tag: Tag) {
         let id = tag >> TAG_BITS;
         let Some(svc) = self.services.get_mut(&id) else {
             return;
         };
         svc.pending &= !(1 << (tag & TAG_MASK));
+        if svc.announced && svc.pending == 0 && svc.todo == 0 && !svc.gone {
+            svc.announced = false;
+            self.resend.announced(now, &svc.name);
+        }
         if svc.todo != 0 {
             // A newer config of the same sensor waited for this one.
             self.dirty.insert(id);
         } else if svc.gone && svc.pending == 0 {
-            self.forget(id);
+            return self.forget(id);
         }
+        self.requests_acknowledged(now, id);
     }
 
     /// Moves the service's due sensors (in `todo`, none pending) to `out`, marking them pending.
-    fn hand_out(&mut self, id: u64, out: &mut Vec<Config>) {
+    fn hand_out(&mut self, now: Instant, id: u64, out: &mut Vec<Config>) {
+        if self.s.form == Form::Device {
+            return self.hand_out_device(now, id, out);
+        }
         let Some(svc) = self.services.get_mut(&id) else {
             return;
         };
@@ -286,6 +320,7 @@ impl Discovery {
         }
         svc.todo &= !due;
         svc.pending |= due;
+        svc.announced |= (due & svc.metrics) != 0;
         let (name, root, metrics) = (svc.name.clone(), svc.root_topic.clone(), svc.metrics);
         for e in Entity::ALL.into_iter().filter(|e| due & bit(*e) != 0) {
             let mut c = if metrics & bit(e) != 0 {
@@ -353,7 +388,32 @@ impl Discovery {
                 .map(|s| s.last_seen + e)
                 .min()
         });
-        [self.republish_at, expiry].into_iter().flatten().min()
+        [
+            self.republish_at,
+            expiry,
+            self.resend.next_deadline(),
+            self.next_settled(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// `record`, published for `service` (taken at `timestamp_ms`), is its latest: kept for a re-send.
+    pub fn keep(&mut self, service: &str, timestamp_ms: u64, record: ContainerStats) {
+        if self.s.resend_values {
+            self.resend.keep(service, timestamp_ms, record);
+        }
+    }
+
+    /// A collection has been published: forget the values of the services it did not list.
+    pub fn end_collection(&mut self) {
+        self.resend.end_collection();
+    }
+
+    /// The records of the services whose configs have settled, to publish again (with their timestamps).
+    pub fn take_resend(&mut self, now: Instant) -> Vec<(u64, ContainerStats)> {
+        self.resend.take_due(now)
     }
 
     /// Re-announcements after an HA birth, removals of expired services, and configs that waited for an
@@ -378,12 +438,13 @@ impl Discovery {
                 self.dirty.insert(*id);
             }
         }
+        self.settled(now);
         let mut out = Vec::new();
         while out.len() < room {
             let Some(id) = self.dirty.pop_first() else {
                 break;
             };
-            self.hand_out(id, &mut out);
+            self.hand_out(now, id, &mut out);
             if let Some(svc) = self.services.get(&id) {
                 if svc.gone && svc.todo == 0 && svc.pending == 0 {
                     self.forget(id);
@@ -407,7 +468,9 @@ impl Discovery {
         )
     }
 
-    fn config(&self, service: &str, root_topic: &str, e: Entity) -> Config {
+    /// The entity's own options, keys in full: the entity form sends them with the device, origin and
+    /// availability, the device form under `cmps`.
+    fn entity_options(&self, service: &str, root_topic: &str, e: Entity) -> Json {
         let (state_topic, key) = match self.s.mode {
             PayloadMode::PerMetric => (format!("{root_topic}/{}", e.key()), "value"),
             PayloadMode::PerService => (root_topic.to_owned(), e.key()),
@@ -422,26 +485,36 @@ impl Discovery {
             ),
             "state_topic": state_topic,
             "value_template": value_template(e, key, self.s.mode),
-            "device": {
-                "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
-                "name": format!("{service} on {}", self.s.device_id),
-                "manufacturer": PRODUCT,
-                "model": "balena container telemetry",
-                "sw_version": VERSION,
-            },
-            "origin": { "name": PRODUCT, "sw_version": VERSION },
         });
-        if let Some(topic) = &self.s.availability_topic {
-            c["availability_topic"] = json!(topic);
-            c["payload_available"] = json!("online");
-            c["payload_not_available"] = json!("offline");
-        }
         if let Some(after) = self.s.expire_after {
             c["expire_after"] = json!(after.as_secs().max(1));
         }
         let extra = classes(e);
         if let (Json::Object(map), Json::Object(more)) = (&mut c, extra) {
             map.extend(more);
+        }
+        c
+    }
+
+    /// The HA device of a service, the same in both forms (entities keep their device when migrated).
+    fn device(&self, service: &str) -> Json {
+        json!({
+            "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
+            "name": format!("{service} on {}", self.s.device_id),
+            "manufacturer": PRODUCT,
+            "model": "balena container telemetry",
+            "sw_version": VERSION,
+        })
+    }
+
+    fn config(&self, service: &str, root_topic: &str, e: Entity) -> Config {
+        let mut c = self.entity_options(service, root_topic, e);
+        c["device"] = self.device(service);
+        c["origin"] = json!({ "name": PRODUCT, "sw_version": VERSION });
+        if let Some(topic) = &self.s.availability_topic {
+            c["availability_topic"] = json!(topic);
+            c["payload_available"] = json!("online");
+            c["payload_not_available"] = json!("offline");
         }
         Config {
             topic: self.config_topic(service, e),
@@ -579,7 +652,7 @@ pub fn id_safe(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn discovery(mode: PayloadMode, expire: Option<u64>) -> Discovery {
@@ -590,17 +663,19 @@ mod tests {
             mode,
             expire_after: Some(Duration::from_secs(30)),
             remove_after: expire.map(Duration::from_secs),
+            resend_values: true,
+            form: Form::Entity,
         })
     }
 
     /// The broker acknowledged these.
-    fn deliver(d: &mut Discovery, configs: &[Config]) {
+    pub(super) fn deliver(d: &mut Discovery, configs: &[Config]) {
         for c in configs {
-            d.delivered(c.tag);
+            d.delivered(Instant::now(), c.tag);
         }
     }
 
-    fn parse(c: &Config) -> Json {
+    pub(super) fn parse(c: &Config) -> Json {
         serde_json::from_slice(&c.payload).unwrap()
     }
 
@@ -708,6 +783,31 @@ mod tests {
         assert_eq!(again.len(), 10);
         assert!(again.iter().all(|c| !c.payload.is_empty()));
         assert!(d.poll(due, usize::MAX).is_empty(), "once per birth");
+    }
+
+    #[test]
+    fn retained_values_are_not_kept_for_a_re_send() {
+        // Home Assistant gets retained values when it subscribes: nothing to send again, nothing kept.
+        let t0 = Instant::now();
+        let mut d = Discovery::new(Settings {
+            resend_values: false,
+            ..discovery(PayloadMode::PerMetric, None).s
+        });
+        let c = d.seen(t0, "web", "r/web", [Metric::Pids].into_iter());
+        let mut record = ContainerStats {
+            name: "web".into(),
+            id: String::new(),
+            service: None,
+            figures: Default::default(),
+            lifecycle: None,
+        };
+        record
+            .figures
+            .set(Metric::Pids, crate::stats::Value::Count(3));
+        d.keep("web", 1, record);
+        deliver(&mut d, &c);
+        assert_eq!(d.next_deadline(), None);
+        assert!(d.take_resend(t0 + Duration::from_secs(60)).is_empty());
     }
 
     #[test]

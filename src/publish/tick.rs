@@ -68,6 +68,8 @@ enum Records {
         lives: Lives,
     },
     Parsed(std::vec::IntoIter<ContainerStats>),
+    /// Records published before, sent again for Home Assistant (see `resend`), each with its timestamp.
+    Resent(std::vec::IntoIter<(u64, ContainerStats)>),
 }
 
 /// `ps`'s lives by container name, each taken at most once; those left after the text are stopped
@@ -153,13 +155,24 @@ impl Tick {
     pub fn into_text(self) -> Vec<u8> {
         match self.records {
             Records::Text { text, .. } => text,
-            Records::Parsed(_) => Vec::new(),
+            Records::Parsed(_) | Records::Resent(_) => Vec::new(),
         }
     }
 
     /// A tick of figures that need no parsing (ENGINE mode).
     pub fn parsed(source: String, stats: Vec<ContainerStats>, timestamp_ms: u64) -> Tick {
         Tick::with(source, Records::Parsed(stats.into_iter()), timestamp_ms)
+    }
+
+    /// Records published before, again, each with the timestamp it was taken at: every value of each
+    /// (whatever the report mode), no configs, and no hand-over judgement (they were judged once).
+    pub fn resent(records: Vec<(u64, ContainerStats)>) -> Tick {
+        Tick::with("re-send".into(), Records::Resent(records.into_iter()), 0)
+    }
+
+    /// Whether this is a [`Tick::resent`] one.
+    pub fn is_resend(&self) -> bool {
+        matches!(self.records, Records::Resent(_))
     }
 
     fn with(source: String, records: Records, timestamp_ms: u64) -> Tick {
@@ -203,6 +216,13 @@ impl Tick {
                     return false;
                 }
             },
+            Records::Resent(records) => {
+                let Some((timestamp_ms, stats)) = records.next() else {
+                    return false;
+                };
+                self.timestamp_ms = timestamp_ms;
+                (stats, None)
+            }
             Records::Text {
                 text,
                 cursor,
@@ -286,10 +306,13 @@ impl Tick {
             Some(s) => topic_level(s),
             None => service_name(&stats.name),
         };
+        let resent = self.is_resend();
         if let Verdict::Older {
             newer_release,
             first,
-        } = if stats.figures.iter().next().is_some() {
+        } = if resent {
+            Verdict::Publish
+        } else if stats.figures.iter().next().is_some() {
             self.figures_judged = true;
             scratch.handover.judge(&service, &stats.name)
         } else {
@@ -315,7 +338,9 @@ impl Tick {
             .as_ref()
             .map(|l| lifecycle::values(l, self.timestamp_ms));
         let life = life.as_ref().map_or(&[][..], |v| &v[..]);
-        if let Some((d, now)) = discovery {
+        let mut discovery = discovery.filter(|_| !resent);
+        if let Some((d, now)) = discovery.as_mut() {
+            let now = *now;
             let metrics = stats.figures.iter().map(|(m, _)| Entity::Metric(m));
             let lives = life.iter().flatten().map(|(t, _)| Entity::Life(*t));
             for c in d.seen(now, &service, &scratch.topic, metrics.chain(lives)) {
@@ -329,13 +354,32 @@ impl Tick {
             line,
             container: &stats.name,
         };
+        self.publish_values(&stats, life, &at, p, scratch, sink);
+        if let Some((d, _)) = discovery {
+            // The latest record, whatever of it went out: a re-send is a fresh baseline.
+            d.keep(&service, self.timestamp_ms, stats);
+        }
+        true
+    }
+
+    /// One container's figures and lifecycle values, under the root topic in `scratch.topic`: those that
+    /// moved when reporting by exception, every one in a re-send.
+    fn publish_values(
+        &mut self,
+        stats: &ContainerStats,
+        life: &[Option<(Topic, Field<'static>)>],
+        at: &Where,
+        p: &Publishing,
+        scratch: &mut Scratch,
+        sink: &mut dyn FnMut(Message, Option<Tag>),
+    ) {
         let picked = match &mut scratch.exceptions {
-            Some(x) => x.judge(&scratch.topic, &stats.figures, life),
-            None => Picked::ALL,
+            Some(x) if !self.is_resend() => x.judge(&scratch.topic, &stats.figures, life),
+            _ => Picked::ALL,
         };
         if p.mode == PayloadMode::PerService {
             if !picked.any() {
-                return true;
+                return;
             }
             let mut keys = [("", Field::Flag(false)); Topic::ALL.len()];
             let mut n = 0;
@@ -350,8 +394,8 @@ impl Tick {
                 &keys[..n],
                 self.timestamp_ms,
             );
-            self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
-            return true;
+            self.publish(p, &scratch.topic, &scratch.payload, at, sink);
+            return;
         }
         scratch.topic.push('/');
         let root_len = scratch.topic.len();
@@ -360,16 +404,15 @@ impl Tick {
             scratch.topic.push_str(metric.name());
             scratch.payload.clear();
             write_value(&mut scratch.payload, value, self.timestamp_ms);
-            self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
+            self.publish(p, &scratch.topic, &scratch.payload, at, sink);
         }
         for (topic, field) in life.iter().flatten().filter(|(t, _)| picked.life(*t)) {
             scratch.topic.truncate(root_len);
             scratch.topic.push_str(topic.name());
             scratch.payload.clear();
             write_field(&mut scratch.payload, *field, self.timestamp_ms);
-            self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
+            self.publish(p, &scratch.topic, &scratch.payload, at, sink);
         }
-        true
     }
 
     fn publish(
@@ -418,6 +461,7 @@ mod tests {
     use super::*;
     use crate::mqtt::frame::{decode, Incoming};
     use crate::stats::lifecycle::{Lifecycle, State};
+    use std::time::Duration;
 
     fn run(text: &str) -> (Tick, Vec<(String, String)>) {
         drain(Tick::new("test".into(), text.as_bytes().to_vec(), 1234))
@@ -740,6 +784,77 @@ mod tests {
         );
     }
 
+    /// Every message of `tick` (configs marked), its records handed to `discovery` as the agent does.
+    fn drain_tick(
+        mut tick: Tick,
+        mode: PayloadMode,
+        d: &mut Discovery,
+        now: Instant,
+    ) -> Vec<(String, String, Option<Tag>)> {
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let p = Publishing {
+            template: &template,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            mode,
+        };
+        let mut scratch = Scratch::default();
+        let mut out = Vec::new();
+        while tick.step(&p, &mut scratch, Some((&mut *d, now)), &mut |m, tag| {
+            if let Ok(Incoming::Publish { topic, payload, .. }) = decode(m.bytes()) {
+                let payload = String::from_utf8(payload.to_vec()).unwrap();
+                out.push((topic.to_owned(), payload, tag));
+            }
+        }) {}
+        out
+    }
+
+    #[test]
+    fn values_go_out_again_once_their_configs_settled() {
+        use crate::publish::discovery::Settings;
+        use crate::publish::resend::SETTLE;
+        for mode in [PayloadMode::PerMetric, PayloadMode::PerService] {
+            let mut d = Discovery::new(Settings {
+                prefix: "ha".into(),
+                device_id: "dev".into(),
+                availability_topic: None,
+                mode,
+                expire_after: None,
+                remove_after: None,
+                resend_values: true,
+                form: crate::publish::discovery::Form::Entity,
+            });
+            let t0 = Instant::now();
+            let first = Tick::parsed(
+                "t".into(),
+                vec![with_life("web", Some(3), State::Running)],
+                62_500,
+            );
+            let out = drain_tick(first, mode, &mut d, t0);
+            let (configs, values): (Vec<_>, Vec<_>) = out.into_iter().partition(|m| m.2.is_some());
+            assert!(!configs.is_empty() && !values.is_empty());
+            // Nothing is due before every config is acknowledged, and then not before the settle time.
+            let (last, rest) = configs.split_last().unwrap();
+            for c in rest {
+                d.delivered(t0, c.2.unwrap());
+            }
+            assert!(d.take_resend(t0 + SETTLE * 10).is_empty(), "{mode:?}");
+            let acked = t0 + Duration::from_millis(100);
+            d.delivered(acked, last.2.unwrap());
+            assert_eq!(d.next_deadline(), Some(acked + SETTLE));
+            assert!(d
+                .take_resend(acked + SETTLE - Duration::from_millis(1))
+                .is_empty());
+            let again = d.take_resend(acked + SETTLE);
+            // The same values with the same timestamp, and no config.
+            let out = drain_tick(Tick::resent(again), mode, &mut d, acked + SETTLE);
+            assert!(out.iter().all(|m| m.2.is_none()), "{out:?}");
+            assert_eq!(out, values, "{mode:?}");
+            assert_eq!(d.next_deadline(), None, "once");
+        }
+    }
+
     #[test]
     fn discovery_announces_the_lifecycle_entities_published() {
         use crate::publish::discovery::Settings;
@@ -750,6 +865,8 @@ mod tests {
             mode: PayloadMode::PerMetric,
             expire_after: None,
             remove_after: None,
+            resend_values: true,
+            form: crate::publish::discovery::Form::Entity,
         });
         let out = drain_mode(
             vec![with_life("worker", None, State::Exited)],
@@ -782,10 +899,11 @@ mod tests {
     /// exited one (no figures, an exit code), so every entity is announced. One line per message,
     /// `topic<TAB>payload`, configs first, written to the file `HA_CONFIG_DUMP` names. No source in this
     /// branch reports lifecycle yet, so the agent's own runs in that script cannot show these entities.
+    /// tests/scripts/check-ha-device.py asks for the device form's messages instead (`HA_DUMP_FORM`).
     #[test]
     #[ignore]
     fn dump_configs_and_messages() {
-        use crate::publish::discovery::Settings;
+        use crate::publish::discovery::{Form, Settings};
         use crate::stats::lifecycle::Health;
         let path = std::env::var("HA_CONFIG_DUMP").expect("HA_CONFIG_DUMP names the output file");
         let line = r#"{"BlockIO":"1kB / 2GB","CPUPerc":"1.75%","MemPerc":"4.07%","MemUsage":"318.6MiB / 7.676GiB","Name":"web_1_2","NetIO":"999MB / 512B","PIDs":"23"}"#;
@@ -808,6 +926,11 @@ mod tests {
             }),
             ..with_life("worker_1_2", None, State::Exited)
         };
+        // HA_DUMP_FORM=device: the device form's messages (once its migration requests settled).
+        let form = match std::env::var("HA_DUMP_FORM").as_deref() {
+            Ok("device") => Form::Device,
+            _ => Form::Entity,
+        };
         let mut lines = String::new();
         let mut configs = 0;
         for (mode, device) in [
@@ -821,15 +944,39 @@ mod tests {
                 mode,
                 expire_after: Some(std::time::Duration::from_secs(30)),
                 remove_after: None,
+                resend_values: false,
+                form,
             });
-            let out = drain_mode(vec![running.clone(), exited.clone()], mode, Some(&mut d));
+            let now = Instant::now();
+            let tick = Tick::parsed("t".into(), vec![running.clone(), exited.clone()], 62_500);
+            let mut out = drain_tick(tick, mode, &mut d, now);
+            if form == Form::Device {
+                for (_, _, tag) in &out {
+                    if let Some(tag) = tag {
+                        d.delivered(now, *tag);
+                    }
+                }
+                out.retain(|m| m.2.is_none());
+                let settled = now + crate::publish::resend::SETTLE;
+                for c in d.poll(settled, usize::MAX) {
+                    if !c.payload.is_empty() {
+                        let payload = String::from_utf8(c.payload).unwrap();
+                        out.push((c.topic, payload, Some(c.tag)));
+                    }
+                }
+            }
             for (topic, payload, config) in &out {
-                configs += usize::from(*config);
+                configs += usize::from(config.is_some());
                 lines += &format!("{topic}\t{payload}\n");
             }
         }
-        // web: nine metrics, five lifecycle topics and running; worker: its life without uptime.
-        assert_eq!(configs, 2 * (15 + 6), "every entity in both modes");
+        let want = match form {
+            // web: nine metrics, five lifecycle topics and running; worker: its life without uptime.
+            Form::Entity => 2 * (15 + 6),
+            // One per service.
+            Form::Device => 2 * 2,
+        };
+        assert_eq!(configs, want, "every entity in both modes");
         std::fs::write(path, lines).unwrap();
     }
 
