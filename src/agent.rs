@@ -64,6 +64,8 @@ pub struct Agent {
     session: Session,
     link: Option<Link>,
     backoff: Backoff,
+    /// Connections the broker closes right after accepting them (a client id in use twice).
+    kicked: crate::mqtt::kicked::Kicked,
     reconnect_at: Instant,
     schedule: Schedule,
     source: Box<dyn Source>,
@@ -156,6 +158,7 @@ impl Agent {
             session: Session::new(opts),
             link: None,
             backoff: Backoff::new(m.reconnect_max_delay, seed),
+            kicked: Default::default(),
             reconnect_at: now,
             schedule: Schedule::new(now, s.collector.interval),
             source: build_source(&s),
@@ -570,6 +573,7 @@ impl Agent {
                         self.link.as_ref().map_or(String::new(), Link::describe)
                     );
                     self.backoff.reset();
+                    self.kicked.connected(now);
                     // Whatever was written before the link went is uncertain: send every figure again.
                     self.fresh_baseline();
                 }
@@ -639,6 +643,11 @@ impl Agent {
             "could not connect to broker"
         };
         warn!("{what}: {e}; retrying in {}s", Seconds(delay));
+        if was_up {
+            if let Some(why) = self.kicked.lost(now, &self.s.mqtt.client_id) {
+                warn!("{why}");
+            }
+        }
     }
 
     /// Sleeps in one `poll` on the socket, the signal pipe and the source's descriptors until one is
