@@ -205,9 +205,16 @@ impl Agent {
                 return self.stop(now + STOP_FLUSH);
             }
             if once_deadline.is_some_and(|d| now >= d) {
+                // In CLI and ENGINE modes the collection's own bound comes first: say so, or a
+                // once_timeout of 6 s that gives up after 16 s looks like a bug.
                 error!(
-                    "--once: gave up after {}s with messages undelivered",
-                    (now - start).as_secs()
+                    "--once: gave up after {}s with messages undelivered (once_timeout_in_seconds {}{})",
+                    (now - start).as_secs(),
+                    self.s.mqtt.once_timeout.as_secs(),
+                    match cli_time.as_secs() {
+                        0 => String::new(),
+                        t => format!(" + cli_timeout_in_seconds {t}, the collection's own bound"),
+                    }
                 );
                 self.failed = true;
                 return self.stop(now);

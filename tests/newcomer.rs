@@ -280,3 +280,29 @@ fn without_the_kernel_files_the_fallback_names_docker_mounts_and_balena_labels()
         "{log}"
     );
 }
+
+#[test]
+fn once_in_engine_mode_says_that_its_timeout_adds_the_collections_bound() {
+    if !common::engine::engine_available() {
+        skipped("--once timeout line: no Docker Engine answers");
+        return;
+    }
+    // The engine answers, the broker is absent: the figures are never delivered.
+    let port = free_port().to_string();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let (mut cmd, _cfg) = bare_agent(&[
+        ("STATS_MODE", "ENGINE"),
+        ("STATS_CLI_TIMEOUT_IN_SECONDS", "3"),
+        ("MQTT_BROKER_URL", &url),
+        ("MQTT_ONCE_TIMEOUT_IN_SECONDS", "1"),
+    ]);
+    let (code, log) = run_limited(cmd.arg("--once"), Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(
+            "with messages undelivered (once_timeout_in_seconds 1 + cli_timeout_in_seconds 3, the \
+             collection's own bound)"
+        ),
+        "{log}"
+    );
+}
