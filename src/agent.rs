@@ -64,6 +64,8 @@ pub struct Agent {
     session: Session,
     link: Option<Link>,
     backoff: Backoff,
+    /// Connections the broker closes right after accepting them (a client id in use twice).
+    kicked: crate::mqtt::kicked::Kicked,
     reconnect_at: Instant,
     schedule: Schedule,
     source: Box<dyn Source>,
@@ -156,6 +158,7 @@ impl Agent {
             session: Session::new(opts),
             link: None,
             backoff: Backoff::new(m.reconnect_max_delay, seed),
+            kicked: Default::default(),
             reconnect_at: now,
             schedule: Schedule::new(now, s.collector.interval),
             source: build_source(&s),
@@ -202,9 +205,16 @@ impl Agent {
                 return self.stop(now + STOP_FLUSH);
             }
             if once_deadline.is_some_and(|d| now >= d) {
+                // In CLI and ENGINE modes the collection's own bound comes first: say so, or a
+                // once_timeout of 6 s that gives up after 16 s looks like a bug.
                 error!(
-                    "--once: gave up after {}s with messages undelivered",
-                    (now - start).as_secs()
+                    "--once: gave up after {}s with messages undelivered (once_timeout_in_seconds {}{})",
+                    (now - start).as_secs(),
+                    self.s.mqtt.once_timeout.as_secs(),
+                    match cli_time.as_secs() {
+                        0 => String::new(),
+                        t => format!(" + cli_timeout_in_seconds {t}, the collection's own bound"),
+                    }
                 );
                 self.failed = true;
                 return self.stop(now);
@@ -570,6 +580,7 @@ impl Agent {
                         self.link.as_ref().map_or(String::new(), Link::describe)
                     );
                     self.backoff.reset();
+                    self.kicked.connected(now);
                     // Whatever was written before the link went is uncertain: send every figure again.
                     self.fresh_baseline();
                 }
@@ -639,6 +650,11 @@ impl Agent {
             "could not connect to broker"
         };
         warn!("{what}: {e}; retrying in {}s", Seconds(delay));
+        if was_up {
+            if let Some(why) = self.kicked.lost(now, &self.s.mqtt.client_id) {
+                warn!("{why}");
+            }
+        }
     }
 
     /// Sleeps in one `poll` on the socket, the signal pipe and the source's descriptors until one is

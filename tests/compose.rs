@@ -183,9 +183,9 @@ services:
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
 
-    // The agent measures the containers on this engine; among them is its own container, whose
-    // name (no balena service label here) is its service name.
-    let prefix = format!("root/{device}/telemetry/system/{container}/");
+    // The agent measures the containers on this engine; among them is its own container, named by its
+    // compose service (no balena service label here), not by its container name `{project}_telemetry_1`.
+    let prefix = format!("root/{device}/telemetry/system/telemetry/");
     let wanted = [
         "cpu_usage_in_percent",
         "memory_usage_in_bytes",

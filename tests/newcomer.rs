@@ -216,3 +216,93 @@ fn engine_mode_says_which_socket_and_where_figures_come_from() {
         "{log}"
     );
 }
+
+#[test]
+fn two_agents_with_one_client_id_are_told_so() {
+    // Two hosts left at one device id: the broker drops the older connection whenever the other connects
+    // (MQTT-3.1.4-2), and they take turns. Each must say what is going on.
+    let broker = Broker::start();
+    let stats = sample_stats().display().to_string();
+    let url = broker.url();
+    let vars = [
+        ("STATS_MODE", "FILE"),
+        ("STATS_FILE_PATH", stats.as_str()),
+        ("MQTT_BROKER_URL", url.as_str()),
+        ("MQTT_DEVICE_ID", "same-device"),
+        ("MQTT_RECONNECT_MAX_DELAY_IN_SECONDS", "1"),
+    ];
+    let (mut a, _ca) = bare_agent(&vars);
+    let (mut b, _cb) = bare_agent(&vars);
+    let a = Running::spawn(&mut a);
+    let b = Running::spawn(&mut b);
+    let said = "another client may be using the same client id \"balena-telemetry-same-device\"";
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while a.count(said) + b.count(said) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never said:\n{}\n---\n{}",
+            a.log(),
+            b.log()
+        );
+        a.wait_log(said, Duration::from_millis(200));
+    }
+    drop((a, b));
+}
+
+#[test]
+fn without_the_kernel_files_the_fallback_names_docker_mounts_and_balena_labels() {
+    if !common::engine::engine_available() {
+        skipped("kernel fallback line: no Docker Engine answers");
+        return;
+    }
+    let broker = Broker::start();
+    let url = broker.url();
+    let (mut cmd, _cfg) = bare_agent(&[
+        ("STATS_MODE", "ENGINE"),
+        ("STATS_CGROUP_ROOT", "/nonexistent/cgroup"),
+        ("MQTT_BROKER_URL", &url),
+    ]);
+    let (code, log) = run_limited(cmd.arg("--once"), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains(
+            "figures come from the engine's stats API instead (on balena, give this service the labels \
+             io.balena.features.sysfs and io.balena.features.procfs; under Docker, mount the host's /proc \
+             and cgroup tree, -v /proc:/host/proc:ro -v /sys/fs/cgroup:/host/cgroup:ro, and set \
+             STATS_PROC_ROOT=/host/proc and STATS_CGROUP_ROOT=/host/cgroup)"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "INFO engine: socket /var/run/docker.sock (found); figures from the engine's stats API"
+        ),
+        "{log}"
+    );
+}
+
+#[test]
+fn once_in_engine_mode_says_that_its_timeout_adds_the_collections_bound() {
+    if !common::engine::engine_available() {
+        skipped("--once timeout line: no Docker Engine answers");
+        return;
+    }
+    // The engine answers, the broker is absent: the figures are never delivered.
+    let port = free_port().to_string();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let (mut cmd, _cfg) = bare_agent(&[
+        ("STATS_MODE", "ENGINE"),
+        ("STATS_CLI_TIMEOUT_IN_SECONDS", "3"),
+        ("MQTT_BROKER_URL", &url),
+        ("MQTT_ONCE_TIMEOUT_IN_SECONDS", "1"),
+    ]);
+    let (code, log) = run_limited(cmd.arg("--once"), Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(
+            "with messages undelivered (once_timeout_in_seconds 1 + cli_timeout_in_seconds 3, the \
+             collection's own bound)"
+        ),
+        "{log}"
+    );
+}

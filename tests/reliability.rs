@@ -236,7 +236,7 @@ fn full_buffer_drops_oldest_and_says_so_once_per_tick() {
     let agent = Running::spawn(agent(cfg.path()).env("FAKE_STATS", sample_stats()));
     // The third tick is the first to overflow the buffer, the fourth the second.
     assert!(
-        agent.wait_count("message buffer full (100)", 2, Duration::from_secs(30)),
+        agent.wait_count("message buffer full (100 messages", 2, Duration::from_secs(30)),
         "{}",
         agent.log()
     );
@@ -270,7 +270,9 @@ fn once_gives_up_on_an_absent_broker_with_exit_1() {
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
     assert_eq!(code, Some(1), "{log}");
     assert!(
-        log.contains("--once: gave up after 2s with messages undelivered"),
+        log.contains(
+            "--once: gave up after 2s with messages undelivered (once_timeout_in_seconds 2)"
+        ),
         "{log}"
     );
     // The tick never reached the broker: all 63 of its figures are counted as lost.

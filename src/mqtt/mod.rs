@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod connect;
 pub mod control;
 pub mod frame;
+pub mod kicked;
 pub mod link;
 pub mod message;
 pub mod outbox;
