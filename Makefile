@@ -13,7 +13,7 @@
 #                (installs it into target/ha-venv the first time: ~400 MB, minutes; not part of make test)
 #   make check-ha-device  the device form of discovery, and the migration to it, checked with Home
 #                Assistant 2025.4.4's own code (pyenv's Python 3.13; installs it into target/ha-venv-2025
-#                the first time: ~600 MB, minutes; not part of make test); prints both forms' bytes
+#                the first time: ~800 MB, minutes; not part of make test); prints both forms' bytes
 #   make check-ha-live  the agent against a running Home Assistant 2025.4.4 (same venv, plus paho-mqtt):
 #                values heard after discovery, its subscription delay, the migration keeping every entity
 #   make aarch64 / armv7 / armv6 / x86_64

@@ -469,8 +469,8 @@ impl Discovery {
     }
 
     /// The entity's own options, keys in full: the entity form sends them with the device, origin and
-    /// availability, the device form under `cmps`.
-    fn entity_options(&self, service: &str, root_topic: &str, e: Entity) -> Json {
+    /// availability, the device form under `cmps` (without the state topic when it is `shared` there).
+    fn entity_options(&self, service: &str, root_topic: &str, e: Entity, shared: bool) -> Json {
         let (state_topic, key) = match self.s.mode {
             PayloadMode::PerMetric => (format!("{root_topic}/{}", e.key()), "value"),
             PayloadMode::PerService => (root_topic.to_owned(), e.key()),
@@ -483,9 +483,11 @@ impl Discovery {
                 e.component(),
                 entity_slug(&[&self.s.device_id, service, e.object()])
             ),
-            "state_topic": state_topic,
             "value_template": value_template(e, key, self.s.mode),
         });
+        if !shared {
+            c["state_topic"] = json!(state_topic);
+        }
         if let Some(after) = self.s.expire_after {
             c["expire_after"] = json!(after.as_secs().max(1));
         }
@@ -508,7 +510,7 @@ impl Discovery {
     }
 
     fn config(&self, service: &str, root_topic: &str, e: Entity) -> Config {
-        let mut c = self.entity_options(service, root_topic, e);
+        let mut c = self.entity_options(service, root_topic, e, false);
         c["device"] = self.device(service);
         c["origin"] = json!({ "name": PRODUCT, "sw_version": VERSION });
         if let Some(topic) = &self.s.availability_topic {

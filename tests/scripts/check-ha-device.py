@@ -5,7 +5,7 @@
 Home Assistant 2024.11 added the device form; 2024.3.3, which `make check-ha` uses, does not know it, and
 the releases that do need Python 3.12 or later. So this script installs Home Assistant 2025.4.4 on pyenv's
 Python 3.13 (`$HA_PYTHON`, default /root/.pyenv/versions/3.13.0/bin/python3) into target/ha-venv-2025 (or
-`$HA_DEVICE_VENV`) on its first run (about 600 MB; minutes), never committed, and re-runs itself there.
+`$HA_DEVICE_VENV`) on its first run (about 800 MB; minutes), never committed, and re-runs itself there.
 
 Each device message goes through Home Assistant's own device-discovery code, as its MQTT integration
 does when such a message arrives: `_replace_all_abbreviations`, `DEVICE_DISCOVERY_SCHEMA` (which refuses
