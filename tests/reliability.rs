@@ -236,7 +236,11 @@ fn full_buffer_drops_oldest_and_says_so_once_per_tick() {
     let agent = Running::spawn(agent(cfg.path()).env("FAKE_STATS", sample_stats()));
     // The third tick is the first to overflow the buffer, the fourth the second.
     assert!(
-        agent.wait_count("message buffer full (100 messages", 2, Duration::from_secs(30)),
+        agent.wait_count(
+            "message buffer full (100 messages",
+            2,
+            Duration::from_secs(30)
+        ),
         "{}",
         agent.log()
     );
