@@ -29,6 +29,7 @@ use crate::publish::lifecycle::Topic;
 use crate::stats::lifecycle::{Health, State};
 use crate::stats::Metric;
 use serde_json::{json, Value as Json};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -73,24 +74,20 @@ impl From<Metric> for Entity {
 }
 
 impl Entity {
-    const ALL: [Entity; 16] = [
-        Entity::Metric(Metric::CpuPercent),
-        Entity::Metric(Metric::MemoryPercent),
-        Entity::Metric(Metric::MemoryUsage),
-        Entity::Metric(Metric::MemoryLimit),
-        Entity::Metric(Metric::NetworkReceived),
-        Entity::Metric(Metric::NetworkSent),
-        Entity::Metric(Metric::BlockRead),
-        Entity::Metric(Metric::BlockWritten),
-        Entity::Metric(Metric::Pids),
-        Entity::Life(Topic::State),
-        Entity::Life(Topic::Health),
-        Entity::Life(Topic::RestartCount),
-        Entity::Life(Topic::ExitCode),
-        Entity::Life(Topic::OomKilled),
-        Entity::Life(Topic::Uptime),
-        Entity::Running,
-    ];
+    /// Every entity, in the order of their bits: the metrics, the lifecycle topics, `Running`.
+    const ALL: [Entity; Metric::ALL.len() + Topic::ALL.len() + 1] = {
+        let mut all = [Entity::Running; Metric::ALL.len() + Topic::ALL.len() + 1];
+        let mut i = 0;
+        while i < Metric::ALL.len() {
+            all[i] = Entity::Metric(Metric::ALL[i]);
+            i += 1;
+        }
+        while i < Metric::ALL.len() + Topic::ALL.len() {
+            all[i] = Entity::Life(Topic::ALL[i - Metric::ALL.len()]);
+            i += 1;
+        }
+        all
+    };
 
     /// Its bit in a service's masks and the low bits of its tags.
     fn index(self) -> u32 {
@@ -104,6 +101,7 @@ impl Entity {
     fn component(self) -> &'static str {
         match self {
             Entity::Running | Entity::Life(Topic::OomKilled) => "binary_sensor",
+            Entity::Metric(m) if is_flag(m) => "binary_sensor",
             _ => "sensor",
         }
     }
@@ -136,16 +134,17 @@ pub struct Config {
     pub tag: Tag,
 }
 
-/// One HA device. Bits are per `Entity` (its `index`).
+/// One HA device, or one part of the device pseudo-service's. Bits are per `Entity` (its `index`).
 struct Service {
+    /// The service, or `service/part` (a part of the device: see [`Discovery::seen_part`]).
     name: String,
     root_topic: String,
     /// The entities it publishes: these should have a config, the others none.
-    metrics: u32,
+    metrics: u64,
     /// Entities whose current config (or removal) has not been handed out yet.
-    todo: u32,
+    todo: u64,
     /// Entities with a config (or removal) handed out and not acknowledged yet.
-    pending: u32,
+    pending: u64,
     /// Expired: its configs are being removed; the entry goes once that is acknowledged.
     gone: bool,
     last_seen: Instant,
@@ -162,6 +161,8 @@ pub struct Discovery {
     /// The session has no room: [`Discovery::seen`] remembers rather than hands out.
     holding: bool,
     republish_at: Option<Instant>,
+    /// The device pseudo-service's name, when the device's figures are published.
+    device: Option<String>,
 }
 
 impl Discovery {
@@ -174,7 +175,14 @@ impl Discovery {
             dirty: BTreeSet::new(),
             holding: false,
             republish_at: None,
+            device: None,
         }
+    }
+
+    /// The device pseudo-service's name: its entities belong to an HA device that stands for the device
+    /// itself (named by the device id), on which every service's HA device then runs (`via_device`).
+    pub fn device_service(&mut self, service: &str) {
+        self.device = Some(service.to_owned());
     }
 
     /// The topic Home Assistant announces itself on.
@@ -198,16 +206,36 @@ impl Discovery {
         root_topic: &str,
         entities: impl Iterator<Item = E>,
     ) -> Vec<Config> {
-        let id = match self.ids.get(service) {
+        self.seen_part(now, service, None, root_topic, entities)
+    }
+
+    /// As [`Discovery::seen`], for one part of a service: a network interface or a filesystem of the
+    /// device, published under `root_topic` = the device's root and the part. Its entities join the
+    /// service's HA device, named after the part (`Network received eth0`), and are removed on their
+    /// own when the part stops being reported (an interface gone down).
+    pub fn seen_part<E: Into<Entity>>(
+        &mut self,
+        now: Instant,
+        service: &str,
+        part: Option<&str>,
+        root_topic: &str,
+        entities: impl Iterator<Item = E>,
+    ) -> Vec<Config> {
+        // Topic levels hold no `/`, so the key is never another service's.
+        let key: Cow<str> = match part {
+            Some(p) => format!("{service}/{p}").into(),
+            None => service.into(),
+        };
+        let id = match self.ids.get(&*key) {
             Some(id) => *id,
             None => {
                 let id = self.next_id;
                 self.next_id += 1;
-                self.ids.insert(service.to_owned(), id);
+                self.ids.insert(key.to_string(), id);
                 self.services.insert(
                     id,
                     Service {
-                        name: service.to_owned(),
+                        name: key.into_owned(),
                         root_topic: root_topic.to_owned(),
                         metrics: 0,
                         todo: 0,
@@ -365,42 +393,76 @@ impl Discovery {
         out
     }
 
+    fn is_device(&self, service: &str) -> bool {
+        self.device.as_deref() == Some(service)
+    }
+
+    /// The HA device's node id: the device id alone for the device pseudo-service (no service name can
+    /// make it, as every other one has a `_service` after it), `{device_id}_{service}` otherwise.
     fn node_id(&self, service: &str) -> String {
+        if self.is_device(service) {
+            return id_safe(&self.s.device_id);
+        }
         id_safe(&format!("{}_{}", self.s.device_id, service))
     }
 
-    fn config_topic(&self, service: &str, e: Entity) -> String {
+    fn config_topic(&self, key: &str, e: Entity) -> String {
+        let (service, part) = split(key);
         format!(
             "{}/{}/{}/{}/config",
             self.s.prefix,
             e.component(),
             self.node_id(service),
-            e.object()
+            id_safe(&object(e, part))
         )
     }
 
-    fn config(&self, service: &str, root_topic: &str, e: Entity) -> Config {
-        let (state_topic, key) = match self.s.mode {
+    /// The HA device a service's entities belong to.
+    fn ha_device(&self, service: &str) -> Json {
+        let mut d = json!({
+            "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
+            "manufacturer": PRODUCT,
+            "sw_version": VERSION,
+        });
+        if self.is_device(service) {
+            d["name"] = json!(self.s.device_id);
+            d["model"] = json!("balena device telemetry");
+        } else {
+            d["name"] = json!(format!("{service} on {}", self.s.device_id));
+            d["model"] = json!("balena container telemetry");
+            if self.device.is_some() {
+                let device = id_safe(&self.s.device_id);
+                d["via_device"] = json!(format!("{PRODUCT}_{device}"));
+            }
+        }
+        d
+    }
+
+    fn config(&self, key: &str, root_topic: &str, e: Entity) -> Config {
+        let (state_topic, value_key) = match self.s.mode {
             PayloadMode::PerMetric => (format!("{root_topic}/{}", e.key()), "value"),
             PayloadMode::PerService => (root_topic.to_owned(), e.key()),
         };
+        let (service, part) = split(key);
+        let object = object(e, part);
+        // The device's ids leave its service name out, as its node id does. A part's object ends with
+        // the part, so no container's `{service}_{metric}` can spell it.
+        let id_parts = if self.is_device(service) {
+            vec![self.s.device_id.as_str(), &object]
+        } else {
+            vec![self.s.device_id.as_str(), service, &object]
+        };
+        let name = match part {
+            Some(p) => format!("{} {p}", label(e)),
+            None => label(e).to_owned(),
+        };
         let mut c = json!({
-            "name": label(e),
-            "unique_id": id_safe(&format!("{}_{}_{}", self.s.device_id, service, e.object())),
-            "default_entity_id": format!(
-                "{}.{}",
-                e.component(),
-                entity_slug(&[&self.s.device_id, service, e.object()])
-            ),
+            "name": name,
+            "unique_id": id_safe(&id_parts.join("_")),
+            "default_entity_id": format!("{}.{}", e.component(), entity_slug(&id_parts)),
             "state_topic": state_topic,
-            "value_template": value_template(e, key, self.s.mode),
-            "device": {
-                "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
-                "name": format!("{service} on {}", self.s.device_id),
-                "manufacturer": PRODUCT,
-                "model": "balena container telemetry",
-                "sw_version": VERSION,
-            },
+            "value_template": value_template(e, value_key, self.s.mode),
+            "device": self.ha_device(service),
             "origin": { "name": PRODUCT, "sw_version": VERSION },
         });
         if let Some(topic) = &self.s.availability_topic {
@@ -424,12 +486,34 @@ impl Discovery {
 }
 
 /// Tags are `service id << TAG_BITS | entity index`.
-const TAG_BITS: u32 = 5;
+const TAG_BITS: u32 = 6;
 const TAG_MASK: Tag = (1 << TAG_BITS) - 1;
-const _: () = assert!(Entity::ALL.len() <= 1 << TAG_BITS);
+const _: () = assert!(Entity::ALL.len() <= 1 << TAG_BITS && Entity::ALL.len() <= 64);
 
-fn bit(e: Entity) -> u32 {
+fn bit(e: Entity) -> u64 {
     1 << e.index()
+}
+
+/// `service` or `service/part` -> (service, part).
+fn split(key: &str) -> (&str, Option<&str>) {
+    match key.split_once('/') {
+        Some((s, p)) => (s, Some(p)),
+        None => (key, None),
+    }
+}
+
+/// The entity's object id: its own, with the part after it (`network_received_in_bytes_eth0`).
+fn object(e: Entity, part: Option<&str>) -> Cow<'static, str> {
+    match part {
+        Some(p) => format!("{}_{p}", e.object()).into(),
+        None => e.object().into(),
+    }
+}
+
+/// The device's throttling flags: binary sensors.
+fn is_flag(m: Metric) -> bool {
+    (Metric::UnderVoltage as usize..=Metric::SoftTemperatureLimitSinceBoot as usize)
+        .contains(&(m as usize))
 }
 
 /// How Home Assistant reads the entity's value from its payload. Binary sensors turn the value into
@@ -441,6 +525,7 @@ fn value_template(e: Entity, key: &str, mode: PayloadMode) -> String {
     match e {
         Entity::Running => format!("{{{{ 'ON' if {v} == 'running' else 'OFF' }}}}"),
         Entity::Life(Topic::OomKilled) => format!("{{{{ 'ON' if {v} else 'OFF' }}}}"),
+        Entity::Metric(m) if is_flag(m) => format!("{{{{ 'ON' if {v} else 'OFF' }}}}"),
         Entity::Life(Topic::State | Topic::Health) => format!("{{{{ {v} }}}}"),
         _ if mode == PayloadMode::PerService => format!("{{{{ {v} | default(None) }}}}"),
         _ => format!("{{{{ {v} }}}}"),
@@ -472,6 +557,23 @@ fn label(e: Entity) -> &'static str {
         Metric::BlockRead => "Block read",
         Metric::BlockWritten => "Block written",
         Metric::Pids => "PIDs",
+        Metric::LoadAverage1m => "Load average (1 min)",
+        Metric::LoadAverage5m => "Load average (5 min)",
+        Metric::LoadAverage15m => "Load average (15 min)",
+        Metric::SwapUsage => "Swap usage",
+        Metric::SwapTotal => "Swap total",
+        Metric::CpuTemperature => "CPU temperature",
+        Metric::Uptime => "Uptime",
+        Metric::UnderVoltage => "Under-voltage",
+        Metric::FrequencyCapped => "Frequency capped",
+        Metric::Throttled => "Throttled",
+        Metric::SoftTemperatureLimit => "Soft temperature limit",
+        Metric::UnderVoltageSinceBoot => "Under-voltage since boot",
+        Metric::FrequencyCappedSinceBoot => "Frequency capped since boot",
+        Metric::ThrottledSinceBoot => "Throttled since boot",
+        Metric::SoftTemperatureLimitSinceBoot => "Soft temperature limit since boot",
+        Metric::StorageUsed => "Storage used",
+        Metric::StorageTotal => "Storage total",
     }
 }
 
@@ -499,21 +601,44 @@ fn classes(e: Entity) -> Json {
             return json!({"device_class": "duration", "unit_of_measurement": "s", "state_class": "measurement"})
         }
     };
-    match m {
-        Metric::CpuPercent | Metric::MemoryPercent => {
-            json!({"unit_of_measurement": "%", "state_class": "measurement"})
-        }
-        Metric::MemoryUsage | Metric::MemoryLimit => {
-            json!({"unit_of_measurement": "B", "device_class": "data_size", "state_class": "measurement"})
+    const LEVEL: &str = "measurement";
+    // Unit, device class, state class ("" for none) and whether the entity is a diagnostic one: the
+    // device's load, swap, total storage, uptime and throttling flags are, its CPU, memory, temperature,
+    // storage use and traffic are not.
+    let (unit, device_class, state_class, diagnostic) = match m {
+        Metric::CpuPercent | Metric::MemoryPercent => ("%", "", LEVEL, false),
+        Metric::MemoryUsage | Metric::MemoryLimit | Metric::StorageUsed => {
+            ("B", "data_size", LEVEL, false)
         }
         Metric::NetworkReceived
         | Metric::NetworkSent
         | Metric::BlockRead
-        | Metric::BlockWritten => {
-            json!({"unit_of_measurement": "B", "device_class": "data_size", "state_class": "total_increasing"})
+        | Metric::BlockWritten => ("B", "data_size", "total_increasing", false),
+        Metric::Pids => ("", "", LEVEL, false),
+        Metric::LoadAverage1m | Metric::LoadAverage5m | Metric::LoadAverage15m => {
+            ("", "", LEVEL, true)
         }
-        Metric::Pids => json!({"state_class": "measurement"}),
+        Metric::SwapUsage | Metric::SwapTotal | Metric::StorageTotal => {
+            ("B", "data_size", LEVEL, true)
+        }
+        Metric::CpuTemperature => ("°C", "temperature", LEVEL, false),
+        Metric::Uptime => ("s", "duration", LEVEL, true),
+        _ => ("", "problem", "", true),
+    };
+    let mut c = serde_json::Map::new();
+    let keys = [
+        ("unit_of_measurement", unit),
+        ("device_class", device_class),
+        ("state_class", state_class),
+        (
+            "entity_category",
+            if diagnostic { "diagnostic" } else { "" },
+        ),
+    ];
+    for (k, v) in keys.into_iter().filter(|(_, v)| !v.is_empty()) {
+        c.insert(k.into(), json!(v));
     }
+    Json::Object(c)
 }
 
 /// An entity id's object part as Home Assistant accepts it: lowercase `[a-z0-9_]`, no leading, trailing
@@ -553,6 +678,9 @@ pub fn id_safe(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The nine figures a container has (the rest of `Metric::ALL` are the device's).
+    const CONTAINER_METRICS: &[Metric] = &Metric::ALL.split_at(9).0;
 
     fn discovery(mode: PayloadMode, expire: Option<u64>) -> Discovery {
         Discovery::new(Settings {
@@ -667,7 +795,7 @@ mod tests {
     fn home_assistant_birth_republishes_everything_after_a_delay() {
         let t0 = Instant::now();
         let mut d = discovery(PayloadMode::PerMetric, None);
-        let mut first = d.seen(t0, "a", "r/a", Metric::ALL.iter().copied());
+        let mut first = d.seen(t0, "a", "r/a", CONTAINER_METRICS.iter().copied());
         first.extend(d.seen(t0, "b", "r/b", [Metric::Pids].into_iter()));
         deliver(&mut d, &first);
         d.on_message(t0, "homeassistant/status", b"offline", 7);
@@ -857,7 +985,7 @@ mod tests {
         for i in 0..100 {
             let name = format!("svc{i}");
             assert!(d
-                .seen(t0, &name, &name, Metric::ALL.iter().copied())
+                .seen(t0, &name, &name, CONTAINER_METRICS.iter().copied())
                 .is_empty());
         }
         assert!(d.poll(t0, 0).is_empty());

@@ -14,6 +14,7 @@ use crate::publish::lifecycle::{self, Topic};
 use crate::publish::payload::{write_field, write_service, write_value, Field};
 use crate::publish::topics::{Names, TopicTemplate};
 use crate::publish::warnings::{Kind, Warnings};
+use crate::source::device::Record as DeviceRecord;
 use crate::source::StatsText;
 use crate::stats::lifecycle::Lifecycle;
 use crate::stats::records::{Cursor, RecordError};
@@ -55,6 +56,21 @@ enum Records {
         lives: Lives,
     },
     Parsed(std::vec::IntoIter<ContainerStats>),
+    /// The device pseudo-service's records (`source::device`), under its service name.
+    Device {
+        service: String,
+        records: std::vec::IntoIter<DeviceRecord>,
+    },
+}
+
+/// What a record's figures are of.
+enum Of {
+    Container,
+    /// The device itself; `part` is one of its network interfaces or filesystems, none for the whole
+    /// device. Its topics are the service's root with the part as one more level.
+    Device {
+        part: Option<String>,
+    },
 }
 
 /// `ps`'s lives by container name, each taken at most once; those left after the text are stopped
@@ -140,8 +156,17 @@ impl Tick {
     pub fn into_text(self) -> Vec<u8> {
         match self.records {
             Records::Text { text, .. } => text,
-            Records::Parsed(_) => Vec::new(),
+            _ => Vec::new(),
         }
+    }
+
+    /// A tick of the device pseudo-service's records, named `service`.
+    pub fn device(service: String, records: Vec<DeviceRecord>, timestamp_ms: u64) -> Tick {
+        let records = Records::Device {
+            service,
+            records: records.into_iter(),
+        };
+        Tick::with("device".into(), records, timestamp_ms)
     }
 
     /// A tick of figures that need no parsing (ENGINE mode).
@@ -187,6 +212,20 @@ impl Tick {
                     return false;
                 }
             },
+            Records::Device { service, records } => {
+                let Some(r) = records.next() else {
+                    return false;
+                };
+                let stats = ContainerStats {
+                    name: service.clone(),
+                    id: service.clone(),
+                    service: Some(service.clone()),
+                    figures: r.figures,
+                    lifecycle: None,
+                };
+                let of = Of::Device { part: r.part };
+                return self.publish_record(stats, None, of, p, scratch, discovery, sink);
+            }
             Records::Text {
                 text,
                 cursor,
@@ -201,6 +240,7 @@ impl Tick {
                     return self.publish_record(
                         life_only(name, life),
                         None,
+                        Of::Container,
                         p,
                         scratch,
                         discovery,
@@ -246,14 +286,16 @@ impl Tick {
                 (stats, Some(record.line))
             }
         };
-        self.publish_record(stats, line, p, scratch, discovery, sink)
+        self.publish_record(stats, line, Of::Container, p, scratch, discovery, sink)
     }
 
-    /// One container's messages (see [`Tick::step`]); true.
+    /// One container's messages (see [`Tick::step`]), or the device's; true.
+    #[allow(clippy::too_many_arguments)]
     fn publish_record(
         &mut self,
         stats: ContainerStats,
         line: Option<usize>,
+        of: Of,
         p: &Publishing,
         scratch: &mut Scratch,
         discovery: Option<(&mut Discovery, Instant)>,
@@ -264,21 +306,30 @@ impl Tick {
         if stats.name == "--" {
             return true;
         }
-        self.containers += 1;
-
+        let part = match of {
+            Of::Device { part } => Some(part),
+            Of::Container => None,
+        };
         let service = match &stats.service {
             Some(s) => topic_level(s),
             None => service_name(&stats.name),
         };
-        if let Verdict::Older {
-            newer_release,
-            first,
-        } = if stats.figures.iter().next().is_some() {
+        // The device is no container: it is not counted as one, and takes no part in hand-overs.
+        let verdict = if part.is_some() {
+            Verdict::Publish
+        } else if stats.figures.iter().next().is_some() {
+            self.containers += 1;
             self.figures_judged = true;
             scratch.handover.judge(&service, &stats.name)
         } else {
+            self.containers += 1;
             scratch.handover.peek(&service, &stats.name)
-        } {
+        };
+        if let Verdict::Older {
+            newer_release,
+            first,
+        } = verdict
+        {
             if first {
                 crate::info!(
                     "service {service}: two containers run at once (a hand-over update); publishing release {newer_release}'s figures, not {}'s",
@@ -294,6 +345,11 @@ impl Tick {
         };
         scratch.topic.clear();
         p.template.render_root(&names, &mut scratch.topic);
+        let part = part.as_ref().and_then(|p| p.as_deref());
+        if let Some(part) = part {
+            scratch.topic.push('/');
+            scratch.topic.push_str(part);
+        }
         let life = stats
             .lifecycle
             .as_ref()
@@ -302,7 +358,7 @@ impl Tick {
         if let Some((d, now)) = discovery {
             let metrics = stats.figures.iter().map(|(m, _)| Entity::Metric(m));
             let lives = life.iter().flatten().map(|(t, _)| Entity::Life(*t));
-            for c in d.seen(now, &service, &scratch.topic, metrics.chain(lives)) {
+            for c in d.seen_part(now, &service, part, &scratch.topic, metrics.chain(lives)) {
                 // Configs are retained and must arrive: QoS 1 whatever the metrics use.
                 if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
                     sink(m, Some(c.tag));
