@@ -2,6 +2,7 @@
 
 use super::keys::{Fields, COLLECTOR_PREFIX};
 use super::{ConfigError, Env, Source};
+use serde_json::Value;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,14 @@ pub struct Collector {
     /// them only with the `io.balena.features.sysfs` and `io.balena.features.procfs` labels).
     pub cgroup_root: String,
     pub proc_root: String,
+    /// The device pseudo-service (`source::device`): whether it is published, its name, the paths whose
+    /// filesystems' storage it reports (and whether they were configured or are the defaults), and
+    /// where the host's `/sys` is seen from here (its `/proc` is `proc_root`).
+    pub device_metrics: bool,
+    pub device_service_name: String,
+    pub device_disk_paths: Vec<String>,
+    pub device_disk_paths_configured: bool,
+    pub host_sys_root: String,
 }
 
 /// `engine_figures`: the kernel's own counters, or the engine's stats API that reads the same files for us
@@ -50,6 +59,10 @@ pub const COLLECTOR_KEYS: &[&str] = &[
     "engine_figures",
     "cgroup_root",
     "proc_root",
+    "device_metrics",
+    "device_service_name",
+    "device_disk_paths",
+    "host_sys_root",
 ];
 
 /// Built-in defaults, equal to `config/balena_stats_collector.example-config.json`.
@@ -58,6 +71,12 @@ pub const DEFAULT_CLI_PATH: &str = "balena";
 pub const DEFAULT_FILE_PATH: &str = "/data/balena-stats.jsonl";
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub const DEFAULT_PROC_ROOT: &str = "/proc";
+/// `@` cannot stand in a compose service name (`[a-zA-Z0-9._-]+`) or a container name, so no
+/// container's topics can be the device's.
+pub const DEFAULT_DEVICE_SERVICE_NAME: &str = "@device";
+/// The root filesystem, and balenaOS's data partition as its host OS mounts it.
+pub const DEFAULT_DEVICE_DISK_PATHS: [&str; 2] = ["/", "/mnt/data"];
+pub const DEFAULT_HOST_SYS_ROOT: &str = "/sys";
 
 pub fn parse_collector(
     src: &Source,
@@ -124,6 +143,21 @@ pub fn parse_collector(
     };
     let cgroup_root = root("cgroup_root", DEFAULT_CGROUP_ROOT)?;
     let proc_root = root("proc_root", DEFAULT_PROC_ROOT)?;
+    let device_metrics = f.boolean("device_metrics")?.unwrap_or(true);
+    let device_service_name = f
+        .string("device_service_name")?
+        .unwrap_or_else(|| DEFAULT_DEVICE_SERVICE_NAME.into());
+    if device_service_name.is_empty() || device_service_name.contains(['/', '+', '#', '\0']) {
+        return Err(f.error(
+            "device_service_name",
+            format!("{device_service_name:?} must be one topic level: not empty, no / + # or NUL"),
+        ));
+    }
+    let disks = disk_paths(&f)?;
+    let device_disk_paths_configured = disks.is_some();
+    let device_disk_paths =
+        disks.unwrap_or_else(|| DEFAULT_DEVICE_DISK_PATHS.map(String::from).to_vec());
+    let host_sys_root = root("host_sys_root", DEFAULT_HOST_SYS_ROOT)?;
     Ok(Collector {
         mode,
         interval: Duration::from_secs(interval),
@@ -134,7 +168,34 @@ pub fn parse_collector(
         engine_figures,
         cgroup_root,
         proc_root,
+        device_metrics,
+        device_service_name,
+        device_disk_paths,
+        device_disk_paths_configured,
+        host_sys_root,
     })
+}
+
+/// `device_disk_paths`: a list of absolute paths, or (as a variable must be) one text of paths separated
+/// by commas; an empty list publishes no storage.
+fn disk_paths(f: &Fields) -> Result<Option<Vec<String>>, ConfigError> {
+    const KEY: &str = "device_disk_paths";
+    let bad = |why: String| f.error(KEY, why);
+    let paths: Vec<String> = match f.get(KEY) {
+        None => return Ok(None),
+        Some(Value::String(s)) => s.split(',').map(|p| p.trim().to_owned()).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("must be a list of paths (strings)".into()))?,
+        Some(other) => return Err(bad(format!("must be a list of paths, not {other}"))),
+    };
+    let paths: Vec<String> = paths.into_iter().filter(|p| !p.is_empty()).collect();
+    match paths.iter().find(|p| !p.starts_with('/')) {
+        Some(p) => Err(bad(format!("{p:?} must be an absolute path"))),
+        None => Ok(Some(paths)),
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +332,50 @@ mod tests {
             key_of(collector(Some(r#"{"proc_root": ""}"#))),
             Some("proc_root")
         );
+    }
+
+    #[test]
+    fn device_keys() {
+        let c = collector(None).unwrap();
+        assert!(c.device_metrics);
+        assert_eq!(c.device_service_name, "@device");
+        assert_eq!(c.device_disk_paths, ["/", "/mnt/data"]);
+        assert!(!c.device_disk_paths_configured);
+        assert_eq!(c.host_sys_root, "/sys");
+        let c = collector(Some(
+            r#"{"device_metrics": false, "device_service_name": "host", "device_disk_paths": ["/data"], "host_sys_root": "/h/sys"}"#,
+        ))
+        .unwrap();
+        assert!(!c.device_metrics);
+        assert_eq!(c.device_service_name, "host");
+        assert_eq!(
+            (
+                c.device_disk_paths.as_slice(),
+                c.device_disk_paths_configured
+            ),
+            (&["/data".to_owned()][..], true)
+        );
+        assert_eq!(c.host_sys_root, "/h/sys");
+        let c = collector_env(
+            None,
+            &vars(&[("STATS_DEVICE_DISK_PATHS", " /, /mnt/data ,")]),
+        )
+        .unwrap();
+        assert_eq!(c.device_disk_paths, ["/", "/mnt/data"]);
+        let c = collector(Some(r#"{"device_disk_paths": []}"#)).unwrap();
+        assert!(c.device_disk_paths.is_empty() && c.device_disk_paths_configured);
+        for (bad, key) in [
+            (r#"{"device_metrics": "yes"}"#, "device_metrics"),
+            (r#"{"device_service_name": "a/b"}"#, "device_service_name"),
+            (r#"{"device_service_name": ""}"#, "device_service_name"),
+            (r##"{"device_service_name": "#"}"##, "device_service_name"),
+            (r#"{"device_disk_paths": "data"}"#, "device_disk_paths"),
+            (r#"{"device_disk_paths": ["/", 1]}"#, "device_disk_paths"),
+            (r#"{"device_disk_paths": 5}"#, "device_disk_paths"),
+            (r#"{"host_sys_root": "sys"}"#, "host_sys_root"),
+        ] {
+            assert_eq!(key_of(collector(Some(bad))), Some(key), "{bad}");
+        }
     }
 
     #[test]

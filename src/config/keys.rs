@@ -227,6 +227,10 @@ mod tests {
             "/host/sys/fs/cgroup",
         ),
         ("proc_root", r#""/host/proc""#, "/host/proc"),
+        ("device_metrics", "false", "false"),
+        ("device_service_name", r#""host""#, "host"),
+        ("device_disk_paths", r#"["/a", "/b"]"#, "/a,/b"),
+        ("host_sys_root", r#""/host/sys""#, "/host/sys"),
     ];
     const EVERY_MQTT_KEY: &[(&str, &str, &str)] = &[
         ("broker_url", r#""tcp://b:1884""#, "tcp://b:1884"),

@@ -37,6 +37,14 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
             )
         }
     }
+    if c.device_metrics {
+        s += &format!(
+            ", device figures as {:?} (proc_root {:?}, host_sys_root {:?}, disks {:?})",
+            c.device_service_name, c.proc_root, c.host_sys_root, c.device_disk_paths
+        );
+    } else {
+        s += ", device figures off";
+    }
     s += &format!(
         "; broker {}:{}{}, device_id {:?}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
          username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {}, \
