@@ -10,10 +10,10 @@
 
 use crate::config::{Collector, Mode, Mqtt};
 use crate::mqtt::backoff::{Backoff, Seconds};
-use crate::mqtt::connect;
+use crate::mqtt::link::{Link, LinkError};
 use crate::mqtt::resolve::{self, Resolver};
-use crate::mqtt::transport::{TlsClient, Transport};
-use crate::mqtt::{session, Event, Message, Options, Session, Will};
+use crate::mqtt::transport::TlsClient;
+use crate::mqtt::{Event, Message, Options, Session, Will};
 use crate::publish::discovery::{self, Discovery};
 use crate::publish::tick::{Publishing, Scratch, Tick};
 use crate::schedule::Schedule;
@@ -23,9 +23,7 @@ use crate::source::file::FileSource;
 use crate::source::{self, Collected, Output, Source};
 use crate::{debug, error, info, signal, warn};
 use mqttrs::QoS;
-use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,9 +43,6 @@ const STOP_GOODBYE: Duration = Duration::from_millis(300);
 /// 2,048 sends them in 0.6 s at 10.8 ms CPU and 1.6 MiB peak RSS per 9,000-message tick; 4,096 and more
 /// cost RSS without being faster. (Forcing quick ACKs instead cost 40-55 ms CPU per tick.)
 const MAX_INFLIGHT: usize = 2048;
-/// Bytes read from the broker per turn of the loop at most: a peer that keeps the socket full gets its
-/// share, and collections, deadlines and signals get theirs (the next `poll` returns at once for the rest).
-const READ_BUDGET: usize = 64 * 1024;
 /// With Home Assistant discovery on, while acknowledgements are expected and nothing waits on them, they
 /// are read together this often rather than on every arrival (see `input_events`): Home Assistant's birth
 /// is seen at most this late.
@@ -61,30 +56,6 @@ pub struct Settings {
     pub once: bool,
     /// `mqtts://`: the certificates, checked at start.
     pub tls: Option<TlsClient>,
-}
-
-struct Link {
-    stream: TcpStream,
-    /// Plain MQTT or TLS over `stream`.
-    transport: Transport,
-    /// While the TCP connect is still in progress: when to give up on it.
-    connecting_until: Option<Instant>,
-}
-
-enum LinkError {
-    Io(std::io::Error),
-    Closed,
-    Session(session::Error),
-}
-
-impl std::fmt::Display for LinkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match self {
-            LinkError::Io(e) => write!(f, "{e}"),
-            LinkError::Closed => f.write_str("closed by the broker"),
-            LinkError::Session(e) => write!(f, "{e}"),
-        }
-    }
 }
 
 pub struct Agent {
@@ -244,7 +215,7 @@ impl Agent {
                 (!(self.source.busy() || (self.s.once && self.collected)))
                     .then(|| self.schedule.next_due()),
                 self.link.is_none().then_some(self.reconnect_at),
-                self.link.as_ref().and_then(|l| l.connecting_until),
+                self.link.as_ref().and_then(Link::connecting_until),
                 self.resolver.as_ref().map(|r| r.until),
                 self.source.deadline(),
                 self.discovery.as_ref().and_then(Discovery::next_deadline),
@@ -494,14 +465,10 @@ impl Agent {
         // One address per attempt, the next one after a failure: a name with an IPv6 and an IPv4 address
         // reaches a broker that listens on only one of them.
         let addr = addrs[self.next_addr % addrs.len()];
-        match Transport::new(self.s.tls.as_ref()).and_then(|t| Ok((connect::start(addr)?, t))) {
-            Ok((stream, transport)) => {
+        match Link::start(addr, self.s.tls.as_ref(), now, CONNECT_TIMEOUT) {
+            Ok(link) => {
                 debug!("connecting to {addr}");
-                self.link = Some(Link {
-                    stream,
-                    transport,
-                    connecting_until: Some(now + CONNECT_TIMEOUT),
-                });
+                self.link = Some(link);
             }
             Err(e) => self.connect_failed(now, &e.to_string()),
         }
@@ -515,12 +482,10 @@ impl Agent {
         let outcome = if timed_out {
             Err(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))
         } else {
-            connect::outcome(&link.stream).map_err(|e| e.to_string())
+            link.connect_finished().map_err(|e| e.to_string())
         };
         match outcome {
             Ok(()) => {
-                let _ = link.stream.set_nodelay(true);
-                link.connecting_until = None;
                 debug!(
                     "TCP connection to {}:{} open",
                     self.s.mqtt.host, self.s.mqtt.port
@@ -572,76 +537,20 @@ impl Agent {
         let Some(link) = self.link.as_mut() else {
             return true;
         };
-        if link.connecting_until.is_some() {
-            // Not before the TCP connect is done (a TLS ClientHello is waiting from the start).
-            return true;
-        }
-        let result = loop {
-            let out = self.session.outbound();
-            let sent = if out.is_empty() {
-                // MQTT bytes all taken; TLS may still hold records for the socket.
-                match link.transport.flush(&mut link.stream) {
-                    Ok(true) => break Ok(true),
-                    Ok(false) => Err(ErrorKind::WouldBlock.into()),
-                    Err(e) => Err(e),
-                }
-            } else {
-                link.transport.send(&mut link.stream, out)
-            };
-            match sent {
-                Ok(0) => break Err(LinkError::Closed),
-                Ok(n) => self.session.consumed(now, n),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    break match self.session.write_blocked(now) {
-                        Ok(()) => Ok(false),
-                        Err(e) => Err(LinkError::Session(e)),
-                    };
-                }
-                Err(e) => break Err(LinkError::Io(e)),
-            }
-        };
-        result.unwrap_or_else(|e| {
+        link.write(&mut self.session, now).unwrap_or_else(|e| {
             self.link_failed(now, e);
             true
         })
     }
 
-    /// Reads what the broker sent, up to [`READ_BUDGET`] bytes, and only while the session accepts input
-    /// (not while the PUBACKs we owe cannot be written).
+    /// Reads what the broker sent (see [`Link::read`]) and acts on what it brought.
     fn read(&mut self, now: Instant) {
         self.more_input = false;
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        let mut buf = [0u8; 16 * 1024];
-        let mut budget = READ_BUDGET;
-        let result = loop {
-            if budget == 0 {
-                self.more_input = true;
-                break Ok(());
-            }
-            if !self.session.accepts_input() {
-                break Ok(());
-            }
-            match link.transport.recv(&mut link.stream, &mut buf) {
-                Ok(0) => break Err(LinkError::Closed),
-                Ok(n) => {
-                    budget = budget.saturating_sub(n);
-                    if let Err(e) = self.session.receive(now, &buf[..n]) {
-                        break Err(LinkError::Session(e));
-                    }
-                    if n < buf.len() {
-                        // TCP gave us all it had: skip the read that would say WouldBlock (one system
-                        // call per wake-up); whatever comes next makes the socket readable again.
-                        break Ok(());
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(()),
-                Err(e) => break Err(LinkError::Io(e)),
-            }
-        };
+        let result = link.read(&mut self.session, now);
+        self.more_input = matches!(result, Ok(true));
         self.note_unsolicited(now);
         let events = self.session.take_events();
         self.more_input |= !events.is_empty();
@@ -652,9 +561,7 @@ impl Agent {
                         "connected to broker {}:{}{}",
                         self.s.mqtt.host,
                         self.s.mqtt.port,
-                        self.link
-                            .as_ref()
-                            .map_or(String::new(), |l| l.transport.describe())
+                        self.link.as_ref().map_or(String::new(), Link::describe)
                     );
                     self.backoff.reset();
                 }
@@ -718,26 +625,11 @@ impl Agent {
     fn wait(&mut self, now: Instant, wake: Option<Instant>) {
         let mut fds = std::mem::take(&mut self.pollfds);
         fds.clear();
-        let connecting = self.link.as_ref().and_then(|l| l.connecting_until);
+        let connecting = self.link.as_ref().and_then(Link::connecting_until);
         let input = self.input_events(now);
         let wake = [wake, self.coalesce_until].into_iter().flatten().min();
         let broker = match &self.link {
-            // A connect in progress reports its outcome by turning writable.
-            Some(link) => {
-                let waiting = !self.session.outbound().is_empty();
-                let out = if connecting.is_some() || link.transport.wants_writable(waiting) {
-                    libc::POLLOUT
-                } else {
-                    0
-                };
-                // TLS may need the peer's bytes to go on (a handshake), whatever MQTT expects.
-                let input = if link.transport.wants_readable() {
-                    input | libc::POLLIN
-                } else {
-                    input
-                };
-                source::pollfd(link.stream.as_raw_fd(), input | out)
-            }
+            Some(link) => link.pollfd(input, !self.session.outbound().is_empty()),
             None => source::pollfd(-1, 0),
         };
         fds.push(broker);
@@ -833,22 +725,9 @@ impl Agent {
             t.count_rest(&publishing(&self.s), &mut self.scratch)
         });
         let undelivered = in_tick > 0 || !self.session.is_idle();
-        if let Some(mut link) = self.link.take() {
+        if let Some(link) = self.link.take() {
             self.session.disconnect(self.offline.as_ref());
-            let goodbye_until = Instant::now() + STOP_GOODBYE;
-            let _ = link.stream.set_nonblocking(false);
-            let _ = link.stream.set_write_timeout(Some(STOP_GOODBYE));
-            while Instant::now() < goodbye_until && !self.session.outbound().is_empty() {
-                match link
-                    .transport
-                    .send(&mut link.stream, self.session.outbound())
-                {
-                    Ok(n) if n > 0 => self.session.consumed(Instant::now(), n),
-                    _ => break,
-                }
-            }
-            link.transport.close(&mut link.stream);
-            let _ = link.stream.shutdown(std::net::Shutdown::Both);
+            link.goodbye(&mut self.session, STOP_GOODBYE);
         }
         if undelivered {
             let pending = self.session.queued() + self.session.inflight() + in_tick;

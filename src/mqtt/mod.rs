@@ -1,9 +1,11 @@
 //! Our MQTT 3.1.1 client: `frame` checks what comes in, `message` encodes what goes out, `session` is the
-//! protocol. None of them does I/O; `agent.rs` owns the socket.
+//! protocol; none of them does I/O. `link` (with `connect` and `transport`) is the socket side, which the
+//! loop in `agent.rs` owns and drives.
 
 pub mod backoff;
 pub mod connect;
 pub mod frame;
+pub mod link;
 pub mod message;
 pub mod resolve;
 pub mod session;

@@ -7,7 +7,10 @@ is non-zero only when a measurement could not be made (the agent crashed, never 
 
 What it starts (a mosquitto on a free loopback port, the agent, mosquitto_pub/_sub, docker containers and
 an image for the CLI/ENGINE rows) is tracked and stopped on every way out, including Ctrl-C and SIGTERM.
-Only loopback addresses are used; containers run with --network none.
+Only loopback addresses are used; containers run with --network none. Its sections in other files:
+qos1.py (issue 18: a QoS 1 burst against rumqttc, tests/bench/rumqttc-qos1, through a stock mosquitto and one
+with set_tcp_nodelay; BENCH_QOS1_ROUNDS, BENCH_QOS1_CONTAINERS; alone: make bench-qos1), engine_scale.py and
+kernel_figures.py (issues 11 and 12).
 
 Tunables (environment): BENCH_RUNS (publishing runs per program and QoS, default 3), BENCH_TICKS (ticks
 measured at 1,000 and 10,000 containers, default 20 and 10; 8 containers uses 3x, default 30, because
@@ -106,14 +109,18 @@ def free_port():
 
 
 class Broker:
-    def __init__(self, work, tls=None):
-        """`tls`: (ca, cert, key) file paths for a TLS listener instead of a plain one."""
+    def __init__(self, work, tls=None, name=None, settings=None):
+        """`tls`: (ca, cert, key) file paths for a TLS listener instead of a plain one. `settings`: the lines
+        after the listener instead of the bench's own (qos1.py's brokers with mosquitto's defaults); `name`
+        tells the config and log files of several brokers apart."""
         self.port = free_port()
         self.tls = tls
-        name = "mosquitto-tls" if tls else "mosquitto"
+        name = name or ("mosquitto-tls" if tls else "mosquitto")
         conf = os.path.join(work, name + ".conf")
         with open(conf, "w") as f:
-            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f.write(f"listener {self.port} 127.0.0.1\n")
+            f.write(settings if settings is not None else
+                    "allow_anonymous true\npersistence false\n"
                     # The calibration subscriber takes 90,000 messages in a burst: queue them, do not drop.
                     "max_queued_messages 0\nmax_queued_bytes 0\n")
             if tls:
@@ -975,6 +982,16 @@ def render(res):
                      f"mosquitto_pub {', '.join(f'{x:.3f}' for x in q['pub_runs'])}.  ")
     else:
         L.append(f"failed: {p.get('error') if p else 'not run'}")
+    q = res.get("qos1")
+    if q:
+        L.append("")
+        L.append("## QoS 1 burst: `--once` against rumqttc, stock mosquitto and `set_tcp_nodelay true` (issue 18)")
+        L.append("")
+        if "error" in q:
+            L.append(f"failed: {q['error']}")
+        else:
+            import qos1
+            L.extend(qos1.render(q))
     L.append("")
     L.append("## Real containers (CLI and ENGINE mode), 1 s interval")
     L.append("")
@@ -1036,7 +1053,7 @@ def render(res):
         L.append(f"| {row['scenario']} | {row['flood_messages']:,} | {mib(row['calm_hwm'])} -> {mib(row['peak_rss'])} | "
                  f"{row['ticks']} / {row['expected_ticks']} | {late} | {row['stop_s'] * 1000:.0f} ms |")
     L.append("")
-    L.append("## Targets (issues 6, 10 and 12), for reading; nothing fails on them")
+    L.append("## Targets (issues 6, 10, 12 and 18), for reading; nothing fails on them")
     L.append("")
     L.append("| target | measured |")
     L.append("| --- | --- |")
@@ -1089,6 +1106,10 @@ def targets(res):
         out.append({"what": "QoS 1 publishing ratio agent / mosquitto_pub --repeat <= 1.0",
                     "value": p["qos"][1]["ratio_repeat"], "limit": 1.0,
                     "measured": f"{p['qos'][1]['ratio_repeat']:.2f}", "unit": "x"})
+    q = res.get("qos1")
+    if q and "error" not in q:
+        import qos1
+        out.extend(qos1.targets(q))
     return out
 
 
@@ -1264,6 +1285,13 @@ def main():
         except Failure as e:
             failures += 1
             res["publishing"] = {"error": str(e)}
+        try:
+            import qos1
+            log("QoS 1 burst against rumqttc through two brokers (issue 18)")
+            res["qos1"] = qos1.measure(binary, work)
+        except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the bench goes on
+            failures += 1
+            res["qos1"] = {"error": str(e)}
 
         res["engine"] = []
         why = engine_answers()
