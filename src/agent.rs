@@ -18,6 +18,7 @@ use crate::publish::discovery::{self, Discovery};
 use crate::publish::tick::{Publishing, Scratch, Tick};
 use crate::schedule::Schedule;
 use crate::source::cli::CliSource;
+use crate::source::device::Device;
 use crate::source::engine::{self, EngineSource};
 use crate::source::file::FileSource;
 use crate::source::{self, Collected, Output, Source};
@@ -95,6 +96,10 @@ pub struct Agent {
     /// The broker's name being resolved off the loop, and the slot its thread answers in.
     resolver: Option<Resolver>,
     resolve_slot: resolve::Slot,
+    /// The device pseudo-service's collector (`device_metrics`), and its tick while it waits for the
+    /// tick in progress to end.
+    device: Option<Device>,
+    device_tick: Option<Tick>,
 }
 
 impl Agent {
@@ -107,7 +112,12 @@ impl Agent {
                 .ok()
                 .filter(|_| !s.once)
         };
-        let discovery = m.home_assistant.as_ref().map(|ha| {
+        // First, before any thread is started: it forks the device's reader.
+        let device = s
+            .collector
+            .device_metrics
+            .then(|| Device::new((&s.collector).into()));
+        let mut discovery = m.home_assistant.as_ref().map(|ha| {
             Discovery::new(discovery::Settings {
                 prefix: ha.prefix.clone(),
                 device_id: m.device_id.clone(),
@@ -127,6 +137,9 @@ impl Agent {
                 remove_after: ha.remove_after,
             })
         });
+        if let (Some(d), Some(dev)) = (&mut discovery, &device) {
+            d.device_service(dev.service());
+        }
         let opts = Options {
             client_id: m.client_id.clone(),
             keep_alive: m.keep_alive,
@@ -174,6 +187,8 @@ impl Agent {
             pollfds: Vec::new(),
             resolver: None,
             resolve_slot: resolve::slot(),
+            device,
+            device_tick: None,
             s,
         }
     }
@@ -207,7 +222,13 @@ impl Agent {
             self.collect_if_due(now);
             self.connect_if_due(now);
             let session_deadline = self.pump(now);
-            if self.s.once && self.collected && self.tick.is_none() && self.session.is_idle() {
+            let device_done = self.device.as_ref().is_none_or(|d| !d.busy());
+            if self.s.once
+                && self.collected
+                && self.tick.is_none()
+                && device_done
+                && self.session.is_idle()
+            {
                 return self.stop(now);
             }
             let wake = [
@@ -218,6 +239,7 @@ impl Agent {
                 self.link.as_ref().and_then(Link::connecting_until),
                 self.resolver.as_ref().map(|r| r.until),
                 self.source.deadline(),
+                self.device.as_ref().and_then(Device::deadline),
                 self.discovery.as_ref().and_then(Discovery::next_deadline),
                 once_deadline,
             ];
@@ -228,6 +250,7 @@ impl Agent {
     }
 
     fn collect_if_due(&mut self, now: Instant) {
+        self.publish_device(now);
         if (self.s.once && self.collected) || self.source.busy() || now < self.schedule.next_due() {
             return;
         }
@@ -237,6 +260,25 @@ impl Agent {
         }
         self.source.start(now);
         self.route(now);
+        if let Some(d) = &mut self.device {
+            d.start(now);
+        }
+        self.publish_device(now);
+    }
+
+    /// The device's figures once they are due: a tick of their own, which waits for the one in progress.
+    fn publish_device(&mut self, now: Instant) {
+        let Some(d) = &mut self.device else { return };
+        let Some(records) = d.collect(now) else {
+            return;
+        };
+        let tick = Tick::device(d.service().to_owned(), records, unix_millis());
+        if self.tick.is_some() {
+            self.device_tick = Some(tick);
+        } else {
+            self.tick = Some(tick);
+            self.change_tick = false;
+        }
     }
 
     /// Takes what the source has ready to its place: a tick, a failure, or nothing new.
@@ -357,11 +399,12 @@ impl Agent {
             discovery,
             source,
             change_tick,
+            device_tick,
             ..
         } = self;
-        let Some(t) = tick else { return };
         let p = publishing(s);
         while all || session.has_room() {
+            let Some(t) = tick.as_mut() else { return };
             let d = discovery.as_mut().map(|d| {
                 // Without room (an outage, a slow link) configs wait in discovery, not in the session.
                 d.hold(!session.has_room());
@@ -380,7 +423,9 @@ impl Agent {
                 } else {
                     String::new()
                 };
-                if *change_tick {
+                if t.is_device() {
+                    debug!("device: {} messages", t.messages);
+                } else if *change_tick {
                     debug!(
                         "lifecycle changes: {} containers, {} messages",
                         t.containers, t.messages
@@ -391,10 +436,13 @@ impl Agent {
                         t.containers, t.messages, bad
                     );
                 }
-                if let Some(done) = tick.take() {
-                    source.recycle(done.into_text());
+                match tick.take() {
+                    Some(done) if !done.is_device() => source.recycle(done.into_text()),
+                    _ => {}
                 }
-                return;
+                // The device's tick waited for this one.
+                *tick = device_tick.take();
+                *change_tick = false;
             }
         }
     }
@@ -721,9 +769,13 @@ impl Agent {
         self.report_drops();
         // Figures still waiting as text were never encoded: count them too, or a --once that gave up
         // before connecting reported "0 messages undelivered".
-        let in_tick = self.tick.take().map_or(0, |mut t| {
-            t.count_rest(&publishing(&self.s), &mut self.scratch)
-        });
+        let mut in_tick = 0;
+        for mut t in [self.tick.take(), self.device_tick.take()]
+            .into_iter()
+            .flatten()
+        {
+            in_tick += t.count_rest(&publishing(&self.s), &mut self.scratch);
+        }
         let undelivered = in_tick > 0 || !self.session.is_idle();
         if let Some(link) = self.link.take() {
             self.session.disconnect(self.offline.as_ref());

@@ -199,6 +199,7 @@ impl Discovery {
 
     /// A container was collected with these metrics and lifecycle topics: returns configs for whatever
     /// of it was not handed out yet (nothing while holding).
+    #[cfg(test)]
     pub fn seen<E: Into<Entity>>(
         &mut self,
         now: Instant,
@@ -478,7 +479,7 @@ impl Discovery {
             map.extend(more);
         }
         Config {
-            topic: self.config_topic(service, e),
+            topic: self.config_topic(key, e),
             payload: c.to_string().into_bytes(),
             tag: 0,
         }
@@ -1188,6 +1189,124 @@ mod tests {
             parse(&c[0])["default_entity_id"],
             parse(&c2[0])["default_entity_id"]
         );
+    }
+
+    #[test]
+    fn the_device_is_an_ha_device_of_its_own_that_every_service_runs_on() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, Some(60));
+        d.device_service("@device");
+        let root = "root/dev.1/telemetry/system/@device";
+        let mut whole = d.seen(
+            t0,
+            "@device",
+            root,
+            [Metric::CpuTemperature, Metric::Uptime, Metric::UnderVoltage].into_iter(),
+        );
+        let eth0 = d.seen_part(
+            t0,
+            "@device",
+            Some("eth0"),
+            &format!("{root}/eth0"),
+            [Metric::NetworkReceived].into_iter(),
+        );
+        let web = d.seen(t0, "web", "r/web", [Metric::Pids].into_iter());
+        let topics: Vec<&str> = whole
+            .iter()
+            .chain(&eth0)
+            .map(|c| c.topic.as_str())
+            .collect();
+        assert_eq!(
+            topics,
+            [
+                "homeassistant/sensor/dev_1/cpu_temperature_in_celsius/config",
+                "homeassistant/sensor/dev_1/uptime_in_seconds/config",
+                "homeassistant/binary_sensor/dev_1/under_voltage/config",
+                "homeassistant/sensor/dev_1/network_received_in_bytes_eth0/config",
+            ]
+        );
+        let temp = parse(&whole[0]);
+        assert_eq!(temp["device"]["name"], "dev.1");
+        assert_eq!(
+            temp["device"]["identifiers"],
+            json!(["balena-multi-container-telemetry_dev_1"])
+        );
+        assert!(temp["device"].get("via_device").is_none());
+        assert_eq!(
+            (&temp["device_class"], &temp["unit_of_measurement"]),
+            (&json!("temperature"), &json!("°C"))
+        );
+        assert!(temp.get("entity_category").is_none(), "a primary figure");
+        assert_eq!(temp["unique_id"], "dev_1_cpu_temperature_in_celsius");
+        assert_eq!(
+            temp["default_entity_id"],
+            "sensor.dev_1_cpu_temperature_in_celsius"
+        );
+        let uptime = parse(&whole[1]);
+        assert_eq!(uptime["entity_category"], "diagnostic");
+        assert_eq!(uptime["device_class"], "duration");
+        let uv = parse(&whole[2]);
+        assert_eq!(
+            (&uv["device_class"], &uv["entity_category"]),
+            (&json!("problem"), &json!("diagnostic"))
+        );
+        assert_eq!(
+            uv["value_template"],
+            "{{ 'ON' if value_json.value else 'OFF' }}"
+        );
+        let rx = parse(&eth0[0]);
+        assert_eq!(rx["name"], "Network received eth0");
+        assert_eq!(rx["unique_id"], "dev_1_network_received_in_bytes_eth0");
+        assert_eq!(
+            rx["state_topic"],
+            format!("{root}/eth0/network_received_in_bytes")
+        );
+        assert_eq!(
+            rx["device"], temp["device"],
+            "one HA device for the whole device"
+        );
+        // Containers' HA devices run on it.
+        assert_eq!(
+            parse(&web[0])["device"]["via_device"],
+            "balena-multi-container-telemetry_dev_1"
+        );
+        // A part that stops being reported (an interface gone down) is removed on its own.
+        whole.extend(eth0);
+        deliver(&mut d, &whole);
+        deliver(&mut d, &web);
+        let later = t0 + Duration::from_secs(61);
+        d.seen(later, "@device", root, [Metric::CpuTemperature].into_iter());
+        d.seen(later, "web", "r/web", [Metric::Pids].into_iter());
+        let removed: Vec<String> = d
+            .poll(later, usize::MAX)
+            .into_iter()
+            .map(|c| c.topic)
+            .collect();
+        assert_eq!(
+            removed,
+            ["homeassistant/sensor/dev_1/network_received_in_bytes_eth0/config"]
+        );
+    }
+
+    #[test]
+    fn per_service_parts_read_their_own_payload() {
+        let mut d = discovery(PayloadMode::PerService, None);
+        d.device_service("@device");
+        let c = d.seen_part(
+            Instant::now(),
+            "@device",
+            Some("disk_root"),
+            "r/@device/disk_root",
+            [Metric::StorageUsed, Metric::StorageTotal].into_iter(),
+        );
+        let used = parse(&c[0]);
+        assert_eq!(used["state_topic"], "r/@device/disk_root");
+        assert_eq!(
+            used["value_template"],
+            "{{ value_json.storage_used_in_bytes | default(None) }}"
+        );
+        assert_eq!(parse(&c[1])["entity_category"], "diagnostic");
+        assert!(used.get("entity_category").is_none());
     }
 
     #[test]

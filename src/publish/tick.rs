@@ -160,6 +160,11 @@ impl Tick {
         }
     }
 
+    /// Whether it holds the device's records rather than containers'.
+    pub fn is_device(&self) -> bool {
+        matches!(self.records, Records::Device { .. })
+    }
+
     /// A tick of the device pseudo-service's records, named `service`.
     pub fn device(service: String, records: Vec<DeviceRecord>, timestamp_ms: u64) -> Tick {
         let records = Records::Device {
@@ -812,7 +817,7 @@ mod tests {
     /// For tests/scripts/check-ha-schemas.py, which checks configs with Home Assistant's own schemas and
     /// renders their templates against the messages they describe: a tick in each payload mode through
     /// discovery, with a running container (every figure, every lifecycle value but the exit code) and an
-    /// exited one (no figures, an exit code), so every entity is announced. One line per message,
+    /// exited one (no figures, an exit code), and the device's every figure, so every entity is announced. One line per message,
     /// `topic<TAB>payload`, configs first, written to the file `HA_CONFIG_DUMP` names. No source in this
     /// branch reports lifecycle yet, so the agent's own runs in that script cannot show these entities.
     #[test]
@@ -855,15 +860,187 @@ mod tests {
                 expire_after: Some(std::time::Duration::from_secs(30)),
                 remove_after: None,
             });
-            let out = drain_mode(vec![running.clone(), exited.clone()], mode, Some(&mut d));
+            d.device_service("@device");
+            let mut out = drain_mode(vec![running.clone(), exited.clone()], mode, Some(&mut d));
+            out.extend(drain_device(mode, Some(&mut d)));
             for (topic, payload, config) in &out {
                 configs += usize::from(*config);
                 lines += &format!("{topic}\t{payload}\n");
             }
         }
-        // web: nine metrics, five lifecycle topics and running; worker: its life without uptime.
-        assert_eq!(configs, 2 * (15 + 6), "every entity in both modes");
+        // web: nine metrics, five lifecycle topics and running; worker: its life without uptime; the
+        // device: 19 figures of its own, two of an interface, two of a filesystem.
+        assert_eq!(configs, 2 * (15 + 6 + 23), "every entity in both modes");
         std::fs::write(path, lines).unwrap();
+    }
+
+    /// The device's records as `source::device` hands them over: every figure of the whole device (a
+    /// Pi without the rpi_volt hwmon, so every throttling flag; a cold morning outdoors), an interface
+    /// and a filesystem.
+    fn device_records() -> Vec<DeviceRecord> {
+        use crate::stats::{Figures, Metric, Value};
+        let mut whole = Figures::default();
+        for (i, m) in Metric::ALL.into_iter().enumerate() {
+            let v = match m {
+                Metric::CpuPercent | Metric::MemoryPercent => Value::Percent(12.5),
+                Metric::LoadAverage1m | Metric::LoadAverage5m | Metric::LoadAverage15m => {
+                    Value::Hundredths(52)
+                }
+                Metric::CpuTemperature => Value::Hundredths(-512),
+                Metric::UnderVoltage
+                | Metric::FrequencyCapped
+                | Metric::Throttled
+                | Metric::SoftTemperatureLimit
+                | Metric::UnderVoltageSinceBoot
+                | Metric::FrequencyCappedSinceBoot
+                | Metric::ThrottledSinceBoot
+                | Metric::SoftTemperatureLimitSinceBoot => Value::Flag(i % 2 == 0),
+                Metric::MemoryUsage
+                | Metric::MemoryLimit
+                | Metric::SwapUsage
+                | Metric::SwapTotal
+                | Metric::Uptime => Value::Count(1000 + i as u64),
+                _ => continue,
+            };
+            whole.set(m, v);
+        }
+        let mut eth0 = Figures::default();
+        eth0.set(Metric::NetworkReceived, Value::Count(7));
+        eth0.set(Metric::NetworkSent, Value::Count(8));
+        let mut disk = Figures::default();
+        disk.set(Metric::StorageUsed, Value::Count(9));
+        disk.set(Metric::StorageTotal, Value::Count(10));
+        vec![
+            DeviceRecord {
+                part: None,
+                figures: whole,
+            },
+            DeviceRecord {
+                part: Some("eth0".into()),
+                figures: eth0,
+            },
+            DeviceRecord {
+                part: Some("disk_root".into()),
+                figures: disk,
+            },
+        ]
+    }
+
+    #[test]
+    fn the_device_goes_out_under_its_service_with_its_parts_one_level_down() {
+        let (tick, out) = drain(Tick::device("@device".into(), device_records(), 5));
+        assert!(tick.is_device());
+        assert_eq!((tick.containers, tick.messages), (0, 23), "no container");
+        let got: Vec<String> = out
+            .iter()
+            .map(|(t, p)| {
+                format!(
+                    "{} {p}",
+                    t.strip_prefix("root/dev/telemetry/system/").unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            got[0],
+            r#"@device/cpu_usage_in_percent {"value":12.5,"timestamp":5}"#
+        );
+        assert!(got.contains(
+            &r#"@device/cpu_temperature_in_celsius {"value":-5.12,"timestamp":5}"#.to_owned()
+        ));
+        assert!(got.contains(&r#"@device/load_average_1m {"value":0.52,"timestamp":5}"#.to_owned()));
+        assert!(got.contains(&r#"@device/throttled {"value":true,"timestamp":5}"#.to_owned()));
+        assert_eq!(
+            got[19..],
+            [
+                r#"@device/eth0/network_received_in_bytes {"value":7,"timestamp":5}"#,
+                r#"@device/eth0/network_sent_in_bytes {"value":8,"timestamp":5}"#,
+                r#"@device/disk_root/storage_used_in_bytes {"value":9,"timestamp":5}"#,
+                r#"@device/disk_root/storage_total_in_bytes {"value":10,"timestamp":5}"#,
+            ]
+        );
+        let out = drain_device(PayloadMode::PerService, None);
+        let got: Vec<(&str, &str)> = messages(&out);
+        assert_eq!(got.len(), 3, "one payload per part");
+        assert_eq!(
+            got[1],
+            (
+                "root/dev/telemetry/system/@device/eth0",
+                r#"{"timestamp":62500,"network_received_in_bytes":7,"network_sent_in_bytes":8}"#
+            )
+        );
+        assert!(
+            got[0]
+                .1
+                .contains(r#""under_voltage":true,"frequency_capped":false"#),
+            "{}",
+            got[0].1
+        );
+    }
+
+    #[test]
+    fn a_device_tick_leaves_hand_overs_alone() {
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let p = Publishing {
+            template: &template,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            mode: PayloadMode::PerMetric,
+        };
+        let mut scratch = Scratch::default();
+        // The older release first: only what the previous tick saw holds it back.
+        let text = concat!(
+            r#"{"Name":"main_10_100_localrelease","PIDs":"1"}"#,
+            "\n",
+            r#"{"Name":"main_11_101_bbbb","PIDs":"2"}"#,
+            "\n"
+        );
+        // A container tick, then the device's between it and the next: the older release is still
+        // held back in the next, as without the device.
+        for tick in 0..2 {
+            let mut t = Tick::new("t".into(), text.as_bytes().to_vec(), 1);
+            let mut n = 0;
+            while t.step(&p, &mut scratch, None, &mut |_, _| n += 1) {}
+            if tick == 1 {
+                assert_eq!(n, 1);
+            }
+            let mut d = Tick::device("@device".into(), device_records(), 1);
+            while d.step(&p, &mut scratch, None, &mut |_, _| {}) {}
+        }
+    }
+
+    fn drain_device(
+        mode: PayloadMode,
+        discovery: Option<&mut Discovery>,
+    ) -> Vec<(String, String, bool)> {
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let p = Publishing {
+            template: &template,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            mode,
+        };
+        let mut scratch = Scratch::default();
+        let mut tick = Tick::device("@device".into(), device_records(), 62_500);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        let mut discovery = discovery;
+        while tick.step(
+            &p,
+            &mut scratch,
+            discovery.as_deref_mut().map(|d| (d, now)),
+            &mut |m, tag| {
+                if let Ok(Incoming::Publish { topic, payload, .. }) = decode(m.bytes()) {
+                    out.push((
+                        topic.to_owned(),
+                        String::from_utf8(payload.to_vec()).unwrap(),
+                        tag.is_some(),
+                    ));
+                }
+            },
+        ) {}
+        out
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod procfs;
 pub mod reader;
 pub mod sysfs;
 
+use crate::config::Collector;
 use crate::publish::balena::topic_level;
 use crate::source::kernel::{open, read_whole};
 use crate::stats::{Figures, Metric, Value};
@@ -37,6 +38,18 @@ pub struct Settings {
     /// The paths were configured, not the defaults: one that is not there is worth a warning (the
     /// default `/mnt/data` exists only on balenaOS's host).
     pub disks_configured: bool,
+}
+
+impl From<&Collector> for Settings {
+    fn from(c: &Collector) -> Settings {
+        Settings {
+            service: c.device_service_name.clone(),
+            proc_root: c.proc_root.clone().into(),
+            sys_root: c.host_sys_root.clone().into(),
+            disk_paths: c.device_disk_paths.clone(),
+            disks_configured: c.device_disk_paths_configured,
+        }
+    }
 }
 
 /// One tick's figures of one part of the device: the whole device (`part` none), a network interface
