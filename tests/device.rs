@@ -38,6 +38,9 @@ fn proc_file(name: &str) -> String {
     std::fs::read_to_string(Path::new("/proc").join(name)).unwrap()
 }
 
+/// When (Unix ms), and the CPUs' (busy, total) clock ticks then.
+type CpuSample = (u64, (u64, u64));
+
 /// (busy, total) clock ticks of all CPUs, by the rule the README states: all but idle and iowait.
 fn cpu_times() -> (u64, u64) {
     let stat = proc_file("stat");
@@ -110,7 +113,7 @@ fn figures_agree_with_this_machines_own_proc_and_statvfs() {
     let root = format!("root/dev1/telemetry/system/{DEVICE_SERVICE}/");
     let sub = Subscriber::start(broker.port, &format!("{root}#"));
     // The CPU's counters sampled every 10 ms with the wall clock, to find the agent's interval in.
-    let samples: Arc<Mutex<Vec<(u64, (u64, u64))>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<CpuSample>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
         let (samples, done) = (samples.clone(), done.clone());

@@ -681,7 +681,7 @@ mod tests {
     use super::*;
 
     /// The nine figures a container has (the rest of `Metric::ALL` are the device's).
-    const CONTAINER_METRICS: &[Metric] = &Metric::ALL.split_at(9).0;
+    const CONTAINER_METRICS: &[Metric] = Metric::ALL.split_at(9).0;
 
     fn discovery(mode: PayloadMode, expire: Option<u64>) -> Discovery {
         Discovery::new(Settings {

@@ -237,7 +237,7 @@ impl Device {
         }
         let interfaces = self.parse(NETDEV, |t| {
             let list = procfs::interfaces(t)?;
-            Some(list.into_iter().map(|i| {
+            let records = list.into_iter().map(|i| {
                 let mut f = Figures::default();
                 f.set(Metric::NetworkReceived, Value::Count(i.received));
                 f.set(Metric::NetworkSent, Value::Count(i.sent));
@@ -245,8 +245,8 @@ impl Device {
                     part: Some(topic_level(i.name)),
                     figures: f,
                 }
-            }))
-            .map(Iterator::collect::<Vec<_>>)
+            });
+            Some(records.collect::<Vec<_>>())
         });
         let mut records = vec![Record {
             part: None,
