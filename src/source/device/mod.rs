@@ -18,7 +18,7 @@ use crate::config::Collector;
 use crate::publish::balena::topic_level;
 use crate::source::kernel::{open, read_whole};
 use crate::stats::{Figures, Metric, Value};
-use crate::{debug, info, warn};
+use crate::{info, warn};
 use procfs::CpuTimes;
 use reader::{Answer, Item, Reader, BOUND};
 use std::os::fd::OwnedFd;
@@ -67,8 +67,9 @@ const LOADAVG: usize = 2;
 const UPTIME: usize = 3;
 const NETDEV: usize = 4;
 const FILES: [&str; 5] = ["stat", "meminfo", "loadavg", "uptime", "1/net/dev"];
-/// Thermal zones and filesystems read at most.
+/// Thermal zones and filesystems read at most; thermal zone and hwmon numbers looked at.
 const MAX_ZONES: usize = 8;
+const PROBED: usize = 16;
 const MAX_DISKS: usize = 16;
 /// A CPU figure takes two readings: the first collection takes its second this long after its first.
 const FIRST_CPU_WINDOW: Duration = Duration::from_secs(1);
@@ -106,54 +107,57 @@ pub struct Device {
 impl Device {
     /// Finds the files to read and forks the reader. Call before any thread is started.
     pub fn new(s: Settings) -> Device {
+        let sys = s.sys_root.display();
         let mut uses = Vec::new();
-        let mut found = Vec::new();
-        let zones = cpu_zones(&s.sys_root);
-        for (zone, zone_type) in &zones {
-            uses.push((Use::Temperature, zone.join("temp").display().to_string()));
-            found.push(format!(
-                "CPU temperature from {} ({zone_type})",
-                zone.display()
-            ));
-        }
-        if zones.is_empty() {
-            found.push(format!(
-                "no CPU thermal zone under {}: no temperature",
-                s.sys_root.join("class/thermal").display()
-            ));
+        // Thermal zones and hwmon devices are numbered from 0 as drivers register them: probed rather
+        // than listed, which keeps directory listing out of the binary.
+        for i in 0..PROBED {
+            let zone = format!("{sys}/class/thermal/thermal_zone{i}/");
+            let cpu = attribute(&format!("{zone}type")).is_some_and(|t| sysfs::is_cpu_zone(&t));
+            if cpu && uses.len() < MAX_ZONES {
+                uses.push((Use::Temperature, zone + "temp"));
+            }
         }
         // The hwmon alarm is the kernel's current interface; recent kernels log the firmware node as
         // deprecated, and their hwmon driver clears the node's since-boot bits every 2 s anyway.
-        if let Some(alarm) = rpi_volt_alarm(&s.sys_root) {
-            found.push(format!("under-voltage from {}", alarm.display()));
-            uses.push((Use::UnderVoltage, alarm.display().to_string()));
-        } else if let Some(node) = throttled_node(&s.sys_root) {
-            found.push(format!("throttling flags from {}", node.display()));
-            uses.push((Use::Throttled, node.display().to_string()));
+        let rpi_volt = (0..PROBED)
+            .map(|i| format!("{sys}/class/hwmon/hwmon{i}/"))
+            .find(|h| {
+                attribute(&format!("{h}name")).is_some_and(|n| n.trim_ascii() == b"rpi_volt")
+            });
+        let node = format!("{sys}/devices/platform/soc/soc:firmware/get_throttled");
+        match rpi_volt {
+            Some(h) => uses.push((Use::UnderVoltage, h + "in0_lcrit_alarm")),
+            None if Path::new(&node).exists() => uses.push((Use::Throttled, node)),
+            None => {}
         }
         for path in s.disk_paths.iter().take(MAX_DISKS) {
             let label = sysfs::disk_label(path);
             uses.push((Use::Disk { label }, path.clone()));
         }
-        let items = uses
+        let items: Vec<Item> = uses
             .iter()
             .map(|(u, path)| match u {
                 Use::Disk { .. } => Item::disk(Path::new(path)),
                 _ => Item::file(Path::new(path)),
             })
-            .collect::<Vec<_>>();
+            .collect();
+        let paths: Vec<&str> = uses.iter().map(|(_, p)| p.as_str()).collect();
+        info!(
+            "device figures as service {:?}; read with a bound (no CPU thermal zone, no Raspberry Pi: none of theirs): {}",
+            s.service,
+            paths.join(", ")
+        );
         let reader = match items.is_empty() {
             true => None,
             false => Reader::start(items)
-                .map_err(|e| warn!("device: cannot start the reader for temperature, throttling and storage ({e}): those figures are left out"))
+                .map_err(|e| {
+                    warn!(
+                        "device: no reader ({e}): temperature, throttling and storage are left out"
+                    )
+                })
                 .ok(),
         };
-        info!(
-            "device figures as service {:?}: {}; storage of {:?}",
-            s.service,
-            found.join("; "),
-            s.disk_paths
-        );
         Device {
             service: s.service,
             proc: s.proc_root,
@@ -235,19 +239,7 @@ impl Device {
         if let Some(s) = self.parse(UPTIME, procfs::uptime_seconds) {
             whole.set(Metric::Uptime, Value::Count(s));
         }
-        let interfaces = self.parse(NETDEV, |t| {
-            let list = procfs::interfaces(t)?;
-            let records = list.into_iter().map(|i| {
-                let mut f = Figures::default();
-                f.set(Metric::NetworkReceived, Value::Count(i.received));
-                f.set(Metric::NetworkSent, Value::Count(i.sent));
-                Record {
-                    part: Some(topic_level(i.name)),
-                    figures: f,
-                }
-            });
-            Some(records.collect::<Vec<_>>())
-        });
+        let interfaces = self.parse(NETDEV, interface_records);
         let mut records = vec![Record {
             part: None,
             figures: whole,
@@ -281,20 +273,15 @@ impl Device {
             let bit = 1u64 << (FILES.len() + i).min(63);
             let text = match answer {
                 Answer::Failed(errno) => {
-                    if *warned & bit == 0 {
-                        *warned |= bit;
-                        let missing = errno == libc::ENOENT;
+                    // The default /mnt/data exists only on balenaOS's host: not a problem elsewhere.
+                    let quiet = errno == libc::ENOENT
+                        && matches!(what, Use::Disk { .. })
+                        && !*disks_configured;
+                    if *warned & bit == 0 && !quiet {
                         let e = std::io::Error::from_raw_os_error(errno);
-                        match what {
-                            Use::Disk { .. } if missing && !*disks_configured => debug!(
-                                "device: {path} is not there: no storage figures for it (device_disk_paths)"
-                            ),
-                            Use::Disk { .. } if missing => warn!(
-                                "device: {path} (device_disk_paths) does not exist: no storage figures for it"
-                            ),
-                            _ => warn!("device: {path}: {e}; its figures are left out"),
-                        }
+                        warn!("device: {path}: {e}; its figures are left out");
                     }
+                    *warned |= bit;
                     continue;
                 }
                 Answer::Space { total, used } => {
@@ -342,36 +329,55 @@ impl Device {
 
     /// Reads a `/proc` file (kept open) and parses it; a file that cannot be read or parsed is said
     /// once, and its figures are left out.
-    fn parse<T>(&mut self, file: usize, f: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
-        let path = self.proc.join(FILES[file]);
-        let read = match &self.files[file] {
-            Some(fd) => read_whole(fd, &mut self.buf),
-            None => open(&path).and_then(|fd| {
-                read_whole(&fd, &mut self.buf)?;
-                self.files[file] = Some(fd);
-                Ok(())
-            }),
+    fn parse<T>(&mut self, file: usize, parse: fn(&[u8]) -> Option<T>) -> Option<T> {
+        let v = match self.load(file) {
+            Ok(text) => parse(text).ok_or(None),
+            Err(e) => Err(Some(e)),
         };
-        let why = match read {
-            Ok(()) => match f(&self.buf) {
-                Some(v) => return Some(v),
-                None => "not what the kernel writes".to_owned(),
-            },
-            Err(e) => {
-                self.files[file] = None;
-                e.to_string()
-            }
-        };
+        v.map_err(|e| self.failed(file, e)).ok()
+    }
+
+    fn load(&mut self, file: usize) -> std::io::Result<&[u8]> {
+        if self.files[file].is_none() {
+            self.files[file] = Some(open(&self.proc.join(FILES[file]))?);
+        }
+        let read = self.files[file]
+            .as_ref()
+            .map_or(Ok(()), |fd| read_whole(fd, &mut self.buf));
+        if read.is_err() {
+            self.files[file] = None;
+        }
+        read.map(|()| self.buf.as_slice())
+    }
+
+    /// Says once that a `/proc` file could not be read (`e`) or is garbled (none).
+    fn failed(&mut self, file: usize, e: Option<std::io::Error>) {
         let bit = 1u64 << file;
         if self.warned & bit == 0 {
             self.warned |= bit;
+            let why = e.map_or("not what the kernel writes".into(), |e| e.to_string());
+            let path = self.proc.join(FILES[file]);
             warn!(
                 "device: {}: {why}; its figures are left out",
                 path.display()
             );
         }
-        None
     }
+}
+
+/// The interfaces' records from `net/dev`.
+fn interface_records(text: &[u8]) -> Option<Vec<Record>> {
+    let list = procfs::interfaces(text)?;
+    let records = list.into_iter().map(|i| {
+        let mut f = Figures::default();
+        f.set(Metric::NetworkReceived, Value::Count(i.received));
+        f.set(Metric::NetworkSent, Value::Count(i.sent));
+        Record {
+            part: Some(topic_level(i.name)),
+            figures: f,
+        }
+    });
+    Some(records.collect())
 }
 
 /// The eight flags of the firmware's throttled word.
@@ -395,57 +401,12 @@ fn set_flags(f: &mut Figures, flags: u32) {
     }
 }
 
-/// The entries of a directory, in name order; none when it cannot be read.
-fn entries(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// A small attribute's text. `type` and `name` are strings the driver registered, not read from its
 /// hardware, so reading them here cannot wait on a device.
-fn attribute(path: &Path) -> Option<Vec<u8>> {
+fn attribute(path: &str) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
-    read_whole(&open(path).ok()?, &mut buf).ok()?;
+    read_whole(&open(Path::new(path)).ok()?, &mut buf).ok()?;
     Some(buf)
-}
-
-/// The thermal zones of the CPU (see [`sysfs::is_cpu_zone`]), with their types.
-fn cpu_zones(sys: &Path) -> Vec<(PathBuf, String)> {
-    let mut zones = Vec::new();
-    for zone in entries(&sys.join("class/thermal")) {
-        let is_zone = zone
-            .file_name()
-            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"thermal_zone"));
-        let Some(t) = attribute(&zone.join("type")).filter(|_| is_zone) else {
-            continue;
-        };
-        if sysfs::is_cpu_zone(&t) && zones.len() < MAX_ZONES {
-            zones.push((zone, String::from_utf8_lossy(t.trim_ascii()).into_owned()));
-        }
-    }
-    zones
-}
-
-/// A Raspberry Pi's under-voltage alarm: `in0_lcrit_alarm` of the hwmon named `rpi_volt`.
-fn rpi_volt_alarm(sys: &Path) -> Option<PathBuf> {
-    entries(&sys.join("class/hwmon")).into_iter().find_map(|h| {
-        let name = attribute(&h.join("name"))?;
-        let alarm = h.join("in0_lcrit_alarm");
-        (name.trim_ascii() == b"rpi_volt" && alarm.exists()).then_some(alarm)
-    })
-}
-
-/// The Raspberry Pi firmware driver's `get_throttled` node, found through the driver's own directory
-/// (`soc:firmware` on a Pi 4's device tree; the name differs between boards and kernels).
-fn throttled_node(sys: &Path) -> Option<PathBuf> {
-    let driver = sys.join("bus/platform/drivers/raspberrypi-firmware");
-    entries(&driver)
-        .into_iter()
-        .map(|d| d.join("get_throttled"))
-        .find(|p| p.exists())
 }
 
 #[cfg(test)]
