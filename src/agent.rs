@@ -770,10 +770,7 @@ impl Agent {
         // Figures still waiting as text were never encoded: count them too, or a --once that gave up
         // before connecting reported "0 messages undelivered".
         let mut in_tick = 0;
-        for mut t in [self.tick.take(), self.device_tick.take()]
-            .into_iter()
-            .flatten()
-        {
+        while let Some(mut t) = self.tick.take().or_else(|| self.device_tick.take()) {
             in_tick += t.count_rest(&publishing(&self.s), &mut self.scratch);
         }
         let undelivered = in_tick > 0 || !self.session.is_idle();

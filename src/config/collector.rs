@@ -180,22 +180,31 @@ pub fn parse_collector(
 /// by commas; an empty list publishes no storage.
 fn disk_paths(f: &Fields) -> Result<Option<Vec<String>>, ConfigError> {
     const KEY: &str = "device_disk_paths";
-    let bad = |why: String| f.error(KEY, why);
-    let paths: Vec<String> = match f.get(KEY) {
+    let list: Vec<&Value> = match f.get(KEY) {
         None => return Ok(None),
-        Some(Value::String(s)) => s.split(',').map(|p| p.trim().to_owned()).collect(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad("must be a list of paths (strings)".into()))?,
-        Some(other) => return Err(bad(format!("must be a list of paths, not {other}"))),
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(v) => vec![v],
     };
-    let paths: Vec<String> = paths.into_iter().filter(|p| !p.is_empty()).collect();
-    match paths.iter().find(|p| !p.starts_with('/')) {
-        Some(p) => Err(bad(format!("{p:?} must be an absolute path"))),
-        None => Ok(Some(paths)),
+    let mut paths = Vec::new();
+    for v in list {
+        let Value::String(text) = v else {
+            return Err(bad_paths(f, v));
+        };
+        for p in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if !p.starts_with('/') {
+                return Err(bad_paths(f, v));
+            }
+            paths.push(p.to_owned());
+        }
     }
+    Ok(Some(paths))
+}
+
+fn bad_paths(f: &Fields, v: &Value) -> ConfigError {
+    f.error(
+        "device_disk_paths",
+        format!("must be absolute paths (a list, or one text separated by commas), not {v}"),
+    )
 }
 
 #[cfg(test)]

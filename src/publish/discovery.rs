@@ -420,21 +420,23 @@ impl Discovery {
 
     /// The HA device a service's entities belong to.
     fn ha_device(&self, service: &str) -> Json {
+        let device = id_safe(&self.s.device_id);
+        let (name, model) = match self.is_device(service) {
+            true => (self.s.device_id.clone(), "balena device telemetry"),
+            false => (
+                format!("{service} on {}", self.s.device_id),
+                "balena container telemetry",
+            ),
+        };
         let mut d = json!({
             "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
+            "name": name,
             "manufacturer": PRODUCT,
+            "model": model,
             "sw_version": VERSION,
         });
-        if self.is_device(service) {
-            d["name"] = json!(self.s.device_id);
-            d["model"] = json!("balena device telemetry");
-        } else {
-            d["name"] = json!(format!("{service} on {}", self.s.device_id));
-            d["model"] = json!("balena container telemetry");
-            if self.device.is_some() {
-                let device = id_safe(&self.s.device_id);
-                d["via_device"] = json!(format!("{PRODUCT}_{device}"));
-            }
+        if self.device.is_some() && !self.is_device(service) {
+            d["via_device"] = json!(format!("{PRODUCT}_{device}"));
         }
         d
     }

@@ -244,7 +244,9 @@ impl Device {
             part: None,
             figures: whole,
         }];
-        records.extend(interfaces.into_iter().flatten());
+        if let Some(interfaces) = interfaces {
+            records.extend(interfaces);
+        }
         self.take_answers(&mut records);
         Some(records)
     }
