@@ -15,6 +15,7 @@ use crate::mqtt::resolve::{self, Resolver};
 use crate::mqtt::transport::TlsClient;
 use crate::mqtt::{Event, Message, Options, Session, Will};
 use crate::publish::discovery::{self, Discovery};
+use crate::publish::exception::{Exceptions, Report};
 use crate::publish::tick::{Publishing, Scratch, Tick};
 use crate::schedule::Schedule;
 use crate::source::cli::CliSource;
@@ -126,9 +127,10 @@ impl Agent {
                 // Three collections without news: a dead service shows unavailable, not its last values.
                 // Not for --once runs, which cron spaces as it likes. A stats file is republished only
                 // when rewritten, so FILE mode allows its writer the ten minutes after which the file is
-                // called stale.
+                // called stale. Reporting by exception, a resting figure's next message is its
+                // heartbeat: that comes on top.
                 expire_after: (!s.once).then(|| {
-                    let three = s.collector.interval * 3;
+                    let three = s.collector.interval * 3 + quiet_for(&s.collector.report);
                     match s.collector.mode {
                         Mode::File => three.max(Duration::from_secs(600)),
                         _ => three,
@@ -154,6 +156,7 @@ impl Agent {
             subscriptions: discovery.iter().map(Discovery::status_topic).collect(),
             max_inflight: MAX_INFLIGHT,
             max_queued: m.max_buffered_messages,
+            max_queued_bytes: m.max_buffered_bytes,
             connack_timeout: CONNACK_TIMEOUT,
             ack_timeout: ACK_TIMEOUT,
             write_timeout: WRITE_TIMEOUT,
@@ -171,7 +174,10 @@ impl Agent {
             source: build_source(&s),
             tick: None,
             change_tick: false,
-            scratch: Scratch::default(),
+            scratch: Scratch::new(
+                (s.collector.report.on_change)
+                    .then(|| Exceptions::new(&s.collector.report, m.payload_mode)),
+            ),
             offline: availability(b"offline"),
             discovery,
             draining: false,
@@ -276,6 +282,7 @@ impl Agent {
         if self.tick.is_some() {
             self.device_tick = Some(tick);
         } else {
+            begin_device_tick(&mut self.scratch);
             self.tick = Some(tick);
             self.change_tick = false;
         }
@@ -317,7 +324,9 @@ impl Agent {
                     self.collected = true;
                     // A stats file the host has not written (yet) is expected now and then: a warning. A
                     // CLI or engine that fails is an error.
-                    if expected {
+                    if error.is_empty() {
+                        debug!("tick skipped (the reason was said before)");
+                    } else if expected {
                         warn!("{error}; tick skipped");
                     } else {
                         error!("{error}; tick skipped");
@@ -371,6 +380,9 @@ impl Agent {
         self.collected |= !change;
         // An unfinished previous tick goes to the queue (bounded) so the newer figures are not held up.
         self.feed(true);
+        if let Some(x) = &mut self.scratch.exceptions {
+            x.begin(Instant::now(), !change);
+        }
         self.tick = Some(tick);
         self.change_tick = change;
         self.report_drops();
@@ -381,8 +393,9 @@ impl Agent {
         let dropped = self.session.take_dropped();
         if dropped > 0 {
             warn!(
-                "message buffer full ({}): {dropped} oldest messages dropped",
-                self.s.mqtt.max_buffered_messages
+                "message buffer full ({} messages or {} KiB): {dropped} oldest messages dropped",
+                self.s.mqtt.max_buffered_messages,
+                self.s.mqtt.max_buffered_bytes / 1024
             );
             self.failed = true;
         }
@@ -443,6 +456,9 @@ impl Agent {
                 // The device's tick waited for this one.
                 *tick = device_tick.take();
                 *change_tick = false;
+                if tick.is_some() {
+                    begin_device_tick(scratch);
+                }
             }
         }
     }
@@ -612,10 +628,18 @@ impl Agent {
                         self.link.as_ref().map_or(String::new(), Link::describe)
                     );
                     self.backoff.reset();
+                    // Whatever was written before the link went is uncertain: send every figure again.
+                    self.fresh_baseline();
                 }
                 Event::Message { topic, payload } => {
                     debug!("message on {topic}");
                     let jitter = self.backoff.random();
+                    // Home Assistant starts with no values: give it every figure once.
+                    if let Some(d) = self.discovery.as_ref() {
+                        if d.is_birth(&topic, &payload) {
+                            self.fresh_baseline();
+                        }
+                    }
                     if let Some(d) = self.discovery.as_mut() {
                         d.on_message(now, &topic, &payload, jitter);
                     }
@@ -630,6 +654,13 @@ impl Agent {
         }
         if let Err(e) = result {
             self.link_failed(now, e);
+        }
+    }
+
+    /// Reporting by exception: the next tick publishes every figure.
+    fn fresh_baseline(&mut self) {
+        if let Some(x) = &mut self.scratch.exceptions {
+            x.reset();
         }
     }
 
@@ -806,6 +837,14 @@ fn build_source(s: &Settings) -> Box<dyn Source> {
     }
 }
 
+/// Reporting by exception, the device's tick is judged at its own time, and as a tick that lists no
+/// container (it must not make the next collection forget them, nor end it and forget the device).
+fn begin_device_tick(scratch: &mut Scratch) {
+    if let Some(x) = &mut scratch.exceptions {
+        x.begin(Instant::now(), false);
+    }
+}
+
 /// How figures are named and sent, from the settings.
 fn publishing(s: &Settings) -> Publishing<'_> {
     Publishing {
@@ -813,6 +852,16 @@ fn publishing(s: &Settings) -> Publishing<'_> {
         qos: s.mqtt.qos,
         retain: s.mqtt.retain,
         mode: s.mqtt.payload_mode,
+    }
+}
+
+/// How long a figure may go unpublished while nothing about it changes: its heartbeat when reporting by
+/// exception.
+fn quiet_for(report: &Report) -> Duration {
+    if report.on_change {
+        report.heartbeat
+    } else {
+        Duration::ZERO
     }
 }
 

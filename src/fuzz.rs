@@ -1,17 +1,20 @@
 //! A deterministic mutation fuzzer for the places outside bytes enter: stats text, `ps` lines, broker
-//! bytes and the kernel's cgroup and proc files.
+//! bytes, the kernel's cgroup and proc files, and the engine's HTTP answers and event stream.
 //!
 //! It runs as ordinary tests (a few tens of thousands of cases in `make test`) and, with `FUZZ_CASES=N`,
 //! as `make fuzz` for as many cases as asked. Each case mutates a seed from a corpus of real inputs with
 //! byte flips, splices of "interesting" tokens, truncations and duplications, then checks that nothing
 //! panics and that the invariants hold: every parsed figure is finite and non-negative, the session's
-//! buffers stay bounded, and a protocol error is always reported as an `Err`. Crashers found are kept as
-//! regression cases in `regressions`.
+//! buffers stay bounded, a protocol error is always reported as an `Err`, and the engine's answers read
+//! the same however the socket splits them. Crashers found are kept as regression cases in
+//! `regressions`.
 
 #![cfg(test)]
 
 use crate::mqtt::frame::{self, MAX_INCOMING_PACKET};
 use crate::mqtt::session::{Options, Session};
+use crate::source::engine::events::{self, EventStream};
+use crate::source::engine::http;
 use crate::stats::records::Cursor;
 use crate::stats::{parse_line, ps, Value};
 use std::time::{Duration, Instant};
@@ -222,6 +225,7 @@ fn session() -> Session {
         subscriptions: vec!["homeassistant/status".into()],
         max_inflight: 4,
         max_queued: 8,
+        max_queued_bytes: crate::mqtt::session::DEFAULT_MAX_QUEUED_BYTES,
         connack_timeout: Duration::from_secs(1),
         ack_timeout: Duration::from_secs(1),
         write_timeout: Duration::from_secs(1),
@@ -337,6 +341,198 @@ fn kernel_case(input: &[u8]) {
     let _ = netdev::totals(input);
 }
 
+/// The engine's head as Docker Engine 20.10 sends it, before its framing header.
+const ENGINE_HEAD: &str =
+    "HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\n\
+    Docker-Experimental: false\r\nOstype: linux\r\nServer: Docker/20.10.24+dfsg1 (linux)\r\n\
+    Date: Fri, 04 Dec 2026 15:53:13 GMT\r\n";
+
+fn http_seeds() -> Vec<Vec<u8>> {
+    let list = r#"[{"Id":"b547e6569090","Names":["/web"],"Labels":{},"State":"running","Status":"Up 1 second"}]"#;
+    let stats = r#"{"read":"2026-12-04T15:53:13.722101378Z","pids_stats":{"current":1},"cpu_stats":{"cpu_usage":{"total_usage":26031727},"system_cpu_usage":13858390000000,"online_cpus":2}}"#;
+    let (a, b) = stats.split_at(40);
+    vec![
+        format!("{ENGINE_HEAD}Content-Length: {}\r\nConnection: close\r\n\r\n{list}\n", list.len() + 1),
+        format!(
+            "{ENGINE_HEAD}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x};x=y\r\n{b}\r\n0\r\nX-T: 1\r\n\r\n",
+            a.len(),
+            b.len()
+        ),
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 38\r\n\r\n{\"message\":\"No such container: ffff\"}\n".into(),
+        "HTTP/1.0 200 OK\r\n\r\n[]".into(),
+        "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n".into(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect()
+}
+
+const HTTP_TOKENS: &[&[u8]] = &[
+    b"\r\n",
+    b"\r\n\r\n",
+    b"\n",
+    b":",
+    b";",
+    b" ",
+    b"Content-Length: ",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip, chunked",
+    b"0\r\n\r\n",
+    b"ffffffffffffffff",
+    b"fffffffffffffff",
+    b"18446744073709551616",
+    b"-1",
+    b"HTTP/1.1 ",
+    b"HTTP/1.0 100 ",
+    b"304",
+    b"\xff",
+    b"\xc3",
+];
+
+/// One fuzz case for the engine's HTTP answers, read as a connection reads them: piece by piece, each
+/// time asking whether the answer is whole, end of file only after the last. A whole answer is within its
+/// bounds, and the same once more bytes came.
+fn http_case(rng: &mut Rng, input: &[u8]) {
+    let max = [16, 4096, 1 << 20, 1 << 20][rng.below(4)];
+    let check = |r: &http::Response| {
+        assert!(r.status <= 999, "three digits: {}", r.status);
+        assert!(r.body.len() <= max && r.body.len() <= input.len());
+    };
+    let mut at = 0;
+    let got = loop {
+        let eof = at == input.len();
+        match http::parse(&input[..at], eof, max) {
+            Ok(None) if !eof => at = (at + 1 + rng.below(96)).min(input.len()),
+            r => break r,
+        }
+    };
+    let whole = http::parse(input, true, max);
+    match &got {
+        Ok(Some(r)) => {
+            check(r);
+            assert_eq!(
+                whole.as_ref(),
+                Ok(&Some(r.clone())),
+                "more bytes changed it"
+            );
+        }
+        Ok(None) => panic!("end of file, and still not whole"),
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+    if let Ok(Some(r)) = &whole {
+        check(r);
+    }
+}
+
+fn events_seeds() -> Vec<Vec<u8>> {
+    let event = |action: &str, id: &str| {
+        format!(
+            r#"{{"status":"{action}","id":"{id}","from":"img:1","Type":"container","Action":"{action}","Actor":{{"ID":"{id}","Attributes":{{"image":"img:1","name":"web","signal":"9"}}}},"scope":"local","time":1796399593,"timeNano":1796399593776200105}}"#
+        ) + "\n"
+    };
+    let chunk = |s: &str| format!("{:x}\r\n{s}\r\n", s.len());
+    let (kill, die) = (event("kill", "b547e6569090"), event("die", "b547e6569090"));
+    let health = event("health_status: healthy", "abc");
+    let (a, b) = die.split_at(50);
+    vec![
+        format!(
+            "{ENGINE_HEAD}Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n{}{}{}{}",
+            chunk(&kill),
+            chunk(a),
+            chunk(b),
+            chunk(&health)
+        ),
+        format!("{ENGINE_HEAD}\r\n{kill}{}", event("destroy", "ff")),
+        format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+            chunk(r#"{"status":"start","id":"0a1b"}"#)
+        ),
+        "HTTP/1.1 500 Internal Server Error\r\n\r\n".into(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect()
+}
+
+const EVENTS_TOKENS: &[&[u8]] = &[
+    b"\r\n",
+    b"\n",
+    b"\r\n\r\n",
+    b"0\r\n\r\n",
+    b"ffffffffffffffff\r\n",
+    b"7fffffffffffffff\r\n",
+    b"1\r\n{\r\n",
+    b";ext",
+    b"Transfer-Encoding: chunked\r\n",
+    b"\"Type\":\"network\",",
+    b"\"Actor\":{\"ID\":\"../x\"}",
+    b"\"ID\":\"\"",
+    b"{",
+    b"}",
+    b"\"",
+    b"\\u0000",
+    b"\xff",
+];
+
+/// Feeds `input` to a fresh event stream in the pieces `split` cuts: the events, and whether it ended in
+/// an error. What the stream holds between feeds stays bounded.
+fn feed_events(input: &[u8], mut split: impl FnMut(usize) -> usize) -> (Vec<events::Event>, bool) {
+    let mut s = EventStream::default();
+    let mut got = Vec::new();
+    let mut rest = input;
+    while !rest.is_empty() {
+        let (piece, tail) = rest.split_at(split(rest.len()).clamp(1, rest.len()));
+        rest = tail;
+        if s.feed(piece, &mut got).is_err() {
+            return (got, true);
+        }
+        let bound = http::MAX_HEAD.max(events::MAX_EVENT_LINE) + 64;
+        assert!(s.buffered() <= bound, "{} bytes held", s.buffered());
+        let _ = (s.subscribed(), s.take_lost());
+    }
+    (got, false)
+}
+
+/// One fuzz case for the event stream: whatever the split, the same events (up to where either read
+/// ended in an error: a bounded line refuses sooner when it comes in pieces), each with an id we can put in
+/// a request path.
+fn events_case(rng: &mut Rng, input: &[u8]) {
+    let (whole, whole_failed) = feed_events(input, |n| n);
+    let (split, split_failed) = feed_events(input, |n| 1 + rng.below(n.min(64)));
+    let n = whole.len().min(split.len());
+    assert_eq!(whole[..n], split[..n], "the split changed the events");
+    if !whole_failed && !split_failed {
+        assert_eq!(whole.len(), split.len(), "the split lost events");
+    }
+    for e in whole.iter().chain(&split) {
+        assert!(!e.id.is_empty() && e.id.len() <= 128);
+        assert!(e.id.bytes().all(|b| b.is_ascii_hexdigit()), "{:?}", e.id);
+        let _ = e.matters();
+    }
+}
+
+fn run_http(n: u64, seed: u64) {
+    let mut rng = Rng(seed);
+    let seeds = http_seeds();
+    for _ in 0..n {
+        let base = &seeds[rng.below(seeds.len())];
+        let input = mutate(&mut rng, base, HTTP_TOKENS);
+        http_case(&mut rng, &input);
+    }
+}
+
+fn run_events(n: u64, seed: u64) {
+    let mut rng = Rng(seed);
+    let seeds = events_seeds();
+    for _ in 0..n {
+        let base = &seeds[rng.below(seeds.len())];
+        let input = mutate(&mut rng, base, EVENTS_TOKENS);
+        events_case(&mut rng, &input);
+    }
+}
+
 fn run_kernel(n: u64, seed: u64) {
     let mut rng = Rng(seed);
     for _ in 0..n {
@@ -395,6 +591,18 @@ fn fuzz_ps_parser() {
 fn fuzz_kernel_files() {
     let n = cases(20_000);
     timed("fuzz_kernel_files", n, || run_kernel(n, 0x5eed_0004));
+}
+
+#[test]
+fn fuzz_engine_http() {
+    let n = cases(20_000);
+    timed("fuzz_engine_http", n, || run_http(n, 0x5eed_0005));
+}
+
+#[test]
+fn fuzz_engine_events() {
+    let n = cases(20_000);
+    timed("fuzz_engine_events", n, || run_events(n, 0x5eed_0006));
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod publish;
 mod schedule;
 mod signal;
 mod source;
+mod start_file;
 mod stats;
 mod thread_name;
 
@@ -55,13 +56,14 @@ fn run() -> i32 {
                 .map(PathBuf::from)
         })
         .unwrap_or_else(|| PathBuf::from("config"));
-    let settings = match load_settings(&dir, args.once) {
+    let mut settings = match load_settings(&dir, args.once) {
         Ok(s) => s,
         Err(e) => {
             error!("config: {e}");
             return 2;
         }
     };
+    choose_mode(&mut settings.collector);
     info!(
         "balena-multi-container-telemetry {}: {}",
         env!("CARGO_PKG_VERSION"),
@@ -78,6 +80,7 @@ fn load_settings(dir: &Path, once: bool) -> Result<agent::Settings, config::Conf
     let mqtt_text = read_config(&mqtt_path)?;
     let env = config::Env {
         device_uuid: std::env::var("BALENA_DEVICE_UUID").ok(),
+        host_name: host_name(),
         vars: config_vars()?,
     };
     let mut warnings = Vec::new();
@@ -130,6 +133,47 @@ fn load_settings(dir: &Path, once: bool) -> Result<agent::Settings, config::Conf
     })
 }
 
+/// With `mode` unset, CLI mode needs its CLI: where `cli_path` is not on the PATH but an engine socket
+/// is there (a container with the socket mounted), ask the engine instead, and say so.
+fn choose_mode(c: &mut config::Collector) {
+    if c.mode_given || c.mode != config::Mode::Cli || on_path(&c.cli_path) {
+        return;
+    }
+    let docker_host = std::env::var("DOCKER_HOST").ok();
+    let exists = |p: &str| Path::new(p).exists();
+    let socket =
+        source::engine::resolve_socket(c.engine_socket.as_deref(), docker_host.as_deref(), &exists);
+    if exists(&socket) {
+        info!(
+            "mode not set and {:?} is not on the PATH: ENGINE mode, with the engine socket {socket} \
+             (STATS_MODE chooses)",
+            c.cli_path
+        );
+        c.mode = config::Mode::Engine;
+    }
+}
+
+/// `program` as `Command` would find it: a path as it is, a bare name in one of the PATH's directories.
+fn on_path(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// This machine's host name, as the kernel has it (a container's own, unless it shares the host's UTS
+/// namespace, as `network_mode: host` does).
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&buf[..end]).ok().map(str::to_owned)
+}
+
 /// The `STATS_*` and `MQTT_*` variables of the process; one that is not UTF-8 is an error naming it.
 fn config_vars() -> Result<Vec<(String, String)>, config::ConfigError> {
     let mut vars = Vec::new();
@@ -148,9 +192,17 @@ fn config_vars() -> Result<Vec<(String, String)>, config::ConfigError> {
     Ok(vars)
 }
 
+/// A config file of a few dozen keys is about 1 KB; whatever is far larger is not one.
+const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
 /// The file's text; `None` when it does not exist (defaults apply), an error when it cannot be read.
 fn read_config(path: &Path) -> Result<Option<String>, config::ConfigError> {
-    match std::fs::read(path) {
+    match start_file::read(&path.to_string_lossy(), MAX_CONFIG_BYTES) {
+        Ok(bytes) if bytes.len() > MAX_CONFIG_BYTES => Err(config::ConfigError {
+            file: path.display().to_string(),
+            key: None,
+            message: format!("is larger than {} KiB", MAX_CONFIG_BYTES / 1024),
+        }),
         Ok(bytes) => String::from_utf8(bytes)
             .map(Some)
             .map_err(|_| config::ConfigError {

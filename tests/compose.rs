@@ -5,18 +5,14 @@
 //!
 //! Names carry this process's id: other people run engine tests on the same engine at the same time.
 //! Everything the tests create is removed however they end. No engine, no docker-compose or no dist/
-//! binaries is a loud SKIPPED line.
+//! binaries is a loud SKIPPED line (under CI, a failure).
 
 mod common;
+use common::engine::engine_available;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-fn skipped(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n#### SKIPPED: {why} ####\n");
-}
 
 fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)
@@ -35,15 +31,6 @@ fn run_ok(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn have_engine() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Builds `dockerfile` (relative to the repository, or absolute) with the classic builder and no cache,
@@ -112,30 +99,25 @@ fn readme_compose_file_runs_engine_mode_on_the_real_engine() {
         "README.md must show docker-compose.yaml verbatim in a ```yaml block"
     );
 
-    if !have_engine() {
-        skipped("compose test: no Docker Engine answers (`docker info` failed)");
-        return;
-    }
-    if Command::new("docker-compose")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
+    if !engine_available()
+        || !have_program(
+            "docker-compose",
+            &["version"],
+            "apt-get install docker-compose",
+        )
     {
-        skipped("compose test: docker-compose is missing (apt-get install docker-compose)");
         return;
     }
     let socket = "/var/run/docker.sock";
     if !Path::new(socket).exists() {
-        skipped("compose test: no engine socket at /var/run/docker.sock to hand to the agent");
+        skipped("no engine socket at /var/run/docker.sock to hand to the agent");
         return;
     }
     if !repo()
         .join("dist/amd64/balena-multi-container-telemetry")
         .is_file()
     {
-        skipped("compose test: dist/amd64 not built (run `make dist`; `make test` does)");
+        skipped("dist/amd64 not built (run `make dist`; `make test` does)");
         return;
     }
 
@@ -231,6 +213,10 @@ services:
         log.contains("INFO balena-multi-container-telemetry") && log.contains("ENGINE mode, every"),
         "the image's default is ENGINE mode: {log}"
     );
+    assert!(
+        log.contains(", report on_change ("),
+        "the image reports by exception: {log}"
+    );
     let pids = sub
         .lines()
         .iter()
@@ -276,8 +262,7 @@ services:
 
 #[test]
 fn balena_dockerfile_template_copies_the_binary_for_each_balena_arch() {
-    if !have_engine() {
-        skipped("Dockerfile.template test: no Docker Engine answers (`docker info` failed)");
+    if !engine_available() {
         return;
     }
     // balena's architecture names and the dist/ binary each must get.
@@ -295,7 +280,7 @@ fn balena_dockerfile_template_copies_the_binary_for_each_balena_arch() {
     };
     if let Some((_, dir)) = arches.iter().find(|(_, d)| !bin(d).is_file()) {
         skipped(&format!(
-            "Dockerfile.template test: dist/{dir} not built (run `make dist`; `make test` does)"
+            "dist/{dir} not built (run `make dist`; `make test` does)"
         ));
         return;
     }
@@ -361,15 +346,14 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
         readme.contains(&format!("```yaml\n{compose_text}```")),
         "README.md must show docker-compose.local.yaml verbatim in a ```yaml block"
     );
-    if !have_engine() {
-        skipped("local compose test: no Docker Engine answers (`docker info` failed)");
+    if !engine_available() {
         return;
     }
     if !repo()
         .join("dist/host/balena-multi-container-telemetry")
         .is_file()
     {
-        skipped("local compose test: dist/host not built (run `make host`; `make test` does)");
+        skipped("dist/host not built (run `make host`; `make test` does)");
         return;
     }
     let pid = std::process::id();
@@ -395,7 +379,16 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
     cleanup.then("docker", &["rmi", "-f", &format!("{project}_telemetry")]);
     cleanup.then(
         "docker-compose",
-        &["-p", &project, "-f", &file, "down", "--remove-orphans", "-t", "10"],
+        &[
+            "-p",
+            &project,
+            "-f",
+            &file,
+            "down",
+            "--remove-orphans",
+            "-t",
+            "10",
+        ],
     );
     let up = compose(&["up", "-d", "--build"]);
     assert!(
@@ -405,7 +398,8 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
         String::from_utf8_lossy(&up.stderr)
     );
     let container = format!("{project}_telemetry_1");
-    let logs = || String::from_utf8_lossy(&run("docker", &["logs", &container]).stderr).into_owned();
+    let logs =
+        || String::from_utf8_lossy(&run("docker", &["logs", &container]).stderr).into_owned();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
@@ -416,11 +410,20 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
         |lines| {
             ["cpu_usage_in_percent", "memory_usage_in_bytes", "pids"]
                 .iter()
-                .all(|m| lines.iter().any(|l| l.starts_with(&format!("{prefix}{m} "))))
+                .all(|m| {
+                    lines
+                        .iter()
+                        .any(|l| l.starts_with(&format!("{prefix}{m} ")))
+                })
         },
         Duration::from_secs(60),
     );
-    assert!(arrived, "figures under {prefix}: {:?}\n{}", sub.lines(), logs());
+    assert!(
+        arrived,
+        "figures under {prefix}: {:?}\n{}",
+        sub.lines(),
+        logs()
+    );
     let log = logs();
     assert!(
         log.contains("figures from the kernel"),
@@ -429,7 +432,10 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
     let stop = compose(&["stop", "-t", "10"]);
     assert!(stop.status.success(), "{stop:?}");
     assert_eq!(
-        run_ok("docker", &["inspect", "-f", "{{.State.ExitCode}}", &container]),
+        run_ok(
+            "docker",
+            &["inspect", "-f", "{{.State.ExitCode}}", &container]
+        ),
         "0",
         "{}",
         logs()

@@ -36,7 +36,7 @@ fn a_fifo_is_refused_each_tick_without_blocking() {
     assert!(log.contains(&refusal), "{log}");
 
     // Running: the broker still hears from the agent (its `online`), ticks go on, each warns once.
-    let child = spawn_agent(cfg.path());
+    let agent = Running::start(cfg.path());
     assert!(
         sub.wait_for(
             |l| l.iter().any(|l| l.ends_with(" online")),
@@ -45,9 +45,13 @@ fn a_fifo_is_refused_each_tick_without_blocking() {
         "the agent connected despite the FIFO: {:?}",
         sub.lines()
     );
-    std::thread::sleep(Duration::from_millis(3200));
+    assert!(
+        agent.wait_count(&refusal, 3, Duration::from_secs(30)),
+        "ticks went on: {}",
+        agent.log()
+    );
     let t = Instant::now();
-    let log = stop_agent(child);
+    let log = agent.stop();
     assert!(t.elapsed() < Duration::from_secs(5), "stopped promptly");
     let refusals = log.lines().filter(|l| l.contains(&refusal)).count();
     assert!(refusals >= 3, "one warning per tick: {log}");
@@ -77,7 +81,7 @@ fn a_garbage_file_is_summarised_in_a_few_lines_per_tick() {
     let cfg = config_dir(&file_collector(&file, 10), &mqtt_config(&broker));
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
-    assert_sample_figures(&sub.collect(65, Duration::from_secs(5)), "dev1");
+    assert_sample_figures(&sub.received(), "dev1");
     let warnings: Vec<&str> = log.lines().filter(|l| l.starts_with("WARN")).collect();
     assert!(
         warnings.len() <= 12,
@@ -144,11 +148,18 @@ fn an_unchanged_file_is_not_republished_and_a_replaced_one_is() {
         &std::fs::read_to_string(sample_stats()).unwrap(),
     );
     let cfg = config_dir(&file_collector(&file, 1), &mqtt_config(&broker));
-    let child = spawn_agent(cfg.path());
+    let agent = Running::start(cfg.path());
     assert!(sub.wait_for(|l| !l.is_empty(), Duration::from_secs(10)));
-    // Three more ticks on the same file: nothing new.
-    std::thread::sleep(Duration::from_millis(3300));
-    assert_eq!(sub.lines().len(), 1, "{:?}", sub.lines());
+    // Three more ticks on the same file: nothing new. Each says so (debug), and whatever one had
+    // published instead would have reached the subscriber before the probe that `received` sends.
+    let unchanged = "unchanged since the last tick";
+    assert!(
+        agent.wait_count(unchanged, 3, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(sub.received().len(), 1, "{:?}", sub.lines());
+    assert_eq!(agent.count("INFO tick:"), 1, "{}", agent.log());
 
     // The writer's way: a new file moved over the old one (a new inode, same size and maybe same second).
     let text = std::fs::read_to_string(sample_stats())
@@ -161,10 +172,16 @@ fn an_unchanged_file_is_not_republished_and_a_replaced_one_is() {
         "{:?}",
         sub.lines()
     );
-    std::thread::sleep(Duration::from_millis(2200));
-    let log = stop_agent(child);
-    let lines = sub.lines();
+    // And two unchanged ticks after the new version.
+    let seen = agent.count(unchanged);
+    assert!(
+        agent.wait_count(unchanged, seen + 2, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
+    let log = agent.stop();
+    let lines = sub.received();
     assert_eq!(lines.len(), 2, "one message per version: {lines:?}\n{log}");
     assert!(lines[1].contains(r#""value":24"#), "{lines:?}");
-    assert!(log.contains("unchanged since the last tick"), "{log}");
+    assert_eq!(log.matches("INFO tick:").count(), 2, "{log}");
 }

@@ -3,19 +3,21 @@
 //! interval (idle, mid-connect, mid-collection), and a broker's close or Home Assistant's birth seen at
 //! once rather than at the next tick.
 //!
-//! The floods here are short (6 s) and the bounds generous (RSS under 16 MiB, ticks keep coming, a stop
-//! within a few seconds); `make bench` measures the 60 s figures.
+//! The floods here are short (6 s, or until three ticks have gone through) and the bounds generous (RSS
+//! under 16 MiB, ticks keep coming, a stop within a few seconds); `make bench` measures the 60 s figures.
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const FLOOD: Duration = Duration::from_secs(6);
+/// How long a flood may go on while the test waits for the ticks it wants to see during it.
+const FLOOD_LIMIT: Duration = Duration::from_secs(60);
 /// The target is 16 MiB; past this the test stops the agent at once rather than let it eat the machine.
 const RSS_ABORT_KIB: u64 = 256 * 1024;
 const RSS_LIMIT_KIB: u64 = 16 * 1024;
@@ -27,103 +29,48 @@ fn proc_kib(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The agent with its log read as it comes (a flood must not block it on a full stderr pipe).
-struct Running {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+/// The agent in CLI mode (FAKE_STATS feeds cli_collector's stand-in CLI: a new sample every tick), its
+/// log read as it comes (a flood must not block it on a full stderr pipe).
+fn start(cfg: &std::path::Path, level: &str) -> Running {
+    Running::spawn(
+        agent(cfg)
+            .env("FAKE_STATS", sample_stats())
+            .env("LOG_LEVEL", level),
+    )
 }
 
-impl Running {
-    fn start(cfg: &std::path::Path, level: &str) -> Running {
-        // FAKE_STATS feeds cli_collector's stand-in CLI: a new sample every tick.
-        let mut child = agent(cfg)
-            .env("FAKE_STATS", sample_stats())
-            .env("LOG_LEVEL", level)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let err = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Running { child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.count(needle) > 0 {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+/// Watches the agent's RSS while a flood runs: for `FLOOD` at least (the flood's length is the
+/// scenario), and on until `done` (the ticks the test wants to see during the flood, an event rather
+/// than a count after a fixed time), failing after `FLOOD_LIMIT`. Kills the agent if it runs away.
+/// Returns the largest VmRSS seen.
+fn watch(agent: &mut Running, done: impl Fn(&Running) -> bool, what: &str) -> u64 {
+    let start = Instant::now();
+    let mut peak = 0;
+    while start.elapsed() < FLOOD || !done(agent) {
+        assert!(
+            start.elapsed() < FLOOD_LIMIT,
+            "{what} not seen during {FLOOD_LIMIT:?} of flood:\n{}",
+            agent.log()
+        );
+        let rss = proc_kib(agent.pid(), "VmRSS").unwrap_or(0);
+        peak = peak.max(rss);
+        if rss > RSS_ABORT_KIB {
+            agent.kill();
+            panic!(
+                "RSS ran away: {rss} KiB after {:?} of flood",
+                start.elapsed()
+            );
         }
-        false
+        // The sampling period.
+        std::thread::sleep(Duration::from_millis(50));
     }
+    peak
+}
 
-    /// SIGTERM; how long the agent took to exit (killed after `limit`), its exit code and log.
-    fn stop(mut self, limit: Duration) -> (Duration, Option<i32>, String) {
-        let t0 = Instant::now();
-        Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        let code = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st.code();
-            }
-            if t0.elapsed() >= limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let took = t0.elapsed();
-        std::thread::sleep(Duration::from_millis(100)); // the log reader's last lines
-        (took, code, self.log())
-    }
-
-    /// Watches RSS for `d`; kills the agent if it runs away. Returns the largest VmRSS seen.
-    fn watch(&mut self, d: Duration) -> u64 {
-        let start = Instant::now();
-        let until = start + d;
-        let mut peak = 0;
-        while Instant::now() < until {
-            let rss = proc_kib(self.pid(), "VmRSS").unwrap_or(0);
-            peak = peak.max(rss);
-            if rss > RSS_ABORT_KIB {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "RSS ran away: {rss} KiB after {:?} of flood",
-                    start.elapsed()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        peak
-    }
+/// SIGTERM; how long the agent took to exit (killed after `limit`), its exit code and its whole log.
+fn stop(mut agent: Running, limit: Duration) -> (Duration, Option<i32>, String) {
+    let (took, code) = agent.terminate(limit);
+    (took, code, agent.log())
 }
 
 /// One QoS 0 (pid None) or QoS 1 PUBLISH.
@@ -195,7 +142,7 @@ fn home_assistant_status_flood_through_mosquitto_stays_bounded() {
         broker.url()
     );
     let cfg = config_dir(&cli_collector(1), &mqtt);
-    let mut agent = Running::start(cfg.path(), "info");
+    let mut agent = start(cfg.path(), "info");
     assert!(
         sub.wait_for(|l| figure_lines(l) >= 63, Duration::from_secs(10)),
         "first tick delivered"
@@ -208,11 +155,13 @@ fn home_assistant_status_flood_through_mosquitto_stays_bounded() {
         Flooder::start(broker.port, "homeassistant/status", b"online"),
     ];
     let before = figure_lines(&sub.lines());
-    let peak = agent.watch(FLOOD);
-    let during = figure_lines(&sub.lines()) - before;
+    // Ticks go on: three whole ticks' figures through the flood.
+    let during = || figure_lines(&sub.lines()) - before;
+    let peak = watch(&mut agent, |_| during() >= 63 * 3, "three ticks' figures");
+    let during = during();
     let hwm = proc_kib(agent.pid(), "VmHWM").unwrap();
     let sent: usize = floods.iter().map(|f| f.sent.load(Ordering::SeqCst)).sum();
-    let (took, code, log) = agent.stop(Duration::from_secs(15));
+    let (took, code, log) = stop(agent, Duration::from_secs(15));
     drop(floods);
     eprintln!("flood: {sent} messages sent; agent VmHWM {calm} KiB -> {hwm} KiB, VmRSS peak {peak} KiB; {during} figures; stop {took:?}");
     assert!(sent > 100_000, "the flood ran ({sent} messages)");
@@ -222,11 +171,6 @@ fn home_assistant_status_flood_through_mosquitto_stays_bounded() {
     assert!(
         hwm < calm + 4 * 1024,
         "VmHWM grew from {calm} to {hwm} KiB under the flood:\n{log}"
-    );
-    // One tick a second for 6 s is 378 figures; a loaded machine may lose a few ticks, not most.
-    assert!(
-        during >= 63 * 3,
-        "{during} figures during the flood:\n{log}"
     );
     assert!(took < Duration::from_secs(5), "stop took {took:?}:\n{log}");
     assert_eq!(code, Some(0), "{log}");
@@ -276,6 +220,8 @@ impl FloodBroker {
                     let (figures, pubacks) = (figures.clone(), pubacks.clone());
                     std::thread::spawn(move || answer(s, &w, &figures, &pubacks));
                 } else {
+                    // The scenario, not a wait: the connection stays open and unread for longer than
+                    // any test runs.
                     std::thread::spawn(move || {
                         let _keep = s;
                         std::thread::sleep(Duration::from_secs(120));
@@ -355,26 +301,24 @@ fn fake_broker_flood(qos1: bool) {
         broker.port
     );
     let cfg = config_dir(&cli_collector(1), &mqtt);
-    let mut agent = Running::start(cfg.path(), "info");
+    let mut agent = start(cfg.path(), "info");
     assert!(
         agent.wait_log("connected to broker", Duration::from_secs(10)),
         "{}",
         agent.log()
     );
     let before = broker.figures.load(Ordering::SeqCst);
-    let peak = agent.watch(FLOOD);
-    let during = broker.figures.load(Ordering::SeqCst) - before;
+    // Ticks go on: three whole ticks' figures through the flood.
+    let during = || broker.figures.load(Ordering::SeqCst) - before;
+    let peak = watch(&mut agent, |_| during() >= 63 * 3, "three ticks' figures");
+    let during = during();
     let hwm = proc_kib(agent.pid(), "VmHWM").unwrap();
     let sent = broker.sent.load(Ordering::SeqCst);
     let acked = broker.pubacks.load(Ordering::SeqCst);
-    let (took, code, log) = agent.stop(Duration::from_secs(15));
+    let (took, code, log) = stop(agent, Duration::from_secs(15));
     eprintln!("QoS {} flood: {sent} sent, {acked} acknowledged; agent VmHWM {hwm} KiB, VmRSS peak {peak} KiB; {during} figures; stop {took:?}", u8::from(qos1));
     assert!(sent > 100_000, "the flood ran ({sent} messages)");
     assert!(hwm < RSS_LIMIT_KIB, "VmHWM {hwm} KiB under a flood:\n{log}");
-    assert!(
-        during >= 63 * 3,
-        "{during} figures during the flood:\n{log}"
-    );
     assert!(took < Duration::from_secs(5), "stop took {took:?}:\n{log}");
     assert_eq!(code, Some(0), "{log}");
     assert!(
@@ -413,24 +357,23 @@ fn qos1_flood_from_a_broker_that_never_reads_stays_bounded() {
         broker.port
     );
     let cfg = config_dir(&cli_collector(1), &mqtt);
-    let mut agent = Running::start(cfg.path(), "info");
-    let peak = agent.watch(FLOOD);
+    let mut agent = start(cfg.path(), "info");
+    let tick = "INFO tick: 8 containers";
+    let peak = watch(&mut agent, |a| a.count(tick) >= 3, "three ticks");
     let hwm = proc_kib(agent.pid(), "VmHWM").unwrap();
-    let ticks = agent.count("INFO tick: 8 containers");
-    let (took, code, log) = agent.stop(Duration::from_secs(15));
+    let ticks = agent.count(tick);
+    let (took, code, log) = stop(agent, Duration::from_secs(15));
     eprintln!("QoS 1 flood, broker not reading: VmHWM {hwm} KiB, VmRSS peak {peak} KiB; {ticks} ticks; stop {took:?}");
     assert!(broker.sent.load(Ordering::SeqCst) > 10_000, "the flood ran");
     assert!(hwm < RSS_LIMIT_KIB, "VmHWM {hwm} KiB:\n{log}");
-    assert!(ticks >= 3, "{ticks} ticks in {FLOOD:?}:\n{log}");
     assert!(took < Duration::from_secs(5), "stop took {took:?}:\n{log}");
     assert_eq!(code, Some(0), "{log}");
 }
 
 // ---- Signals wake the loop whatever it is doing -------------------------------------------------------
 
-fn stop_within(agent: Running, after: Duration, limit: Duration) -> String {
-    std::thread::sleep(after);
-    let (took, code, log) = agent.stop(Duration::from_secs(40));
+fn stop_within(agent: Running, limit: Duration) -> String {
+    let (took, code, log) = stop(agent, Duration::from_secs(40));
     eprintln!("stop took {took:?}");
     assert!(took < limit, "stop took {took:?} (limit {limit:?}):\n{log}");
     assert_eq!(code, Some(0), "{log}");
@@ -441,11 +384,18 @@ fn stop_within(agent: Running, after: Duration, limit: Duration) -> String {
 #[test]
 fn sigterm_while_idle_at_a_long_interval() {
     let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "root/#");
     let mqtt = format!(r#"{{"broker_url": "{}", "device_id": "d"}}"#, broker.url());
     let cfg = config_dir(&file_collector(&sample_stats(), 30), &mqtt);
-    let agent = Running::start(cfg.path(), "info");
-    assert!(agent.wait_log("INFO tick", Duration::from_secs(10)));
-    stop_within(agent, Duration::from_millis(1500), Duration::from_secs(3));
+    let agent = start(cfg.path(), "info");
+    // The first tick's figures delivered (and acknowledged as the broker took them): nothing left to
+    // do for 30 s.
+    assert!(
+        sub.wait_for(|l| figure_lines(l) >= 63, Duration::from_secs(10)),
+        "{}",
+        agent.log()
+    );
+    stop_within(agent, Duration::from_secs(3));
 }
 
 #[test]
@@ -470,9 +420,10 @@ fn sigterm_while_connecting_to_a_silent_host() {
     }
     let mqtt = format!(r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "d"}}"#);
     let cfg = config_dir(&file_collector(&sample_stats(), 30), &mqtt);
-    let agent = Running::start(cfg.path(), "debug");
+    let agent = start(cfg.path(), "debug");
+    // Said once the connect is under way; it stays so for its 5 s timeout.
     assert!(agent.wait_log("connecting to", Duration::from_secs(10)));
-    stop_within(agent, Duration::from_millis(1000), Duration::from_secs(3));
+    stop_within(agent, Duration::from_secs(3));
 }
 
 /// A fake engine on a unix socket that answers `GET /containers/json` with `[]`: the first request at
@@ -490,6 +441,7 @@ fn slow_engine(dir: &TempDir, delay: Duration) -> (std::path::PathBuf, Arc<Atomi
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf);
                 if n > 0 {
+                    // The scenario: an engine slow to answer.
                     std::thread::sleep(delay);
                 }
                 let _ = s.write_all(
@@ -515,7 +467,7 @@ fn sigterm_during_an_engine_collection() {
     );
     let mqtt = format!(r#"{{"broker_url": "{}", "device_id": "d"}}"#, broker.url());
     let cfg = config_dir(&collector, &mqtt);
-    let agent = Running::start(cfg.path(), "info");
+    let agent = start(cfg.path(), "info");
     let deadline = Instant::now() + Duration::from_secs(20);
     while requests.load(Ordering::SeqCst) < 2 {
         assert!(
@@ -525,13 +477,21 @@ fn sigterm_during_an_engine_collection() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    stop_within(agent, Duration::from_millis(1000), Duration::from_secs(4));
+    // Pacing, not synchronisation (the request has arrived): the signal lands inside the engine's
+    // 2.5 s, rather than at its very start. Late on a busy machine, the test is weaker, not wrong.
+    std::thread::sleep(Duration::from_millis(1000));
+    stop_within(agent, Duration::from_secs(4));
 }
 
 #[test]
 fn sigterm_while_a_cli_collection_runs() {
     let dir = TempDir::new("cli");
-    let cli = dir.write("slow-balena.sh", "#!/bin/sh\nsleep 20\n");
+    let started = dir.path().join("started");
+    // A CLI that says it has started, then hangs (the scenario: its `sleep` outlives the test).
+    let cli = dir.write(
+        "slow-balena.sh",
+        &format!("#!/bin/sh\ntouch '{}'\nsleep 20\n", started.display()),
+    );
     Command::new("chmod").arg("+x").arg(&cli).status().unwrap();
     let broker = Broker::start();
     let collector = format!(
@@ -540,8 +500,17 @@ fn sigterm_while_a_cli_collection_runs() {
     );
     let mqtt = format!(r#"{{"broker_url": "{}", "device_id": "d"}}"#, broker.url());
     let cfg = config_dir(&collector, &mqtt);
-    let agent = Running::start(cfg.path(), "info");
-    stop_within(agent, Duration::from_millis(1500), Duration::from_secs(3));
+    let agent = start(cfg.path(), "info");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the CLI never started:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop_within(agent, Duration::from_secs(3));
 }
 
 // ---- The socket is always read -------------------------------------------------------------------------
@@ -549,19 +518,26 @@ fn sigterm_while_a_cli_collection_runs() {
 #[test]
 fn a_broker_close_is_seen_before_the_next_tick() {
     let mut broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "root/#");
     let mqtt = format!(
         r#"{{"broker_url": "{}", "device_id": "d", "qos": 1}}"#,
         broker.url()
     );
     let cfg = config_dir(&file_collector(&sample_stats(), 30), &mqtt);
-    let agent = Running::start(cfg.path(), "info");
-    assert!(agent.wait_log("INFO tick", Duration::from_secs(10)));
-    std::thread::sleep(Duration::from_millis(1000)); // the tick's PUBACKs have come and gone
+    let agent = start(cfg.path(), "info");
+    // The tick's figures delivered (and acknowledged as the broker took them): the agent has nothing
+    // left to do but wait for the next tick, 30 s away.
+    assert!(
+        sub.wait_for(|l| figure_lines(l) >= 63, Duration::from_secs(10)),
+        "{}",
+        agent.log()
+    );
+    drop(sub);
     let t0 = Instant::now();
     broker.stop();
     let seen = agent.wait_log("connection to broker lost", Duration::from_secs(10));
     let took = t0.elapsed();
-    let (_, code, log) = agent.stop(Duration::from_secs(10));
+    let (_, code, log) = stop(agent, Duration::from_secs(10));
     assert!(
         seen,
         "the close was not noticed within 10 s (next tick in 30 s):\n{log}"
@@ -583,12 +559,12 @@ fn home_assistant_birth_is_answered_before_the_next_tick() {
         broker.url()
     );
     let cfg = config_dir(&file_collector(&sample_stats(), 30), &mqtt);
-    let agent = Running::start(cfg.path(), "info");
+    let agent = start(cfg.path(), "info");
+    // The announcement came after the agent's SUBSCRIBE on the same connection: the birth is heard.
     assert!(
         sub.wait_for(|l| l.len() >= 63, Duration::from_secs(10)),
         "first announcement"
     );
-    std::thread::sleep(Duration::from_millis(1000));
     let t0 = Instant::now();
     let status = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
@@ -599,7 +575,7 @@ fn home_assistant_birth_is_answered_before_the_next_tick() {
     // Re-announced 0.5 to 5 s after the birth (random); the next tick is 30 s away.
     let again = sub.wait_for(|l| l.len() >= 126, Duration::from_secs(15));
     let took = t0.elapsed();
-    let (_, code, log) = agent.stop(Duration::from_secs(10));
+    let (_, code, log) = stop(agent, Duration::from_secs(10));
     assert!(again, "no re-announcement within 15 s:\n{log}");
     eprintln!("re-announced after {took:?}");
     assert!(

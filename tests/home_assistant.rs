@@ -118,21 +118,63 @@ fn every_published_metric_has_exactly_one_retained_config() {
     assert!(late_recs.iter().all(|(retained, _, _)| *retained));
 }
 
+/// Like [`formatted_subscriber`] on `homeassistant/#`, and on the availability topic too: the agent's
+/// `offline` at its stop is the last thing it publishes, so once that has arrived, so has everything it
+/// published before (one connection, in order).
+fn discovery_subscriber(port: u16) -> Subscriber {
+    Subscriber::start_args(
+        port,
+        &[
+            "-F",
+            "%r|%t|%p",
+            "-t",
+            "homeassistant/#",
+            "-t",
+            "root/+/telemetry/system/availability",
+            "-t",
+            "probe/ready",
+        ],
+    )
+}
+
+/// SIGTERM, and every message the agent published before it has arrived.
+fn stop_and_drain(agent: Running, sub: &Subscriber) -> String {
+    let log = agent.stop();
+    assert!(
+        sub.wait_for(
+            |l| l.iter().any(|l| l.ends_with("/availability|offline")),
+            Duration::from_secs(10)
+        ),
+        "no offline at the stop:\n{log}"
+    );
+    log
+}
+
+fn config_records(recs: &[(bool, String, String)]) -> usize {
+    recs.iter()
+        .filter(|(_, t, _)| t.starts_with("homeassistant/") && t.ends_with("/config"))
+        .count()
+}
+
+/// Logged (debug) by each tick that finds the file as it was.
+const UNCHANGED: &str = "unchanged since the last tick";
+
 #[test]
 fn home_assistant_birth_gets_everything_again() {
     let broker = Broker::start();
-    let sub = formatted_subscriber(broker.port, "homeassistant/#");
+    let sub = discovery_subscriber(broker.port);
     let cfg = config_dir(
         &file_collector(&sample_stats(), 1),
         &mqtt_config(&broker, ""),
     );
-    let child = spawn_agent(cfg.path());
-    assert!(sub.wait_for(|l| l.len() >= 63, Duration::from_secs(10)));
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        sub.lines().len(),
-        63,
-        "configs are sent once, not every tick"
+    let agent = Running::start(cfg.path());
+    let announced = |l: &[String]| config_records(&records(l));
+    assert!(sub.wait_for(|l| announced(l) >= 63, Duration::from_secs(10)));
+    // Ticks go on (the file is unchanged); configs are sent once, not every tick: counted at the end.
+    assert!(
+        agent.wait_count(UNCHANGED, 2, Duration::from_secs(30)),
+        "{}",
+        agent.log()
     );
     std::process::Command::new("mosquitto_pub")
         .args([
@@ -149,19 +191,35 @@ fn home_assistant_birth_gets_everything_again() {
         .unwrap();
     // Re-announced after a random delay of 0.5 to 5 s.
     assert!(
-        sub.wait_for(|l| l.len() >= 63 + 1 + 63, Duration::from_secs(8)),
+        sub.wait_for(|l| announced(l) >= 63 * 2, Duration::from_secs(15)),
         "{:?}",
         sub.lines().len()
     );
-    let log = stop_agent(child);
-    let again = configs(&records(&sub.lines()[64..]));
-    assert_eq!(again.len(), 63, "{log}");
+    let seen = agent.count(UNCHANGED);
+    assert!(
+        agent.wait_count(UNCHANGED, seen + 2, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
+    let log = stop_and_drain(agent, &sub);
+    let recs = records(&sub.lines());
+    let birth = recs
+        .iter()
+        .position(|(_, t, _)| t == "homeassistant/status")
+        .expect("the birth went by");
+    assert_eq!(
+        config_records(&recs[..birth]),
+        63,
+        "configs are sent once, not every tick:\n{log}"
+    );
+    assert_eq!(config_records(&recs[birth..]), 63, "once per birth:\n{log}");
+    assert_eq!(configs(&recs[birth..]).len(), 63, "{log}");
 }
 
 #[test]
 fn services_gone_past_the_expiry_lose_their_configs() {
     let broker = Broker::start();
-    let sub = formatted_subscriber(broker.port, "homeassistant/#");
+    let sub = discovery_subscriber(broker.port);
     let dir = TempDir::new("expiry");
     let sample = std::fs::read_to_string(sample_stats()).unwrap();
     let file = dir.write("stats.jsonl", &sample);
@@ -169,8 +227,11 @@ fn services_gone_past_the_expiry_lose_their_configs() {
         &file_collector(&file, 1),
         &mqtt_config(&broker, r#", "home_assistant_remove_after_in_seconds": 2"#),
     );
-    let child = spawn_agent(cfg.path());
-    assert!(sub.wait_for(|l| l.len() >= 63, Duration::from_secs(10)));
+    let agent = Running::start(cfg.path());
+    assert!(sub.wait_for(
+        |l| config_records(&records(l)) >= 63,
+        Duration::from_secs(10)
+    ));
     // my-db goes away.
     let without: String = sample
         .lines()
@@ -178,14 +239,25 @@ fn services_gone_past_the_expiry_lose_their_configs() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&file, without).unwrap();
-    let removed = |l: &[String]| records(l).iter().filter(|(_, _, p)| p.is_empty()).count();
+    let removed = |l: &[String]| {
+        records(l)
+            .iter()
+            .filter(|(_, t, p)| t.starts_with("homeassistant/") && p.is_empty())
+            .count()
+    };
     assert!(sub.wait_for(|l| removed(l) >= 9, Duration::from_secs(8)));
-    std::thread::sleep(Duration::from_millis(1500));
-    let log = stop_agent(child);
+    // Three more ticks, past another expiry period: no other service's configs go.
+    let seen = agent.count(UNCHANGED);
+    assert!(
+        agent.wait_count(UNCHANGED, seen + 3, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
+    let log = stop_and_drain(agent, &sub);
     let recs = records(&sub.lines());
     let empty: BTreeSet<String> = recs
         .iter()
-        .filter(|(_, _, p)| p.is_empty())
+        .filter(|(_, t, p)| t.starts_with("homeassistant/") && p.is_empty())
         .map(|r| r.1.clone())
         .collect();
     assert_eq!(empty.len(), 9, "{log}");
@@ -211,7 +283,7 @@ fn per_service_payloads_carry_every_available_metric() {
     let cfg = config_dir(&file_collector(&sample_stats(), 10), &mqtt);
     let (code, log) = run_limited(&mut once(cfg.path()), Duration::from_secs(20));
     assert_eq!(code, Some(0), "{log}");
-    let recs = records(&sub.collect(8 + 63 + 2, Duration::from_secs(5)));
+    let recs = records(&sub.received());
     let services: BTreeMap<String, Value> = recs
         .iter()
         .filter(|(_, t, _)| t.starts_with("root/") && !t.ends_with("/availability"))

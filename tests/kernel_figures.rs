@@ -2,7 +2,8 @@
 //! stats for the same containers, on the real Docker Engine, through a real mosquitto.
 //!
 //! The agent talks to the engine through a counting proxy, so the test sees every request it makes: once
-//! in sync, a tick must ask the engine nothing. Without a Docker Engine the tests say SKIPPED and pass.
+//! in sync, a tick must ask the engine nothing. Without a Docker Engine the tests say SKIPPED and pass
+//! (under CI they fail).
 
 mod common;
 use common::engine::*;

@@ -1,6 +1,7 @@
 //! ENGINE mode's lifecycle and its collection on the real Docker Engine (issue 11): an exit code, an OOM
-//! kill, restarts and a healthcheck as the engine's event stream hands them over; a stop in the middle of a
-//! collection; a hundred containers collected at once.
+//! kill, restarts and a healthcheck as the engine's event stream hands them over; a forced removal of
+//! running containers without a warning (issue 18); a stop in the middle of a collection; a hundred
+//! containers collected at once.
 //!
 //! The lifecycle is checked where users see it, on the published topics (`state`, `exit_code`,
 //! `oom_killed`, `restart_count`, `health`) through a real mosquitto and subscriber; the collection time
@@ -9,101 +10,26 @@
 //! The image is built `FROM scratch` with Debian's static busybox (also as `/bin/sh`, which healthchecks
 //! run through). Every container and the image carry this process's id in their names and are removed
 //! by a Drop guard, also when an assertion fails; containers run with `--network none`. Without a Docker
-//! Engine the tests say SKIPPED loudly and pass.
+//! Engine the tests say SKIPPED loudly and pass (under CI they fail).
 
 mod common;
 use common::engine::*;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The agent running in ENGINE mode, its log followed line by line with each line's arrival time.
-struct Running {
-    child: Option<Child>,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    _cfg: TempDir,
-}
-
-impl Running {
-    fn start(broker: &Broker, interval: u64) -> Running {
-        let collector = format!(
-            r#"{{"mode": "ENGINE", "engine_socket": "{SOCKET}", "collection_interval_in_seconds": {interval}}}"#
-        );
-        let mqtt = format!(
-            r#"{{"broker_url": "{}", "device_id": "life{}"}}"#,
-            broker.url(),
-            std::process::id()
-        );
-        let cfg = config_dir(&collector, &mqtt);
-        let mut child = agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap();
-        let err = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        Running {
-            child: Some(child),
-            lines,
-            _cfg: cfg,
-        }
-    }
-
-    /// The first line (and its arrival) that `pred` accepts, waiting up to `limit`.
-    fn wait_line(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> Option<(Instant, String)> {
-        let until = Instant::now() + limit;
-        loop {
-            if let Some(l) = self.lines.lock().unwrap().iter().find(|(_, l)| pred(l)) {
-                return Some(l.clone());
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        let lines = self.lines.lock().unwrap();
-        lines
-            .iter()
-            .map(|(_, l)| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// SIGTERM; how long the agent took to exit, and its exit code.
-    fn stop(&mut self) -> (Duration, Option<i32>) {
-        let mut child = self.child.take().expect("running");
-        let t = Instant::now();
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let code = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st.code();
-            }
-            if t.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        (t.elapsed(), code)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// The agent running in ENGINE mode, its log followed line by line; and its config directory.
+fn start(broker: &Broker, interval: u64) -> (Running, TempDir) {
+    let collector = format!(
+        r#"{{"mode": "ENGINE", "engine_socket": "{SOCKET}", "collection_interval_in_seconds": {interval}}}"#
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "{}", "device_id": "life{}"}}"#,
+        broker.url(),
+        std::process::id()
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    (Running::start(cfg.path()), cfg)
 }
 
 /// The device the agents here publish as; topics are `root/<device>/telemetry/system/<service>/<topic>`.
@@ -153,7 +79,7 @@ fn exits_ooms_restarts_and_health_are_published_as_they_happen() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, &format!("root/{}/#", device()));
     // A long interval: what arrives within it came by the event stream, not by a collection.
-    let agent = Running::start(&broker, 30);
+    let (agent, _cfg) = start(&broker, 30);
     agent
         .wait_line(Duration::from_secs(20), |l| {
             l.contains("engine collection took")
@@ -269,11 +195,86 @@ fn exits_ooms_restarts_and_health_are_published_as_they_happen() {
     let state = topic(&exit3, "state");
     wait_value(&sub, &state, "removed", Duration::from_secs(10))
         .unwrap_or_else(|| fail("no state removed published"));
-    // Long enough for a repeat to show (a change is handed over within 2 s).
-    std::thread::sleep(Duration::from_secs(3));
+    // A repeat would come before the removal of a container removed after it: the engine's events,
+    // and the agent's messages, keep their order.
+    docker(&["rm", "-f", &oom]).unwrap();
+    wait_value(
+        &sub,
+        &topic(&oom, "state"),
+        "removed",
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| fail("no state removed published for the second removal"));
     assert_eq!(count(&sub, &state, &"removed".into()), 1, "removed once");
     let log = agent.log();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_forced_removal_of_running_containers_is_no_warning() {
+    // Between the kill and the destroy of `docker rm -f` the engine answers an inspect with State.Status
+    // `removing`: no state of ours, and no reason to warn. The states published on the way are printed,
+    // not checked: the agent publishes what the engine answers, and once in eight runs on a loaded
+    // machine something besides running and removed came (not caught; an inspect racing the end of a
+    // removal can be answered `dead`). The unit tests check the held state.
+    if !engine_available() {
+        return;
+    }
+    let mut f = Fixture::new("r");
+    let names: Vec<String> = (0..3)
+        .map(|i| f.run_prefixed(&format!("rm{i}"), &[], &["sleep", "3600"]))
+        .collect();
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &format!("root/{}/#", device()));
+    // A long interval: the removals come by the event stream and their inspects.
+    let (agent, _cfg) = start(&broker, 30);
+    let fail = |what: &str| -> ! {
+        panic!(
+            "{what}:\n{}\nmessages:\n{}",
+            agent.log(),
+            sub.lines().join("\n")
+        )
+    };
+    for n in &names {
+        wait_value(&sub, &topic(n, "state"), "running", Duration::from_secs(20))
+            .unwrap_or_else(|| fail("not published as running"));
+    }
+    let ids: Vec<String> = names
+        .iter()
+        .map(|n| docker(&["inspect", "--format", "{{.Id}}", n]).unwrap()[..12].to_owned())
+        .collect();
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    docker(&rm).unwrap();
+    // The agent logs each change it hands over after whatever the inspects before it said.
+    for n in &names {
+        let said = format!("lifecycle change: {n} removed");
+        agent
+            .wait_line(Duration::from_secs(15), |l| l.contains(&said))
+            .unwrap_or_else(|| fail("removal not handed over"));
+    }
+    let log = agent.log();
+    assert!(!log.contains("State.Status"), "{log}");
+    // Other tests' containers on the shared engine may rightly be warned of; ours may not.
+    let ours = |l: &&str| names.iter().chain(&ids).any(|x| l.contains(x.as_str()));
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("WARN"))
+        .filter(ours)
+        .collect();
+    assert!(warned.is_empty(), "{warned:#?}\n{log}");
+    for n in &names {
+        let state = topic(n, "state");
+        let states: Vec<serde_json::Value> = sub
+            .lines()
+            .iter()
+            .filter_map(|l| parse_value(l))
+            .filter(|(t, _, _)| *t == state)
+            .map(|(_, v, _)| v)
+            .collect();
+        eprintln!("{n}: states published {states:?}");
+    }
+    f.containers.clear();
 }
 
 #[test]
@@ -292,7 +293,7 @@ fn local_mode_and_hand_over_names_on_the_real_engine() {
     assert_eq!(new.strip_suffix("_11_101_bbbb"), Some(ho.as_str()));
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, &format!("root/{}/#", device()));
-    let agent = Running::start(&broker, 1);
+    let (agent, _cfg) = start(&broker, 1);
     let said = format!("service {ho}: two containers run at once");
     agent
         .wait_line(Duration::from_secs(20), |l| l.contains(&said))
@@ -300,27 +301,13 @@ fn local_mode_and_hand_over_names_on_the_real_engine() {
     // From the tick after the one that saw both, only the newer release's figures.
     let seen = sub.lines().len();
     let limit = topic(&ho, "memory_limit_in_bytes");
-    let ticks = |l: &str| l.contains("engine collection took");
-    let before = agent
-        .lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, l)| ticks(l))
-        .count();
-    let until = Instant::now() + Duration::from_secs(30);
-    while agent
-        .lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, l)| ticks(l))
-        .count()
-        < before + 3
-    {
-        assert!(Instant::now() < until, "no further ticks:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let ticks = "engine collection took";
+    let before = agent.count(ticks);
+    assert!(
+        agent.wait_count(ticks, before + 3, Duration::from_secs(30)),
+        "no further ticks:\n{}",
+        agent.log()
+    );
     sub.sync(broker.port);
     let later = sub.lines();
     let limits: Vec<f64> = later[seen..]
@@ -369,14 +356,16 @@ fn sigterm_in_the_middle_of_a_collection_ends_the_agent_promptly() {
         f.run_prefixed(&format!("idle{i}"), &[], &["sleep", "3600"]);
     }
     let broker = Broker::start();
-    let mut agent = Running::start(&broker, 1);
+    let (mut agent, _cfg) = start(&broker, 1);
     // The first collection waits about a second for a second CPU sample: stop inside that wait.
     agent
         .wait_line(Duration::from_secs(10), |l| l.contains("ENGINE mode"))
         .unwrap_or_else(|| panic!("no start line:\n{}", agent.log()));
+    // Pacing, not synchronisation: the collection starts with the loop, and this aims the signal
+    // inside its second's wait rather than before it starts. Where it landed is checked next.
     std::thread::sleep(Duration::from_millis(300));
     let mid = !agent.log().contains("engine collection took");
-    let (took, code) = agent.stop();
+    let (took, code) = agent.terminate(Duration::from_secs(20));
     let log = agent.log();
     eprintln!("stopped in {} ms (mid-collection: {mid})", took.as_millis());
     assert!(mid, "the collection had already finished:\n{log}");
@@ -395,7 +384,7 @@ fn a_hundred_containers_are_collected_at_once() {
         f.run_prefixed(&format!("c{i}"), &[], &["sleep", "3600"]);
     }
     let broker = Broker::start();
-    let agent = Running::start(&broker, 3);
+    let (agent, _cfg) = start(&broker, 3);
     let took = |l: &str| -> Option<u64> {
         l.split("engine collection took ")
             .nth(1)?
@@ -405,13 +394,8 @@ fn a_hundred_containers_are_collected_at_once() {
             .ok()
     };
     // The first collection waits for a second sample; the next ones are steady state.
-    let mut times = Vec::new();
-    let until = Instant::now() + Duration::from_secs(60);
-    while times.len() < 3 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-        let lines = agent.lines.lock().unwrap();
-        times = lines.iter().filter_map(|(_, l)| took(l)).collect();
-    }
+    agent.wait_count("engine collection took", 3, Duration::from_secs(60));
+    let times: Vec<u64> = agent.lines().iter().filter_map(|l| took(l)).collect();
     let log = agent.log();
     assert!(times.len() >= 3, "fewer than three collections:\n{log}");
     eprintln!("collection times at 100 containers: {times:?} ms");
@@ -449,26 +433,20 @@ fn the_broker_link_is_served_while_the_engine_is_slow_to_answer() {
         broker.url()
     );
     let cfg = config_dir(&collector, &mqtt);
-    let mut agent = Running {
-        child: Some(agent(cfg.path()).stderr(Stdio::piped()).spawn().unwrap()),
-        lines: Arc::new(Mutex::new(Vec::new())),
-        _cfg: cfg,
-    };
-    let err = agent.child.as_mut().unwrap().stderr.take().unwrap();
-    let sink = Arc::clone(&agent.lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push((Instant::now(), line));
-        }
-    });
+    let mut agent = Running::start(cfg.path());
     agent
         .wait_line(Duration::from_secs(10), |l| {
             l.contains("connected to broker")
         })
         .unwrap_or_else(|| panic!("never connected:\n{}", agent.log()));
-    // Four keep-alive periods inside the first, unanswered collection.
-    std::thread::sleep(Duration::from_secs(4));
-    let (took, code) = agent.stop();
+    // The first collection waits out the engine's 5 s request timeout: five keep-alive periods. The
+    // next one starts at once, saying which ticks the first overran; a stop must not wait for it.
+    agent
+        .wait_line(Duration::from_secs(30), |l| {
+            l.contains("collection overran its interval")
+        })
+        .unwrap_or_else(|| panic!("the first collection never ended:\n{}", agent.log()));
+    let (took, code) = agent.terminate(Duration::from_secs(20));
     let log = agent.log();
     assert!(
         !log.contains("engine collection took"),

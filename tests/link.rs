@@ -5,10 +5,9 @@
 mod common;
 use common::*;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,6 +73,7 @@ fn relay(client: TcpStream, up: TcpStream, rate: Option<usize>, silent: Arc<Atom
                 break;
             }
             if rate.is_some() && !dark {
+                // The throttle itself (the scenario's slow uplink), not a wait for anything.
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -99,80 +99,10 @@ fn relay(client: TcpStream, up: TcpStream, rate: Option<usize>, silent: Arc<Atom
     });
 }
 
-/// The agent running, its log collected line by line as it is written.
-struct Running {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(config: &Path) -> Running {
-        // FAKE_STATS feeds the CLI-mode collector (cli_collector): a new sample every tick.
-        let mut child = agent(config)
-            .env("FAKE_STATS", sample_stats())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let err = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Running {
-            child,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, what: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(what) {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        true
-    }
-
-    /// SIGTERM; the agent must exit 0 without a panic. Returns the whole log.
-    fn stop(mut self) -> String {
-        assert!(
-            self.child.try_wait().unwrap().is_none(),
-            "the agent is still running:\n{}",
-            self.log()
-        );
-        Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let log = self.log();
-        assert_eq!(status.code(), Some(0), "{log}");
-        assert!(!log.contains("panicked"), "{log}");
-        log
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The agent, its log followed; FAKE_STATS feeds the CLI-mode collector (cli_collector): a new sample
+/// every tick.
+fn start(config: &Path) -> Running {
+    Running::spawn(agent(config).env("FAKE_STATS", sample_stats()))
 }
 
 /// A stats file of `n` containers `svc0` .. `svc<n-1>`, nine metrics each.
@@ -209,13 +139,17 @@ fn a_slow_but_live_link_keeps_its_connection_and_sends_no_duplicates() {
     );
     let cfg = config_dir(&file_collector(&stats, 3600), &mqtt);
     let started = Instant::now();
-    let agent = Running::start(cfg.path());
+    let agent = start(cfg.path());
     let want = CONTAINERS * 9;
     let all = sub.wait_for(|l| deliveries(l).len() >= want, Duration::from_secs(150));
     let took = started.elapsed();
-    // Anything re-sent after a reconnect would arrive now.
-    std::thread::sleep(Duration::from_secs(3));
+    // Anything re-sent after a reconnect would have come before the agent's `offline` at its stop, the
+    // last thing it sends.
     let log = agent.stop();
+    let offline = sub.wait_for(
+        |l| l.iter().any(|l| l.ends_with("/availability offline")),
+        Duration::from_secs(30),
+    );
     let count = deliveries(&sub.lines());
     let total: usize = count.values().sum();
     eprintln!(
@@ -225,6 +159,7 @@ fn a_slow_but_live_link_keeps_its_connection_and_sends_no_duplicates() {
         proxy.connections()
     );
     assert!(all, "only {} of {want} arrived:\n{log}", count.len());
+    assert!(offline, "the stop's offline never arrived:\n{log}");
     assert!(
         !log.contains("connection to broker lost"),
         "a live link was dropped:\n{log}"
@@ -243,15 +178,27 @@ fn a_broker_gone_silent_is_noticed_at_qos0() {
         proxy.port
     );
     let cfg = config_dir(&cli_collector(1), &mqtt);
-    let agent = Running::start(cfg.path());
+    let agent = start(cfg.path());
     assert!(
         sub.wait_for(|l| !deliveries(l).is_empty(), Duration::from_secs(10)),
         "{}",
         agent.log()
     );
-    // A few seconds of normal running first: the agent pings often enough for mosquitto (1.5 x 2 s).
-    std::thread::sleep(Duration::from_secs(4));
+    // Four more ticks of normal running first, longer than mosquitto's patience (1.5 x 2 s): the agent
+    // pings often enough.
+    let figures = |l: &[String]| l.iter().filter(|l| parse_metric(l).is_some()).count();
+    let before = figures(&sub.lines());
+    assert!(
+        sub.wait_for(|l| figures(l) >= before + 4 * 63, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
     assert_eq!(proxy.connections(), 1, "{}", agent.log());
+    assert!(
+        !agent.log().contains("connection to broker lost"),
+        "{}",
+        agent.log()
+    );
     let silenced = Instant::now();
     proxy.silence();
     let noticed = agent.wait_log("timed out waiting for PINGRESP", Duration::from_secs(20));
@@ -293,7 +240,7 @@ fn an_http_server_is_named_not_an_mqtt_broker() {
         r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "d", "reconnect_max_delay_in_seconds": 1}}"#
     );
     let cfg = config_dir(&file_collector(&sample_stats(), 1), &mqtt);
-    let agent = Running::start(cfg.path());
+    let agent = start(cfg.path());
     let said = agent.wait_log("not an MQTT broker", Duration::from_secs(10));
     let log = agent.stop();
     assert!(said, "{log}");
@@ -314,13 +261,18 @@ fn discovery_configs_survive_an_outage_that_overflows_the_buffer() {
         broker.url()
     );
     let cfg = config_dir(&cli_collector(1), &mqtt);
-    let agent = Running::start(cfg.path());
+    let agent = start(cfg.path());
     assert!(
         agent.wait_log("oldest messages dropped", Duration::from_secs(10)),
         "{}",
         agent.log()
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // An outage of a few ticks, each one overflowing the buffer.
+    assert!(
+        agent.wait_count("oldest messages dropped", 3, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
     broker.restart();
     assert!(
         agent.wait_log("connected to broker", Duration::from_secs(10)),

@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Child;
 use std::time::Duration;
 
 const PERSISTENT: &str =
@@ -13,7 +12,7 @@ const PERSISTENT: &str =
 
 /// CLI mode with the recorded-output stand-in, so that each tick's figures carry their own collection
 /// time (FILE mode would stamp them all with the file's) and delivery can be counted tick by tick.
-fn start_agent(port: u16) -> (Child, TempDir) {
+fn start_agent(port: u16) -> (Running, TempDir) {
     let collector = format!(
         r#"{{"mode": "CLI", "cli_path": "{}", "collection_interval_in_seconds": 1}}"#,
         repo().join("tests/data/fake-balena.sh").display()
@@ -22,12 +21,19 @@ fn start_agent(port: u16) -> (Child, TempDir) {
         r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "dev1", "qos": 1, "reconnect_max_delay_in_seconds": 1}}"#
     );
     let cfg = config_dir(&collector, &mqtt);
-    let child = agent(cfg.path())
-        .env("FAKE_STATS", sample_stats())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    (child, cfg)
+    let agent = Running::spawn(agent(cfg.path()).env("FAKE_STATS", sample_stats()));
+    (agent, cfg)
+}
+
+/// What the agent logs for each tick it collected.
+const TICK: &str = "INFO tick: 8 containers, 63 messages";
+
+/// Waits until the subscriber has a tick the agent collected after the ticks logged so far: ticks are
+/// delivered in order, so every earlier one has arrived by then (unless lost, which the caller's check
+/// then reports).
+fn wait_for_a_later_tick(agent: &Running, sub: &Subscriber) {
+    let logged = agent.count(TICK);
+    sub.wait_for(|l| by_tick(l).len() > logged, Duration::from_secs(30));
 }
 
 /// A subscriber with a persistent session (clean session off, fixed client id).
@@ -57,7 +63,7 @@ fn by_tick(lines: &[String]) -> BTreeMap<u64, BTreeSet<String>> {
 
 /// Every tick the agent logged arrived whole: (delivered, expected) distinct messages.
 fn check_every_tick_delivered(lines: &[String], log: &str) -> (usize, usize) {
-    let ticks_logged = log.matches("INFO tick: 8 containers, 63 messages").count();
+    let ticks_logged = log.matches(TICK).count();
     let ticks = by_tick(lines);
     let delivered: usize = ticks.values().map(BTreeSet::len).sum();
     let expected = ticks_logged * 63;
@@ -77,19 +83,29 @@ fn broker_absent_at_start_then_appears() {
     broker.stop();
 
     let (agent, _cfg) = start_agent(broker.port);
-    std::thread::sleep(Duration::from_millis(3500));
+    // Three ticks while the broker is away.
+    assert!(
+        agent.wait_count(TICK, 3, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
     broker.restart();
     let sub = persistent_subscriber(broker.port);
-    std::thread::sleep(Duration::from_millis(2500));
-    let log = stop_agent(agent);
-    let lines = sub.collect(usize::MAX, Duration::from_secs(2));
+    assert!(
+        agent.wait_log("connected to broker", Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
+    wait_for_a_later_tick(&agent, &sub);
+    let log = agent.stop();
+    let lines = sub.received();
     assert!(
         log.contains("could not connect to broker") || log.contains("unreachable"),
         "{log}"
     );
     let (delivered, expected) = check_every_tick_delivered(&lines, &log);
     assert!(
-        expected >= 5 * 63,
+        expected >= 4 * 63,
         "ticks ran while the broker was away: {expected}"
     );
     assert_eq!(delivered, expected);
@@ -98,20 +114,33 @@ fn broker_absent_at_start_then_appears() {
 #[test]
 fn broker_restarted_mid_run_loses_nothing_at_qos1() {
     let mut broker = Broker::start_with(PERSISTENT);
+    // The subscriber stays throughout: mosquitto_sub reconnects to the restarted broker, and its
+    // persistent session keeps what was published while it was away.
     let sub = persistent_subscriber(broker.port);
     let (agent, _cfg) = start_agent(broker.port);
     assert!(sub.wait_for(|l| by_tick(l).len() >= 2, Duration::from_secs(10)));
-    let mut lines = sub.lines();
-    drop(sub);
     broker.stop();
-    std::thread::sleep(Duration::from_millis(3000));
+    assert!(
+        agent.wait_log("connection to broker lost", Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
+    // Two ticks during the outage.
+    let before = agent.count(TICK);
+    assert!(
+        agent.wait_count(TICK, before + 2, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
     broker.restart();
-    let sub = persistent_subscriber(broker.port);
-    std::thread::sleep(Duration::from_millis(3000));
-    let log = stop_agent(agent);
-    // The persistent session replays what was published while no subscriber was there.
-    lines.extend(sub.collect(usize::MAX, Duration::from_secs(2)));
-    assert!(log.contains("connection to broker lost"), "{log}");
+    assert!(
+        agent.wait_count("connected to broker", 2, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
+    wait_for_a_later_tick(&agent, &sub);
+    let log = agent.stop();
+    let lines = sub.received();
     let (delivered, expected) = check_every_tick_delivered(&lines, &log);
     assert_eq!(delivered, expected);
 }
@@ -139,15 +168,31 @@ fn wrong_password_is_logged_in_words_and_retried_without_crashing() {
         broker.url()
     );
     let cfg = config_dir(&collector, &mqtt);
-    let child = spawn_agent(cfg.path());
-    std::thread::sleep(Duration::from_millis(4000));
-    let log = stop_agent(child);
-    let refusals = log.matches("connection refused: not authorised").count()
-        + log
-            .matches("connection refused: bad user name or password")
-            .count();
-    assert!(refusals >= 2, "refused, backed off and retried:\n{log}");
-    assert!(refusals <= 6, "backoff spaces the attempts:\n{log}");
+    let agent = Running::start(cfg.path());
+    let refusals = |log: &[String]| {
+        log.iter()
+            .filter(|l| {
+                l.contains("connection refused: not authorised")
+                    || l.contains("connection refused: bad user name or password")
+            })
+            .count()
+    };
+    assert!(
+        agent.wait_for(|l| refusals(l) >= 3, Duration::from_secs(30)),
+        "refused, backed off and retried:\n{}",
+        agent.log()
+    );
+    let log = agent.stop();
+    let lines: Vec<String> = log.lines().map(str::to_owned).collect();
+    let refused = refusals(&lines);
+    // Backoff spaces the attempts (0.5-1 s, then 1-2 s): not more than one per tick of a second, where
+    // retrying at once would be hundreds.
+    let ticks =
+        log.matches("INFO tick:").count() + log.matches("unchanged since the last tick").count();
+    assert!(
+        refused <= ticks + 2,
+        "{refused} attempts in {ticks} ticks:\n{log}"
+    );
     assert!(
         !log.contains("wrong-secret"),
         "the password is never logged"
@@ -172,7 +217,7 @@ fn wrong_password_is_logged_in_words_and_retried_without_crashing() {
         Duration::from_secs(20),
     );
     assert_eq!(code, Some(0), "{log}");
-    assert_sample_figures(&sub.collect(65, Duration::from_secs(5)), "dev1");
+    assert_sample_figures(&sub.received(), "dev1");
 }
 
 #[test]
@@ -188,16 +233,17 @@ fn full_buffer_drops_oldest_and_says_so_once_per_tick() {
         r#"{{"broker_url": "tcp://127.0.0.1:{port}", "device_id": "d", "max_buffered_messages": 100}}"#
     );
     let cfg = config_dir(&collector, &mqtt);
-    let child = agent(cfg.path())
-        .env("FAKE_STATS", sample_stats())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(4500));
-    let log = stop_agent(child);
+    let agent = Running::spawn(agent(cfg.path()).env("FAKE_STATS", sample_stats()));
+    // The third tick is the first to overflow the buffer, the fourth the second.
+    assert!(
+        agent.wait_count("message buffer full (100)", 2, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
+    let log = agent.stop();
     let drops: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("message buffer full (100)"))
+        .filter(|l| l.contains("message buffer full (100 messages"))
         .collect();
     let ticks = log.matches("INFO tick:").count();
     assert!(!drops.is_empty(), "{log}");
@@ -266,7 +312,7 @@ fn oversized_stats_input_is_cut_with_a_warning() {
         )),
         "{log}"
     );
-    assert_sample_figures(&sub.collect(65, Duration::from_secs(5)), "dev1");
+    assert_sample_figures(&sub.received(), "dev1");
     // Whole lines up to 16 MiB were read, and not one more.
     let containers: usize = log
         .lines()

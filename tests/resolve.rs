@@ -28,15 +28,24 @@ fn a_name_that_does_not_resolve_leaves_the_loop_running() {
         &file_collector(&sample_stats(), 1),
         r#"{"broker_url": "tcp://no-such-broker.invalid:1883", "device_id": "dev1"}"#,
     );
-    let child = agent(cfg.path())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = Running::start(cfg.path());
     // Ticks go on while the name fails (FILE mode publishes a file once per version: the later ticks
     // find it unchanged).
-    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        agent.wait_log(
+            "broker no-such-broker.invalid:1883 unreachable",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.wait_count("unchanged since the last tick", 2, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
     let t = Instant::now();
-    let log = stop_agent(child);
+    let log = agent.stop();
     assert!(t.elapsed() < Duration::from_secs(2), "{log}");
     assert!(log.contains("unchanged since the last tick"), "{log}");
     assert!(

@@ -9,11 +9,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn skipped(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n#### SKIPPED: {why} ####\n");
-}
-
 /// A TLS broker, its plain port, and the files the agent needs.
 struct Setup {
     broker: Broker,
@@ -149,7 +144,7 @@ fn required_client_certificate_ec_and_rsa_delivers_every_figure() {
         .stderr(Stdio::null())
         .status();
     if !made.is_ok_and(|s| s.success()) {
-        return skipped("RSA client key: openssl is missing (apt-get install openssl)");
+        return skipped("openssl is missing (apt-get install openssl)");
     }
     let key_pem = std::fs::read_to_string(&key_path).unwrap();
     assert!(key_pem.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8");
@@ -192,6 +187,89 @@ fn required_client_certificate_ec_and_rsa_delivers_every_figure() {
         &[],
     );
     assert_delivered(&s, &sub, code, &log, "TLS 1.3");
+}
+
+/// `openssl <args>` (split at white space) in `dir`; false when it fails or is missing.
+fn openssl(dir: &Path, args: &str) -> bool {
+    Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_v1_client_certificate_made_as_mosquittos_guide_makes_it_delivers_every_figure() {
+    // The client side as mosquitto's TLS guide makes it (keys without a passphrase): its own CA, a
+    // request, and `openssl x509 -req` without extensions, which OpenSSL 3 makes an X.509 v1 certificate.
+    let files = TempDir::new("tls-v1");
+    let dir = files.path();
+    let guide_ca = "req -new -x509 -days 2 -extensions v3_ca -nodes -subj /CN=Guide-CA \
+                    -keyout ca.key -out ca.crt";
+    if !openssl(dir, guide_ca) {
+        return skipped("openssl is missing (apt-get install openssl)");
+    }
+    assert!(openssl(
+        dir,
+        "req -new -newkey rsa:2048 -nodes -subj /CN=telemetry-client -keyout client.key -out client.csr"
+    ));
+    assert!(openssl(
+        dir,
+        "x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 2"
+    ));
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in", "client.crt"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"),
+        "openssl made a v1 certificate"
+    );
+
+    // The broker checks client certificates against the guide's CA; its own is the test PKI's.
+    let pki = Pki::new("Test Broker CA");
+    let server = pki.issue(&["localhost", "127.0.0.1"], false);
+    let guide_ca_pem = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+    let plain_port = free_port();
+    let broker = Broker::start_with(&tls_broker_config(
+        &files,
+        &server,
+        &guide_ca_pem,
+        "require_certificate true",
+        plain_port,
+    ));
+    files.write("ca.pem", &pki.ca_pem);
+    let s = Setup {
+        broker,
+        plain_port,
+        files,
+        pki,
+    };
+    let dir = s.files.path();
+    let keys = |key: &str| {
+        s.mqtt(&format!(
+            r#", "tls_ca_file": "{}", "tls_cert_file": "{}", "tls_key_file": "{}""#,
+            s.ca_file(),
+            dir.join("client.crt").display(),
+            dir.join(key).display()
+        ))
+    };
+    let sub = Subscriber::start(s.plain_port, "root/#");
+    let (code, log) = run_once(&keys("client.key"), &[]);
+    assert_delivered(&s, &sub, code, &log, "TLS 1.3");
+
+    // A key that is not the certificate's is still refused at start, naming the key: exit 2.
+    assert!(openssl(dir, "genpkey -algorithm RSA -out other.key"));
+    let (code, log) = run_once(&keys("other.key"), &[]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("\"tls_key_file\"")
+            && log.contains("does not match the public key of the certificate (tls_cert_file)"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -342,6 +420,46 @@ fn an_unreadable_or_invalid_pem_file_is_a_config_error_naming_the_key() {
 }
 
 #[test]
+fn a_huge_file_named_by_a_tls_key_is_a_config_error_naming_the_key() {
+    let s = tls_broker("", false);
+    // 64 MiB that take no disk (a sparse file): only the first MiB and a byte are ever read.
+    let huge = s.files.path().join("huge.pem");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let (cert, key) = s.pki.issue(&["telemetry-client"], false);
+    let cert = s.files.write("c-cert.pem", &cert);
+    let key = s.files.write("c-key.pem", &key);
+    let ca = s.ca_file();
+    let pair = |c: &Path, k: &Path| {
+        format!(
+            r#", "tls_ca_file": "{ca}", "tls_cert_file": "{}", "tls_key_file": "{}""#,
+            c.display(),
+            k.display()
+        )
+    };
+    for (name, keys) in [
+        (
+            "tls_ca_file",
+            format!(r#", "tls_ca_file": "{}""#, huge.display()),
+        ),
+        ("tls_cert_file", pair(&huge, &key)),
+        ("tls_key_file", pair(&cert, &huge)),
+    ] {
+        let (code, log) = run_once(&s.mqtt(&keys), &[]);
+        assert_eq!(code, Some(2), "{name}:\n{log}");
+        assert!(
+            log.contains(&format!(
+                "\"{name}\": {}: is larger than 1024 KiB",
+                huge.display()
+            )),
+            "{name}:\n{log}"
+        );
+    }
+}
+
+#[test]
 fn a_plain_port_given_mqtts_and_a_tls_port_given_mqtt_say_so() {
     let s = tls_broker("", false);
     let ca = format!(r#", "tls_ca_file": "{}""#, s.ca_file());
@@ -381,6 +499,8 @@ fn a_broker_restart_over_tls_loses_nothing_at_qos1() {
             ],
         )
     };
+    // The subscriber stays throughout: mosquitto_sub reconnects to the restarted broker, and its
+    // persistent session keeps what was published while it was away.
     let sub = subscribe(s.plain_port);
     // CLI mode with the recorded-output stand-in: each tick carries its own collection time.
     let collector = format!(
@@ -391,11 +511,7 @@ fn a_broker_restart_over_tls_loses_nothing_at_qos1() {
         &collector,
         &s.mqtt(&format!(r#", "qos": 1, "tls_ca_file": "{}""#, s.ca_file())),
     );
-    let agent = agent(cfg.path())
-        .env("FAKE_STATS", sample_stats())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = Running::spawn(agent(cfg.path()).env("FAKE_STATS", sample_stats()));
     let ticks = |lines: &[String]| {
         let mut t = std::collections::BTreeMap::<u64, std::collections::BTreeSet<String>>::new();
         for (topic, _, ts) in lines.iter().filter_map(|l| parse_metric(l)) {
@@ -403,25 +519,39 @@ fn a_broker_restart_over_tls_loses_nothing_at_qos1() {
         }
         t
     };
+    let tick = "INFO tick: 8 containers, 63 messages";
     assert!(sub.wait_for(|l| ticks(l).len() >= 2, Duration::from_secs(15)));
-    // The broker goes first, so nothing reaches the subscriber between counting its lines and stopping
-    // it (what it had not received waits in its persistent session).
     s.broker.stop();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut lines = sub.lines();
-    drop(sub);
-    std::thread::sleep(Duration::from_millis(2700));
+    assert!(
+        agent.wait_log("connection to broker lost", Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
+    // Two ticks during the outage.
+    let before = agent.count(tick);
+    assert!(
+        agent.wait_count(tick, before + 2, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
     s.broker.restart();
-    let sub = subscribe(s.plain_port);
-    std::thread::sleep(Duration::from_millis(3500));
-    let log = stop_agent(agent);
-    lines.extend(sub.collect(usize::MAX, Duration::from_secs(2)));
+    assert!(
+        agent.wait_count(" over TLS 1.3", 2, Duration::from_secs(30)),
+        "reconnected over TLS:\n{}",
+        agent.log()
+    );
+    // A tick collected after the reconnection: ticks are delivered in order, so the earlier ones have
+    // arrived by then (unless lost, which the checks below report).
+    let logged = agent.count(tick);
+    sub.wait_for(|l| ticks(l).len() > logged, Duration::from_secs(30));
+    let log = agent.stop();
+    let lines = sub.received();
     assert!(log.contains("connection to broker lost"), "{log}");
     assert!(
         log.matches(" over TLS 1.3").count() >= 2,
         "reconnected over TLS:\n{log}"
     );
-    let logged = log.matches("INFO tick: 8 containers, 63 messages").count();
+    let logged = log.matches(tick).count();
     let got = ticks(&lines);
     for (ts, topics) in &got {
         assert_eq!(topics.len(), 63, "tick {ts} arrived whole:\n{log}");
@@ -437,15 +567,13 @@ fn aarch64_static_binary_under_qemu_over_tls() {
     let bin = repo().join("dist/arm64/balena-multi-container-telemetry");
     if !bin.is_file() {
         return skipped(&format!(
-            "aarch64 over TLS: {} not built (run `make dist`; `make test` does)",
+            "{} not built (run `make dist`; `make test` does)",
             bin.display()
         ));
     }
     let qemu = "qemu-aarch64-static";
-    if Command::new(qemu).arg("--version").output().is_err() {
-        return skipped(
-            "aarch64 over TLS: qemu-aarch64-static is missing (apt-get install qemu-user-static)",
-        );
+    if !have_program(qemu, &["--version"], "apt-get install qemu-user-static") {
+        return;
     }
     let s = tls_broker("require_certificate true", false);
     let sub = Subscriber::start(s.plain_port, "root/#");

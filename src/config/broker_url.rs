@@ -1,4 +1,29 @@
-//! `broker_url`: the scheme, host and port of the broker.
+//! `broker_url`: the scheme, host and port of the broker, and the user name and password it may carry
+//! (`tcp://alice:s3cret@host`, a form mqtt.js and many tools take).
+
+/// What a `broker_url` says. Its password is never shown: not by `Debug`, not in an error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://` or `ssl://`.
+    pub tls: bool,
+    /// From `user:password@` before the host, percent-decoded; empty ones are absent.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("BrokerUrl")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
 
 /// `mqtts://` or paho's `ssl://`.
 pub fn is_tls_url(url: &str) -> bool {
@@ -6,18 +31,29 @@ pub fn is_tls_url(url: &str) -> bool {
 }
 
 /// `tcp://host:port` or `mqtt://host:port`, port 1883 when absent; `mqtts://` or `ssl://` (TLS), port
-/// 8883 when absent; `[::1]` for IPv6 literals.
-pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
-    let default_port = if is_tls_url(url) { 8883 } else { 1883 };
+/// 8883 when absent; `[::1]` for IPv6 literals; `user:password@` before the host. An error shows the
+/// URL with its password masked.
+pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
+    let shown = masked(url);
+    let tls = is_tls_url(url);
+    let default_port = if tls { 8883 } else { 1883 };
     let rest = ["tcp://", "mqtt://", "mqtts://", "ssl://"]
         .iter()
         .find_map(|scheme| url.strip_prefix(scheme))
-        .ok_or_else(|| format!("{url:?} must start with tcp://, mqtt://, mqtts:// or ssl://"))?;
+        .ok_or_else(|| format!("{shown:?} must start with tcp://, mqtt://, mqtts:// or ssl://"))?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
+    // The last '@': a host has none, a password may have one that was not encoded.
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((u, r)) => (u, r),
+        None => ("", rest),
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let username = decode(user).map_err(|m| format!("{shown:?}: the user name {m}"))?;
+    let password = decode(password).map_err(|m| format!("{shown:?}: the password {m}"))?;
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
         let (host, after) = v6
             .split_once(']')
-            .ok_or_else(|| format!("{url:?} has an unclosed '['"))?;
+            .ok_or_else(|| format!("{shown:?} has an unclosed '['"))?;
         (host, after.strip_prefix(':'))
     } else {
         match rest.rsplit_once(':') {
@@ -26,7 +62,7 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
         }
     };
     if host.is_empty() || host.contains(['/', '@', ' ']) {
-        return Err(format!("{url:?} has no valid host"));
+        return Err(format!("{shown:?} has no valid host"));
     }
     let port = match port {
         None => default_port,
@@ -34,38 +70,126 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
             .parse::<u16>()
             .ok()
             .filter(|&p| p != 0)
-            .ok_or_else(|| format!("{url:?} has an invalid port {p:?}"))?,
+            .ok_or_else(|| format!("{shown:?} has an invalid port {p:?}"))?,
     };
-    Ok((host.to_owned(), port))
+    Ok(BrokerUrl {
+        host: host.to_owned(),
+        port,
+        tls,
+        username,
+        password,
+    })
+}
+
+/// The URL as it may be shown: the password in it, if any, as `***`.
+fn masked(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let Some(at) = url.rfind('@').filter(|&at| at >= start) else {
+        return url.to_owned();
+    };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Percent-decoded text (`%40` for `@`), `None` when empty. An error never quotes the text.
+fn decode(s: &str) -> Result<Option<String>, String> {
+    let mut bytes = Vec::with_capacity(s.len());
+    let mut rest = s.bytes();
+    while let Some(b) = rest.next() {
+        if b != b'%' {
+            bytes.push(b);
+            continue;
+        }
+        let hex = |b: Option<u8>| b.and_then(|b| char::from(b).to_digit(16));
+        match (hex(rest.next()), hex(rest.next())) {
+            (Some(high), Some(low)) => bytes.push((high * 16 + low) as u8),
+            _ => return Err("has a '%' without two hex digits after it (write % as %25)".into()),
+        }
+    }
+    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 once percent-decoded")?;
+    Ok((!text.is_empty()).then_some(text))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn host_port(url: &str) -> Result<(String, u16), String> {
+        parse_broker_url(url).map(|b| (b.host, b.port))
+    }
+
     #[test]
     fn broker_urls() {
         assert_eq!(
-            parse_broker_url("tcp://localhost:1883"),
+            host_port("tcp://localhost:1883"),
             Ok(("localhost".into(), 1883))
         );
+        assert_eq!(host_port("mqtt://10.0.0.2"), Ok(("10.0.0.2".into(), 1883)));
         assert_eq!(
-            parse_broker_url("mqtt://10.0.0.2"),
-            Ok(("10.0.0.2".into(), 1883))
-        );
-        assert_eq!(
-            parse_broker_url("mqtt://broker:1884/"),
+            host_port("mqtt://broker:1884/"),
             Ok(("broker".into(), 1884))
         );
+        assert_eq!(host_port("tcp://[::1]:1999"), Ok(("::1".into(), 1999)));
+        assert_eq!(host_port("tcp://[::1]"), Ok(("::1".into(), 1883)));
+        assert!(host_port("localhost:1883").is_err());
+        assert!(host_port("tcp://h:0").is_err());
+        assert!(host_port("tcp://h:x").is_err());
+        assert!(host_port("tcp://[::1").is_err());
+        assert!(host_port("tcp://u@").is_err());
+        assert!(!parse_broker_url("tcp://h").unwrap().tls);
+        assert!(parse_broker_url("ssl://h").unwrap().tls);
+    }
+
+    #[test]
+    fn credentials_are_percent_decoded() {
+        let b = parse_broker_url("tcp://alice:s3cret@host:1884").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("host", 1884));
         assert_eq!(
-            parse_broker_url("tcp://[::1]:1999"),
-            Ok(("::1".into(), 1999))
+            (b.username.as_deref(), b.password.as_deref()),
+            (Some("alice"), Some("s3cret"))
         );
-        assert_eq!(parse_broker_url("tcp://[::1]"), Ok(("::1".into(), 1883)));
-        assert!(parse_broker_url("localhost:1883").is_err());
-        assert!(parse_broker_url("tcp://h:0").is_err());
-        assert!(parse_broker_url("tcp://h:x").is_err());
-        assert!(parse_broker_url("tcp://[::1").is_err());
-        assert!(parse_broker_url("tcp://user@h").is_err());
+        let b = parse_broker_url("mqtts://al%69ce:p%3Aw%40d%2F%25x%C3%A9@[::1]/").unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.tls), ("::1", 8883, true));
+        assert_eq!(
+            (b.username.as_deref(), b.password.as_deref()),
+            (Some("alice"), Some("p:w@d/%x\u{e9}"))
+        );
+        // Not encoded: a password's ':' and '@' still work, since a host has neither.
+        let b = parse_broker_url("tcp://bob:a:b@c@h").unwrap();
+        assert_eq!(
+            (b.password.as_deref(), b.host.as_str()),
+            (Some("a:b@c"), "h")
+        );
+        let b = parse_broker_url("tcp://bob@h").unwrap();
+        assert_eq!((b.username.as_deref(), b.password), (Some("bob"), None));
+        let b = parse_broker_url("tcp://bob:@h").unwrap();
+        assert_eq!((b.username.as_deref(), b.password), (Some("bob"), None));
+        let b = parse_broker_url("tcp://:pw@h").unwrap();
+        assert_eq!((b.username, b.password.as_deref()), (None, Some("pw")));
+    }
+
+    #[test]
+    fn the_password_is_never_shown() {
+        for url in [
+            "tcp://alice:s3cret@host:99999",
+            "tcp://alice:s3cret@",
+            "http://alice:s3cret@host",
+            "tcp://alice:s3cret@[::1",
+            "tcp://alice:s3cret%zz@host",
+            "tcp://alice:s3cret%ff@host",
+            "tcp://alice:s3c@ret@host:x",
+        ] {
+            let e = parse_broker_url(url).unwrap_err();
+            assert!(!e.contains("s3c") && !e.contains("ret@"), "{url}: {e}");
+            assert!(e.contains("alice:***@"), "{url}: {e}");
+        }
+        let e = parse_broker_url("tcp://alice:pw%2@h").unwrap_err();
+        assert!(e.contains("the password has a '%' without"), "{e}");
+        let e = parse_broker_url("tcp://al%ice@h").unwrap_err();
+        assert!(e.contains("the user name has a '%' without"), "{e}");
+        let b = parse_broker_url("tcp://alice:s3cret@host").unwrap();
+        assert!(!format!("{b:?}").contains("s3cret"), "{b:?}");
     }
 }

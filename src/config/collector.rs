@@ -1,7 +1,9 @@
 //! The collector file's keys (`STATS_*`): where figures come from and how often.
 
 use super::keys::{Fields, COLLECTOR_PREFIX};
+use super::report::parse_report;
 use super::{ConfigError, Env, Source};
+use crate::publish::exception::Report;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -16,6 +18,9 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collector {
     pub mode: Mode,
+    /// `mode` was set (file or variable). Unset, CLI mode may give way to ENGINE at start when the CLI
+    /// is not there and an engine socket is (see `main`).
+    pub mode_given: bool,
     pub interval: Duration,
     pub cli_path: String,
     pub file_path: String,
@@ -28,6 +33,8 @@ pub struct Collector {
     /// them only with the `io.balena.features.sysfs` and `io.balena.features.procfs` labels).
     pub cgroup_root: String,
     pub proc_root: String,
+    /// Every figure every tick, or by exception.
+    pub report: Report,
     /// The device pseudo-service (`source::device`): whether it is published, its name, the paths whose
     /// filesystems' storage it reports (and whether they were configured or are the defaults), and
     /// where the host's `/sys` is seen from here (its `/proc` is `proc_root`).
@@ -59,6 +66,13 @@ pub const COLLECTOR_KEYS: &[&str] = &[
     "engine_figures",
     "cgroup_root",
     "proc_root",
+    // Report by exception (config/report.rs).
+    "report",
+    "report_heartbeat_in_seconds",
+    "report_cpu_deadband_in_percentage_points",
+    "report_memory_deadband_in_percent",
+    "report_network_deadband_in_bytes",
+    "report_block_io_deadband_in_bytes",
     "device_metrics",
     "device_service_name",
     "device_disk_paths",
@@ -84,7 +98,9 @@ pub fn parse_collector(
     warnings: &mut Vec<String>,
 ) -> Result<Collector, ConfigError> {
     let f = Fields::new(src, COLLECTOR_KEYS, COLLECTOR_PREFIX, env, warnings)?;
-    let mode = match f.string("mode")?.as_deref().unwrap_or("CLI") {
+    let mode_text = f.string("mode")?;
+    let mode_given = mode_text.is_some();
+    let mode = match mode_text.as_deref().unwrap_or("CLI") {
         "CLI" => Mode::Cli,
         "FILE" => Mode::File,
         "ENGINE" => Mode::Engine,
@@ -143,6 +159,7 @@ pub fn parse_collector(
     };
     let cgroup_root = root("cgroup_root", DEFAULT_CGROUP_ROOT)?;
     let proc_root = root("proc_root", DEFAULT_PROC_ROOT)?;
+    let report = parse_report(&f)?;
     let device_metrics = f.boolean("device_metrics")?.unwrap_or(true);
     let device_service_name = f
         .string("device_service_name")?
@@ -160,6 +177,7 @@ pub fn parse_collector(
     let host_sys_root = root("host_sys_root", DEFAULT_HOST_SYS_ROOT)?;
     Ok(Collector {
         mode,
+        mode_given,
         interval: Duration::from_secs(interval),
         cli_path,
         file_path,
@@ -168,6 +186,7 @@ pub fn parse_collector(
         engine_figures,
         cgroup_root,
         proc_root,
+        report,
         device_metrics,
         device_service_name,
         device_disk_paths,

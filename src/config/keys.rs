@@ -125,6 +125,14 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A string never to be shown (a password): a value of the wrong type is not quoted either.
+    pub(super) fn secret(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.get(key) {
+            Some(v) if !v.is_string() => Err(self.error(key, "must be a string".into())),
+            _ => self.string(key),
+        }
+    }
+
     pub(super) fn uint(
         &self,
         key: &'static str,
@@ -227,6 +235,12 @@ mod tests {
             "/host/sys/fs/cgroup",
         ),
         ("proc_root", r#""/host/proc""#, "/host/proc"),
+        ("report", r#""on_change""#, "on_change"),
+        ("report_heartbeat_in_seconds", "60", "60"),
+        ("report_cpu_deadband_in_percentage_points", "2.5", "2.5"),
+        ("report_memory_deadband_in_percent", "0.5", "0.5"),
+        ("report_network_deadband_in_bytes", "1000", "1000"),
+        ("report_block_io_deadband_in_bytes", "2000", "2000"),
         ("device_metrics", "false", "false"),
         ("device_service_name", r#""host""#, "host"),
         ("device_disk_paths", r#"["/a", "/b"]"#, "/a,/b"),
@@ -249,6 +263,7 @@ mod tests {
         ("password", r#""p""#, "p"),
         ("reconnect_max_delay_in_seconds", "9", "9"),
         ("max_buffered_messages", "77", "77"),
+        ("max_buffered_bytes", "2097152", "2097152"),
         (
             "availability_topic",
             r#""av/{device_id}""#,
@@ -281,6 +296,7 @@ mod tests {
             .collect();
         Env {
             device_uuid: None,
+            host_name: None,
             vars: pairs,
         }
     }
@@ -378,6 +394,7 @@ mod tests {
     fn unknown_variables_warn_and_do_not_fail() {
         let env = vars(&[
             ("MQTT_BROKER", "tcp://x"),
+            ("MQTT_BROKER_URL", "tcp://b"),
             ("MQTT_QOS", "0"),
             ("STATS_MODEE", "FILE"),
             ("BALENA_APP_NAME", "a"),

@@ -13,6 +13,7 @@ mod broker_url;
 mod collector;
 mod keys;
 mod mqtt;
+mod report;
 mod summary;
 mod tls;
 
@@ -26,7 +27,10 @@ pub use keys::env_name;
 pub use keys::{origins, COLLECTOR_PREFIX, MQTT_PREFIX};
 pub use mqtt::*;
 pub use summary::summary;
-pub use tls::{Pem, Tls, TLS_PEM_VARS};
+pub use tls::TLS_PEM_VARS;
+// For mqtt::tls, which a build without the `tls` feature leaves out.
+#[cfg_attr(not(feature = "tls"), allow(unused_imports))]
+pub use tls::{Pem, Tls};
 
 pub const COLLECTOR_FILE: &str = "balena_stats_collector.config.json";
 pub const MQTT_FILE: &str = "mqtt.config.json";
@@ -47,12 +51,26 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-/// What the process environment contributes.
-#[derive(Debug, Clone, Default)]
+/// What the process environment contributes. `Debug` shows the variables' names only: their values
+/// include passwords and private keys.
+#[derive(Clone, Default)]
 pub struct Env {
     pub device_uuid: Option<String>,
+    /// This machine's host name: the device id when neither the UUID nor `device_id` says one, so that
+    /// two hosts left at the defaults do not share a client id.
+    pub host_name: Option<String>,
     /// Every `STATS_*` and `MQTT_*` variable, name and value (`MQTT_PASSWORD` among them).
     pub vars: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let names: Vec<&str> = self.vars.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Env")
+            .field("device_uuid", &self.device_uuid)
+            .field("vars", &names)
+            .finish()
+    }
 }
 
 impl Env {
@@ -97,6 +115,7 @@ mod testing {
     pub(super) fn vars(pairs: &[(&str, &str)]) -> Env {
         Env {
             device_uuid: None,
+            host_name: None,
             vars: pairs
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -137,9 +156,13 @@ mod tests {
 
     #[test]
     fn defaults_equal_the_example_files() {
+        // The example names its mode, which the defaults cannot (mode_given).
         assert_eq!(
             collector(None).unwrap(),
-            collector(Some(COLLECTOR_EXAMPLE)).unwrap()
+            Collector {
+                mode_given: false,
+                ..collector(Some(COLLECTOR_EXAMPLE)).unwrap()
+            }
         );
         let env = Env::default();
         assert_eq!(

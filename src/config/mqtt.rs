@@ -1,6 +1,6 @@
 //! The MQTT file's keys (`MQTT_*`): the broker, the topics, the session and Home Assistant.
 
-use super::broker_url::{is_tls_url, parse_broker_url};
+use super::broker_url::parse_broker_url;
 use super::keys::{Fields, MQTT_PREFIX};
 use super::tls::{parse_tls, Tls};
 use super::{ConfigError, Env, PayloadMode, Source};
@@ -8,11 +8,14 @@ use crate::publish::topics::{TopicTemplate, DEFAULT_TEMPLATE, DEFAULT_UNIT};
 use mqttrs::QoS;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` is written by hand below, so that the password never shows.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Mqtt {
     pub host: String,
     pub port: u16,
     pub device_id: String,
+    /// The device id is the host name: nothing else named one (said at start).
+    pub device_id_is_host_name: bool,
     pub template: TopicTemplate,
     pub client_id: String,
     pub qos: QoS,
@@ -22,12 +25,39 @@ pub struct Mqtt {
     pub password: Option<String>,
     pub reconnect_max_delay: Duration,
     pub max_buffered_messages: usize,
+    /// The same buffer's bound in bytes (encoded messages plus their bookkeeping).
+    pub max_buffered_bytes: usize,
     pub availability_topic: String,
     pub once_timeout: Duration,
     pub payload_mode: PayloadMode,
     pub home_assistant: Option<HomeAssistant>,
     /// `mqtts://` (or `ssl://`): MQTT over TLS with these settings.
     pub tls: Option<Tls>,
+}
+
+impl std::fmt::Debug for Mqtt {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("Mqtt")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("device_id", &self.device_id)
+            .field("template", &self.template)
+            .field("client_id", &self.client_id)
+            .field("qos", &self.qos)
+            .field("retain", &self.retain)
+            .field("keep_alive", &self.keep_alive)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("max_buffered_messages", &self.max_buffered_messages)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
+            .field("availability_topic", &self.availability_topic)
+            .field("once_timeout", &self.once_timeout)
+            .field("payload_mode", &self.payload_mode)
+            .field("home_assistant", &self.home_assistant)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// Home Assistant MQTT discovery, when `home_assistant_discovery` is on.
@@ -52,6 +82,7 @@ pub const MQTT_KEYS: &[&str] = &[
     "password",
     "reconnect_max_delay_in_seconds",
     "max_buffered_messages",
+    "max_buffered_bytes",
     "availability_topic",
     "once_timeout_in_seconds",
     "payload_mode",
@@ -67,6 +98,16 @@ pub const MQTT_KEYS: &[&str] = &[
     "tls_server_name",
 ];
 
+/// The host name as a device id: one topic level, so `+`, `#` and `/` (which no host name has) would make
+/// it unusable; `None` then, and for an empty name.
+fn host_name_id(env: &Env) -> Option<String> {
+    env.host_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|h| !h.is_empty() && check_level(h).is_ok())
+        .map(str::to_owned)
+}
+
 /// Built-in defaults, equal to `config/mqtt.example-config.json`.
 pub const DEFAULT_BROKER_URL: &str = "tcp://localhost:1883";
 pub const DEFAULT_DEVICE_ID: &str = "my-device";
@@ -77,15 +118,25 @@ pub fn parse_mqtt(
     warnings: &mut Vec<String>,
 ) -> Result<Mqtt, ConfigError> {
     let f = Fields::new(src, MQTT_KEYS, MQTT_PREFIX, env, warnings)?;
-    let url = f
-        .string("broker_url")?
-        .unwrap_or_else(|| DEFAULT_BROKER_URL.into());
-    let (host, port) = parse_broker_url(&url).map_err(|m| f.error("broker_url", m))?;
-    let tls = parse_tls(&f, env, &host, is_tls_url(&url), warnings)?;
+    let url = f.string("broker_url")?.unwrap_or_else(|| {
+        // In a container, localhost is the container itself: a missing MQTT_BROKER_URL is the likely
+        // reason nothing arrives, so say it once.
+        warnings.push(format!(
+            "broker_url is not set (MQTT_BROKER_URL, or {}): using the default broker {DEFAULT_BROKER_URL}, \
+             which in a container is the container itself",
+            f.path
+        ));
+        DEFAULT_BROKER_URL.into()
+    });
+    let broker = parse_broker_url(&url).map_err(|m| f.error("broker_url", m))?;
+    let tls = parse_tls(&f, env, &broker.host, broker.tls, warnings)?;
 
     // MQTT_DEVICE_ID, set for this agent on purpose, wins over the UUID balena sets everywhere; the
     // UUID wins over the file's device_id.
     let uuid = env.device_uuid.as_deref().filter(|s| !s.is_empty());
+    let host_name = host_name_id(env);
+    let device_id_is_host_name =
+        uuid.is_none() && host_name.is_some() && f.string("device_id")?.is_none();
     let device_id = match uuid.filter(|_| !f.set_by_env("device_id")) {
         Some(uuid) => {
             check_level(uuid).map_err(|m| ConfigError {
@@ -98,6 +149,7 @@ pub fn parse_mqtt(
         None => {
             let id = f
                 .string("device_id")?
+                .or(host_name)
                 .unwrap_or_else(|| DEFAULT_DEVICE_ID.into());
             if id.is_empty() {
                 return Err(f.error(
@@ -141,29 +193,57 @@ pub fn parse_mqtt(
     };
     let retain = f.boolean("retain")?.unwrap_or(false);
     let keep_alive = f.uint("keep_alive_in_seconds", 0, 65_535)?.unwrap_or(60) as u16;
-    let username = f.string("username")?.filter(|u| !u.is_empty());
-    if let Some(u) = &username {
-        check_mqtt_string(u).map_err(|m| f.error("username", m))?;
+    // The keys (and their variables) win over the user name and password in the URL.
+    let from_url = |v: Option<String>| v.map(|v| (v, "broker_url"));
+    let username = f
+        .string("username")?
+        .filter(|u| !u.is_empty())
+        .map(|u| (u, "username"))
+        .or_else(|| from_url(broker.username));
+    let password = f
+        .secret("password")?
+        .filter(|p| !p.is_empty())
+        .map(|p| (p, "password"))
+        .or_else(|| from_url(broker.password));
+    for (value, key) in [&username, &password].into_iter().flatten() {
+        check_mqtt_string(value).map_err(|m| match *key {
+            "broker_url" => f.error(key, format!("its user name or password {m}")),
+            _ => f.error(key, m),
+        })?;
     }
-    let password = f.string("password")?.filter(|p| !p.is_empty());
-    if let Some(p) = &password {
-        check_mqtt_string(p).map_err(|m| f.error("password", m))?;
-        // MQTT-3.1.2-22: a CONNECT may carry a password only with a user name; brokers refuse it, and
-        // retrying could never succeed.
-        if username.is_none() {
+    // MQTT-3.1.2-22: a CONNECT may carry a password only with a user name; brokers refuse it, and
+    // retrying could never succeed.
+    match (&username, &password) {
+        (None, Some((_, "broker_url"))) => {
+            return Err(f.error(
+                "broker_url",
+                "has a password but no user name: MQTT sends a password only with a user name \
+                 (user:password@, or the \"username\" key)"
+                    .into(),
+            ))
+        }
+        (None, Some(_)) => {
             return Err(f.error(
                 "password",
                 "is set but \"username\" is not: MQTT sends a password only with a user name"
                     .into(),
-            ));
+            ))
         }
+        _ => {}
     }
+    let (username, password) = (username.map(|(u, _)| u), password.map(|(p, _)| p));
     let reconnect_max_delay = f
         .uint("reconnect_max_delay_in_seconds", 1, 3_600)?
         .unwrap_or(60);
     let max_buffered_messages = f
         .uint("max_buffered_messages", 1, 10_000_000)?
         .unwrap_or(10_000) as usize;
+    // At least 1 MiB: the in-flight window alone (2,048 messages) must fit while connected.
+    let max_buffered_bytes = f
+        .uint("max_buffered_bytes", 1 << 20, 1 << 30)?
+        .map_or(crate::mqtt::session::DEFAULT_MAX_QUEUED_BYTES, |b| {
+            b as usize
+        });
     let availability_topic = match f.string("availability_topic")? {
         Some(t) => {
             check_topic(&t).map_err(|m| f.error("availability_topic", m))?;
@@ -225,9 +305,10 @@ pub fn parse_mqtt(
         });
 
     Ok(Mqtt {
-        host,
-        port,
+        host: broker.host,
+        port: broker.port,
         device_id,
+        device_id_is_host_name,
         template,
         client_id,
         qos,
@@ -237,6 +318,7 @@ pub fn parse_mqtt(
         password,
         reconnect_max_delay: Duration::from_secs(reconnect_max_delay),
         max_buffered_messages,
+        max_buffered_bytes,
         availability_topic,
         once_timeout: Duration::from_secs(once_timeout),
         payload_mode,
@@ -320,12 +402,17 @@ mod tests {
             key_of(mqtt(r#"{"max_buffered_messages": 0}"#)),
             Some("max_buffered_messages")
         );
+        assert_eq!(
+            key_of(mqtt(r#"{"max_buffered_bytes": 1000}"#)),
+            Some("max_buffered_bytes")
+        );
     }
 
     #[test]
     fn device_uuid_from_the_environment_wins() {
         let env = Env {
             device_uuid: Some("abc123".into()),
+            host_name: None,
             vars: Vec::new(),
         };
         let m = mqtt_env(Some(r#"{"device_id": "file-id"}"#), &env).unwrap();
@@ -336,6 +423,7 @@ mod tests {
         );
         let empty = Env {
             device_uuid: Some(String::new()),
+            host_name: None,
             vars: Vec::new(),
         };
         assert_eq!(
@@ -346,6 +434,7 @@ mod tests {
         );
         let bad = Env {
             device_uuid: Some("a+b".into()),
+            host_name: None,
             vars: Vec::new(),
         };
         let e = mqtt_env(None, &bad).unwrap_err();
@@ -354,6 +443,56 @@ mod tests {
             key_of(mqtt_env(Some(r#"{"device_id": ""}"#), &empty)),
             Some("device_id")
         );
+    }
+
+    #[test]
+    fn the_host_name_is_the_device_id_when_nothing_else_names_one() {
+        let host = |name: &str, uuid: Option<&str>| Env {
+            device_uuid: uuid.map(str::to_owned),
+            host_name: Some(name.into()),
+            vars: Vec::new(),
+        };
+        let m = mqtt_env(None, &host("pi-kitchen", None)).unwrap();
+        assert_eq!(m.device_id, "pi-kitchen");
+        assert!(m.device_id_is_host_name);
+        assert_eq!(m.client_id, "balena-telemetry-pi-kitchen");
+        // The file's device_id, the UUID and MQTT_DEVICE_ID each win over it.
+        let m = mqtt_env(Some(r#"{"device_id": "f"}"#), &host("h", None)).unwrap();
+        assert_eq!(
+            (m.device_id.as_str(), m.device_id_is_host_name),
+            ("f", false)
+        );
+        let m = mqtt_env(None, &host("h", Some("uuid1"))).unwrap();
+        assert_eq!(
+            (m.device_id.as_str(), m.device_id_is_host_name),
+            ("uuid1", false)
+        );
+        // No usable host name: the old default.
+        let m = mqtt_env(None, &host("", None)).unwrap();
+        assert_eq!(
+            (m.device_id.as_str(), m.device_id_is_host_name),
+            ("my-device", false)
+        );
+    }
+
+    #[test]
+    fn the_default_broker_is_a_warning() {
+        let mut w = Vec::new();
+        let src = Source {
+            path: "m.json",
+            text: None,
+        };
+        parse_mqtt(&src, &Env::default(), &mut w).unwrap();
+        assert_eq!(
+            w,
+            [
+                "broker_url is not set (MQTT_BROKER_URL, or m.json): using the default broker \
+              tcp://localhost:1883, which in a container is the container itself"
+            ]
+        );
+        let mut w = Vec::new();
+        parse_mqtt(&src, &vars(&[("MQTT_BROKER_URL", "tcp://b")]), &mut w).unwrap();
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
@@ -368,6 +507,48 @@ mod tests {
             (e.file.as_str(), e.key),
             ("environment variable MQTT_PASSWORD", Some("password"))
         );
+    }
+
+    #[test]
+    fn credentials_in_the_url_and_the_keys_win_over_them() {
+        let creds = |m: Mqtt| (m.username, m.password);
+        let some = |u: &str, p: &str| (Some(u.to_owned()), Some(p.to_owned()));
+        let url = r#"{"broker_url": "tcp://al%69ce:s3%40cret@h:1884""#;
+        let m = mqtt(&format!("{url}}}")).unwrap();
+        assert_eq!((m.host.as_str(), m.port), ("h", 1884));
+        assert_eq!(creds(m), some("alice", "s3@cret"));
+        // Each key, from the file or its variable, wins over its part of the URL.
+        let m = mqtt(&format!(r#"{url}, "password": "filepw"}}"#)).unwrap();
+        assert_eq!(creds(m), some("alice", "filepw"));
+        let m = mqtt(&format!(r#"{url}, "username": "bob"}}"#)).unwrap();
+        assert_eq!(creds(m), some("bob", "s3@cret"));
+        let env = vars(&[("MQTT_PASSWORD", "envpw"), ("MQTT_USERNAME", "carol")]);
+        let m = mqtt_env(Some(&format!(r#"{url}, "password": "filepw"}}"#)), &env).unwrap();
+        assert_eq!(creds(m), some("carol", "envpw"));
+        // A URL's password with no user name anywhere names broker_url; with the key's, it is fine.
+        let e = mqtt(r#"{"broker_url": "tcp://:s3cret@h"}"#).unwrap_err();
+        assert_eq!(e.key, Some("broker_url"));
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let m = mqtt(r#"{"broker_url": "tcp://:s3cret@h", "username": "u"}"#).unwrap();
+        assert_eq!(creds(m), some("u", "s3cret"));
+        let e = mqtt(r#"{"broker_url": "tcp://u:a%00b@h"}"#).unwrap_err();
+        assert_eq!(e.key, Some("broker_url"));
+        assert!(e.message.contains("must not contain NUL"), "{e}");
+    }
+
+    #[test]
+    fn no_error_or_debug_output_shows_a_password() {
+        let e = mqtt(r#"{"username": "u", "password": ["s3cret"]}"#).unwrap_err();
+        assert_eq!(e.key, Some("password"));
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e}");
+        let e = mqtt(r#"{"broker_url": "tcp://u:s3cret@h:0"}"#).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e}");
+        let env = vars(&[("MQTT_PASSWORD", "envs3cret")]);
+        let m = mqtt_env(Some(r#"{"username": "u"}"#), &env).unwrap();
+        assert_eq!(m.password.as_deref(), Some("envs3cret"));
+        let shown = format!("{m:?} {env:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("MQTT_PASSWORD"), "{shown}");
     }
 
     #[test]
@@ -444,7 +625,7 @@ mod tests {
             let m = parse_mqtt(&src, &vars(env), &mut warnings).unwrap();
             (m.home_assistant.unwrap().remove_after, warnings)
         };
-        let on = r#"{"home_assistant_discovery": true"#;
+        let on = r#"{"broker_url": "tcp://b", "home_assistant_discovery": true"#;
         let (after, w) = parse(
             &format!(r#"{on}, "home_assistant_expire_after_in_seconds": 90}}"#),
             &[],

@@ -45,14 +45,40 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
     } else {
         s += ", device figures off";
     }
+    let r = &c.report;
+    if r.on_change {
+        let d = &r.deadbands;
+        let decimal = |h: u64| format!("{}.{:02}", h / 100, h % 100);
+        s += &format!(
+            ", report on_change (heartbeat {}s; deadbands: cpu {} points, memory {} %, network {} B, block I/O {} B)",
+            r.heartbeat.as_secs(),
+            decimal(d.cpu),
+            decimal(d.memory),
+            d.network,
+            d.block_io
+        );
+    } else {
+        s += ", report every_tick";
+    }
     s += &format!(
-        "; broker {}:{}{}, device_id {:?}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
-         username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {}, \
+        "; broker {}:{}{}, device_id {:?}{}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
+         username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {} messages / {} KiB, \
          reconnect_max_delay {}s, once_timeout {}s, home_assistant {}",
         m.host,
         m.port,
         if m.tls.is_some() { " over TLS" } else { "" },
         m.device_id,
+        match m.device_id_is_host_name {
+            // Docker names a container's host after its short id, which a re-created container changes.
+            true if m.device_id.len() == 12
+                && m.device_id.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                " (the host name, which looks like a container id that changes when the container is \
+                 re-created: set device_id, or give the container a hostname)"
+            }
+            true => " (the host name: set BALENA_DEVICE_UUID or device_id to choose)",
+            false => "",
+        },
         {
             let mut root = String::new();
             let names = crate::publish::topics::Names {
@@ -78,6 +104,7 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
             PayloadMode::PerService => "per_service",
         },
         m.max_buffered_messages,
+        m.max_buffered_bytes / 1024,
         m.reconnect_max_delay.as_secs(),
         m.once_timeout.as_secs(),
         match &m.home_assistant {
@@ -105,6 +132,16 @@ mod tests {
         assert!(s.contains("password ***"), "{s}");
         assert!(s.contains("username \"bob\""), "{s}");
         assert!(s.contains("qos 0"), "{s}");
+        assert!(s.contains(", report every_tick;"), "{s}");
+        let c = collector(Some(
+            r#"{"report": "on_change", "report_cpu_deadband_in_percentage_points": 0.5}"#,
+        ))
+        .unwrap();
+        let s = summary(&c, &m);
+        assert!(
+            s.contains(", report on_change (heartbeat 900s; deadbands: cpu 0.50 points, memory 2.00 %, network 1048576 B, block I/O 1048576 B);"),
+            "{s}"
+        );
         assert!(
             s.contains(r#"root topic "root/my-device/telemetry/system/{service_name}""#),
             "{s}"

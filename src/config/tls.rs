@@ -136,11 +136,11 @@ mod tests {
     #[test]
     fn tls_urls_keys_and_inline_pem() {
         assert_eq!(
-            parse_broker_url("mqtts://b.example"),
+            parse_broker_url("mqtts://b.example").map(|b| (b.host, b.port)),
             Ok(("b.example".into(), 8883))
         );
         assert_eq!(
-            parse_broker_url("ssl://b.example:8884"),
+            parse_broker_url("ssl://b.example:8884").map(|b| (b.host, b.port)),
             Ok(("b.example".into(), 8884))
         );
         assert_eq!(mqtt(r#"{}"#).unwrap().tls, None);
@@ -198,7 +198,7 @@ mod tests {
         let mut w = Vec::new();
         let src = Source {
             path: "m.json",
-            text: Some(r#"{"tls_ca_file": "/c/ca.pem"}"#),
+            text: Some(r#"{"broker_url": "tcp://b", "tls_ca_file": "/c/ca.pem"}"#),
         };
         assert_eq!(parse_mqtt(&src, &Env::default(), &mut w).unwrap().tls, None);
         assert!(w[0].contains("tls_ca_file is set but"), "{w:?}");

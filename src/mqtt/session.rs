@@ -14,26 +14,22 @@
 //! runs out since we last sent or last received anything, so a broker that went silent is noticed even
 //! when we only publish at QoS 0.
 //!
-//! Invariants:
-//! - Messages leave in the order they were queued, kept ones (see [`Session::enqueue_kept`]) first;
-//!   `inflight` holds the QoS 1 ones not yet acknowledged, oldest first, and on disconnect they go back to
-//!   the front of their queue, marked DUP.
-//! - `queue` never holds more than `max_queued` messages: the oldest are dropped and counted. `kept` is
-//!   never dropped from; its producer bounds it.
-//! - At most `max_inflight` QoS 1 messages await a PUBACK, and no two of them share a packet id.
-//! - The in-flight messages whose bytes the socket has taken are a prefix of `inflight` (`stamped`).
+//! What waits to be sent and what awaits its PUBACK is the [`Outbox`]'s; the packets other than PUBLISH
+//! are encoded in `control.rs`.
+//!
+//! Invariants (the outbox has its own):
 //! - Nothing the broker sends is kept beyond a bound: `rx` holds at most one incomplete packet (64 KiB)
 //!   plus the bytes of one `receive` call; `events` holds at most one event of each kind (the latest
 //!   message per subscription); PUBLISHes on topics we never subscribed to are counted, not kept; and the
 //!   caller stops reading while more than [`INPUT_OUT_LIMIT`] bytes wait to be written (see
 //!   [`Session::accepts_input`]), so the PUBACKs we owe cannot pile up either.
 
+use super::control;
 use super::frame::{self, FrameError, Incoming};
 use super::message::Message;
-use mqttrs::{
-    Connect, ConnectReturnCode, LastWill, Packet, Pid, Protocol, QoS, Subscribe, SubscribeTopic,
-};
-use std::collections::VecDeque;
+use super::outbox::Outbox;
+pub use super::outbox::{Tag, DEFAULT_MAX_QUEUED_BYTES};
+use mqttrs::ConnectReturnCode;
 use std::time::{Duration, Instant};
 
 /// The outbound buffer is refilled from the queue only below this size, so a slow socket holds at most
@@ -54,7 +50,8 @@ pub struct Will {
     pub retain: bool,
 }
 
-#[derive(Debug, Clone)]
+/// No `Debug`: it holds the password, which nothing may print.
+#[derive(Clone)]
 pub struct Options {
     pub client_id: String,
     /// Seconds; 0 turns keep-alive off.
@@ -67,16 +64,16 @@ pub struct Options {
     /// Topic filters subscribed at QoS 1 after every CONNACK (clean sessions forget them).
     pub subscriptions: Vec<String>,
     pub max_inflight: usize,
+    /// How many messages the queue holds at most, and how many bytes ([`Outbox`] says what counts): past
+    /// either, the oldest are dropped and counted.
     pub max_queued: usize,
+    pub max_queued_bytes: usize,
     pub connack_timeout: Duration,
     /// How long a PUBACK may take once the PUBLISH has left, and since the last PUBACK.
     pub ack_timeout: Duration,
     /// How long the socket may take none of our bytes while no PUBACK arrives either.
     pub write_timeout: Duration,
 }
-
-/// Names a kept message (see [`Session::enqueue_kept`]) in [`Event::Delivered`].
-pub type Tag = u64;
 
 /// What happened, for the caller to log or act on.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,17 +150,6 @@ enum State {
     },
 }
 
-#[derive(Debug)]
-struct Inflight {
-    pid: u16,
-    /// Where the PUBLISH ends in this connection's outbound byte stream.
-    end: u64,
-    /// When the socket took its last byte; `None` while part of it still waits in `out`.
-    taken_at: Option<Instant>,
-    tag: Option<Tag>,
-    message: Message,
-}
-
 pub struct Session {
     opts: Options,
     state: State,
@@ -173,23 +159,13 @@ pub struct Session {
     rx: Vec<u8>,
     /// Bytes of this connection's outbound stream the socket has taken.
     written: u64,
-    queue: VecDeque<Message>,
-    /// Messages the queue bound never drops, sent before `queue`.
-    kept: VecDeque<(Message, Tag)>,
-    inflight: VecDeque<Inflight>,
-    /// How many in-flight messages, from the front, the socket has taken whole.
-    stamped: usize,
-    pids_in_use: Box<[u64; 1024]>,
-    /// The in-flight window filled up and has not drained to half yet (see `window_open`).
-    window_shut: bool,
-    next_pid: u16,
+    outbox: Outbox,
     /// When the socket last took bytes, when the broker last sent a packet, and its last PUBACK.
     last_sent: Option<Instant>,
     last_received: Option<Instant>,
     last_ack: Option<Instant>,
     /// Since when the socket has been taking none of the waiting bytes.
     blocked_since: Option<Instant>,
-    dropped: u64,
     /// At most one event per kind (per subscription for messages): see [`Session::push_event`].
     events: Vec<Event>,
     /// PUBLISHes on topics we never subscribed to, since the last [`Session::take_unsolicited`].
@@ -203,24 +179,17 @@ const UNSOLICITED_TOPIC_SHOWN: usize = 100;
 impl Session {
     pub fn new(opts: Options) -> Session {
         Session {
+            outbox: Outbox::new(opts.max_inflight, opts.max_queued, opts.max_queued_bytes),
             opts,
             state: State::Down,
             out: Vec::new(),
             out_pos: 0,
             rx: Vec::new(),
             written: 0,
-            queue: VecDeque::new(),
-            kept: VecDeque::new(),
-            inflight: VecDeque::new(),
-            stamped: 0,
-            pids_in_use: Box::new([0; 1024]),
-            window_shut: false,
-            next_pid: 1,
             last_sent: None,
             last_received: None,
             last_ack: None,
             blocked_since: None,
-            dropped: 0,
             events: Vec::new(),
             unsolicited: 0,
             unsolicited_topic: String::new(),
@@ -234,7 +203,7 @@ impl Session {
     /// A transport is open: start the handshake.
     pub fn connected(&mut self, now: Instant) {
         self.reset_transport();
-        self.write_connect();
+        control::connect(&self.opts, &mut self.out);
         self.last_sent = Some(now);
         self.state = State::AwaitingConnack {
             deadline: now + self.opts.connack_timeout,
@@ -245,17 +214,7 @@ impl Session {
     pub fn disconnected(&mut self) {
         self.reset_transport();
         self.state = State::Down;
-        self.window_shut = false;
-        while let Some(mut f) = self.inflight.pop_back() {
-            self.release_pid(f.pid);
-            f.message.set_dup();
-            match f.tag {
-                Some(tag) => self.kept.push_front((f.message, tag)),
-                None => self.queue.push_front(f.message),
-            }
-        }
-        self.stamped = 0;
-        self.enforce_queue_bound();
+        self.outbox.requeue_inflight();
     }
 
     fn reset_transport(&mut self) {
@@ -270,43 +229,32 @@ impl Session {
 
     /// Queues a message; when the queue is full the oldest one is dropped and counted.
     pub fn enqueue(&mut self, message: Message) {
-        self.queue.push_back(message);
-        self.enforce_queue_bound();
-    }
-
-    fn enforce_queue_bound(&mut self) {
-        while self.queue.len() > self.opts.max_queued {
-            self.queue.pop_front();
-            self.dropped += 1;
-        }
+        self.outbox.push(message);
     }
 
     /// Queues a message the queue bound never drops (Home Assistant configs): it goes out before the
     /// ordinary queue, and its PUBACK is reported as [`Event::Delivered`] with `tag`. The caller bounds how
     /// many it keeps here.
     pub fn enqueue_kept(&mut self, message: Message, tag: Tag) {
-        self.kept.push_back((message, tag));
+        self.outbox.push_kept(message, tag);
     }
 
     /// Messages dropped for want of room since the last call.
     pub fn take_dropped(&mut self) -> u64 {
-        std::mem::take(&mut self.dropped)
+        self.outbox.take_dropped()
     }
 
     pub fn queued(&self) -> usize {
-        self.queue.len() + self.kept.len()
+        self.outbox.queued()
     }
 
     pub fn inflight(&self) -> usize {
-        self.inflight.len()
+        self.outbox.inflight()
     }
 
     /// Nothing left to send or to wait for.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty()
-            && self.kept.is_empty()
-            && self.inflight.is_empty()
-            && self.outbound().is_empty()
+        self.outbox.is_empty() && self.outbound().is_empty()
     }
 
     /// True when queueing more would only make it wait: lets the caller feed messages as room opens.
@@ -319,8 +267,7 @@ impl Session {
         if !self.is_up() {
             return 0;
         }
-        let limit = self.opts.max_inflight.min(self.opts.max_queued);
-        limit.saturating_sub(self.queued())
+        self.outbox.room()
     }
 
     pub fn take_events(&mut self) -> Vec<Event> {
@@ -355,13 +302,7 @@ impl Session {
         self.written += n as u64;
         self.last_sent = Some(now);
         self.blocked_since = None;
-        while let Some(f) = self.inflight.get_mut(self.stamped) {
-            if f.end > self.written {
-                break;
-            }
-            f.taken_at = Some(now);
-            self.stamped += 1;
-        }
+        self.outbox.stamp(self.written, now);
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
@@ -388,7 +329,7 @@ impl Session {
     /// The PUBACK deadline: the oldest in-flight message the socket has taken, counted from when it was
     /// taken or from the last PUBACK, whichever is later.
     fn ack_deadline(&self) -> Option<Instant> {
-        let taken = self.inflight.front()?.taken_at?;
+        let taken = self.outbox.oldest_taken()?;
         let since = self.last_ack.map_or(taken, |a| a.max(taken));
         Some(since + self.opts.ack_timeout)
     }
@@ -440,7 +381,11 @@ impl Session {
                 if let Some(birth) = &self.opts.birth {
                     self.out.extend_from_slice(birth.bytes());
                 }
-                self.write_subscribe();
+                control::subscribe(
+                    &self.opts.subscriptions,
+                    || self.outbox.spare_pid(),
+                    &mut self.out,
+                );
                 self.push_event(Event::Connected { session_present });
                 self.poll(now).map(|_| ())
             }
@@ -468,9 +413,8 @@ impl Session {
                 },
             ) => {
                 if let Some(pid) = pid {
-                    self.write_packet(&Packet::Puback(
-                        Pid::try_from(pid).map_err(|_| Error::Unexpected("packet id 0"))?,
-                    ));
+                    let puback = control::puback(pid).ok_or(Error::Unexpected("packet id 0"))?;
+                    self.out.extend_from_slice(&puback);
                 }
                 self.deliver(topic, payload);
                 Ok(())
@@ -542,20 +486,12 @@ impl Session {
     }
 
     fn acknowledge(&mut self, now: Instant, pid: u16) -> Result<(), Error> {
-        // Brokers acknowledge in order, so the match is nearly always at the front.
-        let at = self
-            .inflight
-            .iter()
-            .position(|f| f.pid == pid)
-            .ok_or(Error::Unexpected("PUBACK for a packet id not in flight"))?;
-        if let Some(f) = self.inflight.remove(at) {
-            self.release_pid(f.pid);
-            if at < self.stamped {
-                self.stamped -= 1;
-            }
-            if let Some(tag) = f.tag {
-                self.events.push(Event::Delivered(tag));
-            }
+        let tag = self
+            .outbox
+            .acknowledge(pid)
+            .map_err(|_| Error::Unexpected("PUBACK for a packet id not in flight"))?;
+        if let Some(tag) = tag {
+            self.events.push(Event::Delivered(tag));
         }
         self.last_ack = Some(now);
         Ok(())
@@ -586,7 +522,7 @@ impl Session {
         if ping_sent.is_none() {
             if let Some(due) = self.ping_due() {
                 if now >= due {
-                    self.write_packet(&Packet::Pingreq);
+                    self.out.extend_from_slice(&control::PINGREQ);
                     self.state = State::Up {
                         ping_sent: Some(now),
                     };
@@ -631,58 +567,16 @@ impl Session {
         Some((ping_sent + k / 2).max(heard + k + k / 2))
     }
 
-    /// QoS 1 messages may go out now. Once the window has filled it stays shut until half of it has been
-    /// acknowledged. Refilling after every PUBACK batch meant one small write, and one broker wake-up, per
-    /// handful of messages: 30 to 45 ms of mostly kernel CPU per 9,000-message tick on loopback, against
-    /// about 7 ms when the same messages go out in large batches (measured, 1,000 containers).
-    fn window_open(&self) -> bool {
-        let n = self.inflight.len();
-        n < self.opts.max_inflight && (!self.window_shut || n <= self.opts.max_inflight / 2)
-    }
-
+    /// Moves queued messages into the outbound buffer, up to [`OUTBOUND_HIGH_WATER`], as the window
+    /// allows.
     fn fill(&mut self) {
-        if self.inflight.len() <= self.opts.max_inflight / 2 {
-            self.window_shut = false;
-        }
-        while self.out.len() - self.out_pos < OUTBOUND_HIGH_WATER {
-            let Some(front) = self.next_message() else {
-                break;
-            };
-            if front.is_qos1() && !self.window_open() {
-                break;
-            }
-            let (mut message, tag) = match self.kept.pop_front() {
-                Some((m, tag)) => (m, Some(tag)),
-                None => match self.queue.pop_front() {
-                    Some(m) => (m, None),
-                    None => break,
-                },
-            };
-            if message.is_qos1() {
-                let pid = self.allocate_pid();
-                message.set_pid(pid);
-                self.out.extend_from_slice(message.bytes());
-                let end = self.written + (self.out.len() - self.out_pos) as u64;
-                self.inflight.push_back(Inflight {
-                    pid,
-                    end,
-                    taken_at: None,
-                    tag,
-                    message,
-                });
-                self.window_shut |= self.inflight.len() >= self.opts.max_inflight;
-            } else {
-                self.out.extend_from_slice(message.bytes());
-                if let Some(tag) = tag {
-                    self.events.push(Event::Delivered(tag));
-                }
-            }
-        }
-    }
-
-    /// The message [`Session::fill`] takes next: kept ones first.
-    fn next_message(&self) -> Option<&Message> {
-        self.kept.front().map(|(m, _)| m).or(self.queue.front())
+        let events = &mut self.events;
+        self.outbox.fill(
+            &mut self.out,
+            self.out_pos + OUTBOUND_HIGH_WATER,
+            self.written - self.out_pos as u64,
+            |tag| events.push(Event::Delivered(tag)),
+        );
     }
 
     /// Queues `farewell` (the retained `offline` message, since a clean DISCONNECT discards the will) and
@@ -692,7 +586,7 @@ impl Session {
             if let Some(m) = farewell {
                 self.out.extend_from_slice(m.bytes());
             }
-            self.write_packet(&Packet::Disconnect);
+            self.out.extend_from_slice(&control::DISCONNECT);
             self.state = State::Down;
         }
     }
@@ -703,104 +597,13 @@ impl Session {
         match self.state {
             State::Down => false,
             State::AwaitingConnack { .. } => true,
-            State::Up { ping_sent } => {
-                ping_sent.is_some() || (self.window_shut && self.next_message().is_some())
-            }
+            State::Up { ping_sent } => ping_sent.is_some() || self.outbox.waits_for_window(),
         }
     }
 
     /// True when [`Session::poll`] would move queued messages out now.
     pub fn can_send_more(&self) -> bool {
-        self.is_up()
-            && self
-                .queue
-                .front()
-                .is_some_and(|m| !m.is_qos1() || self.window_open())
-    }
-
-    fn allocate_pid(&mut self) -> u16 {
-        // max_inflight is far below 65,535, so a free id is always found.
-        loop {
-            let pid = self.next_pid;
-            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
-            let (word, bit) = (usize::from(pid) / 64, pid % 64);
-            if self.pids_in_use[word] & (1 << bit) == 0 {
-                self.pids_in_use[word] |= 1 << bit;
-                return pid;
-            }
-        }
-    }
-
-    fn release_pid(&mut self, pid: u16) {
-        self.pids_in_use[usize::from(pid) / 64] &= !(1 << (pid % 64));
-    }
-
-    fn write_connect(&mut self) {
-        let o = &self.opts;
-        let will = o.will.as_ref().map(|w| LastWill {
-            topic: &w.topic,
-            message: &w.payload,
-            qos: QoS::AtLeastOnce,
-            retain: w.retain,
-        });
-        let connect = Connect {
-            protocol: Protocol::MQTT311,
-            keep_alive: o.keep_alive,
-            client_id: &o.client_id,
-            clean_session: true,
-            last_will: will,
-            username: o.username.as_deref(),
-            password: o.password.as_deref(),
-        };
-        // Every string was length-checked when the config was read; this bound covers all fields.
-        let size = 32
-            + o.client_id.len()
-            + o.username.as_ref().map_or(0, String::len)
-            + o.password.as_ref().map_or(0, Vec::len)
-            + o.will
-                .as_ref()
-                .map_or(0, |w| w.topic.len() + w.payload.len());
-        let mut buf = vec![0u8; size];
-        if let Ok(n) = mqttrs::encode_slice(&Packet::Connect(connect), &mut buf) {
-            self.out.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    /// One SUBSCRIBE for all filters. Its packet id is taken from the PUBLISH id space but never
-    /// recorded in flight: SUBACK is reported as an event, not matched.
-    fn write_subscribe(&mut self) {
-        let mut topics = heapless::Vec::<SubscribeTopic, 5>::new();
-        for filter in &self.opts.subscriptions {
-            // heapless' `From<&str>` panics past its capacity; push_str reports it instead.
-            let mut path = heapless::String::<256>::new();
-            if path.push_str(filter).is_err() {
-                continue;
-            }
-            let _ = topics.push(SubscribeTopic {
-                topic_path: path,
-                qos: QoS::AtLeastOnce,
-            });
-        }
-        if topics.is_empty() {
-            return;
-        }
-        let pid = self.allocate_pid();
-        self.release_pid(pid);
-        let packet = Packet::Subscribe(Subscribe::new(
-            Pid::try_from(pid).unwrap_or_default(),
-            topics,
-        ));
-        let mut buf = [0u8; 5 * 260 + 8];
-        if let Ok(n) = mqttrs::encode_slice(&packet, &mut buf) {
-            self.out.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    fn write_packet(&mut self, packet: &Packet) {
-        let mut buf = [0u8; 4];
-        if let Ok(n) = mqttrs::encode_slice(packet, &mut buf) {
-            self.out.extend_from_slice(&buf[..n]);
-        }
+        self.is_up() && self.outbox.can_send_more()
     }
 }
 
@@ -859,6 +662,7 @@ fn topic_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mqttrs::{Packet, QoS};
 
     fn opts() -> Options {
         Options {
@@ -871,6 +675,7 @@ mod tests {
             subscriptions: Vec::new(),
             max_inflight: 3,
             max_queued: 5,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             connack_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
@@ -1243,30 +1048,6 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_stamped_when_their_last_byte_is_taken() {
-        let t0 = Instant::now();
-        let mut s = up(t0);
-        for i in 0..3 {
-            s.enqueue(msg(&format!("t/{i}"), QoS::AtLeastOnce));
-        }
-        s.poll(t0).unwrap();
-        let len = msg("t/0", QoS::AtLeastOnce).bytes().len();
-        let t1 = t0 + Duration::from_secs(1);
-        s.consumed(t1, 2 * len - 1);
-        assert_eq!(s.stamped, 1);
-        assert_eq!(s.inflight[0].taken_at, Some(t1));
-        assert_eq!(s.inflight[1].taken_at, None);
-        let t2 = t0 + Duration::from_secs(2);
-        s.consumed(t2, len + 1);
-        assert_eq!(s.stamped, 3);
-        assert_eq!(s.inflight[1].taken_at, Some(t2));
-        // An acknowledgement out of order keeps the stamped prefix right.
-        s.receive(t2, &[0x40, 0x02, 0x00, 0x02]).unwrap();
-        assert_eq!(s.stamped, 2);
-        assert_eq!(s.inflight[1].taken_at, Some(t2));
-    }
-
-    #[test]
     fn acknowledgements_that_keep_coming_keep_a_slow_link() {
         let t0 = Instant::now();
         let mut o = opts();
@@ -1491,6 +1272,45 @@ mod tests {
         sent(&mut s, t0);
         s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
         assert_eq!(sent(&mut s, t0)[0].2, "t/3");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too_dropping_the_oldest() {
+        let big = |i: usize| {
+            let payload = [b'x'; 1000];
+            Message::publish(&format!("t/{i:06}"), &payload, QoS::AtLeastOnce, false).unwrap()
+        };
+        let cost = big(0).bytes().len() + std::mem::size_of::<Message>();
+        let mut o = opts();
+        o.max_queued = 1_000;
+        o.max_queued_bytes = 10 * cost;
+        let mut s = Session::new(o);
+        for i in 0..25 {
+            s.enqueue(big(i));
+        }
+        assert_eq!((s.queued(), s.take_dropped()), (10, 15));
+        // Kept messages are not counted against it, nor dropped.
+        s.enqueue_kept(big(99), 1);
+        assert_eq!((s.queued(), s.take_dropped()), (11, 0));
+        let t0 = Instant::now();
+        s.connected(t0);
+        sent(&mut s, t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        let first: Vec<_> = sent(&mut s, t0).into_iter().map(|p| p.2).collect();
+        assert_eq!(
+            first,
+            ["t/000099", "t/000015", "t/000016"],
+            "the oldest went"
+        );
+        // The default holds 16 MiB: with a bound of ten million messages it is the one that bites.
+        let mut o = opts();
+        o.max_queued = 10_000_000;
+        let mut s = Session::new(o);
+        let n = DEFAULT_MAX_QUEUED_BYTES / cost;
+        for i in 0..n + 100 {
+            s.enqueue(big(i));
+        }
+        assert_eq!((s.queued(), s.take_dropped()), (n, 100));
     }
 
     #[test]

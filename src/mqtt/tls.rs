@@ -12,6 +12,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
     AlertDescription, CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct,
     Error, OtherError, RootCertStore, SignatureScheme,
@@ -36,6 +37,16 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The most a PEM file (or variable) may hold: a CA bundle like Mozilla's whole one (about 220 KB)
+/// several times over, and a bound on what start-up reads from a file a key names.
+pub const MAX_PEM_BYTES: usize = 1024 * 1024;
+
+/// A file's first MAX_PEM_BYTES + 1 bytes: enough for `client` to tell that it is too large. What the
+/// caller gives `client` to read files with.
+pub fn read_file(path: &str) -> io::Result<Vec<u8>> {
+    crate::start_file::read(path, MAX_PEM_BYTES)
+}
+
 /// Reads and checks the certificates of `s`; an error names the config key or environment variable.
 /// `read` gives a file's bytes (the caller owns the file system); `config_path` is mqtt.config.json's.
 pub fn client(
@@ -56,12 +67,22 @@ pub fn client(
         },
     };
     let text = |pem: &Pem| -> Result<Vec<u8>, ConfigError> {
-        match pem {
+        let bytes = match pem {
             Pem::File { path, .. } => {
-                read(path).map_err(|e| error(pem, format!("cannot be read: {e}")))
+                read(path).map_err(|e| error(pem, format!("cannot be read: {e}")))?
             }
-            Pem::Inline { text, .. } => Ok(text.as_bytes().to_vec()),
+            Pem::Inline { text, .. } => text.as_bytes().to_vec(),
+        };
+        if bytes.len() > MAX_PEM_BYTES {
+            return Err(error(
+                pem,
+                format!(
+                    "is larger than {} KiB: not a PEM certificate or key",
+                    MAX_PEM_BYTES / 1024
+                ),
+            ));
         }
+        Ok(bytes)
     };
     let certs = |pem: &Pem| -> Result<Vec<CertificateDer<'static>>, ConfigError> {
         let bytes = text(pem)?;
@@ -90,6 +111,7 @@ pub fn client(
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let keys = provider.key_provider;
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| ConfigError {
@@ -120,9 +142,32 @@ pub fn client(
                         .into(),
                 )
             })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| error(key_pem, format!("is not usable with the certificate: {e}")))?
+            let unusable = |why: String| {
+                error(
+                    key_pem,
+                    format!("is not usable with the certificate: {why}"),
+                )
+            };
+            let key = keys
+                .load_private_key(key)
+                .map_err(|e| unusable(e.to_string()))?;
+            // Whether the certificate is valid is the broker's to judge; ours is only whether the key is
+            // its key. rustls' with_client_auth_cert checks that too, but through webpki, which refuses
+            // the X.509 v1 certificates `openssl x509 -req` makes (mosquitto's own TLS guide).
+            let Some(spki) = x509::public_key_info(&chain[0]) else {
+                return Err(error(
+                    cert_pem,
+                    "holds no X.509 certificate we can read".into(),
+                ));
+            };
+            if key.public_key().is_some_and(|k| k.as_ref() != spki) {
+                return Err(unusable(format!(
+                    "it does not match the public key of the certificate ({})",
+                    cert_pem.origin()
+                )));
+            }
+            let chosen = CertifiedKey::new(chain, key);
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(chosen)))
         }
         _ => builder.with_no_client_auth(),
     };
@@ -677,6 +722,69 @@ mod tests {
         assert_eq!(e.key, Some("MQTT_TLS_KEY_PEM"));
         let shown = format!("{e} {s:?}");
         assert!(!shown.contains("U0VDUkVU"), "the key never shows: {shown}");
+    }
+
+    #[test]
+    fn files_are_read_with_a_bound() {
+        // A huge file (sparse: nothing is written) gives its first bytes and one more, no more; a
+        // device such as /dev/zero is no file at all.
+        let dir = std::env::temp_dir().join(format!("bmct-tls-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let huge = dir.join("huge.pem");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let huge = huge.to_str().unwrap().to_owned();
+        let bytes = read_file(&huge).unwrap();
+        assert_eq!(bytes.len(), MAX_PEM_BYTES + 1);
+        assert!(read_file("/dev/zero").is_err());
+        let pki = Pki::new("Test CA");
+        let mut s = settings(&pki, "localhost");
+        s.ca = Some(Pem::File {
+            key: "tls_ca_file",
+            path: huge.clone(),
+        });
+        let e = super::client(&s, "m.json", &read_file).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((e.file.as_str(), e.key), ("m.json", Some("tls_ca_file")));
+        assert!(
+            e.message.contains(&format!(
+                "{huge}: is larger than 1024 KiB: not a PEM certificate or key"
+            )),
+            "{e}"
+        );
+        let mut pem = pki.ca.pem();
+        pem += &"#".repeat(MAX_PEM_BYTES);
+        s.ca = Some(Pem::Inline {
+            var: "MQTT_TLS_CA_PEM",
+            text: pem,
+        });
+        let e = super::client(&s, "m.json", &no_files).unwrap_err();
+        assert_eq!(e.key, Some("MQTT_TLS_CA_PEM"));
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_naming_the_key() {
+        let pki = Pki::new("Test CA");
+        let (cert, _) = pki.leaf(&["client"], false);
+        let other = rcgen::KeyPair::generate().unwrap();
+        let mut s = settings(&pki, "localhost");
+        s.cert = Some(Pem::Inline {
+            var: "MQTT_TLS_CERT_PEM",
+            text: cert.pem(),
+        });
+        s.key = Some(Pem::Inline {
+            var: "MQTT_TLS_KEY_PEM",
+            text: other.serialize_pem(),
+        });
+        let e = super::client(&s, "m.json", &no_files).unwrap_err();
+        assert_eq!(e.key, Some("MQTT_TLS_KEY_PEM"));
+        assert!(
+            e.message
+                .contains("does not match the public key of the certificate (MQTT_TLS_CERT_PEM)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn load(
 ) -> Result<Option<TlsClient>, crate::config::ConfigError> {
     #[cfg(feature = "tls")]
     if let Some(t) = &mqtt.tls {
-        return tls::client(t, config_path, &|p| std::fs::read(p)).map(Some);
+        return tls::client(t, config_path, &tls::read_file).map(Some);
     }
     let _ = (mqtt, config_path);
     Ok(None)

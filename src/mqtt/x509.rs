@@ -1,4 +1,5 @@
-//! Just enough of a certificate to name its issuer in an error message, and a date in words.
+//! Just enough of a certificate to name its issuer in an error message and to find its public key, and
+//! a date in words.
 //!
 //! rustls says "unknown issuer" without saying which; a user with a private CA needs the name to know
 //! which bundle is missing. A few DER steps reach the issuer; anything unexpected gives `None`, never
@@ -29,26 +30,44 @@ fn element(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
 
-/// The issuer of a DER certificate, e.g. `CN=Example Root CA, O=Example`.
-pub fn issuer(cert: &[u8]) -> Option<String> {
+/// The fields of a DER certificate's TBSCertificate from the issuer on: past the version (absent from
+/// X.509 v1 certificates), the serial number and the signature algorithm.
+fn from_issuer(cert: &[u8]) -> Option<&[u8]> {
     let (SEQUENCE, cert, _) = element(cert)? else {
         return None;
     };
     let (SEQUENCE, tbs, _) = element(cert)? else {
         return None;
     };
-    // [0] version (optional), serial number, signature algorithm, then the issuer.
     let (tag, _, mut rest) = element(tbs)?;
     if tag != 0xa0 {
         rest = tbs;
     }
     let (_, _, rest) = element(rest)?;
     let (_, _, rest) = element(rest)?;
-    let (SEQUENCE, name, _) = element(rest)? else {
+    Some(rest)
+}
+
+/// The issuer of a DER certificate, e.g. `CN=Example Root CA, O=Example`.
+pub fn issuer(cert: &[u8]) -> Option<String> {
+    let (SEQUENCE, name, _) = element(from_issuer(cert)?)? else {
         return None;
     };
     let text = name_text(name);
     (!text.is_empty()).then_some(text)
+}
+
+/// A DER certificate's SubjectPublicKeyInfo, whole (the form rustls gives a private key's public half
+/// in), of any X.509 version: rustls' own check that a key fits its certificate refuses v1 ones.
+pub fn public_key_info(cert: &[u8]) -> Option<&[u8]> {
+    // The issuer, the validity and the subject come first.
+    let (_, _, rest) = element(from_issuer(cert)?)?;
+    let (_, _, rest) = element(rest)?;
+    let (_, _, rest) = element(rest)?;
+    let (SEQUENCE, _, after) = element(rest)? else {
+        return None;
+    };
+    Some(&rest[..rest.len() - after.len()])
 }
 
 /// The common attributes of an X.501 name, in the certificate's order.
@@ -136,6 +155,17 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "tls")]
+    #[test]
+    fn finds_the_public_key_of_a_real_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["client".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(public_key_info(cert.der()), Some(&key.public_key_der()[..]));
+    }
+
     #[test]
     fn garbage_gives_none_and_never_panics() {
         assert_eq!(issuer(b""), None);
@@ -148,12 +178,15 @@ mod tests {
             b'b', b'c',
         ];
         assert_eq!(issuer(&base).as_deref(), Some("CN=abc"));
+        assert_eq!(public_key_info(&base), None);
         for n in 0..base.len() {
             let _ = issuer(&base[..n]);
+            let _ = public_key_info(&base[..n]);
             for v in [0x00, 0x7f, 0x80, 0x84, 0xff] {
                 let mut b = base.clone();
                 b[n] = v;
                 let _ = issuer(&b);
+                let _ = public_key_info(&b);
             }
         }
     }

@@ -15,7 +15,8 @@
 //!
 //! Configs go out when a service (or a metric of it) is first seen, all again a little after Home
 //! Assistant announces `online` on `<prefix>/status`, and as empty retained payloads (which remove the
-//! entities) when a service has been gone for the configured `remove_after`.
+//! entities) when a service has been gone for the configured `remove_after`. At most [`MAX_SERVICES`]
+//! services are remembered: at that bound the one seen longest ago is forgotten (see there).
 //!
 //! Configs must not be lost: a sensor whose config is dropped never appears in Home Assistant. So each
 //! config carries a tag; the caller hands it to a queue that never drops it and reports its PUBACK back
@@ -32,6 +33,16 @@ use serde_json::{json, Value as Json};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+/// The most services remembered at once. Without `remove_after` nothing else forgets a service, so
+/// a device whose service names keep changing would grow the map for ever. At the bound, a service seen
+/// for the first time makes room by forgetting the one seen longest ago: the new one is announced, as a
+/// user would expect of a service that is running now. The forgotten one's entities stay in Home
+/// Assistant as they were (retained at the broker; unavailable once `expire_after` passes, and not
+/// removed even with `remove_after`), and should it be seen again it is announced afresh. The engine
+/// source reports at most 4,096 containers at once, so in ENGINE mode the services being reported never
+/// reach the bound by themselves.
+pub const MAX_SERVICES: usize = 4096;
 
 const PRODUCT: &str = "balena-multi-container-telemetry";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -230,6 +241,9 @@ impl Discovery {
         let id = match self.ids.get(&*key) {
             Some(id) => *id,
             None => {
+                if self.services.len() >= MAX_SERVICES {
+                    self.forget_stalest();
+                }
                 let id = self.next_id;
                 self.next_id += 1;
                 self.ids.insert(key.to_string(), id);
@@ -324,6 +338,15 @@ impl Discovery {
         self.dirty.remove(&id);
     }
 
+    /// Makes room for a new service (see [`MAX_SERVICES`]). A scan, but only when a service is first
+    /// seen at the bound.
+    fn forget_stalest(&mut self) {
+        let stalest = self.services.iter().min_by_key(|(_, s)| s.last_seen);
+        if let Some((&id, _)) = stalest {
+            self.forget(id);
+        }
+    }
+
     /// The sample read at `read_at` still stands (its file was not rewritten): the services it listed are
     /// still there, so they do not expire, though none of them was published again.
     pub fn still_present(&mut self, read_at: Instant, now: Instant) {
@@ -336,12 +359,17 @@ impl Discovery {
 
     /// A message arrived on a subscribed topic; `rand` spreads a fleet's answers to one HA restart.
     pub fn on_message(&mut self, now: Instant, topic: &str, payload: &[u8], rand: u64) {
-        if topic == self.status_topic() && payload.eq_ignore_ascii_case(b"online") {
+        if self.is_birth(topic, payload) {
             // A re-announcement already pending stays: births repeated faster than the delay (another
             // client flooding the status topic) must not postpone it for ever.
             let delay = Duration::from_millis(500 + rand % 4_500);
             self.republish_at.get_or_insert(now + delay);
         }
+    }
+
+    /// Home Assistant announcing it is (back) online.
+    pub fn is_birth(&self, topic: &str, payload: &[u8]) -> bool {
+        topic == self.status_topic() && payload.eq_ignore_ascii_case(b"online")
     }
 
     /// When [`Discovery::poll`] next has something to do on its own (it also hands out, at every call,
@@ -1005,6 +1033,39 @@ mod tests {
         assert!(d
             .seen(t0, "svc0", "svc0", [Metric::Pids].into_iter())
             .is_empty());
+    }
+
+    #[test]
+    fn at_the_bound_the_service_seen_longest_ago_is_forgotten() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, None);
+        let at = |i: usize| t0 + Duration::from_millis(i as u64);
+        let see = |d: &mut Discovery, i: usize, name: &str| {
+            let c = d.seen(at(i), name, name, [Metric::Pids].into_iter());
+            deliver(d, &c);
+            c.len()
+        };
+        for i in 0..MAX_SERVICES {
+            assert_eq!(see(&mut d, i, &format!("svc{i}")), 1);
+        }
+        // svc0 is seen again, so svc1 is now the one seen longest ago.
+        assert_eq!(see(&mut d, MAX_SERVICES, "svc0"), 0);
+        assert_eq!(
+            see(&mut d, MAX_SERVICES + 1, "new"),
+            1,
+            "a new one is announced"
+        );
+        assert_eq!(d.services.len(), MAX_SERVICES);
+        assert_eq!(d.ids.len(), MAX_SERVICES);
+        assert!(d.ids.contains_key("svc0") && d.ids.contains_key("new"));
+        assert!(
+            !d.ids.contains_key("svc1"),
+            "the one seen longest ago is forgotten"
+        );
+        // Should it come back, it is announced afresh, and the next oldest makes room.
+        assert_eq!(see(&mut d, MAX_SERVICES + 2, "svc1"), 1);
+        assert!(!d.ids.contains_key("svc2"));
+        assert_eq!(d.services.len(), MAX_SERVICES);
     }
 
     fn life(d: &mut Discovery, topics: &[Topic]) -> Vec<Config> {

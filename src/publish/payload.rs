@@ -110,13 +110,12 @@ fn push_value(out: &mut Vec<u8>, value: Value) {
 /// Percentages with at most two decimals, as docker prints them (`%.2f`), trailing zeros dropped:
 /// 1.75, 4.07, 99.8, 0. ENGINE mode's computed figures are rounded the same way, so both modes agree.
 fn push_percent(out: &mut Vec<u8>, p: f64) {
-    let hundredths = (p * 100.0).round();
-    if !(0.0..1e18).contains(&hundredths) {
+    let Some(h) = hundredths(p) else {
         // Not from docker (parsed percentages are finite and non-negative); keep it valid JSON anyway.
         out.push(b'0');
         return;
-    }
-    push_hundredths(out, hundredths as u64);
+    };
+    push_hundredths(out, h);
 }
 
 /// `h` hundredths as a decimal with at most two places, trailing zeros dropped: 175 -> 1.75, 1230 -> 12.3.
@@ -130,6 +129,12 @@ fn push_hundredths(out: &mut Vec<u8>, h: u64) {
             out.push(b'0' + ones);
         }
     }
+}
+
+/// A percentage in hundredths, rounded as it is published; `None` for what no payload can say.
+pub fn hundredths(p: f64) -> Option<u64> {
+    let h = (p * 100.0).round();
+    (0.0..1e18).contains(&h).then_some(h as u64)
 }
 
 #[cfg(test)]

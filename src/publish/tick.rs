@@ -9,6 +9,7 @@ use crate::mqtt::session::Tag;
 use crate::mqtt::Message;
 use crate::publish::balena::{service_name, topic_level};
 use crate::publish::discovery::{Discovery, Entity, PayloadMode};
+use crate::publish::exception::{Exceptions, Picked};
 use crate::publish::handover::{Handover, Verdict};
 use crate::publish::lifecycle::{self, Topic};
 use crate::publish::payload::{write_field, write_service, write_value, Field};
@@ -38,6 +39,18 @@ pub struct Scratch {
     payload: Vec<u8>,
     warnings: Vec<FieldWarning>,
     handover: Handover,
+    /// Reporting by exception: what was last published, to judge what moved (none: every figure).
+    pub exceptions: Option<Exceptions>,
+}
+
+impl Scratch {
+    /// With the filter that picks what moved, when reporting by exception.
+    pub fn new(exceptions: Option<Exceptions>) -> Scratch {
+        Scratch {
+            exceptions,
+            ..Scratch::default()
+        }
+    }
 }
 
 /// Where a record came from, for warnings: its line in stats text, or the container (ENGINE mode).
@@ -195,6 +208,9 @@ impl Tick {
     fn end_handover_tick(&self, scratch: &mut Scratch) {
         if self.figures_judged {
             scratch.handover.end_tick();
+        }
+        if let Some(x) = &mut scratch.exceptions {
+            x.end();
         }
     }
 
@@ -374,7 +390,14 @@ impl Tick {
             line,
             container: &stats.name,
         };
+        let picked = match &mut scratch.exceptions {
+            Some(x) => x.judge(&scratch.topic, &stats.figures, life),
+            None => Picked::ALL,
+        };
         if p.mode == PayloadMode::PerService {
+            if !picked.any() {
+                return true;
+            }
             let mut keys = [("", Field::Flag(false)); Topic::ALL.len()];
             let mut n = 0;
             for (topic, field) in life.iter().flatten() {
@@ -393,14 +416,14 @@ impl Tick {
         }
         scratch.topic.push('/');
         let root_len = scratch.topic.len();
-        for (metric, value) in stats.figures.iter() {
+        for (metric, value) in stats.figures.iter().filter(|(m, _)| picked.metric(*m)) {
             scratch.topic.truncate(root_len);
             scratch.topic.push_str(metric.name());
             scratch.payload.clear();
             write_value(&mut scratch.payload, value, self.timestamp_ms);
             self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
         }
-        for (topic, field) in life.iter().flatten() {
+        for (topic, field) in life.iter().flatten().filter(|(t, _)| picked.life(*t)) {
             scratch.topic.truncate(root_len);
             scratch.topic.push_str(topic.name());
             scratch.payload.clear();
@@ -1041,6 +1064,65 @@ mod tests {
             },
         ) {}
         out
+    }
+
+    #[test]
+    fn by_exception_only_what_moved_goes_out() {
+        use crate::publish::exception::{Report, DEFAULT_DEADBANDS};
+        use crate::stats::{Figures, Metric, Value};
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let report = Report {
+            on_change: true,
+            heartbeat: std::time::Duration::from_secs(900),
+            deadbands: DEFAULT_DEADBANDS,
+        };
+        let stats = |cpu, pids| {
+            let mut f = Figures::default();
+            f.set(Metric::CpuPercent, Value::Percent(cpu));
+            f.set(Metric::Pids, Value::Count(pids));
+            vec![ContainerStats {
+                lifecycle: None,
+                figures: f,
+                ..with_life("web_1_2", None, State::Running)
+            }]
+        };
+        for mode in [PayloadMode::PerMetric, PayloadMode::PerService] {
+            let p = Publishing {
+                template: &template,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                mode,
+            };
+            let mut scratch = Scratch::new(Some(Exceptions::new(&report, mode)));
+            let now = Instant::now();
+            let mut tick = |stats| {
+                scratch.exceptions.as_mut().unwrap().begin(now, true);
+                let mut t = Tick::parsed("t".into(), stats, 5);
+                let mut out = Vec::new();
+                while t.step(&p, &mut scratch, None, &mut |m, _| {
+                    if let Ok(Incoming::Publish { topic, .. }) = decode(m.bytes()) {
+                        out.push(topic.rsplit('/').next().unwrap().to_owned());
+                    }
+                }) {}
+                (out, t.messages)
+            };
+            let (first, n) = tick(stats(5.0, 3));
+            assert_eq!(n, first.len());
+            let second = tick(stats(5.5, 4)).0;
+            let third = tick(stats(5.5, 4)).0;
+            match mode {
+                PayloadMode::PerMetric => {
+                    assert_eq!(first, ["cpu_usage_in_percent", "pids"]);
+                    assert_eq!(second, ["pids"]);
+                }
+                PayloadMode::PerService => {
+                    assert_eq!(first, ["web"]);
+                    assert_eq!(second, ["web"]);
+                }
+            }
+            assert!(third.is_empty(), "{mode:?}: {third:?}");
+        }
     }
 
     #[test]

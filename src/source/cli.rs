@@ -225,7 +225,10 @@ impl CliRun {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| match e.kind() {
-                ErrorKind::NotFound => format!("cannot run {program:?}: not found (set cli_path)"),
+                ErrorKind::NotFound => format!(
+                    "cannot run {program:?}: not found (set cli_path; or, with the engine's \
+                     socket here, STATS_MODE=ENGINE asks the engine without a CLI)"
+                ),
                 _ => format!("cannot run {program:?}: {e}"),
             })?;
         let stdout = child.stdout.take();

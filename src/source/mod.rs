@@ -35,7 +35,8 @@ pub enum Output {
     /// were taken, and when that version was read.
     Unchanged { taken_at_ms: u64, read_at: Instant },
     /// The collection failed; `expected` when that happens in normal operation (a stats file not written
-    /// yet), logged as a warning rather than an error.
+    /// yet), logged as a warning rather than an error. An empty `error` was said already (a source that
+    /// reminds of a lasting fault at most once a minute): the tick is skipped without a line.
     Failed { error: String, expected: bool },
 }
 

@@ -2,7 +2,9 @@
 //! busy it is. ENGINE mode reads them from the engine (inspect and its event stream), CLI mode from
 //! `ps --all`; FILE mode has none.
 
-/// Docker's `State.Status` words, and `Removed` for a container that is gone (reported once).
+/// Docker's `State.Status` words, and `Removed` for a container that is gone (reported once). Docker's
+/// `removing` is not one: a container being removed is on its way to `Removed`, and ENGINE mode holds its
+/// previous state until then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Created,

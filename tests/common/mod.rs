@@ -3,9 +3,17 @@
 #![allow(dead_code)]
 
 pub mod engine;
+mod running;
+mod skip;
+
+// Not every test file uses every helper.
+#[allow(unused_imports)]
+pub use running::Running;
+#[allow(unused_imports)]
+pub use skip::{have_program, skipped};
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -111,6 +119,8 @@ impl Broker {
             if self.try_start() {
                 return;
             }
+            // Retry pacing, not synchronisation: something else (another test's port probe) may hold
+            // the port for a moment.
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("mosquitto did not restart on port {}", self.port);
@@ -137,7 +147,8 @@ impl Broker {
             self.port
         );
         let conf_path = self.dir.write("mosquitto.conf", &conf);
-        let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
+        let log_path = self.dir.path().join("broker.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf_path)
@@ -147,16 +158,19 @@ impl Broker {
             .spawn()
             .expect("mosquitto is installed (make test installs it)");
         self.child = Some(child);
+        // mosquitto says "running" once every listener is open, and exits when a port is taken (by
+        // another test's broker, between our probe and its bind): our own word that the port is ours.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if said.lines().any(|l| l.ends_with(" running")) {
+                return !self.exited();
+            }
             if Instant::now() >= deadline || self.exited() {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Something answered; make sure it is ours and not another test's broker on the same port.
-        std::thread::sleep(Duration::from_millis(100));
-        !self.exited()
     }
 
     fn exited(&mut self) -> bool {
@@ -196,6 +210,9 @@ impl Drop for Broker {
 pub struct Subscriber {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    port: u16,
+    /// `-u`/`-P` and their values, for the probes.
+    auth: Vec<String>,
 }
 
 impl Subscriber {
@@ -219,19 +236,25 @@ impl Subscriber {
                 sink.lock().unwrap().push(line);
             }
         });
-        let s = Subscriber { child, lines };
-        // The readiness probe needs the same credentials as the subscriber.
-        let auth: Vec<&str> = args
+        // The probes need the same credentials as the subscriber.
+        let auth = args
             .windows(2)
             .filter(|w| w[0] == "-u" || w[0] == "-P")
-            .flat_map(|w| [w[0], w[1]])
+            .flat_map(|w| [w[0].to_owned(), w[1].to_owned()])
             .collect();
-        s.wait_ready(port, &auth);
+        let s = Subscriber {
+            child,
+            lines,
+            port,
+            auth,
+        };
+        s.wait_ready(port);
         s
     }
 
-    /// mosquitto_sub says nothing when subscribed; publish probes until one comes back.
-    fn wait_ready(&self, port: u16, auth: &[&str]) {
+    /// mosquitto_sub says nothing when subscribed; publish probes until one comes back (the pause
+    /// between probes is polling: mosquitto_sub's output is the event).
+    fn wait_ready(&self, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let _ = Command::new("mosquitto_pub")
@@ -245,7 +268,7 @@ impl Subscriber {
                     "-m",
                     "x",
                 ])
-                .args(auth)
+                .args(&self.auth)
                 .stderr(Stdio::null())
                 .status();
             std::thread::sleep(Duration::from_millis(100));
@@ -278,6 +301,7 @@ impl Subscriber {
         let status = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(["-q", "1", "-t", "probe/ready", "-m", "sync"])
+            .args(&self.auth)
             .stderr(Stdio::null())
             .status()
             .expect("mosquitto_pub runs");
@@ -313,10 +337,17 @@ impl Subscriber {
         }
     }
 
-    /// Waits until `n` lines have arrived, and a little longer to see that no more follow.
+    /// Waits until `n` lines have arrived (up to `timeout`), then for everything else the broker took
+    /// until now ([`Subscriber::sync`]): a line that should not be there has arrived by then.
     pub fn collect(&self, n: usize, timeout: Duration) -> Vec<String> {
         self.wait_for(|l| l.len() >= n, timeout);
-        std::thread::sleep(Duration::from_millis(200));
+        self.received()
+    }
+
+    /// Everything the broker took before now ([`Subscriber::sync`]): after a `--once` run that exited
+    /// 0, every message it published.
+    pub fn received(&self) -> Vec<String> {
+        self.sync(self.port);
         self.lines()
     }
 }

@@ -15,9 +15,9 @@ pub struct Listed {
     pub id: String,
     /// First name, leading `/` dropped.
     pub name: String,
-    /// `io.balena.service-name`, when set and non-empty.
+    /// `io.balena.service-name`, else `com.docker.compose.service`, when set and non-empty.
     pub service: Option<String>,
-    /// The list's `State` word, when it is one of docker's.
+    /// The list's `State` word, when it is one of ours (not `removing`, see [`parse_inspect`]).
     pub state: Option<State>,
 }
 
@@ -33,11 +33,26 @@ struct RawListed {
     state: Option<String>,
 }
 
-/// The one label we read, balena's service name; serde skips the others without storing them.
+/// The labels we read, the service name balena's supervisor or docker-compose gave; serde skips the
+/// others without storing them.
 #[derive(Deserialize)]
 struct Labels {
     #[serde(rename = "io.balena.service-name")]
-    service: Option<String>,
+    balena: Option<String>,
+    /// Without it, docker-compose's containers would be named `project_service_1`.
+    #[serde(rename = "com.docker.compose.service")]
+    compose: Option<String>,
+}
+
+impl Labels {
+    fn service(self) -> Option<String> {
+        let set = |s: &Option<String>| s.as_ref().is_some_and(|s| !s.is_empty());
+        if set(&self.balena) {
+            self.balena
+        } else {
+            self.compose.filter(|s| !s.is_empty())
+        }
+    }
 }
 
 /// Reads the container list. Entries without an id are skipped; one without a name is named by its
@@ -56,7 +71,7 @@ pub fn parse_list(body: &[u8]) -> Result<Vec<Listed>, String> {
                 .map(|n| n.trim_start_matches('/').to_owned())
                 .find(|n| !n.is_empty())
                 .unwrap_or_else(|| short_id(&id).to_owned());
-            let service = c.labels.and_then(|l| l.service).filter(|s| !s.is_empty());
+            let service = c.labels.and_then(Labels::service);
             let state = c.state.as_deref().and_then(State::parse);
             Some(Listed {
                 id,
@@ -351,8 +366,10 @@ pub enum Network {
     Shared,
 }
 
-/// `GET /containers/{id}/json`, reduced to who the container is and how its life goes.
-pub fn parse_inspect(body: &[u8]) -> Result<Inspected, String> {
+/// `GET /containers/{id}/json`, reduced to who the container is and how its life goes; `None` while the
+/// engine removes it (`State.Status` `removing`, between the kill and the `destroy` of `docker rm -f`):
+/// docker's one word that is no state of ours, a container on its way to `removed`.
+pub fn parse_inspect(body: &[u8]) -> Result<Option<Inspected>, String> {
     #[derive(Deserialize)]
     struct RawHealth {
         #[serde(rename = "Status")]
@@ -405,6 +422,9 @@ pub fn parse_inspect(body: &[u8]) -> Result<Inspected, String> {
         .filter(|i| is_id(i))
         .ok_or("inspect answer without an id")?;
     let st = raw.state.ok_or("inspect answer without a State")?;
+    if st.status.as_deref() == Some("removing") {
+        return Ok(None);
+    }
     let state = st
         .status
         .as_deref()
@@ -415,11 +435,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<Inspected, String> {
         .map(|n| n.trim_start_matches('/').to_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| short_id(&id).to_owned());
-    let service = raw
-        .config
-        .and_then(|c| c.labels)
-        .and_then(|l| l.service)
-        .filter(|s| !s.is_empty());
+    let service = raw.config.and_then(|c| c.labels).and_then(Labels::service);
     let life = Lifecycle {
         state,
         health: st
@@ -446,12 +462,12 @@ pub fn parse_inspect(body: &[u8]) -> Result<Inspected, String> {
         Some(m) if m.starts_with("container:") => Network::Shared,
         _ => Network::Own,
     };
-    Ok(Inspected {
+    Ok(Some(Inspected {
         listed,
         life,
         pid,
         network,
-    })
+    }))
 }
 
 /// The engine's times (`2026-11-25T09:19:41.269701798Z`, or with an offset) in Unix milliseconds; `None`
@@ -553,7 +569,7 @@ mod lifecycle_tests {
             life,
             pid,
             ..
-        } = parse_inspect(body).unwrap();
+        } = parse_inspect(body).unwrap().unwrap();
         assert_eq!(
             (l.name.as_str(), l.service.as_deref(), l.state, pid),
             ("main_1_2", Some("main"), Some(State::Exited), None)
@@ -570,7 +586,7 @@ mod lifecycle_tests {
             }
         );
         let running = parse_inspect(br#"{"Id":"ab","State":{"Status":"running","Pid":4242}}"#);
-        let running = running.unwrap();
+        let running = running.unwrap().unwrap();
         assert_eq!((running.pid, running.network), (Some(4242), Network::Own));
         for (mode, network) in [
             ("host", Network::Host),
@@ -582,7 +598,7 @@ mod lifecycle_tests {
                 r#"{{"Id":"ab","State":{{"Status":"running","Pid":1}},"HostConfig":{{"NetworkMode":"{mode}"}}}}"#
             );
             assert_eq!(
-                parse_inspect(body.as_bytes()).unwrap().network,
+                parse_inspect(body.as_bytes()).unwrap().unwrap().network,
                 network,
                 "{mode}"
             );
@@ -590,6 +606,7 @@ mod lifecycle_tests {
         let life = parse_inspect(
             br#"{"Id":"ab","State":{"Status":"created","StartedAt":"0001-01-01T00:00:00Z","Pid":0}}"#,
         )
+        .unwrap()
         .unwrap()
         .life;
         assert_eq!(
@@ -604,6 +621,28 @@ mod lifecycle_tests {
         ] {
             assert!(parse_inspect(junk).is_err());
         }
+    }
+
+    /// The real engine's answer (Docker Engine 20.10) between the kill and the destroy of `docker rm -f` on a
+    /// running container.
+    const REMOVING: &[u8] =
+        br#"{"Id":"ab","Name":"/web","RestartCount":0,"State":{"Status":"removing",
+        "Running":false,"Paused":false,"Restarting":false,"OOMKilled":false,"Dead":false,"Pid":0,
+        "ExitCode":137,"Error":"","StartedAt":"2026-12-04T15:21:46.787057281Z",
+        "FinishedAt":"2026-12-04T15:21:46.874813774Z"}}"#;
+
+    #[test]
+    fn a_container_being_removed_is_known_not_an_error() {
+        let got = parse_inspect(REMOVING);
+        assert!(got.is_ok(), "{:?}", got.err());
+        assert!(got.unwrap().is_none());
+        // Docker's other words are ours, and an unknown one is still an error.
+        let word = |w: &str| format!(r#"{{"Id":"ab","State":{{"Status":"{w}"}}}}"#);
+        for s in State::ALL.iter().filter(|s| **s != State::Removed) {
+            let got = parse_inspect(word(s.name()).as_bytes());
+            assert_eq!(got.unwrap().unwrap().life.state, *s);
+        }
+        assert!(parse_inspect(word("Removing").as_bytes()).is_err());
     }
 }
 
@@ -791,7 +830,10 @@ mod tests {
             {"Id":"cc05f919de07","Names":[]},
             {"Id":"../../version?","Names":["/evil"]},
             {"Names":["/noid"]},
-            {"Id":"dd05f919de07","Names":["/x"],"Labels":{"io.balena.service-name":""}}
+            {"Id":"dd05f919de07","Names":["/x"],"Labels":{"io.balena.service-name":""}},
+            {"Id":"ee05f919de07","Names":["/proj_web_1"],"Labels":{"com.docker.compose.service":"web"}},
+            {"Id":"ff05f919de07","Names":["/m_1_2"],
+             "Labels":{"io.balena.service-name":"main","com.docker.compose.service":"web"}}
         ]"#;
         let l = parse_list(body).unwrap();
         let got: Vec<_> = l
@@ -805,6 +847,8 @@ mod tests {
                 ("bb05f919de07", "plain", None),
                 ("cc05f919de07", "cc05f919de07", None),
                 ("dd05f919de07", "x", None),
+                ("ee05f919de07", "proj_web_1", Some("web")),
+                ("ff05f919de07", "m_1_2", Some("main")),
             ]
         );
         assert!(parse_list(b"{\"message\":\"x\"}").is_err());

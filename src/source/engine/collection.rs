@@ -40,6 +40,13 @@ impl Entry {
     }
 }
 
+/// How many of the collection's requests are not answered yet, and of them stats samples (the current
+/// round's).
+pub(super) struct InFlight {
+    pub(super) all: usize,
+    pub(super) stats: usize,
+}
+
 /// The collection under way.
 pub(super) struct Run {
     pub(super) started: Instant,
@@ -48,9 +55,6 @@ pub(super) struct Run {
     pub(super) entries: Vec<Entry>,
     /// Containers that were known and are gone from the list: reported once as removed.
     pub(super) removed: Vec<Listed>,
-    /// Requests of this collection not answered yet, and of them the current round's stats.
-    pub(super) outstanding: usize,
-    pub(super) stats_left: usize,
     pub(super) round: u32,
     pub(super) next_round: Option<Instant>,
     /// The kernel's files are still to be read, once the list and its inspects are in.
@@ -62,10 +66,9 @@ pub(super) struct Run {
 
 impl EngineSource {
     pub(super) fn listed(&mut self, now: Instant, result: Result<http::Response, String>) {
-        let Some(run) = self.run.as_mut() else {
+        if self.run.is_none() {
             return;
-        };
-        run.outstanding -= 1;
+        }
         let socket = &self.socket;
         let parsed = result.and_then(|r| match r.status {
             200 => api::parse_list(&r.body).map_err(|e| format!("engine {socket}: {e}")),
@@ -129,11 +132,6 @@ impl EngineSource {
             }
         }
         run.entries = listed.into_iter().map(Entry::new).collect();
-        run.outstanding += asks.len();
-        run.stats_left = asks
-            .iter()
-            .filter(|a| matches!(a.1, Purpose::Stats(_)))
-            .count();
         for (path, purpose, max) in asks {
             self.ask(path, purpose, max);
         }
@@ -151,8 +149,6 @@ impl EngineSource {
         let Some(run) = self.run.as_mut() else {
             return;
         };
-        run.outstanding -= 1;
-        run.stats_left -= 1;
         let Some(entry) = run.entries.get_mut(i) else {
             return;
         };
@@ -217,10 +213,11 @@ impl EngineSource {
     /// a one-shot request answers with its latest sample, so an early second request can return the very
     /// sample the first did.
     pub(super) fn round_done(&mut self, _now: Instant) {
+        let stats_left = self.in_flight().stats;
         let Some(run) = self.run.as_mut() else {
             return;
         };
-        if !run.listed || run.kernel_pending || run.stats_left > 0 || run.next_round.is_some() {
+        if !run.listed || run.kernel_pending || stats_left > 0 || run.next_round.is_some() {
             return;
         }
         let waiting = run
@@ -265,8 +262,6 @@ impl EngineSource {
             .filter(|(_, e)| e.cpu_before.is_some())
             .map(|(i, e)| (stats_path(&e.listed.id), i))
             .collect();
-        run.stats_left += again.len();
-        run.outstanding += again.len();
         for (path, i) in again {
             self.ask(path, Purpose::Stats(i), MAX_STATS_BODY);
         }
@@ -288,13 +283,27 @@ impl EngineSource {
         self.previous.retain(|id, _| known.contains_key(id));
     }
 
+    /// The collection's requests not answered yet, queued or open: counted from the requests themselves,
+    /// so no count can drift from them.
+    pub(super) fn in_flight(&self) -> InFlight {
+        let requests = self.queue.iter().chain(self.open.iter().map(|c| &c.req));
+        let mut n = InFlight { all: 0, stats: 0 };
+        for r in requests.filter(|r| r.purpose.for_run()) {
+            n.all += 1;
+            n.stats += usize::from(matches!(r.purpose, Purpose::Stats(_)));
+        }
+        n
+    }
+
+    /// The collection's own requests are dropped; those for events stay.
+    fn drop_run_requests(&mut self) {
+        self.queue.retain(|r| !r.purpose.for_run());
+        self.open.retain(|c| !c.req.purpose.for_run());
+    }
+
     pub(super) fn fail(&mut self, error: String) {
         self.run = None;
-        // The collection's own requests are dropped; those for events stay.
-        self.queue
-            .retain(|r| matches!(r.purpose, Purpose::Inspect { for_run: false, .. }));
-        self.open
-            .retain(|c| matches!(c.req.purpose, Purpose::Inspect { for_run: false, .. }));
+        self.drop_run_requests();
         self.out.push_back(Output::Failed {
             error,
             expected: false,
@@ -304,9 +313,11 @@ impl EngineSource {
     /// Every answer is in: the tick's containers, running ones with figures, the others by their
     /// lifecycle alone, removed ones once.
     pub(super) fn finish_if_done(&mut self, now: Instant) {
-        let done = self.run.as_ref().is_some_and(|r| {
-            r.listed && !r.kernel_pending && r.outstanding == 0 && r.next_round.is_none()
-        });
+        let all = self.in_flight().all;
+        let done = self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.listed && !r.kernel_pending && all == 0 && r.next_round.is_none());
         if !done {
             return;
         }
@@ -349,19 +360,14 @@ impl EngineSource {
             self.fail(e);
             return;
         }
+        run.next_round = None;
         crate::warn!(
             "engine {}: {} requests unanswered after {}s; the tick goes out without them",
             self.socket,
-            run.outstanding,
+            self.in_flight().all,
             self.timeout.as_secs()
         );
-        run.outstanding = 0;
-        run.stats_left = 0;
-        run.next_round = None;
-        self.queue
-            .retain(|r| matches!(r.purpose, Purpose::Inspect { for_run: false, .. }));
-        self.open
-            .retain(|c| matches!(c.req.purpose, Purpose::Inspect { for_run: false, .. }));
+        self.drop_run_requests();
         self.finish_if_done(now);
     }
 }

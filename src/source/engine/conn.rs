@@ -19,6 +19,8 @@ pub(super) struct Conn {
     pub(super) sent: usize,
     buf: Vec<u8>,
     pub(super) until: Instant,
+    /// The whole answer (or why there is none), until the source takes it.
+    pub(super) answer: Option<Result<http::Response, String>>,
 }
 
 /// The event stream's connection.
@@ -57,6 +59,7 @@ impl EngineSource {
                     sent: 0,
                     buf: Vec::new(),
                     until,
+                    answer: None,
                 }),
                 Err(e) => self.answered(now, req, Err(e)),
             }

@@ -81,6 +81,16 @@ impl EventStream {
         !matches!(self.body, Body::Head(_))
     }
 
+    /// Bytes held between feeds (the head, a chunk-size line, an event line), for the fuzzer's bounds.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        let pending = match &self.body {
+            Body::Head(b) | Body::Size(b) => b.len(),
+            _ => 0,
+        };
+        pending + self.line.len()
+    }
+
     /// Whether an event was skipped (too long to read) since the last call.
     pub fn take_lost(&mut self) -> bool {
         std::mem::take(&mut self.lost)

@@ -67,6 +67,22 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Where figures come from, for the line that says which socket is used.
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "figures from the kernel (cgroup_root {}, proc_root {}){}",
+            self.roots.cgroup.display(),
+            self.roots.proc.display(),
+            if self.auto {
+                ", or from the engine's stats API if the first tick can read no container's files"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 /// The choice of `engine_figures`, with `auto` settled by whether the kernel's files are there at all (a
 /// balena container sees the host's only with the sysfs and procfs labels).
 pub fn figuring(
@@ -104,16 +120,20 @@ pub fn figuring(
 }
 
 const API_INSTEAD: &str = "figures come from the engine's stats API instead (on balena, give this \
-                           service the labels io.balena.features.sysfs and io.balena.features.procfs)";
+                           service the labels io.balena.features.sysfs and io.balena.features.procfs; \
+                           under Docker, mount the host's /proc and cgroup tree, -v /proc:/host/proc:ro \
+                           -v /sys/fs/cgroup:/host/cgroup:ro, and set STATS_PROC_ROOT=/host/proc and \
+                           STATS_CGROUP_ROOT=/host/cgroup)";
 
 impl EngineSource {
     /// Once the list and its inspects are in: every running container's figures from the kernel's files.
     /// One that cannot be read is asked of the stats API instead, for this tick, with a warning.
     pub(super) fn kernel_phase(&mut self, now: Instant) {
+        let outstanding = self.in_flight().all;
         let (Some(k), Some(run)) = (self.kernel.as_mut(), self.run.as_mut()) else {
             return;
         };
-        if !run.kernel_pending || !run.listed || run.outstanding > 0 {
+        if !run.kernel_pending || !run.listed || outstanding > 0 {
             return;
         }
         run.kernel_pending = false;
@@ -167,8 +187,6 @@ impl EngineSource {
             .chain(unknown)
             .map(|i| (stats_path(&run.entries[i].listed.id), i))
             .collect();
-        run.outstanding += asks.len();
-        run.stats_left += asks.len();
         for (path, i) in asks {
             self.ask(path, Purpose::Stats(i), MAX_STATS_BODY);
         }

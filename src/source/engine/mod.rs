@@ -20,6 +20,7 @@ mod conn;
 pub mod events;
 pub mod http;
 mod kernel_route;
+mod socket;
 mod watch;
 
 use super::{pollfd, Output, Source};
@@ -91,6 +92,16 @@ enum Purpose {
     },
 }
 
+impl Purpose {
+    /// Whether the collection under way waits for the answer.
+    fn for_run(&self) -> bool {
+        match self {
+            Purpose::List | Purpose::Stats(_) => true,
+            Purpose::Inspect { for_run, .. } => *for_run,
+        }
+    }
+}
+
 struct Request {
     path: String,
     purpose: Purpose,
@@ -138,6 +149,7 @@ pub struct EngineSource {
     events_warned: bool,
     changes: Vec<ContainerStats>,
     out: VecDeque<Output>,
+    notices: socket::SocketNotices,
 }
 
 impl EngineSource {
@@ -170,15 +182,43 @@ impl EngineSource {
             events_warned: false,
             changes: Vec::new(),
             out: VecDeque::new(),
+            notices: socket::SocketNotices::default(),
         }
     }
 
-    /// The socket to use (resolved afresh each collection, so a socket mounted late is found).
-    fn resolve(&self) -> String {
+    /// The socket to use, resolved afresh each collection (so a socket mounted late is found), with what
+    /// there is to say about it; `false` when it is not there and the collection has failed.
+    fn resolve(&mut self, now: Instant) -> bool {
         let docker_host = std::env::var("DOCKER_HOST").ok();
-        resolve_socket(self.configured.as_deref(), docker_host.as_deref(), &|p| {
-            std::path::Path::new(p).exists()
-        })
+        let route = match &self.kernel {
+            Some(k) => k.describe(),
+            None => "figures from the engine's stats API".into(),
+        };
+        let r = self.notices.resolve(
+            self.configured.as_deref(),
+            docker_host.as_deref(),
+            &|p| std::path::Path::new(p).exists(),
+            &route,
+            now,
+        );
+        for (warning, line) in r.notes {
+            if warning {
+                crate::warn!("{line}");
+            } else {
+                crate::info!("{line}");
+            }
+        }
+        self.socket = r.socket;
+        match r.missing {
+            Some(error) => {
+                self.out.push_back(Output::Failed {
+                    error,
+                    expected: false,
+                });
+                false
+            }
+            None => true,
+        }
     }
 
     /// A request's answer (or why there is none), to the collection or the lifecycle it was for.
@@ -200,8 +240,8 @@ impl Source for EngineSource {
     fn start(&mut self, now: Instant) {
         // In sync the list is what the events have made of it: no request at all.
         let synced = self.synced && self.kernel.is_some();
-        if !synced {
-            self.socket = self.resolve();
+        if !synced && !self.resolve(now) {
+            return;
         }
         self.run = Some(Run {
             started: now,
@@ -209,8 +249,6 @@ impl Source for EngineSource {
             listed: synced,
             entries: Vec::new(),
             removed: Vec::new(),
-            outstanding: usize::from(!synced),
-            stats_left: 0,
             round: 0,
             next_round: None,
             kernel_pending: self.kernel.is_some(),
@@ -268,36 +306,21 @@ impl Source for EngineSource {
     fn advance(&mut self, now: Instant, ready: &[libc::pollfd]) {
         // The slots are those `fds` gave: the open requests in order, then the event stream.
         let n = self.open.len();
-        let mut finished = Vec::new();
-        let mut k = 0;
-        self.open.retain_mut(|c| {
+        for (k, c) in self.open.iter_mut().enumerate() {
             let revents = ready.get(k).map_or(0, |f| f.revents);
-            k += 1;
-            let result = if revents != 0 {
-                c.progress()
+            if revents != 0 {
+                c.answer = c.progress();
             } else if now >= c.until {
-                Some(Err("timed out".to_owned()))
-            } else {
-                None
-            };
-            match result {
-                None => true,
-                Some(r) => {
-                    finished.push((
-                        Request {
-                            path: std::mem::take(&mut c.req.path),
-                            purpose: std::mem::replace(&mut c.req.purpose, Purpose::List),
-                            max_body: c.req.max_body,
-                        },
-                        r,
-                    ));
-                    false
-                }
+                c.answer = Some(Err("timed out".to_owned()));
             }
-        });
+        }
         let event_ready = self.events.is_some() && ready.get(n).is_some_and(|f| f.revents != 0);
-        for (req, r) in finished {
-            self.answered(now, req, r);
+        // One answer at a time, in order: those not taken yet still count as in flight.
+        while let Some(i) = self.open.iter().position(|c| c.answer.is_some()) {
+            let c = self.open.remove(i);
+            if let Some(r) = c.answer {
+                self.answered(now, c.req, r);
+            }
         }
         if event_ready {
             if let Some(ev) = self.events.as_mut() {
@@ -743,7 +766,10 @@ mod tests {
     #[test]
     fn socket_problems_are_errors_not_panics() {
         let e = failed(collect(&mut source("/nonexistent/engine.sock")));
-        assert!(e.contains("cannot connect"), "{e}");
+        assert!(
+            e.contains("engine_socket /nonexistent/engine.sock is not there"),
+            "{e}"
+        );
         let (socket, server) = serve(
             vec![(
                 "/",
@@ -806,5 +832,63 @@ mod tests {
         let life = change[0].lifecycle.as_ref().unwrap();
         assert_eq!((life.state, life.exit_code), (State::Exited, Some(3)));
         assert!(change[0].figures == Figures::default());
+    }
+
+    #[test]
+    fn a_container_being_removed_keeps_its_state_until_it_is_gone() {
+        const A: &str = "aaaaaaaaaaaaaaaa";
+        let removing = ok(&format!(
+            r#"{{"Id":"{A}","Name":"/web","State":{{"Status":"removing","Running":false,"Pid":0,
+               "ExitCode":137}}}}"#
+        ));
+        let event = format!(r#"{{"Type":"container","Action":"die","Actor":{{"ID":"{A}"}}}}"#);
+        let stream = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\n\r\n",
+            event.len() + 1
+        );
+        let running = format!(r#"[{{"Id":"{A}","Names":["/web"],"State":"running"}}]"#);
+        let being_removed = format!(r#"[{{"Id":"{A}","Names":["/web"],"State":"removing"}}]"#);
+        let (socket, server) = serve(
+            vec![
+                ("/containers/json", vec![ok(&running), ok(&being_removed)]),
+                (
+                    "/stats",
+                    vec![ok(&stats(1_000, 10_000)), ok(&stats(1_500, 12_000))],
+                ),
+                ("/events", vec![stream.into_bytes()]),
+                (
+                    "/json",
+                    vec![inspect_running(A, "web", 4242), removing.clone(), removing],
+                ),
+            ],
+            // A collection (list, inspect, two stats), the event stream and the event's inspect, then a
+            // collection that lists it as being removed (list, inspect).
+            8,
+        );
+        let mut e = source(&socket);
+        parsed(collect(&mut e));
+        e.follow = true;
+        let t = Instant::now();
+        // Until the event's inspect is answered.
+        while !(e.inspecting.is_empty() && e.known[A].listed.state.is_none()) {
+            assert!(t.elapsed() < Duration::from_secs(10), "no inspect answer");
+            let mut fds = Vec::new();
+            e.fds(&mut fds);
+            // SAFETY: a live vector of pollfd, its length passed with it.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            e.advance(Instant::now(), &fds);
+            assert!(e.take().is_none(), "no change handed over");
+        }
+        let k = &e.known[A];
+        assert_eq!((k.life.state, k.listed.state), (State::Running, None));
+        // The fake engine has closed the stream; it is not to be asked again.
+        e.follow = false;
+        // A collection meanwhile: the state held, no figures, and no stats asked of it.
+        let got = parsed(collect(&mut e));
+        let requests = server.join().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].lifecycle.as_ref().unwrap().state, State::Running);
+        assert_eq!(got[0].figures, Figures::default());
+        assert_eq!(requests.iter().filter(|r| r.contains("/stats")).count(), 2);
     }
 }

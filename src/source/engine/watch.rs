@@ -23,11 +23,6 @@ impl EngineSource {
         for_run: bool,
         result: Result<http::Response, String>,
     ) {
-        if for_run {
-            if let Some(run) = self.run.as_mut() {
-                run.outstanding -= 1;
-            }
-        }
         let again = if for_run {
             false
         } else {
@@ -35,12 +30,12 @@ impl EngineSource {
         };
         match result {
             Ok(r) if r.status == 200 => match api::parse_inspect(&r.body) {
-                Ok(api::Inspected {
+                Ok(Some(api::Inspected {
                     listed,
                     life,
                     pid,
                     network,
-                }) => {
+                })) => {
                     let life = oom_from_events(life, self.oom_seen.contains(&id));
                     let old = self.known.remove(&id);
                     let changed = old.as_ref().is_none_or(|k| k.life != life);
@@ -59,6 +54,13 @@ impl EngineSource {
                             track,
                         };
                         self.known.insert(id.clone(), k);
+                    }
+                }
+                // Being removed: its life as we knew it holds until `destroy` says removed. Its state
+                // is none of ours (its main process is over), so it is not read as running meanwhile.
+                Ok(None) => {
+                    if let Some(k) = self.known.get_mut(&id) {
+                        k.listed.state = None;
                     }
                 }
                 Err(e) => crate::warn!("engine: container {}: {e}", api::short_id(&id)),
