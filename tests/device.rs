@@ -467,3 +467,59 @@ fn a_thermal_zone_that_never_answers_costs_the_bound_once() {
         );
     }
 }
+
+#[test]
+fn by_exception_the_devices_resting_figures_go_out_once_until_the_heartbeat() {
+    let broker = Broker::start();
+    let root = format!("root/dev1/telemetry/system/{DEVICE_SERVICE}/");
+    let sub = Subscriber::start(broker.port, &format!("{root}#"));
+    let collector = r#"{"mode": "FILE", "file_path": "/nonexistent/stats.jsonl", "collection_interval_in_seconds": 1,
+        "report": "on_change", "report_heartbeat_in_seconds": 3600, "device_disk_paths": ["/"]}"#;
+    let cfg = config_dir(collector, &mqtt_config(&broker, ""));
+    let child = device_agent(cfg.path());
+    // Five device ticks, counted by the debug line each one logs; then what went out.
+    let mut log = String::new();
+    let ticks = |l: &[String]| {
+        device_values(l, &root)
+            .iter()
+            .filter(|(t, _, _)| t == "memory_usage_in_bytes")
+            .count()
+    };
+    // The baseline arrives first.
+    assert!(sub.wait_for(|l| ticks(l) >= 1, Duration::from_secs(20)));
+    // Then wait five intervals' worth of ticks, proven by the log, not by the clock.
+    let mut child = {
+        let mut child = child;
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut device_ticks = 0;
+        while device_ticks < 6 {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the agent logs its ticks");
+            device_ticks += usize::from(line.starts_with("DEBUG device: "));
+            log.push_str(&line);
+            log.push('\n');
+        }
+        child
+    };
+    sub.sync(broker.port);
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = device_values(&sub.lines(), &root);
+    for resting in [
+        "uptime_in_seconds",
+        "memory_limit_in_bytes",
+        "swap_total_in_bytes",
+        "disk_root/storage_total_in_bytes",
+    ] {
+        let n = got.iter().filter(|(t, _, _)| t == resting).count();
+        assert_eq!(n, 1, "{resting}: the baseline only, in six ticks\n{log}");
+    }
+}
