@@ -37,11 +37,9 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
             )
         }
     }
+    // What the device's figures read is said in the device's own start line.
     if c.device_metrics {
-        s += &format!(
-            ", device figures as {:?} (proc_root {:?}, host_sys_root {:?}, disks {:?})",
-            c.device_service_name, c.proc_root, c.host_sys_root, c.device_disk_paths
-        );
+        s += &format!(", device figures as {:?}", c.device_service_name);
     } else {
         s += ", device figures off";
     }

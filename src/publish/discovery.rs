@@ -27,9 +27,9 @@
 
 use crate::mqtt::session::Tag;
 use crate::publish::lifecycle::Topic;
+use crate::publish::payload::push_string;
 use crate::stats::lifecycle::{Health, State};
 use crate::stats::Metric;
-use serde_json::{json, Value as Json};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -447,26 +447,25 @@ impl Discovery {
     }
 
     /// The HA device a service's entities belong to.
-    fn ha_device(&self, service: &str) -> Json {
-        let device = id_safe(&self.s.device_id);
-        let (name, model) = match self.is_device(service) {
-            true => (self.s.device_id.clone(), "balena device telemetry"),
-            false => (
-                format!("{service} on {}", self.s.device_id),
-                "balena container telemetry",
-            ),
-        };
-        let mut d = json!({
-            "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
-            "name": name,
-            "manufacturer": PRODUCT,
-            "model": model,
-            "sw_version": VERSION,
-        });
-        if self.device.is_some() && !self.is_device(service) {
-            d["via_device"] = json!(format!("{PRODUCT}_{device}"));
+    fn ha_device(&self, service: &str, o: &mut Obj) {
+        o.open("device");
+        o.open_list("identifiers");
+        o.item(&format!("{PRODUCT}_{}", self.node_id(service)));
+        o.close(b']');
+        if self.is_device(service) {
+            o.str("name", &self.s.device_id);
+            o.str("model", "balena device telemetry");
+        } else {
+            o.str("name", &format!("{service} on {}", self.s.device_id));
+            o.str("model", "balena container telemetry");
+            if self.device.is_some() {
+                let device = id_safe(&self.s.device_id);
+                o.str("via_device", &format!("{PRODUCT}_{device}"));
+            }
         }
-        d
+        o.str("manufacturer", PRODUCT);
+        o.str("sw_version", VERSION);
+        o.close(b'}');
     }
 
     fn config(&self, key: &str, root_topic: &str, e: Entity) -> Config {
@@ -483,36 +482,89 @@ impl Discovery {
         } else {
             vec![self.s.device_id.as_str(), service, &object]
         };
-        let name = match part {
-            Some(p) => format!("{} {p}", label(e)),
-            None => label(e).to_owned(),
-        };
-        let mut c = json!({
-            "name": name,
-            "unique_id": id_safe(&id_parts.join("_")),
-            "default_entity_id": format!("{}.{}", e.component(), entity_slug(&id_parts)),
-            "state_topic": state_topic,
-            "value_template": value_template(e, value_key, self.s.mode),
-            "device": self.ha_device(service),
-            "origin": { "name": PRODUCT, "sw_version": VERSION },
-        });
+        let mut o = Obj::default();
+        match part {
+            Some(p) => o.str("name", &format!("{} {p}", label(e))),
+            None => o.str("name", label(e)),
+        }
+        o.str("unique_id", &id_safe(&id_parts.join("_")));
+        let entity_id = format!("{}.{}", e.component(), entity_slug(&id_parts));
+        o.str("default_entity_id", &entity_id);
+        o.str("state_topic", &state_topic);
+        o.str("value_template", &value_template(e, value_key, self.s.mode));
+        self.ha_device(service, &mut o);
+        o.open("origin");
+        o.str("name", PRODUCT);
+        o.str("sw_version", VERSION);
+        o.close(b'}');
         if let Some(topic) = &self.s.availability_topic {
-            c["availability_topic"] = json!(topic);
-            c["payload_available"] = json!("online");
-            c["payload_not_available"] = json!("offline");
+            o.str("availability_topic", topic);
+            o.str("payload_available", "online");
+            o.str("payload_not_available", "offline");
         }
         if let Some(after) = self.s.expire_after {
-            c["expire_after"] = json!(after.as_secs().max(1));
+            o.number("expire_after", after.as_secs().max(1));
         }
-        let extra = classes(e);
-        if let (Json::Object(map), Json::Object(more)) = (&mut c, extra) {
-            map.extend(more);
-        }
+        classes(e, &mut o);
+        o.close(b'}');
         Config {
             topic: self.config_topic(key, e),
-            payload: c.to_string().into_bytes(),
+            payload: o.0,
             tag: 0,
         }
+    }
+}
+
+/// A config's JSON, written as text: the keys are ours, every text value is escaped. (Built as
+/// `serde_json` values it cost the device binary kilobytes for what is a fixed shape.)
+struct Obj(Vec<u8>);
+
+impl Default for Obj {
+    fn default() -> Obj {
+        Obj(vec![b'{'])
+    }
+}
+
+impl Obj {
+    fn key(&mut self, k: &str) {
+        if !matches!(self.0.last(), Some(b'{' | b'[')) {
+            self.0.push(b',');
+        }
+        push_string(&mut self.0, k);
+        self.0.push(b':');
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        push_string(&mut self.0, v);
+    }
+
+    fn number(&mut self, k: &str, n: u64) {
+        self.key(k);
+        self.0
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    fn open(&mut self, k: &str) {
+        self.key(k);
+        self.0.push(b'{');
+    }
+
+    fn open_list(&mut self, k: &str) {
+        self.key(k);
+        self.0.push(b'[');
+    }
+
+    /// One text in a list.
+    fn item(&mut self, v: &str) {
+        if self.0.last() != Some(&b'[') {
+            self.0.push(b',');
+        }
+        push_string(&mut self.0, v);
+    }
+
+    fn close(&mut self, bracket: u8) {
+        self.0.push(bracket);
     }
 }
 
@@ -611,28 +663,33 @@ fn label(e: Entity) -> &'static str {
 /// Units and classes: counters that reset when a container restarts are `total_increasing`, which Home
 /// Assistant's statistics tolerate; levels are `measurement`. State and health are enums with every
 /// word the agent can publish; the exit code is a number (display precision 0) without statistics.
-fn classes(e: Entity) -> Json {
+fn classes(e: Entity, o: &mut Obj) {
+    const LEVEL: &str = "measurement";
     let m = match e {
         Entity::Metric(m) => m,
-        Entity::Running => return json!({"device_class": "running"}),
-        Entity::Life(Topic::OomKilled) => return json!({"device_class": "problem"}),
-        Entity::Life(Topic::State) => {
-            let options: Vec<&str> = State::ALL.iter().map(|s| s.name()).collect();
-            return json!({"device_class": "enum", "options": options});
+        Entity::Running => return o.str("device_class", "running"),
+        Entity::Life(Topic::OomKilled) => return o.str("device_class", "problem"),
+        Entity::Life(t @ (Topic::State | Topic::Health)) => {
+            o.str("device_class", "enum");
+            o.open_list("options");
+            if t == Topic::State {
+                State::ALL.iter().for_each(|s| o.item(s.name()));
+            } else {
+                Health::ALL.iter().for_each(|h| o.item(h.name()));
+            }
+            return o.close(b']');
         }
-        Entity::Life(Topic::Health) => {
-            let options: Vec<&str> = Health::ALL.iter().map(|h| h.name()).collect();
-            return json!({"device_class": "enum", "options": options});
-        }
-        Entity::Life(Topic::RestartCount) => return json!({"state_class": "total_increasing"}),
+        Entity::Life(Topic::RestartCount) => return o.str("state_class", "total_increasing"),
         Entity::Life(Topic::ExitCode) => {
-            return json!({"suggested_display_precision": 0, "entity_category": "diagnostic"})
+            o.number("suggested_display_precision", 0);
+            return o.str("entity_category", "diagnostic");
         }
         Entity::Life(Topic::Uptime) => {
-            return json!({"device_class": "duration", "unit_of_measurement": "s", "state_class": "measurement"})
+            o.str("device_class", "duration");
+            o.str("unit_of_measurement", "s");
+            return o.str("state_class", LEVEL);
         }
     };
-    const LEVEL: &str = "measurement";
     // Unit, device class, state class ("" for none) and whether the entity is a diagnostic one: the
     // device's load, swap, total storage, uptime and throttling flags are, its CPU, memory, temperature,
     // storage use and traffic are not.
@@ -656,7 +713,6 @@ fn classes(e: Entity) -> Json {
         Metric::Uptime => ("s", "duration", LEVEL, true),
         _ => ("", "problem", "", true),
     };
-    let mut c = serde_json::Map::new();
     let keys = [
         ("unit_of_measurement", unit),
         ("device_class", device_class),
@@ -667,9 +723,8 @@ fn classes(e: Entity) -> Json {
         ),
     ];
     for (k, v) in keys.into_iter().filter(|(_, v)| !v.is_empty()) {
-        c.insert(k.into(), json!(v));
+        o.str(k, v);
     }
-    Json::Object(c)
 }
 
 /// An entity id's object part as Home Assistant accepts it: lowercase `[a-z0-9_]`, no leading, trailing
@@ -709,6 +764,7 @@ pub fn id_safe(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value as Json};
 
     /// The nine figures a container has (the rest of `Metric::ALL` are the device's).
     const CONTAINER_METRICS: &[Metric] = Metric::ALL.split_at(9).0;
@@ -1370,6 +1426,31 @@ mod tests {
         );
         assert_eq!(parse(&c[1])["entity_category"], "diagnostic");
         assert!(used.get("entity_category").is_none());
+    }
+
+    #[test]
+    fn configs_are_json_whatever_the_names_hold() {
+        let mut d = Discovery::new(Settings {
+            device_id: "dev\"1\\x".into(),
+            ..discovery(PayloadMode::PerService, None).s
+        });
+        d.device_service("@device");
+        let name = "we\"ird\\svc\u{1}é";
+        let mut c = d.seen(Instant::now(), name, "r/x", [Metric::Pids].into_iter());
+        c.extend(d.seen(
+            Instant::now(),
+            "@device",
+            "r/d",
+            [Metric::CpuTemperature].into_iter(),
+        ));
+        let svc = parse(&c[0]);
+        assert_eq!(svc["device"]["name"], format!("{name} on dev\"1\\x"));
+        assert_eq!(
+            svc["device"]["via_device"],
+            "balena-multi-container-telemetry_dev_1_x"
+        );
+        assert_eq!(svc["expire_after"], 30);
+        assert_eq!(parse(&c[1])["device"]["name"], "dev\"1\\x");
     }
 
     #[test]

@@ -70,7 +70,7 @@ fn push_field(out: &mut Vec<u8>, field: Field) {
 
 /// A JSON string (RFC 8259 section 7): quote, backslash and control characters escaped, the rest as is.
 /// Our texts are fixed words, but the writer must be right for any text it is handed.
-fn push_string(out: &mut Vec<u8>, s: &str) {
+pub fn push_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     for &b in s.as_bytes() {

@@ -100,6 +100,8 @@ pub struct Device {
     /// Per reader item: what it is for, and its path for the log.
     uses: Vec<(Use, String)>,
     disks_configured: bool,
+    /// The reader's paths, for the log.
+    read_by_reader: String,
     /// Problems already logged, one bit each (`/proc` files, then reader items): each is said once.
     warned: u64,
 }
@@ -128,7 +130,8 @@ impl Device {
         let node = format!("{sys}/devices/platform/soc/soc:firmware/get_throttled");
         match rpi_volt {
             Some(h) => uses.push((Use::UnderVoltage, h + "in0_lcrit_alarm")),
-            None if Path::new(&node).exists() => uses.push((Use::Throttled, node)),
+            // Opened, not read: reading is what runs the driver.
+            None if open(Path::new(&node)).is_ok() => uses.push((Use::Throttled, node)),
             None => {}
         }
         for path in s.disk_paths.iter().take(MAX_DISKS) {
@@ -143,10 +146,10 @@ impl Device {
             })
             .collect();
         let paths: Vec<&str> = uses.iter().map(|(_, p)| p.as_str()).collect();
+        let read_by_reader = paths.join(", ");
         info!(
-            "device figures as service {:?}; read with a bound (no CPU thermal zone, no Raspberry Pi: none of theirs): {}",
-            s.service,
-            paths.join(", ")
+            "device figures as service {:?}; read with a bound (no CPU thermal zone, no Raspberry Pi: none of theirs): {read_by_reader}",
+            s.service
         );
         let reader = match items.is_empty() {
             true => None,
@@ -168,6 +171,7 @@ impl Device {
             reader,
             uses,
             disks_configured: s.disks_configured,
+            read_by_reader,
             warned: 0,
         }
     }
@@ -258,13 +262,13 @@ impl Device {
             uses,
             warned,
             disks_configured,
+            read_by_reader,
             ..
         } = self;
         let Some(r) = reader else { return };
         let Some(answers) = r.answers(BOUND) else {
             warn!(
-                "device: reading {} did not finish within {}s (a driver or filesystem that does not answer): temperature, throttling and storage figures are left out from now on",
-                uses.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(", "),
+                "device: reading {read_by_reader} did not finish within {}s (a driver or filesystem that does not answer): those figures are left out from now on",
                 BOUND.as_secs()
             );
             *reader = None;
@@ -279,11 +283,8 @@ impl Device {
                     let quiet = errno == libc::ENOENT
                         && matches!(what, Use::Disk { .. })
                         && !*disks_configured;
-                    if *warned & bit == 0 && !quiet {
-                        let e = std::io::Error::from_raw_os_error(errno);
-                        warn!("device: {path}: {e}; its figures are left out");
-                    }
-                    *warned |= bit;
+                    let e = std::io::Error::from_raw_os_error(errno);
+                    left_out(warned, bit, path, &e, quiet);
                     continue;
                 }
                 Answer::Space { total, used } => {
@@ -313,12 +314,8 @@ impl Device {
                     .is_some(),
                 Use::Disk { .. } => false,
             };
-            if !ok && *warned & bit == 0 {
-                *warned |= bit;
-                warn!(
-                    "device: {path} holds {:?}, not what the kernel writes; its figures are left out",
-                    String::from_utf8_lossy(text).trim()
-                );
+            if !ok {
+                left_out(warned, bit, path, &GARBLED, false);
             }
         }
         if let Some(m) = hottest {
@@ -354,32 +351,44 @@ impl Device {
 
     /// Says once that a `/proc` file could not be read (`e`) or is garbled (none).
     fn failed(&mut self, file: usize, e: Option<std::io::Error>) {
-        let bit = 1u64 << file;
-        if self.warned & bit == 0 {
-            self.warned |= bit;
-            let why = e.map_or("not what the kernel writes".into(), |e| e.to_string());
-            let path = self.proc.join(FILES[file]);
-            warn!(
-                "device: {}: {why}; its figures are left out",
-                path.display()
-            );
-        }
+        let path = self.proc.join(FILES[file]);
+        let why: &dyn std::fmt::Display = match &e {
+            Some(e) => e,
+            None => &GARBLED,
+        };
+        left_out(
+            &mut self.warned,
+            1 << file,
+            &path.display().to_string(),
+            why,
+            false,
+        );
     }
+}
+
+const GARBLED: &str = "not what the kernel writes";
+
+/// Says once per `bit` of `warned` (not at all when `quiet`) that a file's figures are left out.
+fn left_out(warned: &mut u64, bit: u64, path: &str, why: &dyn std::fmt::Display, quiet: bool) {
+    if *warned & bit == 0 && !quiet {
+        warn!("device: {path}: {why}; its figures are left out");
+    }
+    *warned |= bit;
 }
 
 /// The interfaces' records from `net/dev`.
 fn interface_records(text: &[u8]) -> Option<Vec<Record>> {
-    let list = procfs::interfaces(text)?;
-    let records = list.into_iter().map(|i| {
+    let mut records = Vec::new();
+    procfs::interfaces(text, &mut |i| {
         let mut f = Figures::default();
         f.set(Metric::NetworkReceived, Value::Count(i.received));
         f.set(Metric::NetworkSent, Value::Count(i.sent));
-        Record {
+        records.push(Record {
             part: Some(topic_level(i.name)),
             figures: f,
-        }
-    });
-    Some(records.collect())
+        });
+    })?;
+    Some(records)
 }
 
 /// The eight flags of the firmware's throttled word.

@@ -123,29 +123,31 @@ pub struct Interface<'a> {
     pub sent: u64,
 }
 
-/// `/proc/<pid>/net/dev`: bytes received and sent per interface, leaving out those [`counted`] leaves
-/// out, [`MAX_INTERFACES`] at most. `None` when a line is garbled.
-pub fn interfaces(text: &[u8]) -> Option<Vec<Interface<'_>>> {
-    let mut out = Vec::new();
+/// `/proc/<pid>/net/dev`: bytes received and sent per interface, handed to `each`, leaving out those
+/// [`counted`] leaves out, [`MAX_INTERFACES`] at most. `None` when a line is garbled (`each` may have
+/// had some: the caller drops them).
+pub fn interfaces<'a>(text: &'a [u8], each: &mut dyn FnMut(Interface<'a>)) -> Option<()> {
+    let mut n = 0;
     for line in lines(text) {
         // Header lines have no colon; old kernels wrote `eth0:123` without a space, hence split on it.
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
         let name = std::str::from_utf8(line[..colon].trim_ascii()).ok()?;
-        if !counted(name) || out.len() == MAX_INTERFACES {
+        if !counted(name) || n == MAX_INTERFACES {
             continue;
         }
         let mut f = fields(&line[colon + 1..]);
         let received = integer(f.next()?)?;
         let sent = integer(f.nth(7)?)?;
-        out.push(Interface {
+        each(Interface {
             name,
             received,
             sent,
         });
+        n += 1;
     }
-    Some(out)
+    Some(())
 }
 
 /// Whether an interface carries the device's own traffic. Left out: loopback; containers' veths; the
@@ -242,6 +244,12 @@ mod tests {
         assert_eq!(uptime_seconds(b"x 1\n"), None);
     }
 
+    fn all(text: &[u8]) -> Option<Vec<Interface<'_>>> {
+        let mut v = Vec::new();
+        interfaces(text, &mut |i| v.push(i))?;
+        Some(v)
+    }
+
     const HEADER: &str = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n";
 
     #[test]
@@ -249,7 +257,7 @@ mod tests {
         let text = format!(
             "{HEADER}    lo: 2541496101 5192835    0    0    0     0          0         0 2541496101 5192835    0    0    0     0       0          0\n  eth0: 329429567   11440    0    0    0     0          0         0   499630    6637    0    0    0     0       0          0\ndocker0:       0       0    0    0    0     0          0         0        0       0    0    2    0     0       0          0\nveth1a2b3c4: 5 1 0 0 0 0 0 0 6 1 0 0 0 0 0 0\n wwan0: 100 1 0 0 0 0 0 0 200 2 0 0 0 0 0 0\n"
         );
-        let got = interfaces(text.as_bytes()).unwrap();
+        let got = all(text.as_bytes()).unwrap();
         assert_eq!(
             got,
             [
@@ -265,8 +273,8 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(interfaces(b"eth0: 1 2 3\n"), None);
-        assert_eq!(interfaces(HEADER.as_bytes()), Some(vec![]));
+        assert_eq!(all(b"eth0: 1 2 3\n"), None);
+        assert_eq!(all(HEADER.as_bytes()), Some(vec![]));
     }
 
     #[test]
@@ -274,7 +282,7 @@ mod tests {
         let text: String = (0..40)
             .map(|i| format!("usb{i}: {i} 0 0 0 0 0 0 0 {i} 0 0 0 0 0 0 0\n"))
             .collect();
-        let got = interfaces(text.as_bytes()).unwrap();
+        let got = all(text.as_bytes()).unwrap();
         assert_eq!(got.len(), MAX_INTERFACES);
         assert_eq!(got[15].name, "usb15");
     }
