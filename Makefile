@@ -11,6 +11,11 @@
 #   make fuzz    the fuzzers for FUZZ_CASES cases each (default 1,000,000)
 #   make check-ha every Home Assistant discovery config checked with Home Assistant 2024.3.3's own schemas
 #                (installs it into target/ha-venv the first time: ~400 MB, minutes; not part of make test)
+#   make check-ha-device  the device form of discovery, and the migration to it, checked with Home
+#                Assistant 2025.4.4's own code (pyenv's Python 3.13; installs it into target/ha-venv-2025
+#                the first time: ~600 MB, minutes; not part of make test); prints both forms' bytes
+#   make check-ha-live  the agent against a running Home Assistant 2025.4.4 (same venv, plus paho-mqtt):
+#                values heard after discovery, its subscription delay, the migration keeping every entity
 #   make aarch64 / armv7 / armv6 / x86_64
 #                static musl binary in target/device/<triple>/release/ (rust-lld; clang for ring)
 #   make dist    the four static binaries, copied to dist/arm64, dist/arm/v7, dist/arm/v6, dist/amd64
@@ -24,7 +29,7 @@
 CARGO ?= cargo
 BIN := balena-multi-container-telemetry
 
-.PHONY: all build test test-unit demo demo-engine lint clean deps check-ha aarch64 armv7 armv6 x86_64 dist \
+.PHONY: all build test test-unit demo demo-engine lint clean deps check-ha check-ha-device check-ha-live aarch64 armv7 armv6 x86_64 dist \
 	host dist-notls size size-check image
 
 STATIC := sh cross-compile/static.sh
@@ -58,6 +63,12 @@ demo-engine: deps build
 
 check-ha: deps
 	python3 tests/scripts/check-ha-schemas.py
+
+check-ha-device: deps
+	python3 tests/scripts/check-ha-device.py
+
+check-ha-live: deps
+	python3 tests/scripts/check-ha-live.py
 
 lint:
 	$(CARGO) fmt --check

@@ -21,7 +21,7 @@ use crate::schedule::Schedule;
 use crate::source::cli::CliSource;
 use crate::source::device::Device;
 use crate::source::engine::{self, EngineSource};
-use crate::source::file::FileSource;
+use crate::source::file::{self, FileSource};
 use crate::source::{self, Collected, Output, Source};
 use crate::{debug, error, info, signal, warn};
 use mqttrs::QoS;
@@ -35,8 +35,8 @@ const CONNACK_TIMEOUT: Duration = Duration::from_secs(10);
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// A broker that takes none of our bytes, and acknowledges nothing, for this long is treated as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a stop (SIGTERM/SIGINT) may spend flushing before it says goodbye; the whole stop stays
-/// under 2 s.
+/// How long a stop (SIGTERM/SIGINT) may spend flushing, and then saying goodbye: both are deadlines the
+/// socket's waits are bounded by, so the stop keeps to its 2 s whatever the broker does.
 const STOP_FLUSH: Duration = Duration::from_millis(1500);
 const STOP_GOODBYE: Duration = Duration::from_millis(300);
 /// QoS 1 messages awaiting PUBACK at once. Measured against mosquitto on loopback (static musl build,
@@ -76,8 +76,6 @@ pub struct Agent {
     discovery: Option<Discovery>,
     /// Waiting for every acknowledgement (--once after its collection, or stopping): read eagerly.
     draining: bool,
-    /// The stats file has not been written for a long time (warned once).
-    stale: bool,
     /// Which of the broker's addresses the next connect tries.
     next_addr: usize,
     /// The last read stopped at its budget with more perhaps waiting, or brought more than acknowledgements
@@ -126,17 +124,19 @@ impl Agent {
                 mode: m.payload_mode,
                 // Three collections without news: a dead service shows unavailable, not its last values.
                 // Not for --once runs, which cron spaces as it likes. A stats file is republished only
-                // when rewritten, so FILE mode allows its writer the ten minutes after which the file is
-                // called stale. Reporting by exception, a resting figure's next message is its
-                // heartbeat: that comes on top.
+                // when rewritten, so FILE mode allows its writer until the file is called stale.
+                // Reporting by exception, a resting figure's next message is its heartbeat: that
+                // comes on top.
                 expire_after: (!s.once).then(|| {
                     let three = s.collector.interval * 3 + quiet_for(&s.collector.report);
                     match s.collector.mode {
-                        Mode::File => three.max(Duration::from_secs(600)),
+                        Mode::File => three.max(file::stale_after(s.collector.interval)),
                         _ => three,
                     }
                 }),
                 remove_after: ha.remove_after,
+                resend_values: !s.once && !m.retain,
+                form: ha.form,
             })
         });
         if let (Some(d), Some(dev)) = (&mut discovery, &device) {
@@ -181,7 +181,6 @@ impl Agent {
             offline: availability(b"offline"),
             discovery,
             draining: false,
-            stale: false,
             next_addr: 0,
             more_input: false,
             coalesce_until: None,
@@ -228,12 +227,14 @@ impl Agent {
             self.collect_if_due(now);
             self.connect_if_due(now);
             let session_deadline = self.pump(now);
+            let settling = self.discovery.as_ref().is_some_and(Discovery::settling);
             let device_done = self.device.as_ref().is_none_or(|d| !d.busy());
             if self.s.once
                 && self.collected
                 && self.tick.is_none()
                 && device_done
                 && self.session.is_idle()
+                && !settling
             {
                 return self.stop(now);
             }
@@ -306,16 +307,12 @@ impl Agent {
                     let tick = Tick::parsed("engine events".into(), stats, unix_millis());
                     self.start_tick(tick, true);
                 }
-                Output::Unchanged {
-                    taken_at_ms,
-                    read_at,
-                } => {
+                Output::Unchanged { read_at } => {
                     self.collected = true;
                     debug!(
                         "stats file {} unchanged since the last tick: nothing published",
                         self.s.collector.file_path
                     );
-                    self.note_staleness(unix_millis().saturating_sub(taken_at_ms));
                     if let Some(d) = &mut self.discovery {
                         d.still_present(read_at, now);
                     }
@@ -350,30 +347,8 @@ impl Agent {
                 );
             }
         }
-        let now_ms = unix_millis();
-        let taken_at = collected.taken_at_ms.unwrap_or(now_ms);
-        self.note_staleness(now_ms.saturating_sub(taken_at));
+        let taken_at = collected.taken_at_ms.unwrap_or_else(unix_millis);
         self.start_tick(Tick::new(source, collected.text, taken_at), false);
-    }
-
-    /// A stats file the host stopped refreshing keeps its old timestamp in every payload; say so once
-    /// when it goes stale (older than ten minutes or three intervals) and once when it is fresh again.
-    fn note_staleness(&mut self, age_ms: u64) {
-        let limit = self.s.collector.interval.as_millis().max(200_000) as u64 * 3;
-        let stale = age_ms > limit;
-        if stale && !self.stale {
-            warn!(
-                "stats file {} was last written {}s ago: is the host's stats job still running?",
-                self.s.collector.file_path,
-                age_ms / 1000
-            );
-        } else if !stale && self.stale {
-            info!(
-                "stats file {} is being written again",
-                self.s.collector.file_path
-            );
-        }
-        self.stale = stale;
     }
 
     fn start_tick(&mut self, tick: Tick, change: bool) {
@@ -438,6 +413,11 @@ impl Agent {
                 };
                 if t.is_device() {
                     debug!("device: {} messages", t.messages);
+                } else if t.is_resend() {
+                    debug!(
+                        "values of {} containers sent again for Home Assistant: {} messages",
+                        t.containers, t.messages
+                    );
                 } else if *change_tick {
                     debug!(
                         "lifecycle changes: {} containers, {} messages",
@@ -448,6 +428,12 @@ impl Agent {
                         "tick: {} containers, {} messages{}",
                         t.containers, t.messages, bad
                     );
+                }
+                // The device's tick lists no container: it must not make the re-send forget them.
+                if !*change_tick && !t.is_device() {
+                    if let Some(d) = discovery.as_mut() {
+                        d.end_collection();
+                    }
                 }
                 match tick.take() {
                     Some(done) if !done.is_device() => source.recycle(done.into_text()),
@@ -473,6 +459,11 @@ impl Agent {
             if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
                 self.session.enqueue_kept(m, c.tag);
             }
+        }
+        // Services whose configs Home Assistant has had time to read: their values once more.
+        let again = d.take_resend(now);
+        if !again.is_empty() {
+            self.start_tick(Tick::resent(again), true);
         }
     }
 
@@ -647,7 +638,7 @@ impl Agent {
                 Event::Subscribed { .. } => {}
                 Event::Delivered(tag) => {
                     if let Some(d) = self.discovery.as_mut() {
-                        d.delivered(tag);
+                        d.delivered(now, tag);
                     }
                 }
             }
@@ -782,7 +773,8 @@ impl Agent {
         libc::POLLRDHUP
     }
 
-    /// Stops collecting, flushes until `flush_until`, says goodbye and returns the exit code.
+    /// Stops collecting, flushes until `flush_until`, says goodbye for [`STOP_GOODBYE`] after that and
+    /// returns the exit code.
     fn stop(mut self, flush_until: Instant) -> i32 {
         self.draining = true;
         self.source.stop();
@@ -798,17 +790,23 @@ impl Agent {
             self.wait(now, Some(deadline));
         }
         self.report_drops();
+        let idle = self.session.is_idle();
+        if let Some(link) = self.link.take() {
+            self.session.disconnect(self.offline.as_ref());
+            // The goodbye has its share of the budget from when the flush ended, or should have.
+            link.goodbye(
+                &mut self.session,
+                Instant::now().min(flush_until) + STOP_GOODBYE,
+            );
+        }
         // Figures still waiting as text were never encoded: count them too, or a --once that gave up
-        // before connecting reported "0 messages undelivered".
+        // before connecting reported "0 messages undelivered". After the goodbye: counting a large
+        // tick takes a while, which the broker need not wait for.
         let mut in_tick = 0;
         while let Some(mut t) = self.tick.take().or_else(|| self.device_tick.take()) {
             in_tick += t.count_rest(&publishing(&self.s), &mut self.scratch);
         }
-        let undelivered = in_tick > 0 || !self.session.is_idle();
-        if let Some(link) = self.link.take() {
-            self.session.disconnect(self.offline.as_ref());
-            link.goodbye(&mut self.session, STOP_GOODBYE);
-        }
+        let undelivered = in_tick > 0 || !idle;
         if undelivered {
             let pending = self.session.queued() + self.session.inflight() + in_tick;
             warn!("stopped with {pending} messages undelivered: they are lost");
@@ -825,7 +823,7 @@ impl Agent {
 fn build_source(s: &Settings) -> Box<dyn Source> {
     let c = &s.collector;
     match c.mode {
-        Mode::File => Box::new(FileSource::new(c.file_path.clone())),
+        Mode::File => Box::new(FileSource::new(c.file_path.clone(), c.interval)),
         Mode::Cli => Box::new(CliSource::new(c.cli_path.clone(), c.cli_timeout)),
         // A --once run has no next collection for the event stream to hand changes between.
         Mode::Engine => Box::new(EngineSource::new(

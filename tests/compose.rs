@@ -346,7 +346,13 @@ fn local_compose_file_runs_on_a_plain_docker_host() {
         readme.contains(&format!("```yaml\n{compose_text}```")),
         "README.md must show docker-compose.local.yaml verbatim in a ```yaml block"
     );
-    if !engine_available() {
+    if !engine_available()
+        || !have_program(
+            "docker-compose",
+            &["version"],
+            "apt-get install docker-compose",
+        )
+    {
         return;
     }
     if !repo()

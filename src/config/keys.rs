@@ -279,6 +279,7 @@ mod tests {
         ("tls_cert_file", r#""/c/cert.pem""#, "/c/cert.pem"),
         ("tls_key_file", r#""/c/key.pem""#, "/c/key.pem"),
         ("tls_server_name", r#""s.example""#, "s.example"),
+        ("home_assistant_discovery_form", r#""device""#, "device"),
     ];
 
     fn file_of(values: &[(&str, &str, &str)]) -> String {

@@ -4,6 +4,7 @@ use super::broker_url::parse_broker_url;
 use super::keys::{Fields, MQTT_PREFIX};
 use super::tls::{parse_tls, Tls};
 use super::{ConfigError, Env, PayloadMode, Source};
+use crate::publish::discovery::Form;
 use crate::publish::topics::{TopicTemplate, DEFAULT_TEMPLATE, DEFAULT_UNIT};
 use mqttrs::QoS;
 use std::time::Duration;
@@ -66,6 +67,8 @@ pub struct HomeAssistant {
     pub prefix: String,
     /// How long a service may go unreported before its entities are removed from Home Assistant.
     pub remove_after: Option<Duration>,
+    /// `home_assistant_discovery_form`: a message per entity (the default) or per service.
+    pub form: Form,
 }
 
 pub const MQTT_KEYS: &[&str] = &[
@@ -96,6 +99,7 @@ pub const MQTT_KEYS: &[&str] = &[
     "tls_cert_file",
     "tls_key_file",
     "tls_server_name",
+    "home_assistant_discovery_form",
 ];
 
 /// The host name as a device id: one topic level, so `+`, `#` and `/` (which no host name has) would make
@@ -296,12 +300,27 @@ pub fn parse_mqtt(
         ));
     }
     let remove = remove.unwrap_or(0);
+    let form = match f
+        .string("home_assistant_discovery_form")?
+        .as_deref()
+        .unwrap_or("entity")
+    {
+        "entity" => Form::Entity,
+        "device" => Form::Device,
+        other => {
+            return Err(f.error(
+                "home_assistant_discovery_form",
+                format!("{other:?} is not a discovery form (use \"entity\" or \"device\")"),
+            ))
+        }
+    };
     let home_assistant = f
         .boolean("home_assistant_discovery")?
         .unwrap_or(false)
         .then(|| HomeAssistant {
             prefix,
             remove_after: (remove > 0).then(|| Duration::from_secs(remove)),
+            form,
         });
 
     Ok(Mqtt {
@@ -578,7 +597,8 @@ mod tests {
             m.home_assistant,
             Some(HomeAssistant {
                 prefix: "homeassistant".into(),
-                remove_after: Some(Duration::from_secs(600))
+                remove_after: Some(Duration::from_secs(600)),
+                form: Form::Entity,
             })
         );
         let m =
@@ -588,7 +608,8 @@ mod tests {
             m.home_assistant.unwrap(),
             HomeAssistant {
                 prefix: "ha".into(),
-                remove_after: None
+                remove_after: None,
+                form: Form::Entity,
             }
         );
         assert_eq!(
@@ -612,6 +633,25 @@ mod tests {
             "h".repeat(201)
         );
         assert_eq!(key_of(mqtt(&long)), Some("home_assistant_discovery_prefix"));
+    }
+
+    #[test]
+    fn home_assistant_discovery_form() {
+        let form = |text: &str| mqtt(text).map(|m| m.home_assistant.map(|h| h.form));
+        let on = r#""home_assistant_discovery": true"#;
+        assert_eq!(form(&format!("{{{on}}}")).unwrap(), Some(Form::Entity));
+        let device = format!(r#"{{{on}, "home_assistant_discovery_form": "device"}}"#);
+        assert_eq!(form(&device).unwrap(), Some(Form::Device));
+        let entity = format!(r#"{{{on}, "home_assistant_discovery_form": "entity"}}"#);
+        assert_eq!(form(&entity).unwrap(), Some(Form::Entity));
+        for bad in [r#""Device""#, r#""devices""#, r#""""#, "1", "true"] {
+            let text = format!(r#"{{{on}, "home_assistant_discovery_form": {bad}}}"#);
+            assert_eq!(
+                key_of(mqtt(&text)),
+                Some("home_assistant_discovery_form"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -107,7 +107,14 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         m.once_timeout.as_secs(),
         match &m.home_assistant {
             None => "off".to_owned(),
-            Some(h) => format!("on (prefix {:?})", h.prefix),
+            Some(h) => format!(
+                "on (prefix {:?}{})",
+                h.prefix,
+                match h.form {
+                    crate::publish::discovery::Form::Entity => "",
+                    crate::publish::discovery::Form::Device => ", device form",
+                }
+            ),
         },
     );
     s

@@ -161,18 +161,35 @@ impl Link {
         }
     }
 
-    /// Writes what the session still has (its goodbye) for up to `within`, then closes the connection.
-    pub fn goodbye(mut self, session: &mut Session, within: Duration) {
-        let goodbye_until = Instant::now() + within;
-        let _ = self.stream.set_nonblocking(false);
-        let _ = self.stream.set_write_timeout(Some(within));
-        while Instant::now() < goodbye_until && !session.outbound().is_empty() {
-            match self.transport.send(&mut self.stream, session.outbound()) {
-                Ok(n) if n > 0 => session.consumed(Instant::now(), n),
+    /// Writes what the session still has (its goodbye) and, with TLS, the close_notify, then closes the
+    /// connection, all by `until`. The socket stays non-blocking and each wait for room is a `poll`
+    /// bounded by the time left: blocking writes with a timeout each let a TLS goodbye and its
+    /// close_notify run a timeout apiece past the stop's budget.
+    pub fn goodbye(mut self, session: &mut Session, until: Instant) {
+        let mut closed = false;
+        loop {
+            match self.write(session, Instant::now()) {
+                Ok(true) if closed => break,
+                Ok(true) => {
+                    self.transport.close();
+                    closed = true;
+                }
+                Ok(false) if self.writable_by(until) => {}
                 _ => break,
             }
         }
-        self.transport.close(&mut self.stream);
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Waits until the socket takes bytes again; false when `until` came first.
+    fn writable_by(&self, until: Instant) -> bool {
+        // A goodbye's deadline is never more than a second away; the cap keeps the cast honest.
+        let ms = until
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(1000) as i32;
+        let mut fd = crate::source::pollfd(self.stream.as_raw_fd(), libc::POLLOUT);
+        // SAFETY: one live pollfd, its count passed with it.
+        ms > 0 && unsafe { libc::poll(&mut fd, 1, ms) > 0 }
     }
 }

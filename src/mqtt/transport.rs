@@ -135,14 +135,12 @@ impl Transport {
         }
     }
 
-    /// Ends the TLS session politely (close_notify), best effort; nothing to do for plain MQTT.
-    pub fn close<S: Read + Write>(&mut self, socket: &mut S) {
+    /// Queues the TLS close_notify, which `flush` sends; nothing to do for plain MQTT.
+    pub fn close(&mut self) {
         #[cfg(feature = "tls")]
         if let Transport::Tls(c) = self {
             c.close();
-            let _ = c.flush(socket);
         }
-        let _ = socket;
     }
 }
 

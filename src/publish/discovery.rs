@@ -1,10 +1,11 @@
 //! Home Assistant MQTT discovery: which retained config messages to send, and when.
 //!
 //! Pure: containers seen, Home Assistant's birth messages and instants go in; config messages come out.
-//! We use the per-entity form `<prefix>/<component>/<node_id>/<object_id>/config` (one retained message
-//! per entity) rather than the device form with `cmps`: every Home Assistant release and other consumers of
-//! the discovery format (openHAB, ioBroker) read it, while the device form needs Home Assistant 2024.11 or
-//! later. The entities of one service share one HA device, so they still appear grouped: a sensor per
+//! By default we use the per-entity form `<prefix>/<component>/<node_id>/<object_id>/config` (one retained
+//! message per entity): every Home Assistant release and other consumers of the discovery format (openHAB,
+//! ioBroker) read it. The device form (`device_form`, Home Assistant 2024.11 or later) says the same in one
+//! message per service, in about a third of the bytes. The entities of one service share one HA device, so
+//! they appear grouped: a sensor per
 //! metric, and where the source reports the container's life, `running` and `oom_killed` binary sensors
 //! and `state`, `health`, `restart_count`, `exit_code` and `uptime_in_seconds` sensors.
 //!
@@ -27,12 +28,16 @@
 
 use crate::mqtt::session::Tag;
 use crate::publish::lifecycle::Topic;
-use crate::publish::payload::push_string;
+use crate::publish::resend::Resend;
 use crate::stats::lifecycle::{Health, State};
-use crate::stats::Metric;
+use crate::stats::{ContainerStats, Metric};
+use device_form::Migration;
+use serde_json::{json, Value as Json};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+mod device_form;
 
 /// The most services remembered at once. Without `remove_after` nothing else forgets a service, so
 /// a device whose service names keep changing would grow the map for ever. At the bound, a service seen
@@ -66,6 +71,17 @@ pub struct Settings {
     pub expire_after: Option<Duration>,
     /// How long a service may go unreported before its entities are removed (none: never).
     pub remove_after: Option<Duration>,
+    /// Send a service's values again once its configs have settled (see `resend`): not when they are
+    /// retained (Home Assistant gets them when it subscribes), nor for `--once`.
+    pub resend_values: bool,
+    pub form: Form,
+}
+
+/// `home_assistant_discovery_form`: a retained message per entity, or one per service (`device_form`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Entity,
+    Device,
 }
 
 /// One Home Assistant entity of a service: a metric's sensor, or one of its life.
@@ -159,6 +175,10 @@ struct Service {
     /// Expired: its configs are being removed; the entry goes once that is acknowledged.
     gone: bool,
     last_seen: Instant,
+    /// Configs were handed out since its values last went out again (see `resend`).
+    announced: bool,
+    /// The device form's migration from per-entity topics.
+    migration: Migration,
 }
 
 pub struct Discovery {
@@ -172,6 +192,8 @@ pub struct Discovery {
     /// The session has no room: [`Discovery::seen`] remembers rather than hands out.
     holding: bool,
     republish_at: Option<Instant>,
+    /// Each service's latest values, for Home Assistant to hear once its configs settled.
+    resend: Resend,
     /// The device pseudo-service's name, when the device's figures are published.
     device: Option<String>,
 }
@@ -186,6 +208,7 @@ impl Discovery {
             dirty: BTreeSet::new(),
             holding: false,
             republish_at: None,
+            resend: Resend::default(),
             device: None,
         }
     }
@@ -257,6 +280,8 @@ impl Discovery {
                         pending: 0,
                         gone: false,
                         last_seen: now,
+                        announced: false,
+                        migration: Migration::default(),
                     },
                 );
                 id
@@ -277,6 +302,7 @@ impl Discovery {
             seen |= bit(Entity::Running);
         }
         svc.todo |= seen & !svc.metrics;
+        svc.migration.todo |= seen & !svc.metrics;
         svc.metrics |= seen;
         let mut out = Vec::new();
         if self.holding {
@@ -284,28 +310,36 @@ impl Discovery {
                 self.dirty.insert(id);
             }
         } else {
-            self.hand_out(id, &mut out);
+            self.hand_out(now, id, &mut out);
         }
         out
     }
 
-    /// The broker acknowledged the config (or removal) of this tag.
-    pub fn delivered(&mut self, tag: Tag) {
+    /// The broker acknowledged the config (or removal) of this tag at `now`.
+    pub fn delivered(&mut self, now: Instant, tag: Tag) {
         let id = tag >> TAG_BITS;
         let Some(svc) = self.services.get_mut(&id) else {
             return;
         };
         svc.pending &= !(1 << (tag & TAG_MASK));
+        if svc.announced && svc.pending == 0 && svc.todo == 0 && !svc.gone {
+            svc.announced = false;
+            self.resend.announced(now, &svc.name);
+        }
         if svc.todo != 0 {
             // A newer config of the same sensor waited for this one.
             self.dirty.insert(id);
         } else if svc.gone && svc.pending == 0 {
-            self.forget(id);
+            return self.forget(id);
         }
+        self.requests_acknowledged(now, id);
     }
 
     /// Moves the service's due sensors (in `todo`, none pending) to `out`, marking them pending.
-    fn hand_out(&mut self, id: u64, out: &mut Vec<Config>) {
+    fn hand_out(&mut self, now: Instant, id: u64, out: &mut Vec<Config>) {
+        if self.s.form == Form::Device {
+            return self.hand_out_device(now, id, out);
+        }
         let Some(svc) = self.services.get_mut(&id) else {
             return;
         };
@@ -315,6 +349,7 @@ impl Discovery {
         }
         svc.todo &= !due;
         svc.pending |= due;
+        svc.announced |= (due & svc.metrics) != 0;
         let (name, root, metrics) = (svc.name.clone(), svc.root_topic.clone(), svc.metrics);
         for e in Entity::ALL.into_iter().filter(|e| due & bit(*e) != 0) {
             let mut c = if metrics & bit(e) != 0 {
@@ -382,7 +417,37 @@ impl Discovery {
                 .map(|s| s.last_seen + e)
                 .min()
         });
-        [self.republish_at, expiry].into_iter().flatten().min()
+        [
+            self.republish_at,
+            expiry,
+            self.resend.next_deadline(),
+            self.next_settled(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// `record`, published for `service` (taken at `timestamp_ms`), is its latest: kept for a re-send.
+    pub fn keep(&mut self, service: &str, timestamp_ms: u64, record: ContainerStats) {
+        if self.s.resend_values {
+            // A part of the device is kept under its own key, as its configs are.
+            let key: Cow<str> = match &record.part {
+                Some(p) => format!("{service}/{p}").into(),
+                None => service.into(),
+            };
+            self.resend.keep(&key, timestamp_ms, record);
+        }
+    }
+
+    /// A collection has been published: forget the values of the services it did not list.
+    pub fn end_collection(&mut self) {
+        self.resend.end_collection();
+    }
+
+    /// The records of the services whose configs have settled, to publish again (with their timestamps).
+    pub fn take_resend(&mut self, now: Instant) -> Vec<(u64, ContainerStats)> {
+        self.resend.take_due(now)
     }
 
     /// Re-announcements after an HA birth, removals of expired services, and configs that waited for an
@@ -407,12 +472,13 @@ impl Discovery {
                 self.dirty.insert(*id);
             }
         }
+        self.settled(now);
         let mut out = Vec::new();
         while out.len() < room {
             let Some(id) = self.dirty.pop_first() else {
                 break;
             };
-            self.hand_out(id, &mut out);
+            self.hand_out(now, id, &mut out);
             if let Some(svc) = self.services.get(&id) {
                 if svc.gone && svc.todo == 0 && svc.pending == 0 {
                     self.forget(id);
@@ -446,29 +512,9 @@ impl Discovery {
         )
     }
 
-    /// The HA device a service's entities belong to.
-    fn ha_device(&self, service: &str, o: &mut Obj) {
-        o.open("device");
-        o.open_list("identifiers");
-        o.item(&format!("{PRODUCT}_{}", self.node_id(service)));
-        o.close(b']');
-        if self.is_device(service) {
-            o.str("name", &self.s.device_id);
-            o.str("model", "balena device telemetry");
-        } else {
-            o.str("name", &format!("{service} on {}", self.s.device_id));
-            o.str("model", "balena container telemetry");
-            if self.device.is_some() {
-                let device = id_safe(&self.s.device_id);
-                o.str("via_device", &format!("{PRODUCT}_{device}"));
-            }
-        }
-        o.str("manufacturer", PRODUCT);
-        o.str("sw_version", VERSION);
-        o.close(b'}');
-    }
-
-    fn config(&self, key: &str, root_topic: &str, e: Entity) -> Config {
+    /// The entity's own options, keys in full: the entity form sends them with the device, origin and
+    /// availability, the device form under `cmps`.
+    fn entity_options(&self, key: &str, root_topic: &str, e: Entity) -> Json {
         let (state_topic, value_key) = match self.s.mode {
             PayloadMode::PerMetric => (format!("{root_topic}/{}", e.key()), "value"),
             PayloadMode::PerService => (root_topic.to_owned(), e.key()),
@@ -482,96 +528,73 @@ impl Discovery {
         } else {
             vec![self.s.device_id.as_str(), service, &object]
         };
-        let mut o = Obj::default();
-        match part {
-            Some(p) => o.str("name", &format!("{} {p}", label(e))),
-            None => o.str("name", label(e)),
-        }
-        o.str("unique_id", &id_safe(&id_parts.join("_")));
-        let entity_id = format!("{}.{}", e.component(), entity_slug(&id_parts));
-        o.str("default_entity_id", &entity_id);
-        o.str("state_topic", &state_topic);
-        o.str("value_template", &value_template(e, value_key, self.s.mode));
-        self.ha_device(service, &mut o);
-        o.open("origin");
-        o.str("name", PRODUCT);
-        o.str("sw_version", VERSION);
-        o.close(b'}');
-        if let Some(topic) = &self.s.availability_topic {
-            o.str("availability_topic", topic);
-            o.str("payload_available", "online");
-            o.str("payload_not_available", "offline");
-        }
+        let name = match part {
+            Some(p) => format!("{} {p}", label(e)),
+            None => label(e).to_owned(),
+        };
+        let mut c = json!({
+            "name": name,
+            "unique_id": id_safe(&id_parts.join("_")),
+            "default_entity_id": format!("{}.{}", e.component(), entity_slug(&id_parts)),
+            "state_topic": state_topic,
+            "value_template": value_template(e, value_key, self.s.mode),
+        });
         if let Some(after) = self.s.expire_after {
-            o.number("expire_after", after.as_secs().max(1));
+            c["expire_after"] = json!(after.as_secs().max(1));
         }
-        classes(e, &mut o);
-        o.close(b'}');
+        let extra = classes(e);
+        if let (Json::Object(map), Json::Object(more)) = (&mut c, extra) {
+            map.extend(more);
+        }
+        c
+    }
+
+    /// The HA device of a service (`service`, or `service/part`), the same in both forms (entities keep
+    /// their device when migrated).
+    fn device(&self, key: &str) -> Json {
+        let service = split(key).0;
+        let (name, model) = match self.is_device(service) {
+            true => (self.s.device_id.clone(), "balena device telemetry"),
+            false => (
+                format!("{service} on {}", self.s.device_id),
+                "balena container telemetry",
+            ),
+        };
+        let mut d = json!({
+            "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
+            "name": name,
+            "manufacturer": PRODUCT,
+            "model": model,
+            "sw_version": VERSION,
+        });
+        if self.device.is_some() && !self.is_device(service) {
+            let device = id_safe(&self.s.device_id);
+            d["via_device"] = Json::String(format!("{PRODUCT}_{device}"));
+        }
+        d
+    }
+
+    fn config(&self, service: &str, root_topic: &str, e: Entity) -> Config {
+        let mut c = self.entity_options(service, root_topic, e);
+        c["device"] = self.device(service);
+        c["origin"] = json!({ "name": PRODUCT, "sw_version": VERSION });
+        if let Some(topic) = &self.s.availability_topic {
+            c["availability_topic"] = json!(topic);
+            c["payload_available"] = json!("online");
+            c["payload_not_available"] = json!("offline");
+        }
         Config {
-            topic: self.config_topic(key, e),
-            payload: o.0,
+            topic: self.config_topic(service, e),
+            payload: c.to_string().into_bytes(),
             tag: 0,
         }
-    }
-}
-
-/// A config's JSON, written as text: the keys are ours, every text value is escaped. (Built as
-/// `serde_json` values it cost the device binary kilobytes for what is a fixed shape.)
-struct Obj(Vec<u8>);
-
-impl Default for Obj {
-    fn default() -> Obj {
-        Obj(vec![b'{'])
-    }
-}
-
-impl Obj {
-    fn key(&mut self, k: &str) {
-        if !matches!(self.0.last(), Some(b'{' | b'[')) {
-            self.0.push(b',');
-        }
-        push_string(&mut self.0, k);
-        self.0.push(b':');
-    }
-
-    fn str(&mut self, k: &str, v: &str) {
-        self.key(k);
-        push_string(&mut self.0, v);
-    }
-
-    fn number(&mut self, k: &str, n: u64) {
-        self.key(k);
-        self.0
-            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-    }
-
-    fn open(&mut self, k: &str) {
-        self.key(k);
-        self.0.push(b'{');
-    }
-
-    fn open_list(&mut self, k: &str) {
-        self.key(k);
-        self.0.push(b'[');
-    }
-
-    /// One text in a list.
-    fn item(&mut self, v: &str) {
-        if self.0.last() != Some(&b'[') {
-            self.0.push(b',');
-        }
-        push_string(&mut self.0, v);
-    }
-
-    fn close(&mut self, bracket: u8) {
-        self.0.push(bracket);
     }
 }
 
 /// Tags are `service id << TAG_BITS | entity index`.
 const TAG_BITS: u32 = 6;
 const TAG_MASK: Tag = (1 << TAG_BITS) - 1;
-const _: () = assert!(Entity::ALL.len() <= 1 << TAG_BITS && Entity::ALL.len() <= 64);
+const _: () = assert!(Entity::ALL.len() <= 1 << TAG_BITS);
 
 fn bit(e: Entity) -> u64 {
     1 << e.index()
@@ -663,33 +686,28 @@ fn label(e: Entity) -> &'static str {
 /// Units and classes: counters that reset when a container restarts are `total_increasing`, which Home
 /// Assistant's statistics tolerate; levels are `measurement`. State and health are enums with every
 /// word the agent can publish; the exit code is a number (display precision 0) without statistics.
-fn classes(e: Entity, o: &mut Obj) {
-    const LEVEL: &str = "measurement";
+fn classes(e: Entity) -> Json {
     let m = match e {
         Entity::Metric(m) => m,
-        Entity::Running => return o.str("device_class", "running"),
-        Entity::Life(Topic::OomKilled) => return o.str("device_class", "problem"),
-        Entity::Life(t @ (Topic::State | Topic::Health)) => {
-            o.str("device_class", "enum");
-            o.open_list("options");
-            if t == Topic::State {
-                State::ALL.iter().for_each(|s| o.item(s.name()));
-            } else {
-                Health::ALL.iter().for_each(|h| o.item(h.name()));
-            }
-            return o.close(b']');
+        Entity::Running => return json!({"device_class": "running"}),
+        Entity::Life(Topic::OomKilled) => return json!({"device_class": "problem"}),
+        Entity::Life(Topic::State) => {
+            let options: Vec<&str> = State::ALL.iter().map(|s| s.name()).collect();
+            return json!({"device_class": "enum", "options": options});
         }
-        Entity::Life(Topic::RestartCount) => return o.str("state_class", "total_increasing"),
+        Entity::Life(Topic::Health) => {
+            let options: Vec<&str> = Health::ALL.iter().map(|h| h.name()).collect();
+            return json!({"device_class": "enum", "options": options});
+        }
+        Entity::Life(Topic::RestartCount) => return json!({"state_class": "total_increasing"}),
         Entity::Life(Topic::ExitCode) => {
-            o.number("suggested_display_precision", 0);
-            return o.str("entity_category", "diagnostic");
+            return json!({"suggested_display_precision": 0, "entity_category": "diagnostic"})
         }
         Entity::Life(Topic::Uptime) => {
-            o.str("device_class", "duration");
-            o.str("unit_of_measurement", "s");
-            return o.str("state_class", LEVEL);
+            return json!({"device_class": "duration", "unit_of_measurement": "s", "state_class": "measurement"})
         }
     };
+    const LEVEL: &str = "measurement";
     // Unit, device class, state class ("" for none) and whether the entity is a diagnostic one: the
     // device's load, swap, total storage, uptime and throttling flags are, its CPU, memory, temperature,
     // storage use and traffic are not.
@@ -713,6 +731,7 @@ fn classes(e: Entity, o: &mut Obj) {
         Metric::Uptime => ("s", "duration", LEVEL, true),
         _ => ("", "problem", "", true),
     };
+    let mut c = serde_json::Map::new();
     let keys = [
         ("unit_of_measurement", unit),
         ("device_class", device_class),
@@ -723,8 +742,9 @@ fn classes(e: Entity, o: &mut Obj) {
         ),
     ];
     for (k, v) in keys.into_iter().filter(|(_, v)| !v.is_empty()) {
-        o.str(k, v);
+        c.insert(k.into(), Json::from(v));
     }
+    Json::Object(c)
 }
 
 /// An entity id's object part as Home Assistant accepts it: lowercase `[a-z0-9_]`, no leading, trailing
@@ -762,12 +782,11 @@ pub fn id_safe(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use serde_json::{json, Value as Json};
 
     /// The nine figures a container has (the rest of `Metric::ALL` are the device's).
-    const CONTAINER_METRICS: &[Metric] = Metric::ALL.split_at(9).0;
+    pub(super) const CONTAINER_METRICS: &[Metric] = Metric::ALL.split_at(9).0;
 
     fn discovery(mode: PayloadMode, expire: Option<u64>) -> Discovery {
         Discovery::new(Settings {
@@ -777,17 +796,19 @@ mod tests {
             mode,
             expire_after: Some(Duration::from_secs(30)),
             remove_after: expire.map(Duration::from_secs),
+            resend_values: true,
+            form: Form::Entity,
         })
     }
 
     /// The broker acknowledged these.
-    fn deliver(d: &mut Discovery, configs: &[Config]) {
+    pub(super) fn deliver(d: &mut Discovery, configs: &[Config]) {
         for c in configs {
-            d.delivered(c.tag);
+            d.delivered(Instant::now(), c.tag);
         }
     }
 
-    fn parse(c: &Config) -> Json {
+    pub(super) fn parse(c: &Config) -> Json {
         serde_json::from_slice(&c.payload).unwrap()
     }
 
@@ -895,6 +916,32 @@ mod tests {
         assert_eq!(again.len(), 10);
         assert!(again.iter().all(|c| !c.payload.is_empty()));
         assert!(d.poll(due, usize::MAX).is_empty(), "once per birth");
+    }
+
+    #[test]
+    fn retained_values_are_not_kept_for_a_re_send() {
+        // Home Assistant gets retained values when it subscribes: nothing to send again, nothing kept.
+        let t0 = Instant::now();
+        let mut d = Discovery::new(Settings {
+            resend_values: false,
+            ..discovery(PayloadMode::PerMetric, None).s
+        });
+        let c = d.seen(t0, "web", "r/web", [Metric::Pids].into_iter());
+        let mut record = ContainerStats {
+            part: None,
+            name: "web".into(),
+            id: String::new(),
+            service: None,
+            figures: Default::default(),
+            lifecycle: None,
+        };
+        record
+            .figures
+            .set(Metric::Pids, crate::stats::Value::Count(3));
+        d.keep("web", 1, record);
+        deliver(&mut d, &c);
+        assert_eq!(d.next_deadline(), None);
+        assert!(d.take_resend(t0 + Duration::from_secs(60)).is_empty());
     }
 
     #[test]

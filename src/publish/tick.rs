@@ -69,21 +69,10 @@ enum Records {
         lives: Lives,
     },
     Parsed(std::vec::IntoIter<ContainerStats>),
-    /// The device pseudo-service's records (`source::device`), under its service name.
-    Device {
-        service: String,
-        records: std::vec::IntoIter<DeviceRecord>,
-    },
-}
-
-/// What a record's figures are of.
-enum Of {
-    Container,
-    /// The device itself; `part` is one of its network interfaces or filesystems, none for the whole
-    /// device. Its topics are the service's root with the part as one more level.
-    Device {
-        part: Option<String>,
-    },
+    /// Records published before, sent again for Home Assistant (see `resend`), each with its timestamp.
+    Resent(std::vec::IntoIter<(u64, ContainerStats)>),
+    /// The device pseudo-service's records (`source::device`): the whole device, then its parts.
+    Device(std::vec::IntoIter<ContainerStats>),
 }
 
 /// `ps`'s lives by container name, each taken at most once; those left after the text are stopped
@@ -173,23 +162,39 @@ impl Tick {
         }
     }
 
-    /// Whether it holds the device's records rather than containers'.
-    pub fn is_device(&self) -> bool {
-        matches!(self.records, Records::Device { .. })
+    /// A tick of figures that need no parsing (ENGINE mode).
+    pub fn parsed(source: String, stats: Vec<ContainerStats>, timestamp_ms: u64) -> Tick {
+        Tick::with(source, Records::Parsed(stats.into_iter()), timestamp_ms)
+    }
+
+    /// Records published before, again, each with the timestamp it was taken at: every value of each
+    /// (whatever the report mode), no configs, and no hand-over judgement (they were judged once).
+    pub fn resent(records: Vec<(u64, ContainerStats)>) -> Tick {
+        Tick::with("re-send".into(), Records::Resent(records.into_iter()), 0)
     }
 
     /// A tick of the device pseudo-service's records, named `service`.
     pub fn device(service: String, records: Vec<DeviceRecord>, timestamp_ms: u64) -> Tick {
-        let records = Records::Device {
-            service,
-            records: records.into_iter(),
-        };
+        let stats = records.into_iter().map(|r| ContainerStats {
+            name: service.clone(),
+            id: service.clone(),
+            service: Some(service.clone()),
+            figures: r.figures,
+            lifecycle: None,
+            part: r.part,
+        });
+        let records = Records::Device(stats.collect::<Vec<_>>().into_iter());
         Tick::with("device".into(), records, timestamp_ms)
     }
 
-    /// A tick of figures that need no parsing (ENGINE mode).
-    pub fn parsed(source: String, stats: Vec<ContainerStats>, timestamp_ms: u64) -> Tick {
-        Tick::with(source, Records::Parsed(stats.into_iter()), timestamp_ms)
+    /// Whether it holds the device's records rather than containers'.
+    pub fn is_device(&self) -> bool {
+        matches!(self.records, Records::Device(_))
+    }
+
+    /// Whether this is a [`Tick::resent`] one.
+    pub fn is_resend(&self) -> bool {
+        matches!(self.records, Records::Resent(_))
     }
 
     fn with(source: String, records: Records, timestamp_ms: u64) -> Tick {
@@ -233,20 +238,18 @@ impl Tick {
                     return false;
                 }
             },
-            Records::Device { service, records } => {
-                let Some(r) = records.next() else {
+            Records::Resent(records) => {
+                let Some((timestamp_ms, stats)) = records.next() else {
                     return false;
                 };
-                let stats = ContainerStats {
-                    name: service.clone(),
-                    id: service.clone(),
-                    service: Some(service.clone()),
-                    figures: r.figures,
-                    lifecycle: None,
-                };
-                let of = Of::Device { part: r.part };
-                return self.publish_record(stats, None, of, p, scratch, discovery, sink);
+                self.timestamp_ms = timestamp_ms;
+                (stats, None)
             }
+            // The device's tick is no collection of containers: it does not end a hand-over tick.
+            Records::Device(stats) => match stats.next() {
+                Some(s) => (s, None),
+                None => return false,
+            },
             Records::Text {
                 text,
                 cursor,
@@ -261,7 +264,6 @@ impl Tick {
                     return self.publish_record(
                         life_only(name, life),
                         None,
-                        Of::Container,
                         p,
                         scratch,
                         discovery,
@@ -307,16 +309,14 @@ impl Tick {
                 (stats, Some(record.line))
             }
         };
-        self.publish_record(stats, line, Of::Container, p, scratch, discovery, sink)
+        self.publish_record(stats, line, p, scratch, discovery, sink)
     }
 
-    /// One container's messages (see [`Tick::step`]), or the device's; true.
-    #[allow(clippy::too_many_arguments)]
+    /// One container's messages (see [`Tick::step`]), or one part of the device's; true.
     fn publish_record(
         &mut self,
         stats: ContainerStats,
         line: Option<usize>,
-        of: Of,
         p: &Publishing,
         scratch: &mut Scratch,
         discovery: Option<(&mut Discovery, Instant)>,
@@ -327,30 +327,26 @@ impl Tick {
         if stats.name == "--" {
             return true;
         }
-        let part = match of {
-            Of::Device { part } => Some(part),
-            Of::Container => None,
-        };
+        // The device is no container: it is not counted as one, and takes no part in hand-overs.
+        let device = self.is_device();
+        self.containers += usize::from(!device);
+
         let service = match &stats.service {
             Some(s) => topic_level(s),
             None => service_name(&stats.name),
         };
-        // The device is no container: it is not counted as one, and takes no part in hand-overs.
-        let verdict = if part.is_some() {
-            Verdict::Publish
-        } else if stats.figures.iter().next().is_some() {
-            self.containers += 1;
-            self.figures_judged = true;
-            scratch.handover.judge(&service, &stats.name)
-        } else {
-            self.containers += 1;
-            scratch.handover.peek(&service, &stats.name)
-        };
+        let resent = self.is_resend();
         if let Verdict::Older {
             newer_release,
             first,
-        } = verdict
-        {
+        } = if resent || device || stats.part.is_some() {
+            Verdict::Publish
+        } else if stats.figures.iter().next().is_some() {
+            self.figures_judged = true;
+            scratch.handover.judge(&service, &stats.name)
+        } else {
+            scratch.handover.peek(&service, &stats.name)
+        } {
             if first {
                 crate::info!(
                     "service {service}: two containers run at once (a hand-over update); publishing release {newer_release}'s figures, not {}'s",
@@ -366,8 +362,8 @@ impl Tick {
         };
         scratch.topic.clear();
         p.template.render_root(&names, &mut scratch.topic);
-        let part = part.as_ref().and_then(|p| p.as_deref());
-        if let Some(part) = part {
+        // A part of the device (an interface, a filesystem): one level further down.
+        if let Some(part) = &stats.part {
             scratch.topic.push('/');
             scratch.topic.push_str(part);
         }
@@ -376,9 +372,12 @@ impl Tick {
             .as_ref()
             .map(|l| lifecycle::values(l, self.timestamp_ms));
         let life = life.as_ref().map_or(&[][..], |v| &v[..]);
-        if let Some((d, now)) = discovery {
+        let mut discovery = discovery.filter(|_| !resent);
+        if let Some((d, now)) = discovery.as_mut() {
+            let now = *now;
             let metrics = stats.figures.iter().map(|(m, _)| Entity::Metric(m));
             let lives = life.iter().flatten().map(|(t, _)| Entity::Life(*t));
+            let part = stats.part.as_deref();
             for c in d.seen_part(now, &service, part, &scratch.topic, metrics.chain(lives)) {
                 // Configs are retained and must arrive: QoS 1 whatever the metrics use.
                 if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
@@ -390,13 +389,32 @@ impl Tick {
             line,
             container: &stats.name,
         };
+        self.publish_values(&stats, life, &at, p, scratch, sink);
+        if let Some((d, _)) = discovery {
+            // The latest record, whatever of it went out: a re-send is a fresh baseline.
+            d.keep(&service, self.timestamp_ms, stats);
+        }
+        true
+    }
+
+    /// One container's figures and lifecycle values, under the root topic in `scratch.topic`: those that
+    /// moved when reporting by exception, every one in a re-send.
+    fn publish_values(
+        &mut self,
+        stats: &ContainerStats,
+        life: &[Option<(Topic, Field<'static>)>],
+        at: &Where,
+        p: &Publishing,
+        scratch: &mut Scratch,
+        sink: &mut dyn FnMut(Message, Option<Tag>),
+    ) {
         let picked = match &mut scratch.exceptions {
-            Some(x) => x.judge(&scratch.topic, &stats.figures, life),
-            None => Picked::ALL,
+            Some(x) if !self.is_resend() => x.judge(&scratch.topic, &stats.figures, life),
+            _ => Picked::ALL,
         };
         if p.mode == PayloadMode::PerService {
             if !picked.any() {
-                return true;
+                return;
             }
             let mut keys = [("", Field::Flag(false)); Topic::ALL.len()];
             let mut n = 0;
@@ -411,8 +429,8 @@ impl Tick {
                 &keys[..n],
                 self.timestamp_ms,
             );
-            self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
-            return true;
+            self.publish(p, &scratch.topic, &scratch.payload, at, sink);
+            return;
         }
         scratch.topic.push('/');
         let root_len = scratch.topic.len();
@@ -421,16 +439,15 @@ impl Tick {
             scratch.topic.push_str(metric.name());
             scratch.payload.clear();
             write_value(&mut scratch.payload, value, self.timestamp_ms);
-            self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
+            self.publish(p, &scratch.topic, &scratch.payload, at, sink);
         }
         for (topic, field) in life.iter().flatten().filter(|(t, _)| picked.life(*t)) {
             scratch.topic.truncate(root_len);
             scratch.topic.push_str(topic.name());
             scratch.payload.clear();
             write_field(&mut scratch.payload, *field, self.timestamp_ms);
-            self.publish(p, &scratch.topic, &scratch.payload, &at, sink);
+            self.publish(p, &scratch.topic, &scratch.payload, at, sink);
         }
-        true
     }
 
     fn publish(
@@ -466,6 +483,7 @@ impl Tick {
 /// A container `ps` lists and `stats` does not: its life, no figures.
 fn life_only(name: String, life: Lifecycle) -> ContainerStats {
     ContainerStats {
+        part: None,
         name,
         id: String::new(),
         service: None,
@@ -479,6 +497,7 @@ mod tests {
     use super::*;
     use crate::mqtt::frame::{decode, Incoming};
     use crate::stats::lifecycle::{Lifecycle, State};
+    use std::time::Duration;
 
     fn run(text: &str) -> (Tick, Vec<(String, String)>) {
         drain(Tick::new("test".into(), text.as_bytes().to_vec(), 1234))
@@ -588,6 +607,7 @@ mod tests {
         f.set(Metric::CpuPercent, Value::Percent(62.5));
         f.set(Metric::MemoryLimit, Value::Count(67_108_864));
         let labelled = ContainerStats {
+            part: None,
             name: "whatever_1_2".into(),
             id: "abc".into(),
             service: Some("api/v2".into()),
@@ -595,6 +615,7 @@ mod tests {
             lifecycle: None,
         };
         let named = ContainerStats {
+            part: None,
             name: "db_12_34".into(),
             id: "def".into(),
             service: None,
@@ -665,6 +686,7 @@ mod tests {
             figures.set(Metric::Pids, Value::Count(n));
         }
         ContainerStats {
+            part: None,
             name: name.into(),
             id: "abc".into(),
             service: None,
@@ -801,6 +823,77 @@ mod tests {
         );
     }
 
+    /// Every message of `tick` (configs marked), its records handed to `discovery` as the agent does.
+    fn drain_tick(
+        mut tick: Tick,
+        mode: PayloadMode,
+        d: &mut Discovery,
+        now: Instant,
+    ) -> Vec<(String, String, Option<Tag>)> {
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let p = Publishing {
+            template: &template,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            mode,
+        };
+        let mut scratch = Scratch::default();
+        let mut out = Vec::new();
+        while tick.step(&p, &mut scratch, Some((&mut *d, now)), &mut |m, tag| {
+            if let Ok(Incoming::Publish { topic, payload, .. }) = decode(m.bytes()) {
+                let payload = String::from_utf8(payload.to_vec()).unwrap();
+                out.push((topic.to_owned(), payload, tag));
+            }
+        }) {}
+        out
+    }
+
+    #[test]
+    fn values_go_out_again_once_their_configs_settled() {
+        use crate::publish::discovery::Settings;
+        use crate::publish::resend::SETTLE;
+        for mode in [PayloadMode::PerMetric, PayloadMode::PerService] {
+            let mut d = Discovery::new(Settings {
+                prefix: "ha".into(),
+                device_id: "dev".into(),
+                availability_topic: None,
+                mode,
+                expire_after: None,
+                remove_after: None,
+                resend_values: true,
+                form: crate::publish::discovery::Form::Entity,
+            });
+            let t0 = Instant::now();
+            let first = Tick::parsed(
+                "t".into(),
+                vec![with_life("web", Some(3), State::Running)],
+                62_500,
+            );
+            let out = drain_tick(first, mode, &mut d, t0);
+            let (configs, values): (Vec<_>, Vec<_>) = out.into_iter().partition(|m| m.2.is_some());
+            assert!(!configs.is_empty() && !values.is_empty());
+            // Nothing is due before every config is acknowledged, and then not before the settle time.
+            let (last, rest) = configs.split_last().unwrap();
+            for c in rest {
+                d.delivered(t0, c.2.unwrap());
+            }
+            assert!(d.take_resend(t0 + SETTLE * 10).is_empty(), "{mode:?}");
+            let acked = t0 + Duration::from_millis(100);
+            d.delivered(acked, last.2.unwrap());
+            assert_eq!(d.next_deadline(), Some(acked + SETTLE));
+            assert!(d
+                .take_resend(acked + SETTLE - Duration::from_millis(1))
+                .is_empty());
+            let again = d.take_resend(acked + SETTLE);
+            // The same values with the same timestamp, and no config.
+            let out = drain_tick(Tick::resent(again), mode, &mut d, acked + SETTLE);
+            assert!(out.iter().all(|m| m.2.is_none()), "{out:?}");
+            assert_eq!(out, values, "{mode:?}");
+            assert_eq!(d.next_deadline(), None, "once");
+        }
+    }
+
     #[test]
     fn discovery_announces_the_lifecycle_entities_published() {
         use crate::publish::discovery::Settings;
@@ -811,6 +904,8 @@ mod tests {
             mode: PayloadMode::PerMetric,
             expire_after: None,
             remove_after: None,
+            resend_values: true,
+            form: crate::publish::discovery::Form::Entity,
         });
         let out = drain_mode(
             vec![with_life("worker", None, State::Exited)],
@@ -840,13 +935,15 @@ mod tests {
     /// For tests/scripts/check-ha-schemas.py, which checks configs with Home Assistant's own schemas and
     /// renders their templates against the messages they describe: a tick in each payload mode through
     /// discovery, with a running container (every figure, every lifecycle value but the exit code) and an
-    /// exited one (no figures, an exit code), and the device's every figure, so every entity is announced. One line per message,
+    /// exited one (no figures, an exit code), and the device's every figure, so every entity is announced.
+    /// One line per message,
     /// `topic<TAB>payload`, configs first, written to the file `HA_CONFIG_DUMP` names. No source in this
     /// branch reports lifecycle yet, so the agent's own runs in that script cannot show these entities.
+    /// tests/scripts/check-ha-device.py asks for the device form's messages instead (`HA_DUMP_FORM`).
     #[test]
     #[ignore]
     fn dump_configs_and_messages() {
-        use crate::publish::discovery::Settings;
+        use crate::publish::discovery::{Form, Settings};
         use crate::stats::lifecycle::Health;
         let path = std::env::var("HA_CONFIG_DUMP").expect("HA_CONFIG_DUMP names the output file");
         let line = r#"{"BlockIO":"1kB / 2GB","CPUPerc":"1.75%","MemPerc":"4.07%","MemUsage":"318.6MiB / 7.676GiB","Name":"web_1_2","NetIO":"999MB / 512B","PIDs":"23"}"#;
@@ -869,6 +966,11 @@ mod tests {
             }),
             ..with_life("worker_1_2", None, State::Exited)
         };
+        // HA_DUMP_FORM=device: the device form's messages (once its migration requests settled).
+        let form = match std::env::var("HA_DUMP_FORM").as_deref() {
+            Ok("device") => Form::Device,
+            _ => Form::Entity,
+        };
         let mut lines = String::new();
         let mut configs = 0;
         for (mode, device) in [
@@ -882,19 +984,103 @@ mod tests {
                 mode,
                 expire_after: Some(std::time::Duration::from_secs(30)),
                 remove_after: None,
+                resend_values: false,
+                form,
             });
             d.device_service("@device");
-            let mut out = drain_mode(vec![running.clone(), exited.clone()], mode, Some(&mut d));
-            out.extend(drain_device(mode, Some(&mut d)));
+            let now = Instant::now();
+            let tick = Tick::parsed("t".into(), vec![running.clone(), exited.clone()], 62_500);
+            let mut out = drain_tick(tick, mode, &mut d, now);
+            let device = Tick::device("@device".into(), device_records(), 62_500);
+            out.extend(drain_tick(device, mode, &mut d, now));
+            if form == Form::Device {
+                for (_, _, tag) in &out {
+                    if let Some(tag) = tag {
+                        d.delivered(now, *tag);
+                    }
+                }
+                out.retain(|m| m.2.is_none());
+                let settled = now + crate::publish::resend::SETTLE;
+                for c in d.poll(settled, usize::MAX) {
+                    if !c.payload.is_empty() {
+                        let payload = String::from_utf8(c.payload).unwrap();
+                        out.push((c.topic, payload, Some(c.tag)));
+                    }
+                }
+            }
             for (topic, payload, config) in &out {
-                configs += usize::from(*config);
+                configs += usize::from(config.is_some());
                 lines += &format!("{topic}\t{payload}\n");
             }
         }
-        // web: nine metrics, five lifecycle topics and running; worker: its life without uptime; the
-        // device: 19 figures of its own, two of an interface, two of a filesystem.
-        assert_eq!(configs, 2 * (15 + 6 + 23), "every entity in both modes");
+        let want = match form {
+            // web: nine metrics, five lifecycle topics and running; worker: its life without uptime;
+            // the device: 19 figures of its own, two of an interface, two of a filesystem.
+            Form::Entity => 2 * (15 + 6 + 23),
+            // One per service, and one per part of the device.
+            Form::Device => 2 * 5,
+        };
+        assert_eq!(configs, want, "every entity in both modes");
         std::fs::write(path, lines).unwrap();
+    }
+
+    #[test]
+    fn by_exception_only_what_moved_goes_out() {
+        use crate::publish::exception::{Report, DEFAULT_DEADBANDS};
+        use crate::stats::{Figures, Metric, Value};
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let report = Report {
+            on_change: true,
+            heartbeat: std::time::Duration::from_secs(900),
+            deadbands: DEFAULT_DEADBANDS,
+        };
+        let stats = |cpu, pids| {
+            let mut f = Figures::default();
+            f.set(Metric::CpuPercent, Value::Percent(cpu));
+            f.set(Metric::Pids, Value::Count(pids));
+            vec![ContainerStats {
+                lifecycle: None,
+                figures: f,
+                ..with_life("web_1_2", None, State::Running)
+            }]
+        };
+        for mode in [PayloadMode::PerMetric, PayloadMode::PerService] {
+            let p = Publishing {
+                template: &template,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                mode,
+            };
+            let mut scratch = Scratch::new(Some(Exceptions::new(&report, mode)));
+            let now = Instant::now();
+            let mut tick = |stats| {
+                scratch.exceptions.as_mut().unwrap().begin(now, true);
+                let mut t = Tick::parsed("t".into(), stats, 5);
+                let mut out = Vec::new();
+                while t.step(&p, &mut scratch, None, &mut |m, _| {
+                    if let Ok(Incoming::Publish { topic, .. }) = decode(m.bytes()) {
+                        out.push(topic.rsplit('/').next().unwrap().to_owned());
+                    }
+                }) {}
+                (out, t.messages)
+            };
+            let (first, n) = tick(stats(5.0, 3));
+            assert_eq!(n, first.len());
+            let second = tick(stats(5.5, 4)).0;
+            let third = tick(stats(5.5, 4)).0;
+            match mode {
+                PayloadMode::PerMetric => {
+                    assert_eq!(first, ["cpu_usage_in_percent", "pids"]);
+                    assert_eq!(second, ["pids"]);
+                }
+                PayloadMode::PerService => {
+                    assert_eq!(first, ["web"]);
+                    assert_eq!(second, ["web"]);
+                }
+            }
+            assert!(third.is_empty(), "{mode:?}: {third:?}");
+        }
     }
 
     /// The device's records as `source::device` hands them over: every figure of the whole device (a
@@ -1064,65 +1250,6 @@ mod tests {
             },
         ) {}
         out
-    }
-
-    #[test]
-    fn by_exception_only_what_moved_goes_out() {
-        use crate::publish::exception::{Report, DEFAULT_DEADBANDS};
-        use crate::stats::{Figures, Metric, Value};
-        let template =
-            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
-        let report = Report {
-            on_change: true,
-            heartbeat: std::time::Duration::from_secs(900),
-            deadbands: DEFAULT_DEADBANDS,
-        };
-        let stats = |cpu, pids| {
-            let mut f = Figures::default();
-            f.set(Metric::CpuPercent, Value::Percent(cpu));
-            f.set(Metric::Pids, Value::Count(pids));
-            vec![ContainerStats {
-                lifecycle: None,
-                figures: f,
-                ..with_life("web_1_2", None, State::Running)
-            }]
-        };
-        for mode in [PayloadMode::PerMetric, PayloadMode::PerService] {
-            let p = Publishing {
-                template: &template,
-                qos: QoS::AtMostOnce,
-                retain: false,
-                mode,
-            };
-            let mut scratch = Scratch::new(Some(Exceptions::new(&report, mode)));
-            let now = Instant::now();
-            let mut tick = |stats| {
-                scratch.exceptions.as_mut().unwrap().begin(now, true);
-                let mut t = Tick::parsed("t".into(), stats, 5);
-                let mut out = Vec::new();
-                while t.step(&p, &mut scratch, None, &mut |m, _| {
-                    if let Ok(Incoming::Publish { topic, .. }) = decode(m.bytes()) {
-                        out.push(topic.rsplit('/').next().unwrap().to_owned());
-                    }
-                }) {}
-                (out, t.messages)
-            };
-            let (first, n) = tick(stats(5.0, 3));
-            assert_eq!(n, first.len());
-            let second = tick(stats(5.5, 4)).0;
-            let third = tick(stats(5.5, 4)).0;
-            match mode {
-                PayloadMode::PerMetric => {
-                    assert_eq!(first, ["cpu_usage_in_percent", "pids"]);
-                    assert_eq!(second, ["pids"]);
-                }
-                PayloadMode::PerService => {
-                    assert_eq!(first, ["web"]);
-                    assert_eq!(second, ["web"]);
-                }
-            }
-            assert!(third.is_empty(), "{mode:?}: {third:?}");
-        }
     }
 
     #[test]

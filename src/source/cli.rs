@@ -1,6 +1,8 @@
 //! CLI mode: `<cli> stats --no-stream --format {{json .}}` run as a child, its pipes read without blocking,
 //! and beside it `<cli> ps --all --no-trunc --format {{json .}}` for the containers' lives (stopped ones
-//! too). Both are killed at the tick's deadline; a failing `ps` costs the lives, never the figures.
+//! too). Both are killed at the tick's deadline; a failing `ps` costs the lives, never the figures. A
+//! child is reaped without waiting: one that closes its pipes and goes on running is looked at again
+//! until the deadline, and killed then, like one that never closes them.
 
 use super::{cut_to_whole_lines, pollfd, Collected, Output, Source, MAX_STATS_BYTES};
 use crate::stats::lifecycle::Lifecycle;
@@ -99,7 +101,7 @@ impl Source for CliSource {
         [&self.run, &self.ps]
             .into_iter()
             .flatten()
-            .map(|r| r.deadline)
+            .map(CliRun::next_look)
             .min()
     }
 
@@ -159,8 +161,9 @@ fn step(
     if woke {
         run.read_available();
     }
-    if run.is_done() {
-        return slot.take().map(|r| r.finish().map_err(Some));
+    if let Some(result) = run.reap(now) {
+        *slot = None;
+        return Some(result.map_err(Some));
     }
     if now >= run.deadline {
         if let Some(run) = slot.take() {
@@ -196,6 +199,10 @@ fn parse_ps(program: &str, text: &[u8]) -> Vec<(String, Lifecycle)> {
 
 /// How much of the CLI's stderr we keep for the log.
 const MAX_STDERR_BYTES: usize = 4 * 1024;
+/// A child that closed its pipes but has not exited is looked at again this often until its deadline.
+/// Most have exited by the first look (a child's pipes close as it exits, a moment before it can be
+/// reaped); one that lingers costs a turn of the loop per look.
+const REAP_PAUSE: Duration = Duration::from_millis(10);
 
 /// A running `<cli> stats ...` or `<cli> ps ...`.
 pub struct CliRun {
@@ -209,6 +216,8 @@ pub struct CliRun {
     err: Vec<u8>,
     truncated: bool,
     pub deadline: Instant,
+    /// Once the pipes are closed and the child has not exited yet: when to look again.
+    reap_at: Option<Instant>,
 }
 
 impl CliRun {
@@ -248,6 +257,7 @@ impl CliRun {
             err: Vec::new(),
             truncated: false,
             deadline,
+            reap_at: None,
         })
     }
 
@@ -273,12 +283,38 @@ impl CliRun {
         }
     }
 
-    /// Once both pipes are closed: the child's exit, and its output or what went wrong.
-    pub fn finish(mut self) -> Result<Collected, String> {
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| format!("{}: cannot wait for the CLI: {e}", self.program))?;
+    /// When the loop should call again even if no pipe turns ready: the deadline, or sooner to look for
+    /// the exit of a child whose pipes are closed.
+    pub fn next_look(&self) -> Instant {
+        self.reap_at
+            .map_or(self.deadline, |at| at.min(self.deadline))
+    }
+
+    /// Once both pipes are closed and the child has exited: its output or what went wrong. `None` while
+    /// either is still open or running; never waits (a blocking `wait` here stalled the whole loop on a
+    /// child that closed its output and lived on).
+    pub fn reap(&mut self, now: Instant) -> Option<Result<Collected, String>> {
+        if !self.is_done() {
+            return None;
+        }
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                self.reap_at = Some(now + REAP_PAUSE);
+                return None;
+            }
+            Err(e) => {
+                return Some(Err(format!(
+                    "{}: cannot wait for the CLI: {e}",
+                    self.program
+                )))
+            }
+        };
+        Some(self.finish(status))
+    }
+
+    /// The exited child's output, or what went wrong.
+    fn finish(&mut self, status: std::process::ExitStatus) -> Result<Collected, String> {
         if !status.success() {
             let stderr = String::from_utf8_lossy(&self.err);
             return Err(format!(
@@ -288,7 +324,7 @@ impl CliRun {
                 stderr.trim()
             ));
         }
-        let mut text = self.out;
+        let mut text = std::mem::take(&mut self.out);
         if self.truncated {
             cut_to_whole_lines(&mut text);
         }

@@ -2,12 +2,16 @@
 
 use super::{cut_to_whole_lines, unix_ms, Collected, Output, Source, MAX_STATS_BYTES};
 use std::io::Read;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// FILE mode as a [`Source`]: the read happens in `start` (it never waits: see [`read_file`]), so a
 /// collection is never under way across wake-ups and there is nothing to poll.
 pub struct FileSource {
     path: String,
+    /// How old the file may grow before it is called stale, in milliseconds (see [`stale_after`]).
+    stale_after_ms: u64,
+    /// The file has not been written for a long time (warned once).
+    stale: bool,
     /// The last finished tick's text buffer, reused by the next read.
     spare: Vec<u8>,
     /// The version of the stats file the last tick published, and when it was read.
@@ -16,9 +20,11 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    pub fn new(path: String) -> FileSource {
+    pub fn new(path: String, interval: Duration) -> FileSource {
         FileSource {
             path,
+            stale_after_ms: stale_after(interval).as_millis() as u64,
+            stale: false,
             spare: Vec::new(),
             seen: None,
             out: None,
@@ -33,11 +39,16 @@ impl Source for FileSource {
         // would present old figures as a fresh sample.
         let previous = self.seen.map(|(stamp, _)| stamp);
         self.out = Some(match read_file(&self.path, spare, previous) {
-            Ok(FileRead::Unchanged { taken_at_ms }) => Output::Unchanged {
-                taken_at_ms,
-                read_at: self.seen.map_or(now, |(_, at)| at),
-            },
+            Ok(FileRead::Unchanged { taken_at_ms }) => {
+                self.note_staleness(taken_at_ms);
+                Output::Unchanged {
+                    read_at: self.seen.map_or(now, |(_, at)| at),
+                }
+            }
             Ok(FileRead::Read(stamp, collected)) => {
+                if let Some(taken_at_ms) = collected.taken_at_ms {
+                    self.note_staleness(taken_at_ms);
+                }
                 self.seen = Some((stamp, now));
                 Output::Text {
                     source: format!("stats file {}", self.path),
@@ -72,6 +83,31 @@ impl Source for FileSource {
     }
 
     fn stop(&mut self) {}
+}
+
+impl FileSource {
+    /// A stats file the host stopped refreshing keeps its old timestamp in every payload; say so once
+    /// when it goes stale and once when it is fresh again.
+    fn note_staleness(&mut self, taken_at_ms: u64) {
+        let age_ms = unix_ms(SystemTime::now()).saturating_sub(taken_at_ms);
+        let stale = age_ms > self.stale_after_ms;
+        if stale && !self.stale {
+            crate::warn!(
+                "stats file {} was last written {}s ago: is the host's stats job still running?",
+                self.path,
+                age_ms / 1000
+            );
+        } else if !stale && self.stale {
+            crate::info!("stats file {} is being written again", self.path);
+        }
+        self.stale = stale;
+    }
+}
+
+/// How old the stats file may grow before it is called stale: three intervals, and ten minutes at least
+/// (a host job may run less often than the agent reads).
+pub fn stale_after(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(600))
 }
 
 /// Which version of the stats file a read saw: a writer that replaces the file (`mv`) changes the inode,
@@ -189,5 +225,17 @@ mod tests {
             1_800_000_000_000
         );
         assert_eq!(taken_at(None, now), 1_800_000_000_000);
+    }
+
+    #[test]
+    fn a_file_is_stale_after_three_intervals_and_ten_minutes_at_least() {
+        assert_eq!(
+            stale_after(Duration::from_secs(10)),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            stale_after(Duration::from_secs(300)),
+            Duration::from_secs(900)
+        );
     }
 }

@@ -31,9 +31,9 @@ pub enum Output {
     },
     /// Lifecycle changes between collections (ENGINE's event stream): to publish at once. Figures empty.
     Changes(Vec<ContainerStats>),
-    /// The stats file is the version the last tick published (FILE): nothing to publish. When its figures
-    /// were taken, and when that version was read.
-    Unchanged { taken_at_ms: u64, read_at: Instant },
+    /// The stats file is the version the last tick published (FILE): nothing to publish. When that
+    /// version was read.
+    Unchanged { read_at: Instant },
     /// The collection failed; `expected` when that happens in normal operation (a stats file not written
     /// yet), logged as a warning rather than an error. An empty `error` was said already (a source that
     /// reminds of a lasting fault at most once a minute): the tick is skipped without a line.

@@ -167,6 +167,9 @@ pub struct ContainerStats {
     pub figures: Figures,
     /// State, health, restarts, exit and OOM, where the source knows them (not FILE mode).
     pub lifecycle: Option<lifecycle::Lifecycle>,
+    /// A part of the device pseudo-service (`source::device`) these figures are of: a network interface
+    /// or a filesystem, published one topic level below the service. None for a container.
+    pub part: Option<String>,
 }
 
 /// A field that was present but unreadable; the rest of the line still counts.
@@ -278,6 +281,7 @@ pub fn parse_line(
     read("PIDs", raw.pids.as_deref(), Metric::Pids, count);
 
     Ok(ContainerStats {
+        part: None,
         name,
         id,
         service: None,

@@ -606,6 +606,7 @@ pub fn rfc3339_ms(t: &str) -> Option<u64> {
 /// A container's figures, ready for the tick.
 pub fn container_stats(listed: &Listed, figures: Figures) -> ContainerStats {
     ContainerStats {
+        part: None,
         name: listed.name.clone(),
         id: short_id(&listed.id).to_owned(),
         service: listed.service.clone(),
