@@ -28,11 +28,11 @@
 
 use crate::mqtt::session::Tag;
 use crate::publish::lifecycle::Topic;
+use crate::publish::payload::push_string;
 use crate::publish::resend::Resend;
 use crate::stats::lifecycle::{Health, State};
 use crate::stats::{ContainerStats, Metric};
 use device_form::Migration;
-use serde_json::{json, Value as Json};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -512,13 +512,10 @@ impl Discovery {
         )
     }
 
-    /// The entity's own options, keys in full: the entity form sends them with the device, origin and
-    /// availability, the device form under `cmps`.
-    fn entity_options(&self, key: &str, root_topic: &str, e: Entity) -> Json {
-        let (state_topic, value_key) = match self.s.mode {
-            PayloadMode::PerMetric => (format!("{root_topic}/{}", e.key()), "value"),
-            PayloadMode::PerService => (root_topic.to_owned(), e.key()),
-        };
+    /// The entity's own options into `o`: the entity form sends them with the device, origin and
+    /// availability, the device form under `cmps` (abbreviated, and without the state topic when the
+    /// service shares one).
+    fn entity_options(&self, key: &str, root_topic: &str, e: Entity, o: &mut Obj) {
         let (service, part) = split(key);
         let object = object(e, part);
         // The device's ids leave its service name out, as its node id does. A part's object ends with
@@ -528,66 +525,168 @@ impl Discovery {
         } else {
             vec![self.s.device_id.as_str(), service, &object]
         };
-        let name = match part {
-            Some(p) => format!("{} {p}", label(e)),
-            None => label(e).to_owned(),
+        match part {
+            Some(p) => o.str("name", &format!("{} {p}", label(e))),
+            None => o.str("name", label(e)),
+        }
+        o.str("unique_id", &id_safe(&id_parts.join("_")));
+        let entity_id = format!("{}.{}", e.component(), entity_slug(&id_parts));
+        o.str("default_entity_id", &entity_id);
+        let value_key = match self.s.mode {
+            PayloadMode::PerMetric => {
+                o.str("state_topic", &format!("{root_topic}/{}", e.key()));
+                "value"
+            }
+            PayloadMode::PerService => {
+                if !o.short {
+                    o.str("state_topic", root_topic);
+                }
+                e.key()
+            }
         };
-        let mut c = json!({
-            "name": name,
-            "unique_id": id_safe(&id_parts.join("_")),
-            "default_entity_id": format!("{}.{}", e.component(), entity_slug(&id_parts)),
-            "state_topic": state_topic,
-            "value_template": value_template(e, value_key, self.s.mode),
-        });
+        o.str("value_template", &value_template(e, value_key, self.s.mode));
         if let Some(after) = self.s.expire_after {
-            c["expire_after"] = json!(after.as_secs().max(1));
+            o.number("expire_after", after.as_secs().max(1));
         }
-        let extra = classes(e);
-        if let (Json::Object(map), Json::Object(more)) = (&mut c, extra) {
-            map.extend(more);
-        }
-        c
+        classes(e, o);
     }
 
-    /// The HA device of a service (`service`, or `service/part`), the same in both forms (entities keep
-    /// their device when migrated).
-    fn device(&self, key: &str) -> Json {
+    /// The HA device of a service (`service`, or `service/part`) into `o`, the same in both forms
+    /// (entities keep their device when migrated).
+    fn device(&self, key: &str, o: &mut Obj) {
         let service = split(key).0;
-        let (name, model) = match self.is_device(service) {
-            true => (self.s.device_id.clone(), "balena device telemetry"),
-            false => (
-                format!("{service} on {}", self.s.device_id),
-                "balena container telemetry",
-            ),
-        };
-        let mut d = json!({
-            "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
-            "name": name,
-            "manufacturer": PRODUCT,
-            "model": model,
-            "sw_version": VERSION,
-        });
-        if self.device.is_some() && !self.is_device(service) {
-            let device = id_safe(&self.s.device_id);
-            d["via_device"] = Json::String(format!("{PRODUCT}_{device}"));
+        o.open("device");
+        o.open_list("identifiers");
+        o.item(&format!("{PRODUCT}_{}", self.node_id(service)));
+        o.close(b']');
+        if self.is_device(service) {
+            o.str("name", &self.s.device_id);
+            o.str("model", "balena device telemetry");
+        } else {
+            o.str("name", &format!("{service} on {}", self.s.device_id));
+            o.str("model", "balena container telemetry");
+            if self.device.is_some() {
+                let device = id_safe(&self.s.device_id);
+                o.str("via_device", &format!("{PRODUCT}_{device}"));
+            }
         }
-        d
+        o.str("manufacturer", PRODUCT);
+        o.str("sw_version", VERSION);
+        o.close(b'}');
+    }
+
+    /// Who sent the configs, into `o`.
+    fn origin(&self, o: &mut Obj) {
+        o.open("origin");
+        o.str("name", PRODUCT);
+        o.str("sw_version", VERSION);
+        o.close(b'}');
     }
 
     fn config(&self, service: &str, root_topic: &str, e: Entity) -> Config {
-        let mut c = self.entity_options(service, root_topic, e);
-        c["device"] = self.device(service);
-        c["origin"] = json!({ "name": PRODUCT, "sw_version": VERSION });
+        let mut o = Obj::new(false);
+        self.entity_options(service, root_topic, e, &mut o);
+        self.device(service, &mut o);
+        self.origin(&mut o);
         if let Some(topic) = &self.s.availability_topic {
-            c["availability_topic"] = json!(topic);
-            c["payload_available"] = json!("online");
-            c["payload_not_available"] = json!("offline");
+            o.str("availability_topic", topic);
+            o.str("payload_available", "online");
+            o.str("payload_not_available", "offline");
         }
         Config {
             topic: self.config_topic(service, e),
-            payload: c.to_string().into_bytes(),
+            payload: o.end(),
             tag: 0,
         }
+    }
+}
+
+/// A config's JSON, written as text: the keys are ours, every text value is escaped, and in the device
+/// form (`short`) the keys Home Assistant abbreviates are abbreviated (its `abbreviations.py`;
+/// `def_ent_id` is 2025.10's, which older releases ignore as they ignore `default_entity_id`). Built as
+/// `serde_json` values, the same shapes cost the device binary kilobytes more.
+pub(super) struct Obj {
+    out: Vec<u8>,
+    short: bool,
+}
+
+const ABBREVIATIONS: [(&str, &str); 18] = [
+    ("unique_id", "uniq_id"),
+    ("default_entity_id", "def_ent_id"),
+    ("state_topic", "stat_t"),
+    ("value_template", "val_tpl"),
+    ("expire_after", "exp_aft"),
+    ("unit_of_measurement", "unit_of_meas"),
+    ("state_class", "stat_cla"),
+    ("device_class", "dev_cla"),
+    ("entity_category", "ent_cat"),
+    ("suggested_display_precision", "sug_dsp_prc"),
+    ("options", "ops"),
+    ("identifiers", "ids"),
+    ("manufacturer", "mf"),
+    ("model", "mdl"),
+    ("sw_version", "sw"),
+    ("device", "dev"),
+    ("origin", "o"),
+    ("availability_topic", "avty_t"),
+];
+
+impl Obj {
+    pub(super) fn new(short: bool) -> Obj {
+        Obj {
+            out: vec![b'{'],
+            short,
+        }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !matches!(self.out.last(), Some(b'{' | b'[')) {
+            self.out.push(b',');
+        }
+        let k = match ABBREVIATIONS.iter().find(|(long, _)| *long == k) {
+            Some((_, short)) if self.short => short,
+            _ => k,
+        };
+        push_string(&mut self.out, k);
+        self.out.push(b':');
+    }
+
+    pub(super) fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        push_string(&mut self.out, v);
+    }
+
+    fn number(&mut self, k: &str, n: u64) {
+        self.key(k);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    pub(super) fn open(&mut self, k: &str) {
+        self.key(k);
+        self.out.push(b'{');
+    }
+
+    fn open_list(&mut self, k: &str) {
+        self.key(k);
+        self.out.push(b'[');
+    }
+
+    /// One text in a list.
+    fn item(&mut self, v: &str) {
+        if self.out.last() != Some(&b'[') {
+            self.out.push(b',');
+        }
+        push_string(&mut self.out, v);
+    }
+
+    pub(super) fn close(&mut self, bracket: u8) {
+        self.out.push(bracket);
+    }
+
+    pub(super) fn end(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
     }
 }
 
@@ -686,28 +785,33 @@ fn label(e: Entity) -> &'static str {
 /// Units and classes: counters that reset when a container restarts are `total_increasing`, which Home
 /// Assistant's statistics tolerate; levels are `measurement`. State and health are enums with every
 /// word the agent can publish; the exit code is a number (display precision 0) without statistics.
-fn classes(e: Entity) -> Json {
+fn classes(e: Entity, o: &mut Obj) {
+    const LEVEL: &str = "measurement";
     let m = match e {
         Entity::Metric(m) => m,
-        Entity::Running => return json!({"device_class": "running"}),
-        Entity::Life(Topic::OomKilled) => return json!({"device_class": "problem"}),
-        Entity::Life(Topic::State) => {
-            let options: Vec<&str> = State::ALL.iter().map(|s| s.name()).collect();
-            return json!({"device_class": "enum", "options": options});
+        Entity::Running => return o.str("device_class", "running"),
+        Entity::Life(Topic::OomKilled) => return o.str("device_class", "problem"),
+        Entity::Life(t @ (Topic::State | Topic::Health)) => {
+            o.str("device_class", "enum");
+            o.open_list("options");
+            if t == Topic::State {
+                State::ALL.iter().for_each(|s| o.item(s.name()));
+            } else {
+                Health::ALL.iter().for_each(|h| o.item(h.name()));
+            }
+            return o.close(b']');
         }
-        Entity::Life(Topic::Health) => {
-            let options: Vec<&str> = Health::ALL.iter().map(|h| h.name()).collect();
-            return json!({"device_class": "enum", "options": options});
-        }
-        Entity::Life(Topic::RestartCount) => return json!({"state_class": "total_increasing"}),
+        Entity::Life(Topic::RestartCount) => return o.str("state_class", "total_increasing"),
         Entity::Life(Topic::ExitCode) => {
-            return json!({"suggested_display_precision": 0, "entity_category": "diagnostic"})
+            o.number("suggested_display_precision", 0);
+            return o.str("entity_category", "diagnostic");
         }
         Entity::Life(Topic::Uptime) => {
-            return json!({"device_class": "duration", "unit_of_measurement": "s", "state_class": "measurement"})
+            o.str("device_class", "duration");
+            o.str("unit_of_measurement", "s");
+            return o.str("state_class", LEVEL);
         }
     };
-    const LEVEL: &str = "measurement";
     // Unit, device class, state class ("" for none) and whether the entity is a diagnostic one: the
     // device's load, swap, total storage, uptime and throttling flags are, its CPU, memory, temperature,
     // storage use and traffic are not.
@@ -731,7 +835,6 @@ fn classes(e: Entity) -> Json {
         Metric::Uptime => ("s", "duration", LEVEL, true),
         _ => ("", "problem", "", true),
     };
-    let mut c = serde_json::Map::new();
     let keys = [
         ("unit_of_measurement", unit),
         ("device_class", device_class),
@@ -742,9 +845,8 @@ fn classes(e: Entity) -> Json {
         ),
     ];
     for (k, v) in keys.into_iter().filter(|(_, v)| !v.is_empty()) {
-        c.insert(k.into(), Json::from(v));
+        o.str(k, v);
     }
-    Json::Object(c)
 }
 
 /// An entity id's object part as Home Assistant accepts it: lowercase `[a-z0-9_]`, no leading, trailing
@@ -784,6 +886,7 @@ pub fn id_safe(s: &str) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use serde_json::{json, Value as Json};
 
     /// The nine figures a container has (the rest of `Metric::ALL` are the device's).
     pub(super) const CONTAINER_METRICS: &[Metric] = Metric::ALL.split_at(9).0;

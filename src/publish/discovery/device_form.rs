@@ -14,9 +14,8 @@
 //! entities' discovery ids differ from the old topics' (Home Assistant warns of a "conflicting discovery
 //! message" on every such repeat otherwise).
 
-use super::{bit, Config, Discovery, Entity, PayloadMode, Tag, PRODUCT, TAG_BITS, VERSION};
+use super::{bit, Config, Discovery, Entity, Obj, PayloadMode, Tag, TAG_BITS};
 use crate::publish::resend::SETTLE;
-use serde_json::{json, Map, Value as Json};
 use std::time::Instant;
 
 /// The device message's bit in a service's `pending` and the low bits of its tag (past the entities').
@@ -34,40 +33,6 @@ pub(super) struct Migration {
     pub requested: bool,
     /// Acknowledged: the device message waits until then, for Home Assistant to unload the old entities.
     pub settle_until: Option<Instant>,
-}
-
-/// Home Assistant's abbreviations of the keys we send (its `abbreviations.py`; `def_ent_id` is 2025.10's,
-/// which older releases ignore as they ignore `default_entity_id`).
-const ABBREVIATIONS: [(&str, &str); 15] = [
-    ("unique_id", "uniq_id"),
-    ("default_entity_id", "def_ent_id"),
-    ("state_topic", "stat_t"),
-    ("value_template", "val_tpl"),
-    ("expire_after", "exp_aft"),
-    ("unit_of_measurement", "unit_of_meas"),
-    ("state_class", "stat_cla"),
-    ("device_class", "dev_cla"),
-    ("entity_category", "ent_cat"),
-    ("suggested_display_precision", "sug_dsp_prc"),
-    ("options", "ops"),
-    ("identifiers", "ids"),
-    ("manufacturer", "mf"),
-    ("model", "mdl"),
-    ("sw_version", "sw"),
-];
-
-fn abbreviated(full: Json) -> Json {
-    let Json::Object(map) = full else {
-        return full;
-    };
-    let short = map.into_iter().map(|(k, v)| {
-        let k = match ABBREVIATIONS.iter().find(|(long, _)| *long == k) {
-            Some((_, short)) => (*short).to_owned(),
-            None => k,
-        };
-        (k, v)
-    });
-    Json::Object(short.collect())
 }
 
 impl Discovery {
@@ -165,31 +130,26 @@ impl Discovery {
     }
 
     fn device_payload(&self, service: &str, root_topic: &str, metrics: u64) -> Vec<u8> {
-        let mut cmps = Map::new();
+        let mut o = Obj::new(true);
+        self.device(service, &mut o);
+        self.origin(&mut o);
+        o.open("cmps");
+        let part = super::split(service).1;
         for e in Entity::ALL.into_iter().filter(|e| metrics & bit(*e) != 0) {
-            let mut c = self.entity_options(service, root_topic, e);
-            if let Json::Object(map) = &mut c {
-                if self.s.mode == PayloadMode::PerService {
-                    map.remove("state_topic"); // shared, below
-                }
-                map.insert("p".into(), json!(e.component()));
-            }
-            let part = super::split(service).1;
-            cmps.insert(super::object(e, part).into_owned(), abbreviated(c));
+            o.open(&super::object(e, part));
+            self.entity_options(service, root_topic, e, &mut o);
+            o.str("p", e.component());
+            o.close(b'}');
         }
-        let mut d = json!({
-            "dev": abbreviated(self.device(service)),
-            "o": { "name": PRODUCT, "sw": VERSION },
-            "cmps": cmps,
-        });
+        o.close(b'}');
         if let Some(topic) = &self.s.availability_topic {
             // `online` and `offline` are Home Assistant's default payloads.
-            d["avty_t"] = json!(topic);
+            o.str("availability_topic", topic);
         }
         if self.s.mode == PayloadMode::PerService {
-            d["stat_t"] = json!(root_topic);
+            o.str("state_topic", root_topic); // shared by the components
         }
-        d.to_string().into_bytes()
+        o.end()
     }
 }
 
