@@ -19,6 +19,7 @@ use crate::publish::exception::{Exceptions, Report};
 use crate::publish::tick::{Publishing, Scratch, Tick};
 use crate::schedule::Schedule;
 use crate::source::cli::CliSource;
+use crate::source::device::Device;
 use crate::source::engine::{self, EngineSource};
 use crate::source::file::{self, FileSource};
 use crate::source::{self, Collected, Output, Source};
@@ -106,6 +107,10 @@ pub struct Agent {
     /// The broker's name being resolved off the loop, and the slot its thread answers in.
     resolver: Option<Resolver>,
     resolve_slot: resolve::Slot,
+    /// The device pseudo-service's collector (`device_metrics`), and its tick while it waits for the
+    /// tick in progress to end.
+    device: Option<Device>,
+    device_tick: Option<Tick>,
 }
 
 impl Agent {
@@ -118,7 +123,12 @@ impl Agent {
                 .ok()
                 .filter(|_| !s.once)
         };
-        let discovery = m.home_assistant.as_ref().map(|ha| {
+        // First, before any thread is started: it forks the device's reader.
+        let device = s
+            .collector
+            .device_metrics
+            .then(|| Device::new((&s.collector).into()));
+        let mut discovery = m.home_assistant.as_ref().map(|ha| {
             Discovery::new(discovery::Settings {
                 prefix: ha.prefix.clone(),
                 device_id: m.device_id.clone(),
@@ -141,6 +151,9 @@ impl Agent {
                 form: ha.form,
             })
         });
+        if let (Some(d), Some(dev)) = (&mut discovery, &device) {
+            d.device_service(dev.service());
+        }
         let opts = Options {
             client_id: m.client_id.clone(),
             keep_alive: m.keep_alive,
@@ -192,6 +205,8 @@ impl Agent {
             pollfds: Vec::new(),
             resolver: None,
             resolve_slot: resolve::slot(),
+            device,
+            device_tick: None,
             s,
         }
     }
@@ -233,9 +248,11 @@ impl Agent {
             self.connect_if_due(now);
             let session_deadline = self.pump(now);
             let settling = self.discovery.as_ref().is_some_and(Discovery::settling);
+            let device_done = self.device.as_ref().is_none_or(|d| !d.busy());
             if self.s.once
                 && self.collected
                 && self.tick.is_none()
+                && device_done
                 && self.session.is_idle()
                 && !settling
             {
@@ -249,6 +266,7 @@ impl Agent {
                 self.link.as_ref().and_then(Link::connecting_until),
                 self.resolver.as_ref().map(|r| r.until),
                 self.source.deadline(),
+                self.device.as_ref().and_then(Device::deadline),
                 self.discovery.as_ref().and_then(Discovery::next_deadline),
                 once_deadline,
             ];
@@ -259,6 +277,7 @@ impl Agent {
     }
 
     fn collect_if_due(&mut self, now: Instant) {
+        self.publish_device(now);
         if (self.s.once && self.collected) || self.source.busy() || now < self.schedule.next_due() {
             return;
         }
@@ -268,6 +287,26 @@ impl Agent {
         }
         self.source.start(now);
         self.route(now);
+        if let Some(d) = &mut self.device {
+            d.start(now);
+        }
+        self.publish_device(now);
+    }
+
+    /// The device's figures once they are due: a tick of their own, which waits for the one in progress.
+    fn publish_device(&mut self, now: Instant) {
+        let Some(d) = &mut self.device else { return };
+        let Some(records) = d.collect(now) else {
+            return;
+        };
+        let tick = Tick::device(d.service().to_owned(), records, unix_millis());
+        if self.tick.is_some() {
+            self.device_tick = Some(tick);
+        } else {
+            begin_device_tick(&mut self.scratch);
+            self.tick = Some(tick);
+            self.change_tick = false;
+        }
     }
 
     /// Takes what the source has ready to its place: a tick, a failure, or nothing new.
@@ -368,11 +407,12 @@ impl Agent {
             discovery,
             source,
             change_tick,
+            device_tick,
             ..
         } = self;
-        let Some(t) = tick else { return };
         let p = publishing(s);
         while all || session.has_room() {
+            let Some(t) = tick.as_mut() else { return };
             let d = discovery.as_mut().map(|d| {
                 // Without room (an outage, a slow link) configs wait in discovery, not in the session.
                 d.hold(!session.has_room());
@@ -391,7 +431,9 @@ impl Agent {
                 } else {
                     String::new()
                 };
-                if t.is_resend() {
+                if t.is_device() {
+                    debug!("device: {} messages", t.messages);
+                } else if t.is_resend() {
                     debug!(
                         "values of {} containers sent again for Home Assistant: {} messages",
                         t.containers, t.messages
@@ -407,15 +449,22 @@ impl Agent {
                         t.containers, t.messages, bad
                     );
                 }
-                if !*change_tick {
+                // The device's tick lists no container: it must not make the re-send forget them.
+                if !*change_tick && !t.is_device() {
                     if let Some(d) = discovery.as_mut() {
                         d.end_collection();
                     }
                 }
-                if let Some(done) = tick.take() {
-                    source.recycle(done.into_text());
+                match tick.take() {
+                    Some(done) if !done.is_device() => source.recycle(done.into_text()),
+                    _ => {}
                 }
-                return;
+                // The device's tick waited for this one.
+                *tick = device_tick.take();
+                *change_tick = false;
+                if tick.is_some() {
+                    begin_device_tick(scratch);
+                }
             }
         }
     }
@@ -781,9 +830,10 @@ impl Agent {
         // Figures still waiting as text were never encoded: count them too, or a --once that gave up
         // before connecting reported "0 messages undelivered". After the goodbye: counting a large
         // tick takes a while, which the broker need not wait for.
-        let in_tick = self.tick.take().map_or(0, |mut t| {
-            t.count_rest(&publishing(&self.s), &mut self.scratch)
-        });
+        let mut in_tick = 0;
+        while let Some(mut t) = self.tick.take().or_else(|| self.device_tick.take()) {
+            in_tick += t.count_rest(&publishing(&self.s), &mut self.scratch);
+        }
         let undelivered = in_tick > 0 || !idle;
         if undelivered {
             let pending = self.session.queued() + self.session.inflight() + in_tick;
@@ -810,6 +860,14 @@ fn build_source(s: &Settings) -> Box<dyn Source> {
             !s.once,
             engine::figuring(c.engine_figures, &c.cgroup_root, &c.proc_root),
         )),
+    }
+}
+
+/// Reporting by exception, the device's tick is judged at its own time, and as a tick that lists no
+/// container (it must not make the next collection forget them, nor end it and forget the device).
+fn begin_device_tick(scratch: &mut Scratch) {
+    if let Some(x) = &mut scratch.exceptions {
+        x.begin(Instant::now(), false);
     }
 }
 

@@ -139,7 +139,8 @@ fn run_binary(dist_dir: &str, qemu: Option<(&str, &str)>, machine: u16) {
         .arg(cfg.path())
         .env_remove("BALENA_DEVICE_UUID")
         .env_remove("MQTT_PASSWORD")
-        .env("LOG_LEVEL", "debug");
+        .env("LOG_LEVEL", "debug")
+        .env("STATS_DEVICE_METRICS", "false");
     // qemu-user emulation is slow to start; the limit only guards against a hang.
     let (code, log) = run_limited(&mut once, Duration::from_secs(60));
     assert_eq!(code, Some(0), "{dist_dir} --once: {log}");

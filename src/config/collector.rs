@@ -4,6 +4,7 @@ use super::keys::{Fields, COLLECTOR_PREFIX};
 use super::report::parse_report;
 use super::{ConfigError, Env, Source};
 use crate::publish::exception::Report;
+use serde_json::Value;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,14 @@ pub struct Collector {
     pub proc_root: String,
     /// Every figure every tick, or by exception.
     pub report: Report,
+    /// The device pseudo-service (`source::device`): whether it is published, its name, the paths whose
+    /// filesystems' storage it reports (and whether they were configured or are the defaults), and
+    /// where the host's `/sys` is seen from here (its `/proc` is `proc_root`).
+    pub device_metrics: bool,
+    pub device_service_name: String,
+    pub device_disk_paths: Vec<String>,
+    pub device_disk_paths_configured: bool,
+    pub host_sys_root: String,
 }
 
 /// `engine_figures`: the kernel's own counters, or the engine's stats API that reads the same files for us
@@ -64,6 +73,10 @@ pub const COLLECTOR_KEYS: &[&str] = &[
     "report_memory_deadband_in_percent",
     "report_network_deadband_in_bytes",
     "report_block_io_deadband_in_bytes",
+    "device_metrics",
+    "device_service_name",
+    "device_disk_paths",
+    "host_sys_root",
 ];
 
 /// Built-in defaults, equal to `config/balena_stats_collector.example-config.json`.
@@ -72,6 +85,12 @@ pub const DEFAULT_CLI_PATH: &str = "balena";
 pub const DEFAULT_FILE_PATH: &str = "/data/balena-stats.jsonl";
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub const DEFAULT_PROC_ROOT: &str = "/proc";
+/// `@` cannot stand in a compose service name (`[a-zA-Z0-9._-]+`) or a container name, so no
+/// container's topics can be the device's.
+pub const DEFAULT_DEVICE_SERVICE_NAME: &str = "@device";
+/// The root filesystem, and balenaOS's data partition as its host OS mounts it.
+pub const DEFAULT_DEVICE_DISK_PATHS: [&str; 2] = ["/", "/mnt/data"];
+pub const DEFAULT_HOST_SYS_ROOT: &str = "/sys";
 
 pub fn parse_collector(
     src: &Source,
@@ -141,6 +160,21 @@ pub fn parse_collector(
     let cgroup_root = root("cgroup_root", DEFAULT_CGROUP_ROOT)?;
     let proc_root = root("proc_root", DEFAULT_PROC_ROOT)?;
     let report = parse_report(&f)?;
+    let device_metrics = f.boolean("device_metrics")?.unwrap_or(true);
+    let device_service_name = f
+        .string("device_service_name")?
+        .unwrap_or_else(|| DEFAULT_DEVICE_SERVICE_NAME.into());
+    if device_service_name.is_empty() || device_service_name.contains(['/', '+', '#', '\0']) {
+        return Err(f.error(
+            "device_service_name",
+            format!("{device_service_name:?} must be one topic level: not empty, no / + # or NUL"),
+        ));
+    }
+    let disks = disk_paths(&f)?;
+    let device_disk_paths_configured = disks.is_some();
+    let device_disk_paths =
+        disks.unwrap_or_else(|| DEFAULT_DEVICE_DISK_PATHS.map(String::from).to_vec());
+    let host_sys_root = root("host_sys_root", DEFAULT_HOST_SYS_ROOT)?;
     Ok(Collector {
         mode,
         mode_given,
@@ -153,7 +187,43 @@ pub fn parse_collector(
         cgroup_root,
         proc_root,
         report,
+        device_metrics,
+        device_service_name,
+        device_disk_paths,
+        device_disk_paths_configured,
+        host_sys_root,
     })
+}
+
+/// `device_disk_paths`: a list of absolute paths, or (as a variable must be) one text of paths separated
+/// by commas; an empty list publishes no storage.
+fn disk_paths(f: &Fields) -> Result<Option<Vec<String>>, ConfigError> {
+    const KEY: &str = "device_disk_paths";
+    let list: Vec<&Value> = match f.get(KEY) {
+        None => return Ok(None),
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(v) => vec![v],
+    };
+    let mut paths = Vec::new();
+    for v in list {
+        let Value::String(text) = v else {
+            return Err(bad_paths(f, v));
+        };
+        for p in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if !p.starts_with('/') {
+                return Err(bad_paths(f, v));
+            }
+            paths.push(p.to_owned());
+        }
+    }
+    Ok(Some(paths))
+}
+
+fn bad_paths(f: &Fields, v: &Value) -> ConfigError {
+    f.error(
+        "device_disk_paths",
+        format!("must be absolute paths (a list, or one text separated by commas), not {v}"),
+    )
 }
 
 #[cfg(test)]
@@ -290,6 +360,50 @@ mod tests {
             key_of(collector(Some(r#"{"proc_root": ""}"#))),
             Some("proc_root")
         );
+    }
+
+    #[test]
+    fn device_keys() {
+        let c = collector(None).unwrap();
+        assert!(c.device_metrics);
+        assert_eq!(c.device_service_name, "@device");
+        assert_eq!(c.device_disk_paths, ["/", "/mnt/data"]);
+        assert!(!c.device_disk_paths_configured);
+        assert_eq!(c.host_sys_root, "/sys");
+        let c = collector(Some(
+            r#"{"device_metrics": false, "device_service_name": "host", "device_disk_paths": ["/data"], "host_sys_root": "/h/sys"}"#,
+        ))
+        .unwrap();
+        assert!(!c.device_metrics);
+        assert_eq!(c.device_service_name, "host");
+        assert_eq!(
+            (
+                c.device_disk_paths.as_slice(),
+                c.device_disk_paths_configured
+            ),
+            (&["/data".to_owned()][..], true)
+        );
+        assert_eq!(c.host_sys_root, "/h/sys");
+        let c = collector_env(
+            None,
+            &vars(&[("STATS_DEVICE_DISK_PATHS", " /, /mnt/data ,")]),
+        )
+        .unwrap();
+        assert_eq!(c.device_disk_paths, ["/", "/mnt/data"]);
+        let c = collector(Some(r#"{"device_disk_paths": []}"#)).unwrap();
+        assert!(c.device_disk_paths.is_empty() && c.device_disk_paths_configured);
+        for (bad, key) in [
+            (r#"{"device_metrics": "yes"}"#, "device_metrics"),
+            (r#"{"device_service_name": "a/b"}"#, "device_service_name"),
+            (r#"{"device_service_name": ""}"#, "device_service_name"),
+            (r##"{"device_service_name": "#"}"##, "device_service_name"),
+            (r#"{"device_disk_paths": "data"}"#, "device_disk_paths"),
+            (r#"{"device_disk_paths": ["/", 1]}"#, "device_disk_paths"),
+            (r#"{"device_disk_paths": 5}"#, "device_disk_paths"),
+            (r#"{"host_sys_root": "sys"}"#, "host_sys_root"),
+        ] {
+            assert_eq!(key_of(collector(Some(bad))), Some(key), "{bad}");
+        }
     }
 
     #[test]

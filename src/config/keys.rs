@@ -241,6 +241,10 @@ mod tests {
         ("report_memory_deadband_in_percent", "0.5", "0.5"),
         ("report_network_deadband_in_bytes", "1000", "1000"),
         ("report_block_io_deadband_in_bytes", "2000", "2000"),
+        ("device_metrics", "false", "false"),
+        ("device_service_name", r#""host""#, "host"),
+        ("device_disk_paths", r#"["/a", "/b"]"#, "/a,/b"),
+        ("host_sys_root", r#""/host/sys""#, "/host/sys"),
     ];
     const EVERY_MQTT_KEY: &[(&str, &str, &str)] = &[
         ("broker_url", r#""tcp://b:1884""#, "tcp://b:1884"),

@@ -37,6 +37,12 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
             )
         }
     }
+    // What the device's figures read is said in the device's own start line.
+    if c.device_metrics {
+        s += &format!(", device figures as {:?}", c.device_service_name);
+    } else {
+        s += ", device figures off";
+    }
     let r = &c.report;
     if r.on_change {
         let d = &r.deadbands;

@@ -28,11 +28,12 @@
 
 use crate::mqtt::session::Tag;
 use crate::publish::lifecycle::Topic;
+use crate::publish::payload::push_string;
 use crate::publish::resend::Resend;
 use crate::stats::lifecycle::{Health, State};
 use crate::stats::{ContainerStats, Metric};
 use device_form::Migration;
-use serde_json::{json, Value as Json};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -100,24 +101,20 @@ impl From<Metric> for Entity {
 }
 
 impl Entity {
-    const ALL: [Entity; 16] = [
-        Entity::Metric(Metric::CpuPercent),
-        Entity::Metric(Metric::MemoryPercent),
-        Entity::Metric(Metric::MemoryUsage),
-        Entity::Metric(Metric::MemoryLimit),
-        Entity::Metric(Metric::NetworkReceived),
-        Entity::Metric(Metric::NetworkSent),
-        Entity::Metric(Metric::BlockRead),
-        Entity::Metric(Metric::BlockWritten),
-        Entity::Metric(Metric::Pids),
-        Entity::Life(Topic::State),
-        Entity::Life(Topic::Health),
-        Entity::Life(Topic::RestartCount),
-        Entity::Life(Topic::ExitCode),
-        Entity::Life(Topic::OomKilled),
-        Entity::Life(Topic::Uptime),
-        Entity::Running,
-    ];
+    /// Every entity, in the order of their bits: the metrics, the lifecycle topics, `Running`.
+    const ALL: [Entity; Metric::ALL.len() + Topic::ALL.len() + 1] = {
+        let mut all = [Entity::Running; Metric::ALL.len() + Topic::ALL.len() + 1];
+        let mut i = 0;
+        while i < Metric::ALL.len() {
+            all[i] = Entity::Metric(Metric::ALL[i]);
+            i += 1;
+        }
+        while i < Metric::ALL.len() + Topic::ALL.len() {
+            all[i] = Entity::Life(Topic::ALL[i - Metric::ALL.len()]);
+            i += 1;
+        }
+        all
+    };
 
     /// Its bit in a service's masks and the low bits of its tags.
     fn index(self) -> u32 {
@@ -131,6 +128,7 @@ impl Entity {
     fn component(self) -> &'static str {
         match self {
             Entity::Running | Entity::Life(Topic::OomKilled) => "binary_sensor",
+            Entity::Metric(m) if is_flag(m) => "binary_sensor",
             _ => "sensor",
         }
     }
@@ -163,16 +161,17 @@ pub struct Config {
     pub tag: Tag,
 }
 
-/// One HA device. Bits are per `Entity` (its `index`).
+/// One HA device, or one part of the device pseudo-service's. Bits are per `Entity` (its `index`).
 struct Service {
+    /// The service, or `service/part` (a part of the device: see [`Discovery::seen_part`]).
     name: String,
     root_topic: String,
     /// The entities it publishes: these should have a config, the others none.
-    metrics: u32,
+    metrics: u64,
     /// Entities whose current config (or removal) has not been handed out yet.
-    todo: u32,
+    todo: u64,
     /// Entities with a config (or removal) handed out and not acknowledged yet.
-    pending: u32,
+    pending: u64,
     /// Expired: its configs are being removed; the entry goes once that is acknowledged.
     gone: bool,
     last_seen: Instant,
@@ -195,6 +194,8 @@ pub struct Discovery {
     republish_at: Option<Instant>,
     /// Each service's latest values, for Home Assistant to hear once its configs settled.
     resend: Resend,
+    /// The device pseudo-service's name, when the device's figures are published.
+    device: Option<String>,
 }
 
 impl Discovery {
@@ -208,7 +209,14 @@ impl Discovery {
             holding: false,
             republish_at: None,
             resend: Resend::default(),
+            device: None,
         }
+    }
+
+    /// The device pseudo-service's name: its entities belong to an HA device that stands for the device
+    /// itself (named by the device id), on which every service's HA device then runs (`via_device`).
+    pub fn device_service(&mut self, service: &str) {
+        self.device = Some(service.to_owned());
     }
 
     /// The topic Home Assistant announces itself on.
@@ -225,6 +233,7 @@ impl Discovery {
 
     /// A container was collected with these metrics and lifecycle topics: returns configs for whatever
     /// of it was not handed out yet (nothing while holding).
+    #[cfg(test)]
     pub fn seen<E: Into<Entity>>(
         &mut self,
         now: Instant,
@@ -232,7 +241,27 @@ impl Discovery {
         root_topic: &str,
         entities: impl Iterator<Item = E>,
     ) -> Vec<Config> {
-        let id = match self.ids.get(service) {
+        self.seen_part(now, service, None, root_topic, entities)
+    }
+
+    /// As [`Discovery::seen`], for one part of a service: a network interface or a filesystem of the
+    /// device, published under `root_topic` = the device's root and the part. Its entities join the
+    /// service's HA device, named after the part (`Network received eth0`), and are removed on their
+    /// own when the part stops being reported (an interface gone down).
+    pub fn seen_part<E: Into<Entity>>(
+        &mut self,
+        now: Instant,
+        service: &str,
+        part: Option<&str>,
+        root_topic: &str,
+        entities: impl Iterator<Item = E>,
+    ) -> Vec<Config> {
+        // Topic levels hold no `/`, so the key is never another service's.
+        let key: Cow<str> = match part {
+            Some(p) => format!("{service}/{p}").into(),
+            None => service.into(),
+        };
+        let id = match self.ids.get(&*key) {
             Some(id) => *id,
             None => {
                 if self.services.len() >= MAX_SERVICES {
@@ -240,11 +269,11 @@ impl Discovery {
                 }
                 let id = self.next_id;
                 self.next_id += 1;
-                self.ids.insert(service.to_owned(), id);
+                self.ids.insert(key.to_string(), id);
                 self.services.insert(
                     id,
                     Service {
-                        name: service.to_owned(),
+                        name: key.into_owned(),
                         root_topic: root_topic.to_owned(),
                         metrics: 0,
                         todo: 0,
@@ -402,7 +431,12 @@ impl Discovery {
     /// `record`, published for `service` (taken at `timestamp_ms`), is its latest: kept for a re-send.
     pub fn keep(&mut self, service: &str, timestamp_ms: u64, record: ContainerStats) {
         if self.s.resend_values {
-            self.resend.keep(service, timestamp_ms, record);
+            // A part of the device is kept under its own key, as its configs are.
+            let key: Cow<str> = match &record.part {
+                Some(p) => format!("{service}/{p}").into(),
+                None => service.into(),
+            };
+            self.resend.keep(&key, timestamp_ms, record);
         }
     }
 
@@ -454,85 +488,237 @@ impl Discovery {
         out
     }
 
+    fn is_device(&self, service: &str) -> bool {
+        self.device.as_deref() == Some(service)
+    }
+
+    /// The HA device's node id: the device id alone for the device pseudo-service (no service name can
+    /// make it, as every other one has a `_service` after it), `{device_id}_{service}` otherwise.
     fn node_id(&self, service: &str) -> String {
+        if self.is_device(service) {
+            return id_safe(&self.s.device_id);
+        }
         id_safe(&format!("{}_{}", self.s.device_id, service))
     }
 
-    fn config_topic(&self, service: &str, e: Entity) -> String {
+    fn config_topic(&self, key: &str, e: Entity) -> String {
+        let (service, part) = split(key);
         format!(
             "{}/{}/{}/{}/config",
             self.s.prefix,
             e.component(),
             self.node_id(service),
-            e.object()
+            id_safe(&object(e, part))
         )
     }
 
-    /// The entity's own options, keys in full: the entity form sends them with the device, origin and
-    /// availability, the device form under `cmps` (without the state topic when it is `shared` there).
-    fn entity_options(&self, service: &str, root_topic: &str, e: Entity, shared: bool) -> Json {
-        let (state_topic, key) = match self.s.mode {
-            PayloadMode::PerMetric => (format!("{root_topic}/{}", e.key()), "value"),
-            PayloadMode::PerService => (root_topic.to_owned(), e.key()),
+    /// The entity's own options into `o`: the entity form sends them with the device, origin and
+    /// availability, the device form under `cmps` (abbreviated, and without the state topic when the
+    /// service shares one).
+    fn entity_options(&self, key: &str, root_topic: &str, e: Entity, o: &mut Obj) {
+        let (service, part) = split(key);
+        let object = object(e, part);
+        // The device's ids leave its service name out, as its node id does. A part's object ends with
+        // the part, so no container's `{service}_{metric}` can spell it.
+        let id_parts = if self.is_device(service) {
+            vec![self.s.device_id.as_str(), &object]
+        } else {
+            vec![self.s.device_id.as_str(), service, &object]
         };
-        let mut c = json!({
-            "name": label(e),
-            "unique_id": id_safe(&format!("{}_{}_{}", self.s.device_id, service, e.object())),
-            "default_entity_id": format!(
-                "{}.{}",
-                e.component(),
-                entity_slug(&[&self.s.device_id, service, e.object()])
-            ),
-            "value_template": value_template(e, key, self.s.mode),
-        });
-        if !shared {
-            c["state_topic"] = json!(state_topic);
+        match part {
+            Some(p) => o.str("name", &format!("{} {p}", label(e))),
+            None => o.str("name", label(e)),
         }
+        o.str("unique_id", &id_safe(&id_parts.join("_")));
+        let entity_id = format!("{}.{}", e.component(), entity_slug(&id_parts));
+        o.str("default_entity_id", &entity_id);
+        let value_key = match self.s.mode {
+            PayloadMode::PerMetric => {
+                o.str("state_topic", &format!("{root_topic}/{}", e.key()));
+                "value"
+            }
+            PayloadMode::PerService => {
+                if !o.short {
+                    o.str("state_topic", root_topic);
+                }
+                e.key()
+            }
+        };
+        o.str("value_template", &value_template(e, value_key, self.s.mode));
         if let Some(after) = self.s.expire_after {
-            c["expire_after"] = json!(after.as_secs().max(1));
+            o.number("expire_after", after.as_secs().max(1));
         }
-        let extra = classes(e);
-        if let (Json::Object(map), Json::Object(more)) = (&mut c, extra) {
-            map.extend(more);
-        }
-        c
+        classes(e, o);
     }
 
-    /// The HA device of a service, the same in both forms (entities keep their device when migrated).
-    fn device(&self, service: &str) -> Json {
-        json!({
-            "identifiers": [format!("{PRODUCT}_{}", self.node_id(service))],
-            "name": format!("{service} on {}", self.s.device_id),
-            "manufacturer": PRODUCT,
-            "model": "balena container telemetry",
-            "sw_version": VERSION,
-        })
+    /// The HA device of a service (`service`, or `service/part`) into `o`, the same in both forms
+    /// (entities keep their device when migrated).
+    fn device(&self, key: &str, o: &mut Obj) {
+        let service = split(key).0;
+        o.open("device");
+        o.open_list("identifiers");
+        o.item(&format!("{PRODUCT}_{}", self.node_id(service)));
+        o.close(b']');
+        if self.is_device(service) {
+            o.str("name", &self.s.device_id);
+            o.str("model", "balena device telemetry");
+        } else {
+            o.str("name", &format!("{service} on {}", self.s.device_id));
+            o.str("model", "balena container telemetry");
+            if self.device.is_some() {
+                let device = id_safe(&self.s.device_id);
+                o.str("via_device", &format!("{PRODUCT}_{device}"));
+            }
+        }
+        o.str("manufacturer", PRODUCT);
+        o.str("sw_version", VERSION);
+        o.close(b'}');
+    }
+
+    /// Who sent the configs, into `o`.
+    fn origin(&self, o: &mut Obj) {
+        o.open("origin");
+        o.str("name", PRODUCT);
+        o.str("sw_version", VERSION);
+        o.close(b'}');
     }
 
     fn config(&self, service: &str, root_topic: &str, e: Entity) -> Config {
-        let mut c = self.entity_options(service, root_topic, e, false);
-        c["device"] = self.device(service);
-        c["origin"] = json!({ "name": PRODUCT, "sw_version": VERSION });
+        let mut o = Obj::new(false);
+        self.entity_options(service, root_topic, e, &mut o);
+        self.device(service, &mut o);
+        self.origin(&mut o);
         if let Some(topic) = &self.s.availability_topic {
-            c["availability_topic"] = json!(topic);
-            c["payload_available"] = json!("online");
-            c["payload_not_available"] = json!("offline");
+            o.str("availability_topic", topic);
+            o.str("payload_available", "online");
+            o.str("payload_not_available", "offline");
         }
         Config {
             topic: self.config_topic(service, e),
-            payload: c.to_string().into_bytes(),
+            payload: o.end(),
             tag: 0,
         }
     }
 }
 
+/// A config's JSON, written as text: the keys are ours, every text value is escaped, and in the device
+/// form (`short`) the keys Home Assistant abbreviates are abbreviated (its `abbreviations.py`;
+/// `def_ent_id` is 2025.10's, which older releases ignore as they ignore `default_entity_id`). Built as
+/// `serde_json` values, the same shapes cost the device binary kilobytes more.
+pub(super) struct Obj {
+    out: Vec<u8>,
+    short: bool,
+}
+
+const ABBREVIATIONS: [(&str, &str); 18] = [
+    ("unique_id", "uniq_id"),
+    ("default_entity_id", "def_ent_id"),
+    ("state_topic", "stat_t"),
+    ("value_template", "val_tpl"),
+    ("expire_after", "exp_aft"),
+    ("unit_of_measurement", "unit_of_meas"),
+    ("state_class", "stat_cla"),
+    ("device_class", "dev_cla"),
+    ("entity_category", "ent_cat"),
+    ("suggested_display_precision", "sug_dsp_prc"),
+    ("options", "ops"),
+    ("identifiers", "ids"),
+    ("manufacturer", "mf"),
+    ("model", "mdl"),
+    ("sw_version", "sw"),
+    ("device", "dev"),
+    ("origin", "o"),
+    ("availability_topic", "avty_t"),
+];
+
+impl Obj {
+    pub(super) fn new(short: bool) -> Obj {
+        Obj {
+            out: vec![b'{'],
+            short,
+        }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !matches!(self.out.last(), Some(b'{' | b'[')) {
+            self.out.push(b',');
+        }
+        let k = match ABBREVIATIONS.iter().find(|(long, _)| *long == k) {
+            Some((_, short)) if self.short => short,
+            _ => k,
+        };
+        push_string(&mut self.out, k);
+        self.out.push(b':');
+    }
+
+    pub(super) fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        push_string(&mut self.out, v);
+    }
+
+    fn number(&mut self, k: &str, n: u64) {
+        self.key(k);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    pub(super) fn open(&mut self, k: &str) {
+        self.key(k);
+        self.out.push(b'{');
+    }
+
+    fn open_list(&mut self, k: &str) {
+        self.key(k);
+        self.out.push(b'[');
+    }
+
+    /// One text in a list.
+    fn item(&mut self, v: &str) {
+        if self.out.last() != Some(&b'[') {
+            self.out.push(b',');
+        }
+        push_string(&mut self.out, v);
+    }
+
+    pub(super) fn close(&mut self, bracket: u8) {
+        self.out.push(bracket);
+    }
+
+    pub(super) fn end(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
+    }
+}
+
 /// Tags are `service id << TAG_BITS | entity index`.
-const TAG_BITS: u32 = 5;
+const TAG_BITS: u32 = 6;
 const TAG_MASK: Tag = (1 << TAG_BITS) - 1;
 const _: () = assert!(Entity::ALL.len() <= 1 << TAG_BITS);
 
-fn bit(e: Entity) -> u32 {
+fn bit(e: Entity) -> u64 {
     1 << e.index()
+}
+
+/// `service` or `service/part` -> (service, part).
+fn split(key: &str) -> (&str, Option<&str>) {
+    match key.split_once('/') {
+        Some((s, p)) => (s, Some(p)),
+        None => (key, None),
+    }
+}
+
+/// The entity's object id: its own, with the part after it (`network_received_in_bytes_eth0`).
+fn object(e: Entity, part: Option<&str>) -> Cow<'static, str> {
+    match part {
+        Some(p) => format!("{}_{p}", e.object()).into(),
+        None => e.object().into(),
+    }
+}
+
+/// The device's throttling flags: binary sensors.
+fn is_flag(m: Metric) -> bool {
+    (Metric::UnderVoltage as usize..=Metric::SoftTemperatureLimitSinceBoot as usize)
+        .contains(&(m as usize))
 }
 
 /// How Home Assistant reads the entity's value from its payload. Binary sensors turn the value into
@@ -544,6 +730,7 @@ fn value_template(e: Entity, key: &str, mode: PayloadMode) -> String {
     match e {
         Entity::Running => format!("{{{{ 'ON' if {v} == 'running' else 'OFF' }}}}"),
         Entity::Life(Topic::OomKilled) => format!("{{{{ 'ON' if {v} else 'OFF' }}}}"),
+        Entity::Metric(m) if is_flag(m) => format!("{{{{ 'ON' if {v} else 'OFF' }}}}"),
         Entity::Life(Topic::State | Topic::Health) => format!("{{{{ {v} }}}}"),
         _ if mode == PayloadMode::PerService => format!("{{{{ {v} | default(None) }}}}"),
         _ => format!("{{{{ {v} }}}}"),
@@ -575,47 +762,90 @@ fn label(e: Entity) -> &'static str {
         Metric::BlockRead => "Block read",
         Metric::BlockWritten => "Block written",
         Metric::Pids => "PIDs",
+        Metric::LoadAverage1m => "Load average (1 min)",
+        Metric::LoadAverage5m => "Load average (5 min)",
+        Metric::LoadAverage15m => "Load average (15 min)",
+        Metric::SwapUsage => "Swap usage",
+        Metric::SwapTotal => "Swap total",
+        Metric::CpuTemperature => "CPU temperature",
+        Metric::Uptime => "Uptime",
+        Metric::UnderVoltage => "Under-voltage",
+        Metric::FrequencyCapped => "Frequency capped",
+        Metric::Throttled => "Throttled",
+        Metric::SoftTemperatureLimit => "Soft temperature limit",
+        Metric::UnderVoltageSinceBoot => "Under-voltage since boot",
+        Metric::FrequencyCappedSinceBoot => "Frequency capped since boot",
+        Metric::ThrottledSinceBoot => "Throttled since boot",
+        Metric::SoftTemperatureLimitSinceBoot => "Soft temperature limit since boot",
+        Metric::StorageUsed => "Storage used",
+        Metric::StorageTotal => "Storage total",
     }
 }
 
 /// Units and classes: counters that reset when a container restarts are `total_increasing`, which Home
 /// Assistant's statistics tolerate; levels are `measurement`. State and health are enums with every
 /// word the agent can publish; the exit code is a number (display precision 0) without statistics.
-fn classes(e: Entity) -> Json {
+fn classes(e: Entity, o: &mut Obj) {
+    const LEVEL: &str = "measurement";
     let m = match e {
         Entity::Metric(m) => m,
-        Entity::Running => return json!({"device_class": "running"}),
-        Entity::Life(Topic::OomKilled) => return json!({"device_class": "problem"}),
-        Entity::Life(Topic::State) => {
-            let options: Vec<&str> = State::ALL.iter().map(|s| s.name()).collect();
-            return json!({"device_class": "enum", "options": options});
+        Entity::Running => return o.str("device_class", "running"),
+        Entity::Life(Topic::OomKilled) => return o.str("device_class", "problem"),
+        Entity::Life(t @ (Topic::State | Topic::Health)) => {
+            o.str("device_class", "enum");
+            o.open_list("options");
+            if t == Topic::State {
+                State::ALL.iter().for_each(|s| o.item(s.name()));
+            } else {
+                Health::ALL.iter().for_each(|h| o.item(h.name()));
+            }
+            return o.close(b']');
         }
-        Entity::Life(Topic::Health) => {
-            let options: Vec<&str> = Health::ALL.iter().map(|h| h.name()).collect();
-            return json!({"device_class": "enum", "options": options});
-        }
-        Entity::Life(Topic::RestartCount) => return json!({"state_class": "total_increasing"}),
+        Entity::Life(Topic::RestartCount) => return o.str("state_class", "total_increasing"),
         Entity::Life(Topic::ExitCode) => {
-            return json!({"suggested_display_precision": 0, "entity_category": "diagnostic"})
+            o.number("suggested_display_precision", 0);
+            return o.str("entity_category", "diagnostic");
         }
         Entity::Life(Topic::Uptime) => {
-            return json!({"device_class": "duration", "unit_of_measurement": "s", "state_class": "measurement"})
+            o.str("device_class", "duration");
+            o.str("unit_of_measurement", "s");
+            return o.str("state_class", LEVEL);
         }
     };
-    match m {
-        Metric::CpuPercent | Metric::MemoryPercent => {
-            json!({"unit_of_measurement": "%", "state_class": "measurement"})
-        }
-        Metric::MemoryUsage | Metric::MemoryLimit => {
-            json!({"unit_of_measurement": "B", "device_class": "data_size", "state_class": "measurement"})
+    // Unit, device class, state class ("" for none) and whether the entity is a diagnostic one: the
+    // device's load, swap, total storage, uptime and throttling flags are, its CPU, memory, temperature,
+    // storage use and traffic are not.
+    let (unit, device_class, state_class, diagnostic) = match m {
+        Metric::CpuPercent | Metric::MemoryPercent => ("%", "", LEVEL, false),
+        Metric::MemoryUsage | Metric::MemoryLimit | Metric::StorageUsed => {
+            ("B", "data_size", LEVEL, false)
         }
         Metric::NetworkReceived
         | Metric::NetworkSent
         | Metric::BlockRead
-        | Metric::BlockWritten => {
-            json!({"unit_of_measurement": "B", "device_class": "data_size", "state_class": "total_increasing"})
+        | Metric::BlockWritten => ("B", "data_size", "total_increasing", false),
+        Metric::Pids => ("", "", LEVEL, false),
+        Metric::LoadAverage1m | Metric::LoadAverage5m | Metric::LoadAverage15m => {
+            ("", "", LEVEL, true)
         }
-        Metric::Pids => json!({"state_class": "measurement"}),
+        Metric::SwapUsage | Metric::SwapTotal | Metric::StorageTotal => {
+            ("B", "data_size", LEVEL, true)
+        }
+        Metric::CpuTemperature => ("°C", "temperature", LEVEL, false),
+        Metric::Uptime => ("s", "duration", LEVEL, true),
+        _ => ("", "problem", "", true),
+    };
+    let keys = [
+        ("unit_of_measurement", unit),
+        ("device_class", device_class),
+        ("state_class", state_class),
+        (
+            "entity_category",
+            if diagnostic { "diagnostic" } else { "" },
+        ),
+    ];
+    for (k, v) in keys.into_iter().filter(|(_, v)| !v.is_empty()) {
+        o.str(k, v);
     }
 }
 
@@ -656,6 +886,10 @@ pub fn id_safe(s: &str) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use serde_json::{json, Value as Json};
+
+    /// The nine figures a container has (the rest of `Metric::ALL` are the device's).
+    pub(super) const CONTAINER_METRICS: &[Metric] = Metric::ALL.split_at(9).0;
 
     fn discovery(mode: PayloadMode, expire: Option<u64>) -> Discovery {
         Discovery::new(Settings {
@@ -772,7 +1006,7 @@ pub(super) mod tests {
     fn home_assistant_birth_republishes_everything_after_a_delay() {
         let t0 = Instant::now();
         let mut d = discovery(PayloadMode::PerMetric, None);
-        let mut first = d.seen(t0, "a", "r/a", Metric::ALL.iter().copied());
+        let mut first = d.seen(t0, "a", "r/a", CONTAINER_METRICS.iter().copied());
         first.extend(d.seen(t0, "b", "r/b", [Metric::Pids].into_iter()));
         deliver(&mut d, &first);
         d.on_message(t0, "homeassistant/status", b"offline", 7);
@@ -797,6 +1031,7 @@ pub(super) mod tests {
         });
         let c = d.seen(t0, "web", "r/web", [Metric::Pids].into_iter());
         let mut record = ContainerStats {
+            part: None,
             name: "web".into(),
             id: String::new(),
             service: None,
@@ -987,7 +1222,7 @@ pub(super) mod tests {
         for i in 0..100 {
             let name = format!("svc{i}");
             assert!(d
-                .seen(t0, &name, &name, Metric::ALL.iter().copied())
+                .seen(t0, &name, &name, CONTAINER_METRICS.iter().copied())
                 .is_empty());
         }
         assert!(d.poll(t0, 0).is_empty());
@@ -1223,6 +1458,149 @@ pub(super) mod tests {
             parse(&c[0])["default_entity_id"],
             parse(&c2[0])["default_entity_id"]
         );
+    }
+
+    #[test]
+    fn the_device_is_an_ha_device_of_its_own_that_every_service_runs_on() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerMetric, Some(60));
+        d.device_service("@device");
+        let root = "root/dev.1/telemetry/system/@device";
+        let mut whole = d.seen(
+            t0,
+            "@device",
+            root,
+            [Metric::CpuTemperature, Metric::Uptime, Metric::UnderVoltage].into_iter(),
+        );
+        let eth0 = d.seen_part(
+            t0,
+            "@device",
+            Some("eth0"),
+            &format!("{root}/eth0"),
+            [Metric::NetworkReceived].into_iter(),
+        );
+        let web = d.seen(t0, "web", "r/web", [Metric::Pids].into_iter());
+        let topics: Vec<&str> = whole
+            .iter()
+            .chain(&eth0)
+            .map(|c| c.topic.as_str())
+            .collect();
+        assert_eq!(
+            topics,
+            [
+                "homeassistant/sensor/dev_1/cpu_temperature_in_celsius/config",
+                "homeassistant/sensor/dev_1/uptime_in_seconds/config",
+                "homeassistant/binary_sensor/dev_1/under_voltage/config",
+                "homeassistant/sensor/dev_1/network_received_in_bytes_eth0/config",
+            ]
+        );
+        let temp = parse(&whole[0]);
+        assert_eq!(temp["device"]["name"], "dev.1");
+        assert_eq!(
+            temp["device"]["identifiers"],
+            json!(["balena-multi-container-telemetry_dev_1"])
+        );
+        assert!(temp["device"].get("via_device").is_none());
+        assert_eq!(
+            (&temp["device_class"], &temp["unit_of_measurement"]),
+            (&json!("temperature"), &json!("°C"))
+        );
+        assert!(temp.get("entity_category").is_none(), "a primary figure");
+        assert_eq!(temp["unique_id"], "dev_1_cpu_temperature_in_celsius");
+        assert_eq!(
+            temp["default_entity_id"],
+            "sensor.dev_1_cpu_temperature_in_celsius"
+        );
+        let uptime = parse(&whole[1]);
+        assert_eq!(uptime["entity_category"], "diagnostic");
+        assert_eq!(uptime["device_class"], "duration");
+        let uv = parse(&whole[2]);
+        assert_eq!(
+            (&uv["device_class"], &uv["entity_category"]),
+            (&json!("problem"), &json!("diagnostic"))
+        );
+        assert_eq!(
+            uv["value_template"],
+            "{{ 'ON' if value_json.value else 'OFF' }}"
+        );
+        let rx = parse(&eth0[0]);
+        assert_eq!(rx["name"], "Network received eth0");
+        assert_eq!(rx["unique_id"], "dev_1_network_received_in_bytes_eth0");
+        assert_eq!(
+            rx["state_topic"],
+            format!("{root}/eth0/network_received_in_bytes")
+        );
+        assert_eq!(
+            rx["device"], temp["device"],
+            "one HA device for the whole device"
+        );
+        // Containers' HA devices run on it.
+        assert_eq!(
+            parse(&web[0])["device"]["via_device"],
+            "balena-multi-container-telemetry_dev_1"
+        );
+        // A part that stops being reported (an interface gone down) is removed on its own.
+        whole.extend(eth0);
+        deliver(&mut d, &whole);
+        deliver(&mut d, &web);
+        let later = t0 + Duration::from_secs(61);
+        d.seen(later, "@device", root, [Metric::CpuTemperature].into_iter());
+        d.seen(later, "web", "r/web", [Metric::Pids].into_iter());
+        let removed: Vec<String> = d
+            .poll(later, usize::MAX)
+            .into_iter()
+            .map(|c| c.topic)
+            .collect();
+        assert_eq!(
+            removed,
+            ["homeassistant/sensor/dev_1/network_received_in_bytes_eth0/config"]
+        );
+    }
+
+    #[test]
+    fn per_service_parts_read_their_own_payload() {
+        let mut d = discovery(PayloadMode::PerService, None);
+        d.device_service("@device");
+        let c = d.seen_part(
+            Instant::now(),
+            "@device",
+            Some("disk_root"),
+            "r/@device/disk_root",
+            [Metric::StorageUsed, Metric::StorageTotal].into_iter(),
+        );
+        let used = parse(&c[0]);
+        assert_eq!(used["state_topic"], "r/@device/disk_root");
+        assert_eq!(
+            used["value_template"],
+            "{{ value_json.storage_used_in_bytes | default(None) }}"
+        );
+        assert_eq!(parse(&c[1])["entity_category"], "diagnostic");
+        assert!(used.get("entity_category").is_none());
+    }
+
+    #[test]
+    fn configs_are_json_whatever_the_names_hold() {
+        let mut d = Discovery::new(Settings {
+            device_id: "dev\"1\\x".into(),
+            ..discovery(PayloadMode::PerService, None).s
+        });
+        d.device_service("@device");
+        let name = "we\"ird\\svc\u{1}é";
+        let mut c = d.seen(Instant::now(), name, "r/x", [Metric::Pids].into_iter());
+        c.extend(d.seen(
+            Instant::now(),
+            "@device",
+            "r/d",
+            [Metric::CpuTemperature].into_iter(),
+        ));
+        let svc = parse(&c[0]);
+        assert_eq!(svc["device"]["name"], format!("{name} on dev\"1\\x"));
+        assert_eq!(
+            svc["device"]["via_device"],
+            "balena-multi-container-telemetry_dev_1_x"
+        );
+        assert_eq!(svc["expire_after"], 30);
+        assert_eq!(parse(&c[1])["device"]["name"], "dev\"1\\x");
     }
 
     #[test]

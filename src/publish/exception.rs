@@ -58,12 +58,13 @@ pub const DEFAULT_DEADBANDS: Deadbands = Deadbands {
 
 /// Which of one container's values to publish: a bit per metric, then one per lifecycle topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Picked(u16);
+pub struct Picked(u32);
 
 const LIFE_SHIFT: usize = Metric::ALL.len();
+const _: () = assert!(LIFE_SHIFT + Topic::ALL.len() <= 32);
 
 impl Picked {
-    pub const ALL: Picked = Picked(u16::MAX);
+    pub const ALL: Picked = Picked(u32::MAX);
 
     pub fn metric(self, m: Metric) -> bool {
         self.0 & 1 << m as usize != 0
@@ -159,15 +160,15 @@ impl Exceptions {
         let t = self.tracked(root);
         t.seen = true;
         let due = |at: u32| now.saturating_sub(at) >= heartbeat;
-        let mut picked = 0u16;
+        let mut picked = 0u32;
         for (m, v) in figures.iter() {
             let sent = t.metrics[m as usize];
             let pick = sent.is_none_or(|s| due(s.at) || crossed(&deadbands, m, s.value, code(v)));
-            picked |= u16::from(pick) << m as usize;
+            picked |= u32::from(pick) << m as usize;
         }
         // The percentage is usage over limit: it goes out with either, as a consumer reads them together.
         // Without a usage figure, it is held to the memory deadband itself.
-        let bit = |m: Metric| 1u16 << m as usize;
+        let bit = |m: Metric| 1u32 << m as usize;
         let has = |m: Metric| figures.get(m).is_some();
         if has(Metric::MemoryPercent) && has(Metric::MemoryUsage) {
             let with = bit(Metric::MemoryUsage) | bit(Metric::MemoryLimit);
@@ -179,10 +180,10 @@ impl Exceptions {
         for (topic, field) in life.iter().flatten() {
             let sent = t.life[*topic as usize];
             let pick = sent.is_none_or(|s| due(s.at) || changed(*topic, s.value, *field));
-            picked |= u16::from(pick) << (LIFE_SHIFT + *topic as usize);
+            picked |= u32::from(pick) << (LIFE_SHIFT + *topic as usize);
         }
         if per_service && picked != 0 {
-            picked = u16::MAX;
+            picked = u32::MAX;
         }
         let picked = Picked(picked);
         for (m, v) in figures.iter().filter(|(m, _)| picked.metric(*m)) {
@@ -235,8 +236,18 @@ fn code(v: Value) -> u64 {
     match v {
         Value::Count(n) => n,
         Value::Percent(p) => hundredths(p).unwrap_or(0),
+        // Shifted by 2^63, so that differences between negative and positive values stay right.
+        Value::Hundredths(h) => (h as u64).wrapping_add(1 << 63),
+        Value::Flag(b) => u64::from(b),
     }
 }
+
+/// The device's figures (`source::device`) have deadbands of their own, built in until they have keys:
+/// load averages 0.5 and the CPU's temperature 1 °C (both in hundredths, as published), storage used
+/// 16 MiB.
+const LOAD_DEADBAND: u64 = 50;
+const TEMPERATURE_DEADBAND: u64 = 100;
+const STORAGE_DEADBAND: u64 = 16 << 20;
 
 /// Moved beyond its deadband from `last` (published) to `now`.
 fn crossed(d: &Deadbands, m: Metric, last: u64, now: u64) -> bool {
@@ -249,7 +260,27 @@ fn crossed(d: &Deadbands, m: Metric, last: u64, now: u64) -> bool {
         }
         Metric::NetworkReceived | Metric::NetworkSent => moved > d.network,
         Metric::BlockRead | Metric::BlockWritten => moved > d.block_io,
-        Metric::MemoryLimit | Metric::Pids => moved > 0,
+        Metric::LoadAverage1m | Metric::LoadAverage5m | Metric::LoadAverage15m => {
+            moved > LOAD_DEADBAND
+        }
+        Metric::CpuTemperature => moved > TEMPERATURE_DEADBAND,
+        Metric::StorageUsed => moved > STORAGE_DEADBAND,
+        // Swap is memory: the same relative deadband.
+        Metric::SwapUsage => u128::from(moved) * 10_000 > u128::from(last) * u128::from(d.memory),
+        // Uptime grows every tick by design: with the heartbeat, or at once after a reboot.
+        Metric::Uptime => now < last,
+        Metric::MemoryLimit
+        | Metric::Pids
+        | Metric::SwapTotal
+        | Metric::StorageTotal
+        | Metric::UnderVoltage
+        | Metric::FrequencyCapped
+        | Metric::Throttled
+        | Metric::SoftTemperatureLimit
+        | Metric::UnderVoltageSinceBoot
+        | Metric::FrequencyCappedSinceBoot
+        | Metric::ThrottledSinceBoot
+        | Metric::SoftTemperatureLimitSinceBoot => moved > 0,
     }
 }
 
@@ -267,6 +298,8 @@ mod tests {
     use crate::stats::lifecycle::{Lifecycle, State};
 
     const ROOT: &str = "root/dev/telemetry/system/web";
+    /// The nine figures a container has (the rest of `Metric::ALL` are the device's).
+    const CONTAINER_METRICS: &[Metric] = Metric::ALL.split_at(9).0;
 
     fn report(heartbeat: u64) -> Report {
         Report {
@@ -414,15 +447,70 @@ mod tests {
         let base = every_metric();
         let (mut x, t0) = baseline(PayloadMode::PerMetric, &base);
         assert_eq!(tick(&mut x, t0, 899, &base), []);
-        assert_eq!(tick(&mut x, t0, 900, &base), Metric::ALL);
+        assert_eq!(tick(&mut x, t0, 900, &base), CONTAINER_METRICS);
         // A figure published by exception has its own heartbeat from then on.
         let busy = with(&base, Metric::Pids, Value::Count(9));
         assert_eq!(tick(&mut x, t0, 1000, &busy), [Metric::Pids]);
         assert_eq!(tick(&mut x, t0, 1799, &busy), []);
-        let mut rest = Metric::ALL.to_vec();
+        let mut rest = CONTAINER_METRICS.to_vec();
         rest.retain(|m| *m != Metric::Pids);
         assert_eq!(tick(&mut x, t0, 1800, &busy), rest);
         assert_eq!(tick(&mut x, t0, 1900, &busy), [Metric::Pids]);
+    }
+
+    #[test]
+    fn the_devices_figures_have_deadbands_of_their_own() {
+        use Metric::*;
+        let base = figures(&[
+            (LoadAverage1m, Value::Hundredths(100)),
+            (CpuTemperature, Value::Hundredths(-50)),
+            (SwapUsage, Value::Count(100 << 20)),
+            (StorageUsed, Value::Count(1 << 30)),
+            (StorageTotal, Value::Count(8 << 30)),
+            (Uptime, Value::Count(1000)),
+            (Throttled, Value::Flag(false)),
+        ]);
+        let cases = [
+            (
+                LoadAverage1m,
+                Value::Hundredths(150),
+                Value::Hundredths(151),
+            ),
+            // From -0.5 °C: 0.5 °C is 1.00 away (inside), 0.51 °C beyond.
+            (CpuTemperature, Value::Hundredths(50), Value::Hundredths(51)),
+            (
+                SwapUsage,
+                Value::Count(102 << 20),
+                Value::Count((102 << 20) + 1),
+            ),
+            (
+                StorageUsed,
+                Value::Count((1 << 30) + (16 << 20)),
+                Value::Count((1 << 30) + (16 << 20) + 1),
+            ),
+            (
+                StorageTotal,
+                Value::Count(8 << 30),
+                Value::Count((8 << 30) + 1),
+            ),
+            (Throttled, Value::Flag(false), Value::Flag(true)),
+        ];
+        for (m, inside, beyond) in cases {
+            let (mut x, t0) = baseline(PayloadMode::PerMetric, &base);
+            assert_eq!(tick(&mut x, t0, 10, &with(&base, m, inside)), [], "{m:?}");
+            assert_eq!(tick(&mut x, t0, 20, &with(&base, m, beyond)), [m], "{m:?}");
+        }
+        // Uptime grows every tick: only with the heartbeat, or at once when it went back (a reboot).
+        let (mut x, t0) = baseline(PayloadMode::PerMetric, &base);
+        let up = |secs| with(&base, Uptime, Value::Count(secs));
+        assert_eq!(tick(&mut x, t0, 10, &up(1010)), []);
+        assert_eq!(tick(&mut x, t0, 20, &up(5)), [Uptime]);
+        assert_eq!(
+            tick(&mut x, t0, 900, &up(885)).len(),
+            6,
+            "the others' heartbeat"
+        );
+        assert_eq!(tick(&mut x, t0, 920, &up(905)), [Uptime], "its own");
     }
 
     #[test]
@@ -539,7 +627,7 @@ mod tests {
         let (mut x, t0) = baseline(PayloadMode::PerMetric, &base);
         assert_eq!(tick(&mut x, t0, 10, &base), []);
         x.reset();
-        assert_eq!(tick(&mut x, t0, 20, &base), Metric::ALL);
+        assert_eq!(tick(&mut x, t0, 20, &base), CONTAINER_METRICS);
         assert_eq!(tick(&mut x, t0, 30, &base), []);
     }
 

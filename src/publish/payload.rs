@@ -70,7 +70,7 @@ fn push_field(out: &mut Vec<u8>, field: Field) {
 
 /// A JSON string (RFC 8259 section 7): quote, backslash and control characters escaped, the rest as is.
 /// Our texts are fixed words, but the writer must be right for any text it is handed.
-fn push_string(out: &mut Vec<u8>, s: &str) {
+pub fn push_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     for &b in s.as_bytes() {
@@ -97,6 +97,13 @@ fn push_value(out: &mut Vec<u8>, value: Value) {
     match value {
         Value::Count(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
         Value::Percent(p) => push_percent(out, p),
+        Value::Hundredths(h) => {
+            if h < 0 {
+                out.push(b'-');
+            }
+            push_hundredths(out, h.unsigned_abs());
+        }
+        Value::Flag(b) => push_field(out, Field::Flag(b)),
     }
 }
 
@@ -108,6 +115,11 @@ fn push_percent(out: &mut Vec<u8>, p: f64) {
         out.push(b'0');
         return;
     };
+    push_hundredths(out, h);
+}
+
+/// `h` hundredths as a decimal with at most two places, trailing zeros dropped: 175 -> 1.75, 1230 -> 12.3.
+fn push_hundredths(out: &mut Vec<u8>, h: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(h / 100).as_bytes());
     let (tens, ones) = ((h / 10 % 10) as u8, (h % 10) as u8);
     if tens != 0 || ones != 0 {
@@ -252,6 +264,30 @@ mod tests {
             push_percent(&mut out, p);
             assert_eq!(String::from_utf8(out).unwrap(), text, "{p}");
         }
+    }
+
+    #[test]
+    fn hundredths_and_flags() {
+        assert_eq!(
+            text(Value::Hundredths(4528)),
+            r#"{"value":45.28,"timestamp":1700000000123}"#
+        );
+        assert_eq!(
+            text(Value::Hundredths(-501)),
+            r#"{"value":-5.01,"timestamp":1700000000123}"#
+        );
+        assert_eq!(
+            text(Value::Hundredths(-50)),
+            r#"{"value":-0.5,"timestamp":1700000000123}"#
+        );
+        assert_eq!(
+            text(Value::Hundredths(i64::MIN)),
+            r#"{"value":-92233720368547758.08,"timestamp":1700000000123}"#
+        );
+        assert_eq!(
+            text(Value::Flag(true)),
+            r#"{"value":true,"timestamp":1700000000123}"#
+        );
     }
 
     #[test]

@@ -134,6 +134,7 @@ mod tests {
 
     fn record(name: &str, pids: Option<u64>, state: Option<State>) -> ContainerStats {
         let mut r = ContainerStats {
+            part: None,
             name: name.into(),
             id: String::new(),
             service: None,

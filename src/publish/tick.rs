@@ -15,6 +15,7 @@ use crate::publish::lifecycle::{self, Topic};
 use crate::publish::payload::{write_field, write_service, write_value, Field};
 use crate::publish::topics::{Names, TopicTemplate};
 use crate::publish::warnings::{Kind, Warnings};
+use crate::source::device::Record as DeviceRecord;
 use crate::source::StatsText;
 use crate::stats::lifecycle::Lifecycle;
 use crate::stats::records::{Cursor, RecordError};
@@ -70,6 +71,8 @@ enum Records {
     Parsed(std::vec::IntoIter<ContainerStats>),
     /// Records published before, sent again for Home Assistant (see `resend`), each with its timestamp.
     Resent(std::vec::IntoIter<(u64, ContainerStats)>),
+    /// The device pseudo-service's records (`source::device`): the whole device, then its parts.
+    Device(std::vec::IntoIter<ContainerStats>),
 }
 
 /// `ps`'s lives by container name, each taken at most once; those left after the text are stopped
@@ -155,7 +158,7 @@ impl Tick {
     pub fn into_text(self) -> Vec<u8> {
         match self.records {
             Records::Text { text, .. } => text,
-            Records::Parsed(_) | Records::Resent(_) => Vec::new(),
+            _ => Vec::new(),
         }
     }
 
@@ -168,6 +171,25 @@ impl Tick {
     /// (whatever the report mode), no configs, and no hand-over judgement (they were judged once).
     pub fn resent(records: Vec<(u64, ContainerStats)>) -> Tick {
         Tick::with("re-send".into(), Records::Resent(records.into_iter()), 0)
+    }
+
+    /// A tick of the device pseudo-service's records, named `service`.
+    pub fn device(service: String, records: Vec<DeviceRecord>, timestamp_ms: u64) -> Tick {
+        let stats = records.into_iter().map(|r| ContainerStats {
+            name: service.clone(),
+            id: service.clone(),
+            service: Some(service.clone()),
+            figures: r.figures,
+            lifecycle: None,
+            part: r.part,
+        });
+        let records = Records::Device(stats.collect::<Vec<_>>().into_iter());
+        Tick::with("device".into(), records, timestamp_ms)
+    }
+
+    /// Whether it holds the device's records rather than containers'.
+    pub fn is_device(&self) -> bool {
+        matches!(self.records, Records::Device(_))
     }
 
     /// Whether this is a [`Tick::resent`] one.
@@ -223,6 +245,11 @@ impl Tick {
                 self.timestamp_ms = timestamp_ms;
                 (stats, None)
             }
+            // The device's tick is no collection of containers: it does not end a hand-over tick.
+            Records::Device(stats) => match stats.next() {
+                Some(s) => (s, None),
+                None => return false,
+            },
             Records::Text {
                 text,
                 cursor,
@@ -285,7 +312,7 @@ impl Tick {
         self.publish_record(stats, line, p, scratch, discovery, sink)
     }
 
-    /// One container's messages (see [`Tick::step`]); true.
+    /// One container's messages (see [`Tick::step`]), or one part of the device's; true.
     fn publish_record(
         &mut self,
         stats: ContainerStats,
@@ -300,7 +327,9 @@ impl Tick {
         if stats.name == "--" {
             return true;
         }
-        self.containers += 1;
+        // The device is no container: it is not counted as one, and takes no part in hand-overs.
+        let device = self.is_device();
+        self.containers += usize::from(!device);
 
         let service = match &stats.service {
             Some(s) => topic_level(s),
@@ -310,7 +339,7 @@ impl Tick {
         if let Verdict::Older {
             newer_release,
             first,
-        } = if resent {
+        } = if resent || device || stats.part.is_some() {
             Verdict::Publish
         } else if stats.figures.iter().next().is_some() {
             self.figures_judged = true;
@@ -333,6 +362,11 @@ impl Tick {
         };
         scratch.topic.clear();
         p.template.render_root(&names, &mut scratch.topic);
+        // A part of the device (an interface, a filesystem): one level further down.
+        if let Some(part) = &stats.part {
+            scratch.topic.push('/');
+            scratch.topic.push_str(part);
+        }
         let life = stats
             .lifecycle
             .as_ref()
@@ -343,7 +377,8 @@ impl Tick {
             let now = *now;
             let metrics = stats.figures.iter().map(|(m, _)| Entity::Metric(m));
             let lives = life.iter().flatten().map(|(t, _)| Entity::Life(*t));
-            for c in d.seen(now, &service, &scratch.topic, metrics.chain(lives)) {
+            let part = stats.part.as_deref();
+            for c in d.seen_part(now, &service, part, &scratch.topic, metrics.chain(lives)) {
                 // Configs are retained and must arrive: QoS 1 whatever the metrics use.
                 if let Ok(m) = Message::publish(&c.topic, &c.payload, QoS::AtLeastOnce, true) {
                     sink(m, Some(c.tag));
@@ -448,6 +483,7 @@ impl Tick {
 /// A container `ps` lists and `stats` does not: its life, no figures.
 fn life_only(name: String, life: Lifecycle) -> ContainerStats {
     ContainerStats {
+        part: None,
         name,
         id: String::new(),
         service: None,
@@ -571,6 +607,7 @@ mod tests {
         f.set(Metric::CpuPercent, Value::Percent(62.5));
         f.set(Metric::MemoryLimit, Value::Count(67_108_864));
         let labelled = ContainerStats {
+            part: None,
             name: "whatever_1_2".into(),
             id: "abc".into(),
             service: Some("api/v2".into()),
@@ -578,6 +615,7 @@ mod tests {
             lifecycle: None,
         };
         let named = ContainerStats {
+            part: None,
             name: "db_12_34".into(),
             id: "def".into(),
             service: None,
@@ -648,6 +686,7 @@ mod tests {
             figures.set(Metric::Pids, Value::Count(n));
         }
         ContainerStats {
+            part: None,
             name: name.into(),
             id: "abc".into(),
             service: None,
@@ -896,7 +935,8 @@ mod tests {
     /// For tests/scripts/check-ha-schemas.py, which checks configs with Home Assistant's own schemas and
     /// renders their templates against the messages they describe: a tick in each payload mode through
     /// discovery, with a running container (every figure, every lifecycle value but the exit code) and an
-    /// exited one (no figures, an exit code), so every entity is announced. One line per message,
+    /// exited one (no figures, an exit code), and the device's every figure, so every entity is announced.
+    /// One line per message,
     /// `topic<TAB>payload`, configs first, written to the file `HA_CONFIG_DUMP` names. No source in this
     /// branch reports lifecycle yet, so the agent's own runs in that script cannot show these entities.
     /// tests/scripts/check-ha-device.py asks for the device form's messages instead (`HA_DUMP_FORM`).
@@ -947,9 +987,12 @@ mod tests {
                 resend_values: false,
                 form,
             });
+            d.device_service("@device");
             let now = Instant::now();
             let tick = Tick::parsed("t".into(), vec![running.clone(), exited.clone()], 62_500);
             let mut out = drain_tick(tick, mode, &mut d, now);
+            let device = Tick::device("@device".into(), device_records(), 62_500);
+            out.extend(drain_tick(device, mode, &mut d, now));
             if form == Form::Device {
                 for (_, _, tag) in &out {
                     if let Some(tag) = tag {
@@ -971,10 +1014,11 @@ mod tests {
             }
         }
         let want = match form {
-            // web: nine metrics, five lifecycle topics and running; worker: its life without uptime.
-            Form::Entity => 2 * (15 + 6),
-            // One per service.
-            Form::Device => 2 * 2,
+            // web: nine metrics, five lifecycle topics and running; worker: its life without uptime;
+            // the device: 19 figures of its own, two of an interface, two of a filesystem.
+            Form::Entity => 2 * (15 + 6 + 23),
+            // One per service, and one per part of the device.
+            Form::Device => 2 * 5,
         };
         assert_eq!(configs, want, "every entity in both modes");
         std::fs::write(path, lines).unwrap();
@@ -1037,6 +1081,175 @@ mod tests {
             }
             assert!(third.is_empty(), "{mode:?}: {third:?}");
         }
+    }
+
+    /// The device's records as `source::device` hands them over: every figure of the whole device (a
+    /// Pi without the rpi_volt hwmon, so every throttling flag; a cold morning outdoors), an interface
+    /// and a filesystem.
+    fn device_records() -> Vec<DeviceRecord> {
+        use crate::stats::{Figures, Metric, Value};
+        let mut whole = Figures::default();
+        for (i, m) in Metric::ALL.into_iter().enumerate() {
+            let v = match m {
+                Metric::CpuPercent | Metric::MemoryPercent => Value::Percent(12.5),
+                Metric::LoadAverage1m | Metric::LoadAverage5m | Metric::LoadAverage15m => {
+                    Value::Hundredths(52)
+                }
+                Metric::CpuTemperature => Value::Hundredths(-512),
+                Metric::UnderVoltage
+                | Metric::FrequencyCapped
+                | Metric::Throttled
+                | Metric::SoftTemperatureLimit
+                | Metric::UnderVoltageSinceBoot
+                | Metric::FrequencyCappedSinceBoot
+                | Metric::ThrottledSinceBoot
+                | Metric::SoftTemperatureLimitSinceBoot => Value::Flag(i % 2 == 0),
+                Metric::MemoryUsage
+                | Metric::MemoryLimit
+                | Metric::SwapUsage
+                | Metric::SwapTotal
+                | Metric::Uptime => Value::Count(1000 + i as u64),
+                _ => continue,
+            };
+            whole.set(m, v);
+        }
+        let mut eth0 = Figures::default();
+        eth0.set(Metric::NetworkReceived, Value::Count(7));
+        eth0.set(Metric::NetworkSent, Value::Count(8));
+        let mut disk = Figures::default();
+        disk.set(Metric::StorageUsed, Value::Count(9));
+        disk.set(Metric::StorageTotal, Value::Count(10));
+        vec![
+            DeviceRecord {
+                part: None,
+                figures: whole,
+            },
+            DeviceRecord {
+                part: Some("eth0".into()),
+                figures: eth0,
+            },
+            DeviceRecord {
+                part: Some("disk_root".into()),
+                figures: disk,
+            },
+        ]
+    }
+
+    #[test]
+    fn the_device_goes_out_under_its_service_with_its_parts_one_level_down() {
+        let (tick, out) = drain(Tick::device("@device".into(), device_records(), 5));
+        assert!(tick.is_device());
+        assert_eq!((tick.containers, tick.messages), (0, 23), "no container");
+        let got: Vec<String> = out
+            .iter()
+            .map(|(t, p)| {
+                format!(
+                    "{} {p}",
+                    t.strip_prefix("root/dev/telemetry/system/").unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            got[0],
+            r#"@device/cpu_usage_in_percent {"value":12.5,"timestamp":5}"#
+        );
+        assert!(got.contains(
+            &r#"@device/cpu_temperature_in_celsius {"value":-5.12,"timestamp":5}"#.to_owned()
+        ));
+        assert!(got.contains(&r#"@device/load_average_1m {"value":0.52,"timestamp":5}"#.to_owned()));
+        assert!(got.contains(&r#"@device/throttled {"value":true,"timestamp":5}"#.to_owned()));
+        assert_eq!(
+            got[19..],
+            [
+                r#"@device/eth0/network_received_in_bytes {"value":7,"timestamp":5}"#,
+                r#"@device/eth0/network_sent_in_bytes {"value":8,"timestamp":5}"#,
+                r#"@device/disk_root/storage_used_in_bytes {"value":9,"timestamp":5}"#,
+                r#"@device/disk_root/storage_total_in_bytes {"value":10,"timestamp":5}"#,
+            ]
+        );
+        let out = drain_device(PayloadMode::PerService, None);
+        let got: Vec<(&str, &str)> = messages(&out);
+        assert_eq!(got.len(), 3, "one payload per part");
+        assert_eq!(
+            got[1],
+            (
+                "root/dev/telemetry/system/@device/eth0",
+                r#"{"timestamp":62500,"network_received_in_bytes":7,"network_sent_in_bytes":8}"#
+            )
+        );
+        assert!(
+            got[0]
+                .1
+                .contains(r#""under_voltage":true,"frequency_capped":false"#),
+            "{}",
+            got[0].1
+        );
+    }
+
+    #[test]
+    fn a_device_tick_leaves_hand_overs_alone() {
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let p = Publishing {
+            template: &template,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            mode: PayloadMode::PerMetric,
+        };
+        let mut scratch = Scratch::default();
+        // The older release first: only what the previous tick saw holds it back.
+        let text = concat!(
+            r#"{"Name":"main_10_100_localrelease","PIDs":"1"}"#,
+            "\n",
+            r#"{"Name":"main_11_101_bbbb","PIDs":"2"}"#,
+            "\n"
+        );
+        // A container tick, then the device's between it and the next: the older release is still
+        // held back in the next, as without the device.
+        for tick in 0..2 {
+            let mut t = Tick::new("t".into(), text.as_bytes().to_vec(), 1);
+            let mut n = 0;
+            while t.step(&p, &mut scratch, None, &mut |_, _| n += 1) {}
+            if tick == 1 {
+                assert_eq!(n, 1);
+            }
+            let mut d = Tick::device("@device".into(), device_records(), 1);
+            while d.step(&p, &mut scratch, None, &mut |_, _| {}) {}
+        }
+    }
+
+    fn drain_device(
+        mode: PayloadMode,
+        discovery: Option<&mut Discovery>,
+    ) -> Vec<(String, String, bool)> {
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let p = Publishing {
+            template: &template,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            mode,
+        };
+        let mut scratch = Scratch::default();
+        let mut tick = Tick::device("@device".into(), device_records(), 62_500);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        let mut discovery = discovery;
+        while tick.step(
+            &p,
+            &mut scratch,
+            discovery.as_deref_mut().map(|d| (d, now)),
+            &mut |m, tag| {
+                if let Ok(Incoming::Publish { topic, payload, .. }) = decode(m.bytes()) {
+                    out.push((
+                        topic.to_owned(),
+                        String::from_utf8(payload.to_vec()).unwrap(),
+                        tag.is_some(),
+                    ));
+                }
+            },
+        ) {}
+        out
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! capped so no input can grow memory without bound.
 
 pub mod cli;
+pub mod device;
 pub mod engine;
 pub mod file;
 pub mod kernel;

@@ -9,7 +9,10 @@ stopped with SIGTERM, each in per_metric and per_service mode); every retained c
 `homeassistant/#` is read back, and the figures are caught by a subscriber on `root/#`. No source in this
 branch reports containers' lifecycle yet, so the lifecycle entities' configs and messages come from the
 unit test `dump_configs_and_messages` (src/publish/tick.rs), which runs a tick with a running and an exited
-container through the same publishing and discovery code in both payload modes.
+container through the same publishing and discovery code in both payload modes; so do the device
+pseudo-service's entities this machine does not have (CPU temperature, the Raspberry Pi's eight
+throttling flags), from the same test's device tick with every figure. The agent's own runs publish this
+machine's device figures (CPU, memory, load, swap, uptime, its interfaces and `/`).
 
 A rendered value must be what Home Assistant can take: `ON`/`OFF` for binary sensors (`running` ON exactly
 when the state is running, `oom_killed` ON exactly when true), one of the options for enum sensors, and
@@ -29,6 +32,7 @@ Older releases ignore both: the entity id then comes from the names, and an enum
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -141,7 +145,10 @@ def render_all(configs, messages):
         if payload is None:
             return [where + f"no message arrived on its state_topic {config['state_topic']}"]
         per_metric = "value_json.value" in config["value_template"]
-        key = "value" if per_metric else ("state" if obj == "running" else obj)
+        # The payload's key the template reads: `value`, or in per_service mode the metric's (which a
+        # device part's object id has its part after: network_received_in_bytes_eth0).
+        read = re.search(r"value_json\.(\w+)", config["value_template"])
+        key = read.group(1) if read else obj
         value = json.loads(payload).get(key)
         template = Template(config["value_template"], hass)
         got = template.async_render_with_possible_json_value(payload, "<error>")

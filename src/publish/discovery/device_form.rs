@@ -14,54 +14,25 @@
 //! entities' discovery ids differ from the old topics' (Home Assistant warns of a "conflicting discovery
 //! message" on every such repeat otherwise).
 
-use super::{bit, Config, Discovery, Entity, PayloadMode, Tag, PRODUCT, TAG_BITS, VERSION};
+use super::{bit, Config, Discovery, Entity, Obj, PayloadMode, Tag, TAG_BITS};
 use crate::publish::resend::SETTLE;
-use serde_json::json;
 use std::time::Instant;
 
 /// The device message's bit in a service's `pending` and the low bits of its tag (past the entities').
-pub(super) const DEVICE_INDEX: u32 = 31;
+pub(super) const DEVICE_INDEX: u32 = 63;
 const _: () = assert!((Entity::ALL.len() as u32) < DEVICE_INDEX && DEVICE_INDEX < 1 << TAG_BITS);
 
 /// The migration of a service's entities from their per-entity topics, as bits per `Entity`.
 #[derive(Default)]
 pub(super) struct Migration {
     /// First seen in this run: their old topics get the migration request.
-    pub todo: u32,
+    pub todo: u64,
     /// Requested: their old topics get an empty retained payload with the next device message.
-    pub cleanup: u32,
+    pub cleanup: u64,
     /// Requests handed out and not all acknowledged yet.
     pub requested: bool,
     /// Acknowledged: the device message waits until then, for Home Assistant to unload the old entities.
     pub settle_until: Option<Instant>,
-}
-
-/// Home Assistant's abbreviations of the keys we send (its `abbreviations.py`; `def_ent_id` is 2025.10's,
-/// which older releases ignore as they ignore `default_entity_id`).
-const ABBREVIATIONS: [(&str, &str); 15] = [
-    ("unique_id", "uniq_id"),
-    ("default_entity_id", "def_ent_id"),
-    ("state_topic", "stat_t"),
-    ("value_template", "val_tpl"),
-    ("expire_after", "exp_aft"),
-    ("unit_of_measurement", "unit_of_meas"),
-    ("state_class", "stat_cla"),
-    ("device_class", "dev_cla"),
-    ("entity_category", "ent_cat"),
-    ("suggested_display_precision", "sug_dsp_prc"),
-    ("options", "ops"),
-    ("identifiers", "ids"),
-    ("manufacturer", "mf"),
-    ("model", "mdl"),
-    ("sw_version", "sw"),
-];
-
-/// `text` with our keys abbreviated. `"key":` can only be a key: a quote inside a JSON string is escaped.
-fn abbreviated(mut text: String) -> String {
-    for (long, short) in ABBREVIATIONS {
-        text = text.replace(&format!("\"{long}\":"), &format!("\"{short}\":"));
-    }
-    text
 }
 
 impl Discovery {
@@ -75,6 +46,7 @@ impl Discovery {
             return;
         }
         svc.migration.settle_until = None;
+        let tag = |index: u32| id << TAG_BITS | Tag::from(index);
         let migrate = svc.migration.todo & svc.metrics;
         if migrate != 0 {
             svc.migration.todo &= !migrate;
@@ -82,8 +54,14 @@ impl Discovery {
             svc.migration.requested = true;
             svc.pending |= migrate;
             let name = svc.name.clone();
-            let request = br#"{"migrate_discovery":true}"#;
-            return self.to_entity_topics(id, &name, migrate, request, out);
+            for e in Entity::ALL.into_iter().filter(|e| migrate & bit(*e) != 0) {
+                out.push(Config {
+                    topic: self.config_topic(&name, e),
+                    payload: br#"{"migrate_discovery":true}"#.to_vec(),
+                    tag: tag(e.index()),
+                });
+            }
+            return;
         }
         let cleanup = std::mem::take(&mut svc.migration.cleanup);
         if svc.todo == 0 && cleanup == 0 {
@@ -101,25 +79,13 @@ impl Discovery {
         out.push(Config {
             topic: self.device_topic(&name),
             payload,
-            tag: id << TAG_BITS | Tag::from(DEVICE_INDEX),
+            tag: tag(DEVICE_INDEX),
         });
-        self.to_entity_topics(id, &name, cleanup, b"", out);
-    }
-
-    /// `payload` on the per-entity topic of each entity in `bits`.
-    fn to_entity_topics(
-        &self,
-        id: u64,
-        name: &str,
-        bits: u32,
-        payload: &[u8],
-        out: &mut Vec<Config>,
-    ) {
-        for e in Entity::ALL.into_iter().filter(|e| bits & bit(*e) != 0) {
+        for e in Entity::ALL.into_iter().filter(|e| cleanup & bit(*e) != 0) {
             out.push(Config {
-                topic: self.config_topic(name, e),
-                payload: payload.to_vec(),
-                tag: id << TAG_BITS | Tag::from(e.index()),
+                topic: self.config_topic(&name, e),
+                payload: Vec::new(),
+                tag: tag(e.index()),
             });
         }
     }
@@ -163,31 +129,33 @@ impl Discovery {
         )
     }
 
-    /// The entity form's options under their entity's key, then the keys abbreviated in the text: a JSON
-    /// tree rebuilt with other keys cost the device binary 7.6 KB more.
-    fn device_payload(&self, service: &str, root_topic: &str, metrics: u32) -> Vec<u8> {
-        let shared = self.s.mode == PayloadMode::PerService;
-        let mut d = json!({ "o": { "name": PRODUCT, "sw": VERSION } });
+    fn device_payload(&self, service: &str, root_topic: &str, metrics: u64) -> Vec<u8> {
+        let mut o = Obj::new(true);
+        self.device(service, &mut o);
+        self.origin(&mut o);
+        o.open("cmps");
+        let part = super::split(service).1;
         for e in Entity::ALL.into_iter().filter(|e| metrics & bit(*e) != 0) {
-            let mut c = self.entity_options(service, root_topic, e, shared);
-            c["p"] = json!(e.component());
-            d["cmps"][e.object()] = c;
+            o.open(&super::object(e, part));
+            self.entity_options(service, root_topic, e, &mut o);
+            o.str("p", e.component());
+            o.close(b'}');
         }
-        d["dev"] = self.device(service);
+        o.close(b'}');
         if let Some(topic) = &self.s.availability_topic {
             // `online` and `offline` are Home Assistant's default payloads.
-            d["avty_t"] = json!(topic);
+            o.str("availability_topic", topic);
         }
-        if shared {
-            d["stat_t"] = json!(root_topic);
+        if self.s.mode == PayloadMode::PerService {
+            o.str("state_topic", root_topic); // shared by the components
         }
-        abbreviated(d.to_string()).into_bytes()
+        o.end()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{deliver, parse};
+    use super::super::tests::{deliver, parse, CONTAINER_METRICS};
     use super::super::{Form, Settings};
     use super::*;
     use crate::publish::lifecycle::Topic;
@@ -297,6 +265,7 @@ mod tests {
         assert_eq!(j["cmps"].as_object().unwrap().len(), 3);
         // Once all of it is acknowledged and settled, the values go out again.
         let record = crate::stats::ContainerStats {
+            part: None,
             name: "web".into(),
             id: String::new(),
             service: None,
@@ -373,9 +342,46 @@ mod tests {
     }
 
     #[test]
+    fn the_devices_parts_each_have_a_message_on_the_devices_ha_device() {
+        let t0 = Instant::now();
+        let mut d = discovery(PayloadMode::PerService, None);
+        d.device_service("@device");
+        let rx = [Entity::Metric(Metric::NetworkReceived)];
+        let requests = d.seen_part(
+            t0,
+            "@device",
+            Some("eth0"),
+            "r/@device/eth0",
+            rx.into_iter(),
+        );
+        for c in &requests {
+            d.delivered(t0, c.tag);
+        }
+        let out = d.poll(t0 + SETTLE, usize::MAX);
+        assert_eq!(
+            out[0].topic,
+            "homeassistant/device/dev_1/_device_eth0/config"
+        );
+        let m = parse(&out[0]);
+        assert_eq!(m["dev"]["name"], "dev.1");
+        assert_eq!(m["dev"]["ids"][0], "balena-multi-container-telemetry_dev_1");
+        assert_eq!(m["stat_t"], "r/@device/eth0");
+        let rx = &m["cmps"]["network_received_in_bytes_eth0"];
+        assert_eq!(rx["uniq_id"], "dev_1_network_received_in_bytes_eth0");
+        assert_eq!(
+            rx["val_tpl"],
+            "{{ value_json.network_received_in_bytes | default(None) }}"
+        );
+    }
+
+    #[test]
     fn one_device_message_is_smaller_than_the_entity_configs_it_replaces() {
         let t0 = Instant::now();
-        let all: Vec<Entity> = Entity::ALL.to_vec();
+        // A container's: its nine figures and its life (the other metrics are the device's).
+        let all: Vec<Entity> = Entity::ALL
+            .into_iter()
+            .filter(|e| !matches!(e, Entity::Metric(m) if !CONTAINER_METRICS.contains(m)))
+            .collect();
         let mut device = discovery(PayloadMode::PerMetric, None);
         let out = announce(&mut device, t0, "web", &all);
         let mut entity = Discovery::new(Settings {

@@ -7,7 +7,6 @@
 use crate::stats::lifecycle::{Health, Lifecycle, State};
 use crate::stats::{ContainerStats, Figures, Metric, Value};
 use serde::Deserialize;
-use std::collections::HashMap;
 
 /// One container from `GET /containers/json` (`?all=1`: stopped ones too).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +134,7 @@ struct RawStats {
     cpu_stats: RawCpu,
     precpu_stats: RawCpu,
     memory_stats: RawMemory,
-    networks: Option<HashMap<String, RawNetwork>>,
+    networks: Option<NetTotals>,
     blkio_stats: RawBlkio,
     pids_stats: RawPids,
 }
@@ -152,7 +151,7 @@ struct RawCpu {
 #[serde(default)]
 struct RawCpuUsage {
     total_usage: Option<u64>,
-    percpu_usage: Option<Vec<u64>>,
+    percpu_usage: Option<Counted>,
 }
 
 #[derive(Deserialize, Default)]
@@ -207,10 +206,108 @@ struct RawNetwork {
     tx_bytes: u64,
 }
 
+/// How many numbers a list holds (`percpu_usage`, whose length is all that is read), counted as it streams
+/// past rather than kept; each must still be a u64.
+struct Counted(u64);
+
+impl<'de> Deserialize<'de> for Counted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Numbers;
+        impl<'de> serde::de::Visitor<'de> for Numbers {
+            type Value = Counted;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<Counted, A::Error> {
+                let mut n = 0;
+                while s.next_element::<u64>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Counted(n))
+            }
+        }
+        d.deserialize_seq(Numbers)
+    }
+}
+
+/// `networks`: bytes received and sent, summed over the interfaces (saturating) as the object streams
+/// past, rather than kept as a map of each (the map's code was about 2 KB of the device binary). Every
+/// interface's figures must still read as numbers; an interface named twice, which the engine never
+/// does, would count twice where the map kept its last.
+#[derive(Default)]
+struct NetTotals {
+    rx: u64,
+    tx: u64,
+}
+
+impl<'de> Deserialize<'de> for NetTotals {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Interfaces;
+        impl<'de> serde::de::Visitor<'de> for Interfaces {
+            type Value = NetTotals;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<NetTotals, A::Error> {
+                let mut t = NetTotals::default();
+                while m.next_key::<String>()?.is_some() {
+                    let n = m.next_value::<RawNetwork>()?;
+                    t.rx = t.rx.saturating_add(n.rx_bytes);
+                    t.tx = t.tx.saturating_add(n.tx_bytes);
+                }
+                Ok(t)
+            }
+        }
+        d.deserialize_map(Interfaces)
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct RawBlkio {
-    io_service_bytes_recursive: Option<Vec<RawBlkioEntry>>,
+    io_service_bytes_recursive: Option<BlockTotals>,
+}
+
+/// `io_service_bytes_recursive`: bytes read and written, summed over the entries (saturating) as the
+/// list streams past rather than kept as a vector of them (like [`NetTotals`], to save the device
+/// binary the vector's code). Every entry must still read as before; only `Read` and `Write` count.
+#[derive(Default)]
+struct BlockTotals {
+    read: u64,
+    written: u64,
+}
+
+impl<'de> Deserialize<'de> for BlockTotals {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = BlockTotals;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<BlockTotals, A::Error> {
+                let mut t = BlockTotals::default();
+                while let Some(e) = s.next_element::<RawBlkioEntry>()? {
+                    if e.op.eq_ignore_ascii_case("read") {
+                        t.read = t.read.saturating_add(e.value);
+                    } else if e.op.eq_ignore_ascii_case("write") {
+                        t.written = t.written.saturating_add(e.value);
+                    }
+                }
+                Ok(t)
+            }
+        }
+        d.deserialize_seq(Entries)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -234,7 +331,7 @@ impl RawCpu {
         let online_cpus = self
             .online_cpus
             .filter(|&n| n > 0)
-            .or_else(|| self.cpu_usage.percpu_usage.as_ref().map(|p| p.len() as u64))
+            .or_else(|| self.cpu_usage.percpu_usage.as_ref().map(|p| p.0))
             .filter(|&n| n > 0)?;
         Some(CpuSample {
             total,
@@ -295,23 +392,11 @@ pub fn parse_stats(body: &[u8]) -> Result<Sample, SampleError> {
         f.set(Metric::MemoryLimit, Value::Count(limit));
     }
     // As the CLI: a container without networks (`--network none`) shows 0 received and 0 sent.
-    let (rx, tx) = raw
-        .networks
-        .iter()
-        .flat_map(|n| n.values())
-        .fold((0u64, 0u64), |(r, t), n| {
-            (r.saturating_add(n.rx_bytes), t.saturating_add(n.tx_bytes))
-        });
+    let (rx, tx) = raw.networks.map_or((0, 0), |n| (n.rx, n.tx));
     f.set(Metric::NetworkReceived, Value::Count(rx));
     f.set(Metric::NetworkSent, Value::Count(tx));
-    let (mut read, mut written) = (0u64, 0u64);
-    for e in raw.blkio_stats.io_service_bytes_recursive.iter().flatten() {
-        if e.op.eq_ignore_ascii_case("read") {
-            read = read.saturating_add(e.value);
-        } else if e.op.eq_ignore_ascii_case("write") {
-            written = written.saturating_add(e.value);
-        }
-    }
+    let blocks = raw.blkio_stats.io_service_bytes_recursive;
+    let (read, written) = blocks.map_or((0, 0), |b| (b.read, b.written));
     f.set(Metric::BlockRead, Value::Count(read));
     f.set(Metric::BlockWritten, Value::Count(written));
     if let Some(p) = raw.pids_stats.current {
@@ -521,6 +606,7 @@ pub fn rfc3339_ms(t: &str) -> Option<u64> {
 /// A container's figures, ready for the tick.
 pub fn container_stats(listed: &Listed, figures: Figures) -> ContainerStats {
     ContainerStats {
+        part: None,
         name: listed.name.clone(),
         id: short_id(&listed.id).to_owned(),
         service: listed.service.clone(),
@@ -800,6 +886,13 @@ mod tests {
             r#"{"memory_stats":{"usage":-1}}"#,
             r#"{"memory_stats":{"usage":1e400}}"#,
             r#"{"networks":{"eth0":{"rx_bytes":"x"}}}"#,
+            // Streamed rather than kept (networks, block I/O, per-CPU usage), they must still be what
+            // the kept map and vectors took.
+            r#"{"networks":[]}"#,
+            r#"{"networks":{"eth0":1}}"#,
+            r#"{"blkio_stats":{"io_service_bytes_recursive":{}}}"#,
+            r#"{"blkio_stats":{"io_service_bytes_recursive":[{"op":"Read","value":-1}]}}"#,
+            r#"{"cpu_stats":{"cpu_usage":{"percpu_usage":[1,"x"]}}}"#,
             // Counters we do not read must still be numbers, as when the whole map was kept.
             r#"{"memory_stats":{"usage":9,"stats":{"anon":"x","inactive_file":1}}}"#,
             r#"{"memory_stats":{"usage":9,"stats":[]}}"#,

@@ -451,7 +451,7 @@ impl<'a> Reader<'a> {
 
 /// Opens a kernel file in one system call (musl's `open` adds an `fcntl` for `O_CLOEXEC`); O_NONBLOCK so
 /// that a FIFO planted under a configured root cannot hang the loop in open.
-fn open(path: &Path) -> io::Result<OwnedFd> {
+pub(crate) fn open(path: &Path) -> io::Result<OwnedFd> {
     let mut c_path = Vec::with_capacity(path.as_os_str().len() + 1);
     c_path.extend_from_slice(path.as_os_str().as_bytes());
     if c_path.contains(&0) {
@@ -476,7 +476,7 @@ fn open(path: &Path) -> io::Result<OwnedFd> {
 
 /// The whole file from its start into `buf`, at most [`MAX_FILE`] bytes. A kernel file (a `seq_file`)
 /// fills a read up to its end, so a short read is the end and one call is enough; a full one reads on.
-fn read_whole(fd: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<()> {
+pub(crate) fn read_whole(fd: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
     buf.reserve(4096);
     loop {

@@ -29,14 +29,14 @@ fn roots(name: &str) -> Roots {
 fn count(f: &Figures, m: Metric) -> Option<u64> {
     match f.get(m)? {
         Value::Count(n) => Some(n),
-        Value::Percent(_) => None,
+        _ => None,
     }
 }
 
 fn percent(f: &Figures, m: Metric) -> Option<f64> {
     match f.get(m)? {
         Value::Percent(p) => Some(p),
-        Value::Count(_) => None,
+        _ => None,
     }
 }
 
