@@ -124,7 +124,8 @@ bench-kernel: x86_64
 	@python3 tests/bench/kernel_figures.py $(BENCH_KERNEL_ARGS) \
 		"$${CARGO_TARGET_DIR:-target}/device/x86_64-unknown-linux-musl/release/$(BIN)"
 
-# make fuzz: the deterministic fuzzers of src/fuzz.rs (stats text and broker bytes), FUZZ_CASES each
+# make fuzz: the deterministic fuzzers of src/fuzz.rs (docker stats and ps text, the kernel's cgroup and proc files,
+# the engine's HTTP answers and event stream, the broker's bytes), FUZZ_CASES each
 # (default 1,000,000); make test runs them for 20,000 and 50,000 cases.
 .PHONY: fuzz
 FUZZ_CASES ?= 1000000

@@ -149,6 +149,25 @@ fn run_binary(dist_dir: &str, qemu: Option<(&str, &str)>, machine: u16) {
     assert_sample_figures(&lines, "static1");
     // --once says nothing about availability: the figures are all there is.
     assert_eq!(lines.len(), SAMPLE_EXPECTED.len(), "{dist_dir}: {lines:#?}");
+    // Device builds print derived Debug impls shallowly (static.sh): what the agent says must not
+    // depend on one, so its start line reads as the host build's does with the same settings.
+    let mut host = Command::new(env!("CARGO_BIN_EXE_balena-multi-container-telemetry"));
+    host.arg("--once").arg("--config-dir").arg(cfg.path());
+    for (k, v) in once.get_envs() {
+        match v {
+            Some(v) => host.env(k, v),
+            None => host.env_remove(k),
+        };
+    }
+    let (code, host_log) = run_limited(&mut host, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "host build --once: {host_log}");
+    let start = |log: &str| {
+        log.lines()
+            .find(|l| l.contains(" mode, every "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no start line in {log}"))
+    };
+    assert_eq!(start(&log), start(&host_log), "{dist_dir}: the start line");
 }
 
 const EM_ARM: u16 = 40;

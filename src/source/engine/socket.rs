@@ -54,9 +54,11 @@ impl SocketNotices {
                 notes.push((
                     true,
                     format!(
-                        "DOCKER_HOST {h:?} is not supported: the agent talks to the engine over a unix \
+                        // The scheme only: the rest may name a user (ssh://user@host).
+                        "DOCKER_HOST {} is not supported: the agent talks to the engine over a unix \
                          socket only, so it uses {socket} (set DOCKER_HOST=unix:///path or \
-                         STATS_ENGINE_SOCKET)"
+                         STATS_ENGINE_SOCKET)",
+                        h.find("://").map_or("without a scheme", |end| &h[..end + 3])
                     ),
                 ));
             }
