@@ -73,6 +73,8 @@ pub const COLLECTOR_KEYS: &[&str] = &[
     "report_memory_deadband_in_percent",
     "report_network_deadband_in_bytes",
     "report_block_io_deadband_in_bytes",
+    "report_temperature_deadband_in_celsius",
+    "report_storage_deadband_in_bytes",
     "device_metrics",
     "device_service_name",
     "device_disk_paths",

@@ -241,6 +241,8 @@ mod tests {
         ("report_memory_deadband_in_percent", "0.5", "0.5"),
         ("report_network_deadband_in_bytes", "1000", "1000"),
         ("report_block_io_deadband_in_bytes", "2000", "2000"),
+        ("report_temperature_deadband_in_celsius", "0.5", "0.5"),
+        ("report_storage_deadband_in_bytes", "3000", "3000"),
         ("device_metrics", "false", "false"),
         ("device_service_name", r#""host""#, "host"),
         ("device_disk_paths", r#"["/a", "/b"]"#, "/a,/b"),

@@ -34,6 +34,9 @@ pub(super) fn parse_report(f: &Fields) -> Result<Report, ConfigError> {
             memory: hundredths(f, "report_memory_deadband_in_percent", 100)?.unwrap_or(d.memory),
             network: bytes("report_network_deadband_in_bytes", d.network)?,
             block_io: bytes("report_block_io_deadband_in_bytes", d.block_io)?,
+            temperature: hundredths(f, "report_temperature_deadband_in_celsius", 100)?
+                .unwrap_or(d.temperature),
+            storage: bytes("report_storage_deadband_in_bytes", d.storage)?,
         },
     })
 }
@@ -82,13 +85,16 @@ mod tests {
                     memory: 200,
                     network: 1_048_576,
                     block_io: 1_048_576,
+                    temperature: 100,
+                    storage: 16_777_216,
                 },
             }
         );
         let r = collector(Some(
             r#"{"report": "on_change", "report_heartbeat_in_seconds": 60,
                 "report_cpu_deadband_in_percentage_points": 0.5, "report_memory_deadband_in_percent": 5,
-                "report_network_deadband_in_bytes": 0, "report_block_io_deadband_in_bytes": 4096}"#,
+                "report_network_deadband_in_bytes": 0, "report_block_io_deadband_in_bytes": 4096,
+                "report_temperature_deadband_in_celsius": 2.5, "report_storage_deadband_in_bytes": 1}"#,
         ))
         .unwrap()
         .report;
@@ -101,6 +107,8 @@ mod tests {
                 memory: 500,
                 network: 0,
                 block_io: 4096,
+                temperature: 250,
+                storage: 1,
             }
         );
         let env = vars(&[
@@ -145,6 +153,14 @@ mod tests {
             (
                 r#"{"report_block_io_deadband_in_bytes": -1}"#,
                 "report_block_io_deadband_in_bytes",
+            ),
+            (
+                r#"{"report_temperature_deadband_in_celsius": 101}"#,
+                "report_temperature_deadband_in_celsius",
+            ),
+            (
+                r#"{"report_storage_deadband_in_bytes": "1 GB"}"#,
+                "report_storage_deadband_in_bytes",
             ),
         ] {
             assert_eq!(key_of(collector(Some(text))), Some(key), "{text}");

@@ -48,12 +48,14 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         let d = &r.deadbands;
         let decimal = |h: u64| format!("{}.{:02}", h / 100, h % 100);
         s += &format!(
-            ", report on_change (heartbeat {}s; deadbands: cpu {} points, memory {} %, network {} B, block I/O {} B)",
+            ", report on_change (heartbeat {}s; deadbands: cpu {} points, memory {} %, network {} B, block I/O {} B, temperature {} °C, storage {} B)",
             r.heartbeat.as_secs(),
             decimal(d.cpu),
             decimal(d.memory),
             d.network,
-            d.block_io
+            d.block_io,
+            decimal(d.temperature),
+            d.storage
         );
     } else {
         s += ", report every_tick";
@@ -144,7 +146,7 @@ mod tests {
         .unwrap();
         let s = summary(&c, &m);
         assert!(
-            s.contains(", report on_change (heartbeat 900s; deadbands: cpu 0.50 points, memory 2.00 %, network 1048576 B, block I/O 1048576 B);"),
+            s.contains(", report on_change (heartbeat 900s; deadbands: cpu 0.50 points, memory 2.00 %, network 1048576 B, block I/O 1048576 B, temperature 1.00 °C, storage 16777216 B);"),
             "{s}"
         );
         assert!(

@@ -37,6 +37,10 @@ pub struct Deadbands {
     pub network: u64,
     /// Block I/O counters, bytes.
     pub block_io: u64,
+    /// The device's CPU temperature, in hundredths of a degree Celsius.
+    pub temperature: u64,
+    /// The device's storage used, bytes.
+    pub storage: u64,
 }
 
 /// The `report` keys.
@@ -54,6 +58,8 @@ pub const DEFAULT_DEADBANDS: Deadbands = Deadbands {
     memory: 200,
     network: 1 << 20,
     block_io: 1 << 20,
+    temperature: 100,
+    storage: 16 << 20,
 };
 
 /// Which of one container's values to publish: a bit per metric, then one per lifecycle topic.
@@ -242,12 +248,9 @@ fn code(v: Value) -> u64 {
     }
 }
 
-/// The device's figures (`source::device`) have deadbands of their own, built in until they have keys:
-/// load averages 0.5 and the CPU's temperature 1 °C (both in hundredths, as published), storage used
-/// 16 MiB.
+/// The device's load averages have a deadband of their own, built in: 0.5 (in hundredths, as published).
+/// A load moves by whole runnable tasks, so 0.5 is a change a person would notice.
 const LOAD_DEADBAND: u64 = 50;
-const TEMPERATURE_DEADBAND: u64 = 100;
-const STORAGE_DEADBAND: u64 = 16 << 20;
 
 /// Moved beyond its deadband from `last` (published) to `now`.
 fn crossed(d: &Deadbands, m: Metric, last: u64, now: u64) -> bool {
@@ -263,8 +266,8 @@ fn crossed(d: &Deadbands, m: Metric, last: u64, now: u64) -> bool {
         Metric::LoadAverage1m | Metric::LoadAverage5m | Metric::LoadAverage15m => {
             moved > LOAD_DEADBAND
         }
-        Metric::CpuTemperature => moved > TEMPERATURE_DEADBAND,
-        Metric::StorageUsed => moved > STORAGE_DEADBAND,
+        Metric::CpuTemperature => moved > d.temperature,
+        Metric::StorageUsed => moved > d.storage,
         // Swap is memory: the same relative deadband.
         Metric::SwapUsage => u128::from(moved) * 10_000 > u128::from(last) * u128::from(d.memory),
         // Uptime grows every tick by design: with the heartbeat, or at once after a reboot.
@@ -500,6 +503,29 @@ mod tests {
             assert_eq!(tick(&mut x, t0, 10, &with(&base, m, inside)), [], "{m:?}");
             assert_eq!(tick(&mut x, t0, 20, &with(&base, m, beyond)), [m], "{m:?}");
         }
+        // The temperature's and storage's are keys: 3 °C and 1 KiB here.
+        let mut r = report(900);
+        (r.deadbands.temperature, r.deadbands.storage) = (300, 1024);
+        for (m, inside, beyond) in [
+            (
+                CpuTemperature,
+                Value::Hundredths(250),
+                Value::Hundredths(251),
+            ),
+            (
+                StorageUsed,
+                Value::Count((1 << 30) + 1024),
+                Value::Count((1 << 30) + 1025),
+            ),
+        ] {
+            let mut x = Exceptions::new(&r, PayloadMode::PerMetric);
+            let t0 = Instant::now();
+            x.begin(t0, true);
+            x.judge(ROOT, &base, &[]);
+            x.end();
+            assert_eq!(tick(&mut x, t0, 10, &with(&base, m, inside)), [], "{m:?}");
+            assert_eq!(tick(&mut x, t0, 20, &with(&base, m, beyond)), [m], "{m:?}");
+        }
         // Uptime grows every tick: only with the heartbeat, or at once when it went back (a reboot).
         let (mut x, t0) = baseline(PayloadMode::PerMetric, &base);
         let up = |secs| with(&base, Uptime, Value::Count(secs));
@@ -659,6 +685,8 @@ mod tests {
             memory: 0,
             network: 0,
             block_io: 0,
+            temperature: 0,
+            storage: 0,
         };
         let mut x = Exceptions::new(&r, PayloadMode::PerMetric);
         let t0 = Instant::now();
