@@ -1008,6 +1008,25 @@ mod tests {
     }
 
     #[test]
+    fn a_ticks_messages_leave_in_one_write() {
+        // The loop queues a whole tick, polls once and writes the outbound buffer in one call: with
+        // TCP_NODELAY each write is a burst of its own, so a tick must not leave message by message.
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.max_inflight = 2048;
+        o.max_queued = 10_000;
+        let mut s = Session::new(o);
+        s.connected(t0);
+        sent(&mut s, t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        for i in 0..90 {
+            s.enqueue(msg(&format!("t/{i}"), QoS::AtLeastOnce));
+        }
+        s.poll(t0).unwrap();
+        assert_eq!(sent(&mut s, t0).len(), 90, "all in one outbound buffer");
+    }
+
+    #[test]
     fn no_pingreq_while_packets_flow_both_ways() {
         // QoS 1 every 10 s, each PUBLISH acknowledged: for an hour every packet sent (and every PUBACK
         // received) moves the ping deadline on, so no PINGREQ ever leaves.
