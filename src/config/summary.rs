@@ -60,7 +60,7 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
     }
     s += &format!(
         "; broker {}:{}{}, device_id {:?}{}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
-         username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {} messages / {} KiB, \
+         username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {} messages / {} KiB, spool {}, \
          reconnect_max_delay {}s, once_timeout {}s, home_assistant {}",
         m.host,
         m.port,
@@ -103,6 +103,10 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         },
         m.max_buffered_messages,
         m.max_buffered_bytes / 1024,
+        match &m.spool_dir {
+            Some(d) => format!("{d:?} / {} KiB", m.spool_max_bytes / 1024),
+            None => "off".into(),
+        },
         m.reconnect_max_delay.as_secs(),
         m.once_timeout.as_secs(),
         match &m.home_assistant {
