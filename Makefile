@@ -101,10 +101,10 @@ size-check: dist dist-notls
 image:
 	@CARGO="$(CARGO)" $(STATIC) image "$(PLATFORM)" "$(IMAGE)"
 
-# make bench: binary sizes, FILE-mode CPU/RSS per tick at 8 / 1,000 / 10,000 containers, --once publishing,
-# disk bytes per hour of outage with the spool (issue 21)
+# make bench: binary sizes, FILE-mode CPU/RSS per tick at 8 / 1,000 / 10,000 containers, --once publishing
 # against mosquitto_pub, CLI and ENGINE mode on real containers (issue 6), a burst of 90,000 QoS 1 messages
-# against rumqttc through a stock mosquitto and one with set_tcp_nodelay (issue 18), and the CPU per cycle of
+# against rumqttc through a stock mosquitto and one with set_tcp_nodelay (issue 18), disk bytes per hour of
+# outage and RSS with and without the spool (issue 21), and the CPU per cycle of
 # agent + engine for ENGINE's kernel figures, its API figures and the CLI route (issue 12). Report in
 # target/bench/. rumqttc is a project of its own (tests/bench/rumqttc-qos1, its own lock file and target/).
 # make bench-spool: only issue 21's outage with and without the spool (about 3 minutes), on the release build.
