@@ -543,13 +543,13 @@ fn spool_seed() -> Vec<u8> {
 fn spool_case(input: &[u8], dir: Option<&str>) {
     let _ = spool::format::head(input);
     // As a record body too, so mutations reach the PUBLISH checks past the checksum.
-    if let Some(m) = spool::format::message(input) {
+    if let Some(m) = Message::from_bytes(input) {
         assert_eq!(frame::frame_len(m.bytes()), Ok(Some(m.bytes().len())));
     }
     let mut buf = input.get(8..).unwrap_or_default();
     while let spool::format::Step::Record(end) = spool::format::step(buf) {
         assert!(end > spool::format::RECORD_HEAD && end <= buf.len());
-        let _ = spool::format::message(&buf[spool::format::RECORD_HEAD..end]);
+        let _ = Message::from_bytes(&buf[spool::format::RECORD_HEAD..end]);
         buf = &buf[end..];
     }
     let Some(dir) = dir else { return };

@@ -103,10 +103,7 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         },
         m.max_buffered_messages,
         m.max_buffered_bytes / 1024,
-        match &m.spool_dir {
-            Some(d) => format!("{d:?} / {} KiB", m.spool_max_bytes / 1024),
-            None => "off".into(),
-        },
+        m.spool_dir.as_deref().unwrap_or("off"),
         m.reconnect_max_delay.as_secs(),
         m.once_timeout.as_secs(),
         match &m.home_assistant {

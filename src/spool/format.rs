@@ -3,9 +3,7 @@
 //! PUBLISH packet as the agent encoded it. A record is only ever appended, so power lost during a write
 //! leaves at most the last record cut short; the checksum catches that and any other damage.
 
-use crate::mqtt::frame::{decode, frame_len, Incoming, MAX_INCOMING_PACKET};
-use crate::mqtt::Message;
-use mqttrs::QoS;
+use crate::mqtt::frame::MAX_INCOMING_PACKET;
 
 /// Magic (6 bytes) and format version (1 byte), then a reserved byte.
 const MAGIC: &[u8; 6] = b"bmtspl";
@@ -68,29 +66,6 @@ pub fn record(body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(body);
 }
 
-/// The message a record holds: `None` for anything but a PUBLISH as the agent writes them (the checksum
-/// makes that damage, or a file that only looks like ours). Encoded afresh, so its bytes are checked.
-pub fn message(body: &[u8]) -> Option<Message> {
-    if frame_len(body) != Ok(Some(body.len())) {
-        return None;
-    }
-    match decode(body) {
-        Ok(Incoming::Publish {
-            topic,
-            payload,
-            pid,
-            retain,
-        }) => {
-            let qos = match pid {
-                Some(_) => QoS::AtLeastOnce,
-                None => QoS::AtMostOnce,
-            };
-            Message::publish(topic, payload, qos, retain).ok()
-        }
-        _ => None,
-    }
-}
-
 /// CRC-32 (IEEE, as zlib), bit by bit: a table would cost 1 KiB of the binary for speed the spool, which
 /// writes one batch a tick, does not need.
 pub fn crc32(bytes: &[u8]) -> u32 {
@@ -104,24 +79,33 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     !c
 }
 
-/// A segment's file name: its sequence number, 16 hex digits, so names sort as they were made.
-pub fn name(seq: u64) -> String {
-    let mut s = String::with_capacity(22);
+/// Appends a segment's file name: its sequence number in 16 hex digits, so names sort as they were made.
+pub fn push_name(seq: u64, out: &mut String) {
     for i in (0..16).rev() {
-        s.push(char::from(
+        out.push(char::from(
             b"0123456789abcdef"[(seq >> (i * 4)) as usize & 15],
         ));
     }
-    s + ".spool"
+    out.push_str(".spool");
 }
 
 /// The sequence number of a segment's file name; `None` for any other name.
-pub fn seq_of(name: &str) -> Option<u64> {
-    let hex = name.strip_suffix(".spool")?;
-    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+pub fn seq_of(name: &[u8]) -> Option<u64> {
+    let (hex, ext) = name.split_at_checked(16)?;
+    if ext != b".spool" {
         return None;
     }
-    u64::from_str_radix(hex, 16).ok()
+    hex.iter().try_fold(0u64, |n, &c| {
+        Some(n << 4 | u64::from(char::from(c).to_digit(16)?))
+    })
+}
+
+/// A segment's file name.
+#[cfg(test)]
+pub fn name(seq: u64) -> String {
+    let mut s = String::new();
+    push_name(seq, &mut s);
+    s
 }
 
 #[cfg(test)]
@@ -152,14 +136,15 @@ mod tests {
     #[test]
     fn names_round_trip_and_sort() {
         assert_eq!(name(0x1f), "000000000000001f.spool");
-        assert_eq!(seq_of(&name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(seq_of(name(u64::MAX).as_bytes()), Some(u64::MAX));
         for bad in [
             "lock",
             "1f.spool",
             "000000000000001g.spool",
             "+00000000000001f.spool",
+            "000000000000001f.spoolx",
         ] {
-            assert_eq!(seq_of(bad), None, "{bad}");
+            assert_eq!(seq_of(bad.as_bytes()), None, "{bad}");
         }
         assert!(name(9) < name(10) && name(0xff) < name(0x100));
     }

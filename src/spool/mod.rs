@@ -6,18 +6,21 @@
 //! Flash wear: segments are append-only, one `write` and one `fdatasync` per batch (the loop makes one
 //! batch a tick at most), never rewritten; a segment is deleted once every record of it is acknowledged,
 //! and the oldest is dropped whole when the next batch would take the spool past its bound.
+//!
+//! Written for size (the aarch64 binary's budget): a `Vec` of segments, libc's directory listing, and
+//! messages read back by [`Message::from_bytes`] rather than decoded.
 
 pub mod format;
 
 use crate::mqtt::session::Tag;
 use crate::mqtt::Message;
-use format::{Head, Step};
-use std::collections::VecDeque;
+use format::{Head, Step, HEADER, RECORD_HEAD};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 
 /// Tags of replayed records: this bit, and the segment's sequence number (discovery's tags are small).
 pub const TAG: Tag = 1 << 63;
+const HEAD: u64 = HEADER.len() as u64;
 
 struct Segment {
     seq: u64,
@@ -38,7 +41,8 @@ pub struct Spool {
     segment_max: u64,
     /// Held for the process's life: the lock on `dir/lock`.
     _lock: File,
-    segments: VecDeque<Segment>,
+    /// Oldest first.
+    segments: Vec<Segment>,
     size: u64,
     /// The last segment, open for appending while it takes batches.
     append: Option<File>,
@@ -55,47 +59,35 @@ pub struct Spool {
     pub found: Vec<String>,
 }
 
-/// `ERROR`-free ways a spool can be refused: the caller logs the text and goes on with memory only.
+/// The spool in `dir`, with what it holds from an earlier run; or why not, for the caller to log before
+/// going on with memory only.
 pub fn open(dir: &str, max: u64) -> Result<Spool, String> {
     use std::os::unix::io::AsRawFd;
     let refuse = |why: &dyn std::fmt::Display| {
         format!("spool {dir}: {why}: messages are kept in memory only")
     };
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(refuse(&"not a directory")),
-        Err(e) => return Err(refuse(&e)),
-    }
+    // Missing, not a directory, read-only, not ours: opening the lock file says which.
     let lock_path = format!("{dir}/lock");
-    let lock = match OpenOptions::new()
+    let lock = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&lock_path)
-    {
-        Ok(f) => f,
-        Err(e) => return Err(refuse(&format_args!("{lock_path}: {e}"))),
-    };
+        .map_err(|e| refuse(&format_args!("{lock_path}: {e}")))?;
     // SAFETY: a valid descriptor we own; flock has no memory arguments.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(refuse(&format_args!(
             "in use by another agent (its lock {lock_path} is held)"
         )));
     }
-    let mut seqs: Vec<u64> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| format::seq_of(e.ok()?.file_name().to_str()?))
-            .collect(),
-        Err(e) => return Err(refuse(&e)),
-    };
-    seqs.sort_unstable();
+    let seqs = list(dir);
     let mut s = Spool {
         dir: dir.to_owned(),
         max,
         segment_max: (max / 16).clamp(4096, 1 << 20),
         _lock: lock,
-        segments: VecDeque::new(),
+        segments: Vec::new(),
         size: 0,
         append: None,
         next_seq: seqs.last().map_or(0, |l| l + 1),
@@ -108,63 +100,85 @@ pub fn open(dir: &str, max: u64) -> Result<Spool, String> {
     for seq in seqs {
         let path = s.path(seq);
         let bytes = crate::start_file::read(&path, max as usize).map_err(|e| refuse(&e))?;
-        if bytes.is_empty() {
-            // Made, then the power went before its first write.
-            let _ = std::fs::remove_file(&path);
-            continue;
-        }
-        match format::head(&bytes) {
-            Head::Ours => {}
-            Head::Newer(v) => {
-                return Err(refuse(&format_args!(
-                    "{path} was written by a newer agent (format {v}); left as it is"
-                )))
+        let why = match format::head(&bytes) {
+            Head::Ours => {
+                s.scan(seq, &path, &bytes);
+                continue;
             }
-            Head::Foreign => return Err(refuse(&format_args!("{path} is no spool segment"))),
-        }
-        let (end, records) = s.scan(&path, &bytes);
-        s.size += bytes.len() as u64;
-        s.segments.push_back(Segment {
-            seq,
-            size: bytes.len() as u64,
-            end,
-            records,
-            read_at: format::HEADER.len() as u64,
-            replayed: 0,
-            acked: 0,
-        });
+            // Made, then the power went before its first write.
+            _ if bytes.is_empty() => {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            Head::Newer(v) => format!("was written by a newer agent (format {v}); left as it is"),
+            Head::Foreign => "is no spool segment".into(),
+        };
+        return Err(refuse(&format_args!("{path} {why}")));
     }
     s.engaged = s.unread() > 0;
     Ok(s)
 }
 
+/// The sequence numbers of the segments in `dir`, sorted.
+fn list(dir: &str) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let Ok(c) = std::ffi::CString::new(dir) else {
+        return seqs;
+    };
+    // SAFETY: a NUL-terminated path; each entry is read before the next readdir, and the stream
+    // closed once.
+    unsafe {
+        let d = libc::opendir(c.as_ptr());
+        if d.is_null() {
+            return seqs;
+        }
+        loop {
+            let e = libc::readdir(d);
+            if e.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr());
+            seqs.extend(format::seq_of(name.to_bytes()));
+        }
+        libc::closedir(d);
+    }
+    seqs.sort_unstable();
+    seqs
+}
+
 impl Spool {
     fn path(&self, seq: u64) -> String {
-        format!("{}/{}", self.dir, format::name(seq))
+        let mut p = self.dir.clone() + "/";
+        format::push_name(seq, &mut p);
+        p
     }
 
-    /// Where a segment's readable records end, and how many there are; a damaged or cut record ends it,
-    /// with one warning.
-    fn scan(&mut self, path: &str, bytes: &[u8]) -> (u64, u64) {
-        let mut at = format::HEADER.len();
+    /// Takes in a segment found at start: where its readable records end, and how many there are. A
+    /// damaged or cut record ends it, with one warning.
+    fn scan(&mut self, seq: u64, path: &str, bytes: &[u8]) {
+        let mut at = HEADER.len();
         let mut n = 0;
-        loop {
-            match format::step(&bytes[at..]) {
-                Step::Record(len) => {
-                    at += len;
-                    n += 1;
-                }
-                Step::More(_) if at == bytes.len() => break,
-                _ => {
-                    self.found.push(format!(
-                        "spool {path}: the record at byte {at} is cut short or damaged: the {n} \
-                         records before it are replayed, the rest of this segment is not"
-                    ));
-                    break;
-                }
-            }
+        while let Step::Record(len) = format::step(&bytes[at..]) {
+            at += len;
+            n += 1;
         }
-        (at as u64, n)
+        if at < bytes.len() {
+            self.found.push(format!(
+                "spool {path}: the record at byte {at} is cut short or damaged: the {n} records \
+                 before it are replayed, the rest of this segment is not"
+            ));
+        }
+        let size = bytes.len() as u64;
+        self.size += size;
+        self.segments.push(Segment {
+            seq,
+            size,
+            end: at as u64,
+            records: n,
+            read_at: HEAD,
+            replayed: 0,
+            acked: 0,
+        });
     }
 
     /// Records on disk not yet handed out.
@@ -180,71 +194,59 @@ impl Spool {
     /// The next record to send, oldest first, with its tag; `None` when all are out.
     pub fn next(&mut self) -> Option<(Message, Tag)> {
         loop {
-            let seg = self.segments.iter_mut().find(|s| s.read_at < s.end)?;
-            let stale = match &self.reading {
-                Some((seq, bytes)) => *seq != seg.seq || (bytes.len() as u64) < seg.end,
-                None => true,
-            };
-            if stale {
-                let path = format!("{}/{}", self.dir, format::name(seg.seq));
-                match crate::start_file::read(&path, seg.end as usize) {
-                    Ok(b) if b.len() as u64 >= seg.end => self.reading = Some((seg.seq, b)),
-                    // Gone or shorter than we wrote: nothing more of it can be read.
-                    _ => {
-                        seg.end = seg.read_at;
-                        seg.records = seg.replayed;
-                        continue;
-                    }
-                }
+            let i = self.segments.iter().position(|s| s.read_at < s.end)?;
+            let seq = self.segments[i].seq;
+            let end = self.segments[i].end;
+            if !matches!(&self.reading, Some((r, b)) if *r == seq && b.len() as u64 >= end) {
+                self.reading = crate::start_file::read(&self.path(seq), end as usize)
+                    .ok()
+                    .filter(|b| b.len() as u64 >= end)
+                    .map(|b| (seq, b));
             }
-            let bytes = &self.reading.as_ref()?.1;
-            let at = seg.read_at as usize;
-            let Step::Record(len) = format::step(&bytes[at..seg.end as usize]) else {
+            let seg = &mut self.segments[i];
+            let record = self.reading.as_ref().and_then(|(_, b)| {
+                let rest = &b[seg.read_at as usize..end as usize];
+                match format::step(rest) {
+                    Step::Record(len) => Some((len, Message::from_bytes(&rest[RECORD_HEAD..len]))),
+                    _ => None,
+                }
+            });
+            // Gone, shorter than we wrote, or changed under us: nothing more of it can be read.
+            let Some((len, m)) = record else {
                 seg.end = seg.read_at;
+                seg.records = seg.replayed;
                 continue;
             };
             seg.read_at += len as u64;
             seg.replayed += 1;
-            let m = format::message(&bytes[at + format::RECORD_HEAD..at + len]);
-            if seg.read_at >= seg.end {
-                self.reading = None;
-            }
             match m {
-                Some(m) => return Some((m, TAG | seg.seq)),
-                // Whole and checksummed, yet no PUBLISH of ours: count it as acknowledged.
+                Some(m) => return Some((m, TAG | seq)),
+                // Whole and checksummed, yet no PUBLISH of ours: as good as acknowledged.
                 None => seg.acked += 1,
             }
         }
     }
 
-    /// The broker acknowledged a replayed record (or its QoS 0 bytes went out).
+    /// The broker acknowledged a replayed record (or its QoS 0 bytes went out). Segments whose every
+    /// record is out and acknowledged are deleted.
     pub fn acked(&mut self, tag: Tag) {
         if let Some(seg) = self.segments.iter_mut().find(|s| TAG | s.seq == tag) {
             seg.acked += 1;
         }
-        self.remove_done();
-    }
-
-    /// Deletes the segments whose every record is out and acknowledged.
-    fn remove_done(&mut self) {
-        while let Some(i) = self
-            .segments
-            .iter()
-            .position(|s| s.read_at >= s.end && s.acked >= s.replayed)
+        while let Some(i) =
+            (self.segments.iter()).position(|s| s.read_at >= s.end && s.acked >= s.replayed)
         {
             self.remove(i);
         }
     }
 
     fn remove(&mut self, i: usize) {
-        let Some(seg) = self.segments.remove(i) else {
-            return;
-        };
+        let seg = self.segments.remove(i);
         self.size -= seg.size;
         if self.segments.len() == i {
             self.append = None; // it was the last: the next batch starts a new one
         }
-        if self.reading.as_ref().is_some_and(|r| r.0 == seg.seq) {
+        if matches!(self.reading, Some((r, _)) if r == seg.seq) {
             self.reading = None;
         }
         let _ = std::fs::remove_file(self.path(seg.seq));
@@ -259,90 +261,90 @@ impl Spool {
     /// would not fit under the bound, and the batch's own oldest messages if it alone is too large. On
     /// an error the batch is left in `pending` and the segment as it was before it.
     pub fn flush(&mut self) -> Result<usize, String> {
-        let head = format::HEADER.len() as u64;
-        let cost = |m: &Message| (format::RECORD_HEAD + m.bytes().len()) as u64;
-        // The newest messages that fit in an empty spool, with a segment header.
+        let cost = |m: &Message| (RECORD_HEAD + m.bytes().len()) as u64;
+        // The newest messages that fit in an empty spool (none larger than a record may be).
         let mut from = self.pending.len();
-        let mut need = head;
-        while from > 0 && need + cost(&self.pending[from - 1]) <= self.max {
-            need += cost(&self.pending[from - 1]);
+        let mut records = 0;
+        while let Some(m) = from.checked_sub(1).map(|i| &self.pending[i]) {
+            if m.bytes().len() > format::MAX_BODY || HEAD + records + cost(m) > self.max {
+                break;
+            }
+            records += cost(m);
             from -= 1;
         }
         self.lost += from as u64;
         self.pending.drain(..from);
-        self.pending.retain(|m| m.bytes().len() <= format::MAX_BODY);
         if self.pending.is_empty() {
             return Ok(0);
         }
         if self
             .segments
-            .back()
+            .last()
             .is_none_or(|s| s.size >= self.segment_max)
         {
             self.append = None;
         }
-        let records = need - head;
-        let header = |s: &Spool| if s.append.is_none() { head } else { 0 };
-        while self.size + records + header(self) > self.max {
-            let Some(oldest) = self.segments.front() else {
+        loop {
+            let header = if self.append.is_none() { HEAD } else { 0 };
+            if self.size + records + header <= self.max || self.segments.is_empty() {
                 break;
-            };
+            }
+            let oldest = &self.segments[0];
             self.lost += oldest.records - oldest.replayed;
             self.remove(0);
         }
         let new = self.append.is_none();
-        let seq = match self.segments.back() {
-            Some(s) if !new => s.seq,
-            _ => self.next_seq,
-        };
-        let mut batch = Vec::with_capacity((records + head) as usize);
+        let mut batch = Vec::with_capacity((HEAD + records) as usize);
         if new {
-            batch.extend_from_slice(&format::HEADER);
+            batch.extend_from_slice(&HEADER);
         }
         for m in &self.pending {
             format::record(m.bytes(), &mut batch);
         }
+        let (seq, before) = match self.segments.last() {
+            Some(s) if !new => (s.seq, s.size),
+            _ => (self.next_seq, 0),
+        };
         let path = self.path(seq);
-        self.write(&path, &batch)
+        self.write(&path, &batch, before)
             .map_err(|e| format!("spool {path}: {e}"))?;
-        let n = self.pending.len() as u64;
-        self.pending.clear();
-        let size = batch.len() as u64;
-        self.size += size;
         if new {
             self.next_seq += 1;
-            self.segments.push_back(Segment {
+            self.segments.push(Segment {
                 seq,
                 size: 0,
                 end: 0,
                 records: 0,
-                read_at: head,
+                read_at: HEAD,
                 replayed: 0,
                 acked: 0,
             });
         }
-        if let Some(seg) = self.segments.back_mut() {
+        let n = self.pending.len();
+        self.pending.clear();
+        let size = batch.len() as u64;
+        self.size += size;
+        if let Some(seg) = self.segments.last_mut() {
             seg.size += size;
             seg.end += size;
-            seg.records += n;
+            seg.records += n as u64;
         }
-        Ok(n as usize)
+        Ok(n)
     }
 
-    /// Appends `batch` to the open segment, or to a new one, and syncs it; undoes a part-written batch.
-    fn write(&mut self, path: &str, batch: &[u8]) -> std::io::Result<()> {
+    /// Appends `batch` to the open segment (`before` bytes long), or to a new one, and syncs it; a batch
+    /// that failed part-way is cut off again, a new segment it failed to start removed.
+    fn write(&mut self, path: &str, batch: &[u8], before: u64) -> std::io::Result<()> {
         if self.append.is_none() {
-            self.append = Some(
-                OpenOptions::new()
-                    .append(true)
-                    .create_new(true)
-                    .open(path)?,
-            );
+            let f = OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .open(path)?;
+            self.append = Some(f);
         }
         let Some(f) = self.append.as_mut() else {
             return Ok(());
         };
-        let before = f.metadata()?.len();
         let r = f.write_all(batch).and_then(|_| f.sync_data());
         if r.is_err() {
             let _ = f.set_len(before);
@@ -492,7 +494,7 @@ mod tests {
         assert!(open(&file, 1 << 20)
             .err()
             .unwrap()
-            .contains("not a directory"));
+            .contains("Not a directory"));
         let held = open(&d.0, 1 << 20).unwrap();
         let e = open(&d.0, 1 << 20).err().unwrap();
         assert!(e.contains("in use by another agent"), "{e}");
