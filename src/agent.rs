@@ -894,7 +894,7 @@ impl Agent {
         if was && self.session.is_up() && sp.unread() == 0 {
             sp.engaged = false;
             debug!("spool {}: caught up", sp.dir);
-            for m in sp.pending.drain(..) {
+            for m in std::mem::take(&mut sp.pending) {
                 self.session.enqueue(m);
             }
             return;

@@ -123,7 +123,9 @@ impl Outbox {
 
     /// Moves the ordinary queue (not the kept messages) to the end of `into`, oldest first.
     pub fn take_queue(&mut self, into: &mut Vec<Message>) {
-        into.extend(self.queue.drain(..));
+        while let Some(m) = self.queue.pop_front() {
+            into.push(m);
+        }
         self.queued_bytes = 0;
     }
 

@@ -61,6 +61,7 @@ pub struct Spool {
 
 /// The spool in `dir`, with what it holds from an earlier run; or why not, for the caller to log before
 /// going on with memory only.
+#[inline(never)]
 pub fn open(dir: &str, max: u64) -> Result<Spool, String> {
     use std::os::unix::io::AsRawFd;
     let refuse = |why: &dyn std::fmt::Display| {
@@ -192,6 +193,7 @@ impl Spool {
     }
 
     /// The next record to send, oldest first, with its tag; `None` when all are out.
+    #[inline(never)]
     pub fn next(&mut self) -> Option<(Message, Tag)> {
         loop {
             let i = self.segments.iter().position(|s| s.read_at < s.end)?;
@@ -260,6 +262,7 @@ impl Spool {
     /// Writes `pending` as one batch: one `write`, one `fdatasync`. The oldest segments go first when it
     /// would not fit under the bound, and the batch's own oldest messages if it alone is too large. On
     /// an error the batch is left in `pending` and the segment as it was before it.
+    #[inline(never)]
     pub fn flush(&mut self) -> Result<usize, String> {
         let cost = |m: &Message| (RECORD_HEAD + m.bytes().len()) as u64;
         // The newest messages that fit in an empty spool (none larger than a record may be).
