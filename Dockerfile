@@ -15,6 +15,9 @@ FROM scratch
 # (It comes before the ARGs on purpose: the classic builder of Docker 20.10 records an ARG step right
 # after FROM scratch as the host's platform, and a later step then fails for any other --platform.)
 COPY config/image/balena_stats_collector.config.json /config/balena_stats_collector.config.json
+# And "spool_dir": "/data": messages that cannot be delivered are kept on the volume mounted there (the
+# fleet compose file's named volume); without one, a warning at start, and memory only.
+COPY config/image/mqtt.config.json /config/mqtt.config.json
 ARG TARGETARCH
 ARG TARGETVARIANT
 # Without TARGETARCH (the classic builder, which docker-compose uses on a plain Docker host), the binary

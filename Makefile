@@ -103,15 +103,17 @@ image:
 
 # make bench: binary sizes, FILE-mode CPU/RSS per tick at 8 / 1,000 / 10,000 containers, --once publishing
 # against mosquitto_pub, CLI and ENGINE mode on real containers (issue 6), a burst of 90,000 QoS 1 messages
-# against rumqttc through a stock mosquitto and one with set_tcp_nodelay (issue 18), and the CPU per cycle of
+# against rumqttc through a stock mosquitto and one with set_tcp_nodelay (issue 18), disk bytes per hour of
+# outage and RSS with and without the spool (issue 21), and the CPU per cycle of
 # agent + engine for ENGINE's kernel figures, its API figures and the CLI route (issue 12). Report in
 # target/bench/. rumqttc is a project of its own (tests/bench/rumqttc-qos1, its own lock file and target/).
+# make bench-spool: only issue 21's outage with and without the spool (about 3 minutes), on the release build.
 # make bench-qos1: only issue 18's burst (about a minute), on the release build of `make build`.
 # make bench-kernel: only issue 12's (about 10 minutes), on the shipped x86_64 binary; a quick look:
 #   make bench-kernel BENCH_KERNEL_ARGS="--cycles 3 --scale-cycles 2 --counts 10,40"
 # make bench-bytes: only issue 19's bytes per device per day (about 2.5 minutes, every row at once), on the
 # release build; a quick look with fewer rows (plain only, at rest): make bench-bytes BENCH_BYTES_ARGS=--quick
-.PHONY: bench bench-qos1 bench-kernel bench-bytes
+.PHONY: bench bench-qos1 bench-kernel bench-bytes bench-spool
 BENCH_KERNEL_ARGS ?=
 BENCH_BYTES_ARGS ?=
 bench: build dist
@@ -125,6 +127,10 @@ bench-qos1: build
 bench-bytes: build
 	@sh tests/scripts/ensure-deps.sh bench
 	@python3 tests/bench/bytes.py $(BENCH_BYTES_ARGS)
+
+bench-spool: build
+	@sh tests/scripts/ensure-deps.sh bench
+	@python3 tests/bench/spool.py
 
 bench-kernel: x86_64
 	@sh tests/scripts/ensure-deps.sh bench

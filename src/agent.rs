@@ -23,6 +23,7 @@ use crate::source::device::Device;
 use crate::source::engine::{self, EngineSource};
 use crate::source::file::{self, FileSource};
 use crate::source::{self, Collected, Output, Source};
+use crate::spool::{self, Spool};
 use crate::{debug, error, info, signal, warn};
 use mqttrs::QoS;
 use std::net::SocketAddr;
@@ -111,6 +112,8 @@ pub struct Agent {
     /// tick in progress to end.
     device: Option<Device>,
     device_tick: Option<Tick>,
+    /// Messages that cannot be delivered now, on disk (`spool_dir`); never with --once.
+    spool: Option<Spool>,
 }
 
 impl Agent {
@@ -177,7 +180,11 @@ impl Agent {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()).rotate_left(32);
+        let spool = (m.spool_dir.as_deref())
+            .filter(|_| !s.once)
+            .and_then(|d| open_spool(d, m.spool_max_bytes));
         Agent {
+            spool,
             session: Session::new(opts),
             link: None,
             backoff: Backoff::new(m.reconnect_max_delay, seed),
@@ -285,6 +292,7 @@ impl Agent {
         if skipped > 0 {
             warn!("collection overran its interval: {skipped} tick(s) skipped");
         }
+        self.spool_tick();
         self.source.start(now);
         self.route(now);
         if let Some(d) = &mut self.device {
@@ -408,19 +416,23 @@ impl Agent {
             source,
             change_tick,
             device_tick,
+            spool,
             ..
         } = self;
         let p = publishing(s);
-        while all || session.has_room() {
+        // While the spool is engaged, new figures go to its next batch, all of them, whatever the room.
+        let mut spool = spool.as_mut().filter(|sp| sp.engaged);
+        while all || spool.is_some() || session.has_room() {
             let Some(t) = tick.as_mut() else { return };
             let d = discovery.as_mut().map(|d| {
                 // Without room (an outage, a slow link) configs wait in discovery, not in the session.
                 d.hold(!session.has_room());
                 (d, now)
             });
-            let mut sink = |m, tag| match tag {
-                Some(tag) => session.enqueue_kept(m, tag),
-                None => session.enqueue(m),
+            let mut sink = |m, tag| match (tag, spool.as_mut()) {
+                (Some(tag), _) => session.enqueue_kept(m, tag),
+                (None, Some(sp)) => sp.pending.push(m),
+                (None, None) => session.enqueue(m),
             };
             if !t.step(&p, scratch, d, &mut sink) {
                 for line in t.take_warnings() {
@@ -590,6 +602,7 @@ impl Agent {
     fn pump(&mut self, now: Instant) -> Option<Instant> {
         self.announce(now);
         loop {
+            self.replay();
             self.feed(false);
             let deadline = match self.session.poll(now) {
                 Ok(d) => d,
@@ -599,8 +612,9 @@ impl Agent {
                 }
             };
             let all_written = self.write(now);
-            let more =
-                self.session.can_send_more() || (self.tick.is_some() && self.session.has_room());
+            let replaying = self.spool.as_ref().is_some_and(|sp| sp.unread() > 0);
+            let more = self.session.can_send_more()
+                || ((self.tick.is_some() || replaying) && self.session.has_room());
             if !all_written || !more || self.link.is_none() {
                 return deadline;
             }
@@ -657,6 +671,11 @@ impl Agent {
                     }
                 }
                 Event::Subscribed { .. } => {}
+                Event::Delivered(tag) if tag & spool::TAG != 0 => {
+                    if let Some(sp) = self.spool.as_mut() {
+                        sp.acked(tag);
+                    }
+                }
                 Event::Delivered(tag) => {
                     if let Some(d) = self.discovery.as_mut() {
                         d.delivered(now, tag);
@@ -827,6 +846,9 @@ impl Agent {
                 Instant::now().min(flush_until) + STOP_GOODBYE,
             );
         }
+        if self.spool_rest() {
+            return 0;
+        }
         // Figures still waiting as text were never encoded: count them too, or a --once that gave up
         // before connecting reported "0 messages undelivered". After the goodbye: counting a large
         // tick takes a while, which the broker need not wait for.
@@ -843,6 +865,136 @@ impl Agent {
             1
         } else {
             0
+        }
+    }
+}
+
+impl Agent {
+    /// Once a tick: what has waited in memory since the last one (the broker is away, or slower than
+    /// the figures come) goes to the spool in one batch, and so does everything after it until the
+    /// spool has been replayed; then figures go through memory again. In normal operation nothing
+    /// waits a whole tick, so nothing is written.
+    fn spool_tick(&mut self) {
+        let Some(sp) = self.spool.as_mut() else {
+            return;
+        };
+        let was = sp.engaged;
+        let mut batch = Vec::new();
+        self.session.take_queue(&mut batch);
+        if !was && batch.is_empty() && self.tick.is_none() {
+            return;
+        }
+        batch.append(&mut sp.pending);
+        sp.pending = batch;
+        sp.engaged = true;
+        self.feed(true);
+        let Some(sp) = self.spool.as_mut() else {
+            return;
+        };
+        if was && self.session.is_up() && sp.unread() == 0 {
+            sp.engaged = false;
+            debug!("spool {}: caught up", sp.dir);
+            for m in std::mem::take(&mut sp.pending) {
+                self.session.enqueue(m);
+            }
+            return;
+        }
+        self.flush_spool();
+    }
+
+    /// Writes the spool's batch; on a failure, its messages go back to memory, and so does the agent.
+    fn flush_spool(&mut self) -> bool {
+        let Some(sp) = self.spool.as_mut() else {
+            return false;
+        };
+        let r = sp.flush();
+        let lost = sp.take_lost();
+        if lost > 0 {
+            warn!(
+                "spool {}: full (spool_max_bytes {}): {lost} oldest messages dropped",
+                sp.dir, self.s.mqtt.spool_max_bytes
+            );
+        }
+        match r {
+            Ok(n) => {
+                if n > 0 {
+                    debug!("spool {}: {n} messages written", sp.dir);
+                }
+                true
+            }
+            Err(e) => {
+                warn!("{e}: messages are kept in memory only from now on");
+                for m in std::mem::take(&mut sp.pending) {
+                    self.session.enqueue(m);
+                }
+                self.spool = None;
+                false
+            }
+        }
+    }
+
+    /// Sends the next records of the spool while the session has room: before new figures, which wait
+    /// in the spool's batch meanwhile.
+    fn replay(&mut self) {
+        let Some(sp) = self.spool.as_mut() else {
+            return;
+        };
+        let mut room = self.session.room();
+        while room > 0 {
+            let Some((m, tag)) = sp.next() else {
+                return;
+            };
+            self.session.enqueue_kept(m, tag);
+            room -= 1;
+        }
+    }
+
+    /// At a stop: what is still unacknowledged goes to the spool rather than being lost. True when it
+    /// did, and said so.
+    fn spool_rest(&mut self) -> bool {
+        let Some(sp) = self.spool.as_mut() else {
+            return false;
+        };
+        self.session.disconnected();
+        let mut batch = Vec::new();
+        self.session.take_queue(&mut batch);
+        batch.append(&mut sp.pending);
+        sp.pending = batch;
+        sp.engaged = true;
+        self.feed(true);
+        if !self.flush_spool() {
+            return false;
+        }
+        let Some(sp) = self.spool.as_ref() else {
+            return false;
+        };
+        let n = sp.waiting();
+        if n > 0 {
+            warn!(
+                "stopped with {n} messages undelivered: they are in the spool {}, sent at the next start",
+                sp.dir
+            );
+        }
+        true
+    }
+}
+
+/// The spool at `dir`, or a warning and none.
+fn open_spool(dir: &str, max: u64) -> Option<Spool> {
+    match spool::open(dir, max) {
+        Ok(sp) => {
+            for w in &sp.found {
+                warn!("{w}");
+            }
+            let n = sp.unread();
+            if n > 0 {
+                info!("spool {dir}: {n} messages from an earlier run go out first");
+            }
+            Some(sp)
+        }
+        Err(e) => {
+            warn!("{e}");
+            None
         }
     }
 }

@@ -1,5 +1,6 @@
 //! A deterministic mutation fuzzer for the places outside bytes enter: stats text, `ps` lines, broker
-//! bytes, the kernel's cgroup and proc files, and the engine's HTTP answers and event stream.
+//! bytes, the kernel's cgroup and proc files, the engine's HTTP answers and event stream, and the
+//! spool's files.
 //!
 //! It runs as ordinary tests (a few tens of thousands of cases in `make test`) and, with `FUZZ_CASES=N`,
 //! as `make fuzz` for as many cases as asked. Each case mutates a seed from a corpus of real inputs with
@@ -13,10 +14,13 @@
 
 use crate::mqtt::frame::{self, MAX_INCOMING_PACKET};
 use crate::mqtt::session::{Options, Session};
+use crate::mqtt::Message;
 use crate::source::engine::events::{self, EventStream};
 use crate::source::engine::http;
+use crate::spool;
 use crate::stats::records::Cursor;
 use crate::stats::{parse_line, ps, Value};
+use mqttrs::QoS;
 use std::time::{Duration, Instant};
 
 struct Rng(u64);
@@ -513,6 +517,73 @@ fn events_case(rng: &mut Rng, input: &[u8]) {
     }
 }
 
+const SPOOL_TOKENS: &[&[u8]] = &[
+    &spool::format::HEADER,
+    &[0xff, 0xff, 0xff, 0xff],
+    &[0, 0, 0, 0],
+    &[0x32, 0x7f],
+    &[0x30, 0x80, 0x80, 0x80, 0x01],
+    b"\x00\x00",
+];
+
+/// A spool segment of real records, some QoS 0, some QoS 1, one retained.
+fn spool_seed() -> Vec<u8> {
+    let mut seg = spool::format::HEADER.to_vec();
+    for (i, qos) in [QoS::AtLeastOnce, QoS::AtMostOnce, QoS::AtLeastOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let m = Message::publish(&format!("root/d/s/m{i}"), b"{\"value\":1}", qos, i == 2);
+        spool::format::record(m.unwrap().bytes(), &mut seg);
+    }
+    seg
+}
+
+/// Any bytes as a segment: the pure reader, then as a file the agent finds at start and replays.
+fn spool_case(input: &[u8], dir: Option<&str>) {
+    let _ = spool::format::head(input);
+    // As a record body too, so mutations reach the PUBLISH checks past the checksum.
+    if let Some(m) = Message::from_bytes(input) {
+        assert_eq!(frame::frame_len(m.bytes()), Ok(Some(m.bytes().len())));
+    }
+    let mut buf = input.get(8..).unwrap_or_default();
+    while let spool::format::Step::Record(end) = spool::format::step(buf) {
+        assert!(end > spool::format::RECORD_HEAD && end <= buf.len());
+        let _ = Message::from_bytes(&buf[spool::format::RECORD_HEAD..end]);
+        buf = &buf[end..];
+    }
+    let Some(dir) = dir else { return };
+    std::fs::write(format!("{dir}/{}", spool::format::name(1)), input).unwrap();
+    if let Ok(mut sp) = spool::open(dir, 1 << 16) {
+        let mut n = 0;
+        while let Some((m, tag)) = sp.next() {
+            assert_eq!(frame::frame_len(m.bytes()), Ok(Some(m.bytes().len())));
+            sp.acked(tag);
+            n += 1;
+        }
+        assert!(
+            n <= input.len() / 10,
+            "{n} records from {} bytes",
+            input.len()
+        );
+    }
+    let _ = std::fs::remove_file(format!("{dir}/{}", spool::format::name(1)));
+}
+
+fn run_spool(n: u64, seed: u64, files: u64) {
+    let mut rng = Rng(seed);
+    let base = spool_seed();
+    let dir = std::env::temp_dir().join(format!("bmct-fuzz-spool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    for i in 0..n {
+        let input = mutate(&mut rng, &base, SPOOL_TOKENS);
+        // Through the file side for a few cases: each costs a file and a lock.
+        spool_case(&input, (i < files).then_some(d));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn run_http(n: u64, seed: u64) {
     let mut rng = Rng(seed);
     let seeds = http_seeds();
@@ -609,6 +680,12 @@ fn fuzz_engine_events() {
 fn fuzz_broker_bytes() {
     let n = cases(50_000);
     timed("fuzz_broker_bytes", n, || run_broker(n, 0x5eed_0002));
+}
+
+#[test]
+fn fuzz_spool_reader() {
+    let n = cases(50_000);
+    timed("fuzz_spool_reader", n, || run_spool(n, 0x5eed_0007, 2_000));
 }
 
 /// Inputs that once broke an assumption, kept so they never do again.

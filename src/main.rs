@@ -11,6 +11,7 @@ mod publish;
 mod schedule;
 mod signal;
 mod source;
+mod spool;
 mod start_file;
 mod stats;
 mod thread_name;

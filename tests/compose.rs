@@ -168,7 +168,8 @@ services:
     // Registered before `up`, so a failed start is cleaned up too (down runs before the rmi above).
     {
         let mut down: Vec<&str> = vec!["-p", &project, "-f", &base, "-f", &over];
-        down.extend(["down", "--remove-orphans", "-t", "10"]);
+        // -v: the fleet file's named volume (the spool) too.
+        down.extend(["down", "-v", "--remove-orphans", "-t", "10"]);
         cleanup.then("docker-compose", &down);
     }
     let up = compose(&["up", "-d", "--no-build"]);

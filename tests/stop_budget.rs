@@ -194,11 +194,25 @@ fn write_big_stats(dir: &TempDir) -> std::path::PathBuf {
 /// Connects through the proxy, stalls it, hands the agent a large tick, and once its bytes back up,
 /// stops it; returns how long the stop took.
 fn stop_with_a_backlog(url: &str, tls_keys: &str, upstream: u16, tag: &str) -> Duration {
+    stop_with_a_backlog_and(url, tls_keys, upstream, tag, None)
+}
+
+/// The same, with a spool (issue 21): what is undelivered is written to it within the same budget.
+fn stop_with_a_backlog_and(
+    url: &str,
+    tls_keys: &str,
+    upstream: u16,
+    tag: &str,
+    spool: Option<&std::path::Path>,
+) -> Duration {
     let proxy = Proxy::start(upstream);
     let dir = TempDir::new("stop");
     let stats = dir.path().join("stats.jsonl");
+    let spool_key = spool.map_or(String::new(), |d| {
+        format!(r#", "spool_dir": "{}""#, d.display())
+    });
     let mqtt = format!(
-        r#"{{"broker_url": "{url}:{}", "device_id": "d", "qos": 0{tls_keys}}}"#,
+        r#"{{"broker_url": "{url}:{}", "device_id": "d", "qos": 0{tls_keys}{spool_key}}}"#,
         proxy.port
     );
     let cfg = config_dir(&file_collector(&stats, 1), &mqtt);
@@ -220,7 +234,11 @@ fn stop_with_a_backlog(url: &str, tls_keys: &str, upstream: u16, tag: &str) -> D
     eprintln!("{tag}: stop with a backlog and a broker not reading took {took:?}");
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("panicked"), "{log}");
-    assert!(log.contains("messages undelivered: they are lost"), "{log}");
+    let said = match spool {
+        Some(_) => "messages undelivered: they are in the spool",
+        None => "messages undelivered: they are lost",
+    };
+    assert!(log.contains(said), "{log}");
     assert!(
         took < STOP_BUDGET + MARGIN,
         "{tag}: the stop took {took:?}, its budget is {STOP_BUDGET:?}:\n{log}"
@@ -249,4 +267,17 @@ fn a_stop_over_tls_keeps_its_budget_when_the_broker_stops_reading() {
     ));
     let keys = format!(r#", "tls_ca_file": "{}""#, ca.display());
     stop_with_a_backlog("mqtts://127.0.0.1", &keys, broker.port, "TLS");
+}
+
+#[test]
+fn a_stop_with_a_spool_keeps_its_budget_when_the_broker_stops_reading() {
+    let broker = Broker::start();
+    let spool = TempDir::new("stop-spool");
+    stop_with_a_backlog_and(
+        "tcp://127.0.0.1",
+        "",
+        broker.port,
+        "spool",
+        Some(spool.path()),
+    );
 }

@@ -266,6 +266,8 @@ mod tests {
         ("reconnect_max_delay_in_seconds", "9", "9"),
         ("max_buffered_messages", "77", "77"),
         ("max_buffered_bytes", "2097152", "2097152"),
+        ("spool_dir", r#""/data""#, "/data"),
+        ("spool_max_bytes", "65536", "65536"),
         (
             "availability_topic",
             r#""av/{device_id}""#,

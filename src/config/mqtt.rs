@@ -28,6 +28,9 @@ pub struct Mqtt {
     pub max_buffered_messages: usize,
     /// The same buffer's bound in bytes (encoded messages plus their bookkeeping).
     pub max_buffered_bytes: usize,
+    /// Where messages that cannot be delivered now are kept across restarts (see `spool`); none: memory.
+    pub spool_dir: Option<String>,
+    pub spool_max_bytes: u64,
     pub availability_topic: String,
     pub once_timeout: Duration,
     pub payload_mode: PayloadMode,
@@ -52,6 +55,8 @@ impl std::fmt::Debug for Mqtt {
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("max_buffered_messages", &self.max_buffered_messages)
             .field("max_buffered_bytes", &self.max_buffered_bytes)
+            .field("spool_dir", &self.spool_dir)
+            .field("spool_max_bytes", &self.spool_max_bytes)
             .field("availability_topic", &self.availability_topic)
             .field("once_timeout", &self.once_timeout)
             .field("payload_mode", &self.payload_mode)
@@ -87,6 +92,8 @@ pub const MQTT_KEYS: &[&str] = &[
     "max_buffered_messages",
     "max_buffered_bytes",
     "availability_topic",
+    "spool_dir",
+    "spool_max_bytes",
     "once_timeout_in_seconds",
     "payload_mode",
     "home_assistant_discovery",
@@ -248,6 +255,11 @@ pub fn parse_mqtt(
         .map_or(crate::mqtt::session::DEFAULT_MAX_QUEUED_BYTES, |b| {
             b as usize
         });
+    let spool_dir = f.string("spool_dir")?.filter(|d| !d.is_empty());
+    // At least 64 KiB: a tick of a few dozen containers, with room to drop the oldest.
+    let spool_max_bytes = f
+        .uint("spool_max_bytes", 1 << 16, 1 << 30)?
+        .unwrap_or(16 << 20);
     let availability_topic = match f.string("availability_topic")? {
         Some(t) => {
             check_topic(&t).map_err(|m| f.error("availability_topic", m))?;
@@ -338,6 +350,8 @@ pub fn parse_mqtt(
         reconnect_max_delay: Duration::from_secs(reconnect_max_delay),
         max_buffered_messages,
         max_buffered_bytes,
+        spool_dir,
+        spool_max_bytes,
         availability_topic,
         once_timeout: Duration::from_secs(once_timeout),
         payload_mode,
@@ -424,6 +438,14 @@ mod tests {
         assert_eq!(
             key_of(mqtt(r#"{"max_buffered_bytes": 1000}"#)),
             Some("max_buffered_bytes")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"spool_max_bytes": 65535}"#)),
+            Some("spool_max_bytes")
+        );
+        assert_eq!(
+            key_of(mqtt(r#"{"spool_max_bytes": "x"}"#)),
+            Some("spool_max_bytes")
         );
     }
 

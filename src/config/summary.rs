@@ -62,7 +62,7 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
     }
     s += &format!(
         "; broker {}:{}{}, device_id {:?}{}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
-         username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {} messages / {} KiB, \
+         username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {} messages / {} KiB, spool {}, \
          reconnect_max_delay {}s, once_timeout {}s, home_assistant {}",
         m.host,
         m.port,
@@ -105,6 +105,7 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         },
         m.max_buffered_messages,
         m.max_buffered_bytes / 1024,
+        m.spool_dir.as_deref().unwrap_or("off"),
         m.reconnect_max_delay.as_secs(),
         m.once_timeout.as_secs(),
         match &m.home_assistant {

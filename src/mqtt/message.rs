@@ -9,6 +9,7 @@
 //! QoS 1 messages); here it is five slice copies. The tests check every form against mqttrs' own encoder
 //! and decoder, so the bytes are the same.
 
+use super::frame::frame_len;
 use mqttrs::QoS;
 
 /// The largest remaining length MQTT can express.
@@ -84,6 +85,26 @@ impl Message {
         })
     }
 
+    /// A PUBLISH as [`Message::publish`] wrote it, read back (the spool's records, DUP flag and all):
+    /// `None` unless its lengths agree, so that no later use of it can index out of bounds.
+    pub fn from_bytes(b: &[u8]) -> Option<Message> {
+        let h = *b.first()?;
+        if h >> 4 != 3 || h & 0x04 != 0 || frame_len(b) != Ok(Some(b.len())) {
+            return None;
+        }
+        let at = 2 + b[1..].iter().position(|x| x & 0x80 == 0)?;
+        let topic = usize::from(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]));
+        let pid_at = at + 2 + topic;
+        let qos1 = h & 0x02 != 0;
+        if pid_at + 2 * usize::from(qos1) > b.len() {
+            return None;
+        }
+        Some(Message {
+            bytes: b.into(),
+            pid_at: qos1.then_some(pid_at as u32),
+        })
+    }
+
     pub fn is_qos1(&self) -> bool {
         self.pid_at.is_some()
     }
@@ -140,6 +161,25 @@ mod tests {
         );
         m.set_dup();
         assert_eq!(m.bytes()[0], 0x3a);
+    }
+
+    #[test]
+    fn read_back_as_written_or_not_at_all() {
+        for (qos, retain) in [(QoS::AtMostOnce, true), (QoS::AtLeastOnce, false)] {
+            let mut m = Message::publish("a/b", &[b'p'; 200], qos, retain).unwrap();
+            m.set_dup();
+            assert_eq!(Message::from_bytes(m.bytes()), Some(m.clone()));
+            for cut in 0..m.bytes().len() {
+                assert_eq!(Message::from_bytes(&m.bytes()[..cut]), None, "{cut}");
+            }
+        }
+        // A topic length past the end, QoS 2, and another packet type.
+        assert_eq!(Message::from_bytes(&[0x32, 0x03, 0x00, 0x09, b'a']), None);
+        assert_eq!(
+            Message::from_bytes(&[0x34, 0x04, 0x00, 0x01, b'a', 0]),
+            None
+        );
+        assert_eq!(Message::from_bytes(&[0x40, 0x02, 0x00, 0x01]), None);
     }
 
     #[test]

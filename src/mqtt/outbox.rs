@@ -121,6 +121,14 @@ impl Outbox {
         self.kept.push_back((message, tag));
     }
 
+    /// Moves the ordinary queue (not the kept messages) to the end of `into`, oldest first.
+    pub fn take_queue(&mut self, into: &mut Vec<Message>) {
+        while let Some(m) = self.queue.pop_front() {
+            into.push(m);
+        }
+        self.queued_bytes = 0;
+    }
+
     /// Messages dropped for want of room since the last call.
     pub fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped)

@@ -239,6 +239,12 @@ impl Session {
         self.outbox.push_kept(message, tag);
     }
 
+    /// Takes the ordinary queue (what waits to be sent, less the kept messages), oldest first: the
+    /// in-flight ones too once disconnected.
+    pub fn take_queue(&mut self, into: &mut Vec<Message>) {
+        self.outbox.take_queue(into);
+    }
+
     /// Messages dropped for want of room since the last call.
     pub fn take_dropped(&mut self) -> u64 {
         self.outbox.take_dropped()

@@ -11,7 +11,8 @@ Only loopback addresses are used; containers run with --network none. Its sectio
 qos1.py (issue 18: a QoS 1 burst against rumqttc, tests/bench/rumqttc-qos1, through a stock mosquitto and one
 with set_tcp_nodelay; BENCH_QOS1_ROUNDS, BENCH_QOS1_CONTAINERS; alone: make bench-qos1), bytes.py (issue 19:
 bytes on the wire per device per day through a counting proxy; alone: make bench-bytes), engine_scale.py and
-kernel_figures.py (issues 11 and 12).
+kernel_figures.py (issues 11 and 12), spool.py (issue 21: disk bytes per hour of outage, RSS with and without
+the spool; alone: make bench-spool).
 
 Tunables (environment): BENCH_RUNS (publishing runs per program and QoS, default 3), BENCH_TICKS (ticks
 measured at 1,000 and 10,000 containers, default 20 and 10; 8 containers uses 3x, default 30, because
@@ -1003,6 +1004,16 @@ def render(res):
         else:
             import bytes as bytes_bench
             L.extend(bytes_bench.render(b).splitlines())
+    sp = res.get("spool")
+    if sp:
+        L.append("")
+        L.append("## Spool: an outage's cost in disk writes and memory (issue 21)")
+        L.append("")
+        if "error" in sp:
+            L.append(f"failed: {sp['error']}")
+        else:
+            import spool
+            L.extend(spool.render(sp))
     L.append("")
     L.append("## Real containers (CLI and ENGINE mode), 1 s interval")
     L.append("")
@@ -1315,6 +1326,13 @@ def main():
         except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the bench goes on
             failures += 1
             res["bytes"] = {"error": str(e)}
+        try:
+            import spool
+            log("an outage with and without the spool (issue 21)")
+            res["spool"] = spool.measure(binary, work)
+        except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the bench goes on
+            failures += 1
+            res["spool"] = {"error": str(e)}
 
         res["engine"] = []
         why = engine_answers()
