@@ -2,9 +2,15 @@
 """Issue 19's "how much": bytes on the wire per device per day, counted by a TCP proxy between the agent
 and mosquitto (stdlib only). A section of `make bench`; alone: `make bench-bytes` (`--quick`: fewer rows).
 
-What runs: 10 containers in FILE mode (device figures off: the containers are what is compared), each row
-its own agent, proxy and stats file, all rows at once (they are light) against one plain and one TLS
-mosquitto. Time is scaled by SCALE = 10: a 1 s tick stands for the default 10 s interval, and every other
+What runs: 10 containers in FILE mode, each row its own agent, proxy and stats file, all rows at once (they
+are light) against one plain and one TLS mosquitto. The device's own figures (`device_metrics`, the `@device`
+pseudo-service, on in the fleet's defaults) are off in most rows, so that the containers are what is
+compared; the "with a resting Pi" rows have them on, read from a synthetic Raspberry Pi 4 host tree
+(synthetic_device.py: `proc_root` and `host_sys_root` point into it, rewritten 5 times a second with figures
+that move a little at rest and cross their deadbands every few ticks when busy), and `device_disk_paths`
+`/dev` and `/dev/shm` (statvfs needs real filesystems; those two hold still here, as a resting device's
+root and data partitions do, and their labels are a byte shorter than `disk_root` and `disk_mnt_data`).
+One row has this build machine's own figures (`proc_root` /proc): whatever it is doing, not a device. Time is scaled by SCALE = 10: a 1 s tick stands for the default 10 s interval, and every other
 duration is scaled with it (heartbeat 900 s -> 90 s, keep-alive 60 s -> 6 s, outage 2 min -> 12 s, backoff
 cap 60 s -> 6 s), so one real second is ten device seconds and a device day is 8,640 real seconds.
 
@@ -33,9 +39,13 @@ original did, publishes 2 figures (CPU and memory percent) per container per tic
 QoS 1, on `isb/{device_id}/telemetry/system/{service_name}/{metric}` with the bare value as payload,
 through its own proxy, and drops the ticks while the broker is away (the original lost them).
 
+Plain rows also split the PUBLISHes by service: the device's (`/@device` in the topic) are counted apart,
+per topic below it, so the report shows what the device's own figures add and which of them go out.
+
 Writes target/bench/bytes.md and bytes.json. Nothing passes or fails on a figure except the exit code when
 a row could not be measured; the issue's target (fleet defaults at rest, <= 2 MB per device per day all
-in) is reported as met or not.
+in; the defaults have the device's own figures on, so a resting Pi's are in) is reported as met or not,
+and so is the same without the device's figures.
 """
 
 import json
@@ -51,6 +61,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
+import synthetic_device  # noqa: E402
 
 SCALE = 10
 DAY = 86400 / SCALE  # real seconds that stand for a device day
@@ -65,6 +76,8 @@ DEVICE = "4f9c1e6a0b7d4c2e9a8f3b5d6e7c1a20"  # a balena UUID's length: topics as
 SERVICES = ["main", "worker", "db", "cache", "mqtt-bridge", "frontend", "api", "scheduler", "logger", "sensor"]
 # Offsets in struct tcp_info (Linux 4.6 and later): tcpi_segs_out, tcpi_segs_in; tcpi_data_segs_in.
 TCP_INFO_SEGS, TCP_INFO_DATA_IN = 136, 152
+# The synthetic device's filesystems: real ones that hold still on a build machine (see the module's doc).
+DISKS = ["/dev", "/dev/shm"]
 
 
 def log(msg):
@@ -137,6 +150,14 @@ def keep_writing(files, t0, stop):
             os.replace(tmp, path)
 
 
+def keep_moving(trees, t0, stop):
+    """Moves every synthetic device tree forward 5 times a second."""
+    while not stop.wait(0.2):
+        u = time.monotonic() - t0
+        for tree in trees:
+            tree.advance(u)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The counting proxy.
 
@@ -185,12 +206,24 @@ class Counter:
                 self.c["topic"] += tlen
                 self.c["payload"] += n - i - 2 - tlen - pid
                 self.c["framing"] += i + 2 + pid
+                self.device_part(p[i + 2:i + 2 + tlen], n)
             elif kind == 4:
                 self.c["puback"] += n
             elif kind in (12, 13):
                 self.c["ping"] += n
             else:
                 self.c["other"] += n
+
+    def device_part(self, topic, n):
+        """The device pseudo-service's share: its PUBLISHes, their bytes, and a count per topic below it."""
+        at = topic.find(b"/@device")
+        if at < 0:
+            return
+        self.c["dev_publish"] = self.c.get("dev_publish", 0) + 1
+        self.c["dev_bytes"] = self.c.get("dev_bytes", 0) + n
+        self.c["dev_topic"] = self.c.get("dev_topic", 0) + len(topic)
+        key = "dev " + (topic[at + 9:].decode(errors="replace") or "(the service's payload)")
+        self.c[key] = self.c.get(key, 0) + 1
 
 
 def segs(sock):
@@ -391,19 +424,25 @@ class Original:
 
 
 def rows(quick):
-    """(report, payload mode, tls, busy, device figures) per agent row, then ("original", None, tls, busy,
-    False)."""
+    """(report, payload mode, tls, busy, device figures) per row; the device figures are "" (off), "pi" (the
+    synthetic Raspberry Pi, resting or busy with the row) or "host" (this machine's own)."""
     if quick:
-        return [("on_change", "per_metric", False, False, False), ("every_tick", "per_metric", False, False, False),
-                ("on_change", "per_service", False, False, False), ("original", None, False, False, False)]
-    # The fleet's real defaults also publish the device's own figures: this machine's, whatever it is doing.
-    out = [("on_change", "per_metric", False, False, True)]
+        return [("on_change", "per_metric", False, False, "pi"), ("on_change", "per_metric", False, False, ""),
+                ("every_tick", "per_metric", False, False, ""), ("on_change", "per_service", False, False, ""),
+                ("original", None, False, False, "")]
+    out = []
     for busy in (False, True):
         for tls in (False, True):
+            # The fleet's real defaults: device_metrics on.
+            out.append(("on_change", "per_metric", tls, busy, "pi"))
+            if not busy:
+                out.append(("on_change", "per_service", tls, busy, "pi"))
             for report in ("every_tick", "on_change"):
                 for mode in ("per_metric", "per_service"):
-                    out.append((report, mode, tls, busy, False))
-            out.append(("original", None, tls, busy, False))
+                    out.append((report, mode, tls, busy, ""))
+            out.append(("original", None, tls, busy, ""))
+    # This build machine's own figures, whatever it is doing (other builds): not a device, for comparison.
+    out.append(("on_change", "per_metric", False, False, "host"))
     return out
 
 
@@ -411,13 +450,13 @@ class Row:
     def __init__(self, spec, binary, work, brokers, t0, n):
         self.report, self.mode, self.tls, self.busy, self.device = spec
         self.name = (f"{n:02d}-{self.report}-{self.mode}-{'tls' if self.tls else 'plain'}-"
-                     f"{'busy' if self.busy else 'rest'}{'-device' if self.device else ''}")
+                     f"{'busy' if self.busy else 'rest'}{'-device-' + self.device if self.device else ''}")
         broker = brokers[self.tls]
         self.proxy = Proxy(broker.port, self.tls)
         self.stats = os.path.join(work, self.name + ".jsonl")
         with open(self.stats, "w") as f:
             f.write(stats_text(self.busy, 0))
-        self.agent = self.original = None
+        self.agent = self.original = self.tree = None
         if self.report == "original":
             self.original = Original(self.proxy.port, self.busy, broker.tls and broker.tls[0], t0, n)
             return
@@ -425,7 +464,10 @@ class Row:
         os.makedirs(conf)
         collector = {"mode": "FILE", "file_path": self.stats, "collection_interval_in_seconds": 1,
                      "report": self.report, "report_heartbeat_in_seconds": HEARTBEAT,
-                     "device_metrics": self.device}
+                     "device_metrics": bool(self.device)}
+        if self.device == "pi":
+            self.tree = synthetic_device.Tree(os.path.join(work, self.name + "-host"), self.busy, SCALE, CONTAINERS)
+            collector.update(proc_root=self.tree.proc, host_sys_root=self.tree.sys, device_disk_paths=DISKS)
         url = ("mqtts" if self.tls else "tcp") + f"://127.0.0.1:{self.proxy.port}"
         mqtt = {"broker_url": url, "device_id": DEVICE, "client_id": f"bytes-{n}", "qos": 1,
                 "keep_alive_in_seconds": KEEP_ALIVE, "payload_mode": self.mode,
@@ -446,6 +488,13 @@ class Row:
 
     def refused(self):
         return self.original.refused if self.original else self.lines("unreachable")
+
+    def device_warnings(self):
+        """The agent's warnings about the device's files: none, when the synthetic tree reads as a host's."""
+        if not self.agent:
+            return []
+        with self.agent.cv:
+            return [l for l in self.agent.lines if "device:" in l and not l.startswith("INFO")]
 
 
 def all_in(d):
@@ -478,6 +527,8 @@ def measure(binary, work, quick=False):
     built = [Row(s, binary, work, brokers, t0, n) for n, s in enumerate(specs)]
     writer = threading.Thread(target=keep_writing, args=([(r.stats, r.busy) for r in built], t0, stop), daemon=True)
     writer.start()
+    trees = [r.tree for r in built if r.tree]
+    threading.Thread(target=keep_moving, args=(trees, t0, stop), daemon=True).start()
     log(f"{len(built)} rows at once, {CONTAINERS} containers each, 1 s ticks standing for {SCALE} s; about "
         f"{HEARTBEAT + OUTAGE + RECOVERY + 10:.0f} s")
     try:
@@ -508,7 +559,7 @@ def measure(binary, work, quick=False):
             day = per_day(steady, tb - ta, outage, tc - tb)
             reconnected = r.original.connects >= 2 if r.original else r.lines("connected to broker") >= 2
             results.append({"row": r.name, "report": r.report, "mode": r.mode, "tls": r.tls, "busy": r.busy,
-                            "device": r.device,
+                            "device": r.device, "device_warnings": r.device_warnings(),
                             "day": day, "steady": steady, "outage": outage, "steady_s": tb - ta,
                             "outage_s": tc - tb, "reconnected": reconnected})
         return {"rows": results, "scale": SCALE, "containers": CONTAINERS, "device": DEVICE, "tls": bool(tls)}
@@ -519,6 +570,8 @@ def measure(binary, work, quick=False):
                 r.original.close()
             if r.agent:
                 r.agent.stop()
+            if r.tree:
+                r.tree.close()
             r.proxy.cut()
 
 
@@ -533,7 +586,49 @@ def mb(v):
 def label(r):
     if r["report"] == "original":
         return "original program (emulated)"
-    return f"`{r['report']}`, `{r['mode']}`" + (" + the device's own figures (this machine's)" if r["device"] else "")
+    dev = {"": "", "pi": f" + a {'busy' if r['busy'] else 'resting'} Pi's own figures (synthetic)",
+           "host": " + this build machine's own figures"}[r["device"]]
+    return f"`{r['report']}`, `{r['mode']}`{dev}"
+
+
+def fleet_row(res, device, tls=False, busy=False):
+    return next((r for r in res["rows"] if r["report"] == "on_change" and r["mode"] == "per_metric"
+                 and r["tls"] == tls and r["busy"] == busy and r["device"] == device), None)
+
+
+def where(rows):
+    """Where the bytes of each row go, per day: one column per row."""
+    L = ["| part | " + " | ".join(h for h, _ in rows) + " |", "| --- |" + " ---: |" * len(rows)]
+    parts = [
+        ("containers' PUBLISHes", lambda d: d["up_publish"] - d.get("up_dev_publish", 0), "{:,.0f} messages"),
+        ("their topics", lambda d: d["up_topic"] - d.get("up_dev_topic", 0), None),
+        ("their payloads and framing (header, lengths, packet id)",
+         lambda d: d["up_payload"] + d["up_framing"] - d.get("up_dev_bytes", 0) + d.get("up_dev_topic", 0), None),
+        ("the device's PUBLISHes (`@device`)", lambda d: d.get("up_dev_publish", 0), "{:,.0f} messages"),
+        ("their topics", lambda d: d.get("up_dev_topic", 0), None),
+        ("their payloads and framing", lambda d: d.get("up_dev_bytes", 0) - d.get("up_dev_topic", 0), None),
+        ("PUBACKs", lambda d: d["down_puback"], None),
+        ("PINGREQ + PINGRESP", lambda d: d["up_ping"] + d["down_ping"], None),
+        ("CONNECT, CONNACK, SUBSCRIBE, DISCONNECT", lambda d: d["up_other"] + d["down_other"], None),
+        ("TCP/IP headers, 52 bytes a segment", lambda d: HEADER * (d["segs_in"] + d["segs_out"] + 2 * d["refused"]),
+         None),
+        ("segments (pure ACKs included)", lambda d: d["segs_in"] + d["segs_out"], "{:,.0f}"),
+        ("**all in**", lambda d: d["all_in"], None)]
+    for what, f, fmt in parts:
+        L.append(f"| {what} | " + " | ".join((fmt or "{:,.0f}").format(f(r["day"])) for _, r in rows) + " |")
+    return L
+
+
+def device_topics(r):
+    """Per day, the device's messages per topic below `@device`, of a plain row."""
+    d = r["day"]
+    keys = sorted(k[7:] for k in d if k.startswith("up_dev ") and d[k] > 0)
+    n = d.get("up_dev_publish", 0)
+    L = [f"The device's messages per day by topic below `.../@device/` ({label(r)}, plain; "
+         f"{n:,.0f} messages, {d.get('up_dev_bytes', 0) / max(n, 1):.0f} MQTT bytes each on average):", "",
+         "| topic | messages per day |", "| --- | ---: |"]
+    L += [f"| `{k}` | {d['up_dev ' + k]:,.0f} |" for k in keys]
+    return L + [""]
 
 
 def render(res):
@@ -541,7 +636,8 @@ def render(res):
          f"for the default 10 s (every duration scaled by {res['scale']}), one 2-minute broker outage a day. Per "
          "device per day. MQTT: the PUBLISH/PUBACK/PINGREQ... bytes (plain rows; over TLS the same MQTT rides in "
          "the records counted). Segments: both directions, pure ACKs included (TCP_INFO). All-in: payload + 52 "
-         "bytes per segment.", ""]
+         "bytes per segment. The device's own figures: off unless the row says so; the Pi's are synthetic "
+         "(tests/bench/synthetic_device.py).", ""]
     for busy in (False, True):
         rs = [r for r in res["rows"] if r["busy"] == busy]
         if not rs:
@@ -570,32 +666,32 @@ def render(res):
                  f"{s['up_bytes'] / t:,.0f} | {s['up_chunks'] / t:.2f} | {rec('up_records')} | "
                  f"{s['data_segs_in'] / t:.2f} | {s['segs_in'] / t:.2f} | {rec('down_records')} |")
     L.append("")
-    fleet = next((r for r in res["rows"] if r["report"] == "on_change" and r["mode"] == "per_metric"
-                  and not r["tls"] and not r["busy"] and not r["device"]), None)
-    if fleet:
-        d = fleet["day"]
-        hdr = HEADER * (d["segs_in"] + d["segs_out"] + 2 * d["refused"])
-        L += ["Where the fleet default's bytes go at rest (`on_change`, `per_metric`, plain), per day:", "",
-              "| part | bytes |", "| --- | ---: |"]
-        for what, v in (("topics of the PUBLISHes", d["up_topic"]), ("payloads", d["up_payload"]),
-                        ("PUBLISH framing (header, lengths, packet id)", d["up_framing"]),
-                        ("PUBACKs", d["down_puback"]), ("PINGREQ + PINGRESP", d["up_ping"] + d["down_ping"]),
-                        ("CONNECT, CONNACK, SUBSCRIBE, DISCONNECT", d["up_other"] + d["down_other"]),
-                        (f"TCP/IP headers ({d['segs_in'] + d['segs_out']:,.0f} segments, "
-                         f"{d['segs_in'] + d['segs_out'] - d['up_chunks'] - d['down_chunks']:,.0f} of them "
-                         "without data, about)", hdr)):
-            L.append(f"| {what} | {v:,.0f} |")
-        L.append("")
+    cols = [(h, r) for h, r in (("device figures off", fleet_row(res, "")),
+                                ("a resting Pi's figures on (the fleet's default)", fleet_row(res, "pi")),
+                                ("a busy Pi's", fleet_row(res, "pi", busy=True))) if r]
+    if cols:
+        L += ["Where the fleet default's bytes go (`on_change`, `per_metric`, plain), per day:", ""]
+        L += where(cols) + [""]
+    pi = fleet_row(res, "pi")
+    if pi:
+        L += device_topics(pi)
+    for r in res["rows"]:
+        if r["device"] == "pi" and r["device_warnings"]:
+            L.append(f"Warnings about the synthetic device's files ({r['row']}): " + " | ".join(r["device_warnings"]))
     return "\n".join(L)
 
 
 def targets(res):
+    """The issue's target, at rest with the fleet defaults (the device's figures on: a resting Pi), and the
+    same with the device's figures off (the containers alone)."""
     out = []
     for r in res["rows"]:
-        if r["report"] == "on_change" and r["mode"] == "per_metric" and not r["busy"] and not r["device"]:
+        if r["report"] == "on_change" and r["mode"] == "per_metric" and not r["busy"] and r["device"] in ("pi", ""):
             v = r["day"]["all_in"]
-            out.append({"what": f"fleet defaults at rest, all in per device per day{' over TLS' if r['tls'] else ''}"
-                        " <= 2 MB", "value": v, "limit": TARGET, "measured": mb(v), "unit": "B"})
+            what = "fleet defaults at rest" + (" (a resting Pi's own figures on)" if r["device"] else
+                                               " without the device's own figures")
+            out.append({"what": f"{what}, all in per device per day{' over TLS' if r['tls'] else ''} <= 2 MB",
+                        "value": v, "limit": TARGET, "measured": mb(v), "unit": "B"})
     return out
 
 
