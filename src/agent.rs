@@ -190,6 +190,7 @@ impl Agent {
             scratch: Scratch::new(
                 (s.collector.report.on_change)
                     .then(|| Exceptions::new(&s.collector.report, m.payload_mode)),
+                s.collector.containers.clone(),
             ),
             offline: availability(b"offline"),
             discovery,
@@ -859,6 +860,7 @@ fn build_source(s: &Settings) -> Box<dyn Source> {
             c.cli_timeout,
             !s.once,
             engine::figuring(c.engine_figures, &c.cgroup_root, &c.proc_root),
+            c.containers.clone(),
         )),
     }
 }

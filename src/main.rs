@@ -64,6 +64,14 @@ fn run() -> i32 {
         }
     };
     choose_mode(&mut settings.collector);
+    let c = &mut settings.collector;
+    // Only the engine's list tells labels: elsewhere the name rules are what is known.
+    if c.mode != config::Mode::Engine && c.containers.drop_label_rules() {
+        warn!(
+            "config: container_label_include and container_label_exclude apply in ENGINE mode only: \
+             this mode knows container names, not labels; only the name rules apply"
+        );
+    }
     info!(
         "balena-multi-container-telemetry {}: {}",
         env!("CARGO_PKG_VERSION"),
@@ -81,6 +89,9 @@ fn load_settings(dir: &Path, once: bool) -> Result<agent::Settings, config::Conf
     let env = config::Env {
         device_uuid: std::env::var("BALENA_DEVICE_UUID").ok(),
         host_name: host_name(),
+        balena: ["BALENA", "BALENA_DEVICE_UUID"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty())),
         vars: config_vars()?,
     };
     let mut warnings = Vec::new();
