@@ -67,10 +67,7 @@ fn run() -> i32 {
     let c = &mut settings.collector;
     // Only the engine's list tells labels: elsewhere the name rules are what is known.
     if c.mode != config::Mode::Engine && c.containers.drop_label_rules() {
-        warn!(
-            "config: container_label_include and container_label_exclude apply in ENGINE mode only: \
-             this mode knows container names, not labels; only the name rules apply"
-        );
+        warn!("config: container label patterns left out: only ENGINE mode knows labels");
     }
     info!(
         "balena-multi-container-telemetry {}: {}",

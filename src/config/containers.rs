@@ -10,70 +10,58 @@ use crate::source::filter::{Filter, Rule};
 const MAX_PATTERN: usize = 255;
 
 pub(super) fn parse_filter(f: &Fields, on_balena: bool) -> Result<Filter, ConfigError> {
-    let include = rules(f, "container_name_include", false)?;
-    let label_include = rules(f, "container_label_include", true)?;
-    let mut exclude = rules(f, "container_name_exclude", false)?.unwrap_or_default();
-    exclude.extend(rules(f, "container_label_exclude", true)?.unwrap_or_default());
+    let mut include = Vec::new();
+    let mut exclude = Vec::new();
+    let given = rules(f, "container_name_include", false, &mut include)?
+        | rules(f, "container_label_include", true, &mut include)?;
+    rules(f, "container_name_exclude", false, &mut exclude)?;
+    rules(f, "container_label_exclude", true, &mut exclude)?;
     // Any include given replaces the default whole: what the user lists is what they want.
-    if include.is_none() && label_include.is_none() && on_balena {
-        return Ok(Filter {
-            exclude,
-            ..Filter::balena()
-        });
+    let balena_default = on_balena && !given;
+    if balena_default {
+        include = Filter::balena().include;
     }
-    let mut include = include.unwrap_or_default();
-    include.extend(label_include.unwrap_or_default());
     Ok(Filter {
         include,
         exclude,
-        balena_default: false,
+        balena_default,
     })
 }
 
-/// One key's patterns; `None` when it is not set. A list may be empty (no rule).
-fn rules(f: &Fields, key: &'static str, label: bool) -> Result<Option<Vec<Rule>>, ConfigError> {
+/// One key's patterns, added to `out`; whether the key is set (an empty list is, with no pattern). A
+/// pattern is checked as written, so a typo is said rather than never matching: not empty, at most
+/// [`MAX_PATTERN`] bytes, for a name only the characters docker allows in one and the wildcards, for a
+/// label a key (`=` not first) and no space or control character.
+fn rules(
+    f: &Fields,
+    key: &'static str,
+    label: bool,
+    out: &mut Vec<Rule>,
+) -> Result<bool, ConfigError> {
     let Some(list) = f.list(key, "patterns")? else {
-        return Ok(None);
+        return Ok(false);
     };
-    let mut rules = Vec::new();
     for p in list {
-        let rule = match label {
-            _ if p.is_empty() => Err("an empty pattern (two commas in a row, or one at an end?)"),
-            false => checked(p, true).map(|g| Rule::Name(g.into())),
-            true => {
-                let (k, v) = p.split_once('=').map_or((p, None), |(k, v)| (k, Some(v)));
-                match checked(k, false) {
-                    Ok("") => Err("no label key before ="),
-                    Ok(k) => v
-                        .map(|v| checked(v, false))
-                        .transpose()
-                        .map(|v| Rule::Label(k.into(), v.map(Into::into))),
-                    Err(e) => Err(e),
-                }
-            }
+        let good = |c: char| match label {
+            true => !c.is_control() && c != ' ',
+            false => c.is_ascii_alphanumeric() || "_.-*?".contains(c),
         };
-        rules.push(rule.map_err(|why| f.error(key, format!("{p:?}: {why}")))?);
+        if p.is_empty() || p.len() > MAX_PATTERN || p.starts_with('=') || !p.chars().all(good) {
+            let form = match label {
+                true => "key or key=value, no spaces",
+                false => "letters, digits, _ . - and the wildcards * ?",
+            };
+            return Err(f.error(
+                key,
+                format!("{p:?} is not a pattern: 1 to 255 characters, {form}"),
+            ));
+        }
+        out.push(match label {
+            true => Rule::Label(p.into()),
+            false => Rule::Name(p.into()),
+        });
     }
-    Ok(Some(rules))
-}
-
-/// A glob as written: not overlong, and for a name only the characters docker allows in one, so a typo
-/// is said rather than never matching. A label value may be empty (`key=`: the label set to nothing).
-fn checked(p: &str, name: bool) -> Result<&str, &'static str> {
-    let bad = |c: char| match name {
-        true => !(c.is_ascii_alphanumeric() || "_.-*?".contains(c)),
-        false => c.is_control() || c == ' ',
-    };
-    if p.len() > MAX_PATTERN {
-        Err("longer than 255 bytes")
-    } else if p.contains(bad) {
-        Err(match name {
-            true => "a name pattern has only letters, digits, _ . - and the wildcards * and ?",
-            false => "no spaces or control characters",
-        })
-    } else {
-        Ok(p)
-    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -86,8 +74,8 @@ mod tests {
         Rule::Name(g.into())
     }
 
-    fn label(k: &str, v: Option<&str>) -> Rule {
-        Rule::Label(k.into(), v.map(Into::into))
+    fn label(p: &str) -> Rule {
+        Rule::Label(p.into())
     }
 
     fn on_balena(pairs: &[(&str, &str)]) -> Env {
@@ -110,7 +98,7 @@ mod tests {
         assert!(f.balena_default);
         let env = on_balena(&[("STATS_CONTAINER_LABEL_INCLUDE", "com.example.telemetry=on")]);
         let f = collector_env(None, &env).unwrap().containers;
-        assert_eq!(f.include, [label("com.example.telemetry", Some("on"))]);
+        assert_eq!(f.include, [label("com.example.telemetry=on")]);
         assert!(!f.balena_default);
         // `*` is how to have everything on balenaOS.
         let env = on_balena(&[("STATS_CONTAINER_NAME_INCLUDE", "*")]);
@@ -134,17 +122,13 @@ mod tests {
                 name("main"),
                 name("web_*"),
                 name("db?"),
-                label("io.balena.app-id", None),
-                label("tier", Some("front*")),
+                label("io.balena.app-id"),
+                label("tier=front*"),
             ]
         );
         assert_eq!(
             f.exclude,
-            [
-                name("tmp-*"),
-                label("skip", Some("")),
-                label("com.example.*", Some("yes"))
-            ]
+            [name("tmp-*"), label("skip="), label("com.example.*=yes")]
         );
         // An empty list is no rule, and still an include given: on balenaOS, no default.
         let c = collector_env(Some(r#"{"container_name_include": []}"#), &on_balena(&[])).unwrap();
@@ -203,8 +187,8 @@ mod tests {
             collector_env(None, &vars(&[("STATS_CONTAINER_NAME_EXCLUDE", "a,,b")])).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "environment variable STATS_CONTAINER_NAME_EXCLUDE: \"container_name_exclude\": \"\": \
-             an empty pattern (two commas in a row, or one at an end?)"
+            "environment variable STATS_CONTAINER_NAME_EXCLUDE: \"container_name_exclude\": \"\" is \
+             not a pattern: 1 to 255 characters, letters, digits, _ . - and the wildcards * ?"
         );
     }
 }

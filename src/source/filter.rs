@@ -19,10 +19,12 @@ pub const SUPERVISOR_NAMES: [&str; 2] = ["balena_supervisor", "resin_supervisor"
 pub enum Rule {
     /// A glob on the container's name or on its service name (the topics' `{service_name}`).
     Name(String),
-    /// A label whose key matches the first glob and, when there is a second, whose value matches it.
-    Label(String, Option<String>),
-    /// What balena's supervisor runs: labelled [`SERVICE_LABEL`]; where labels are unknown (CLI and FILE
-    /// modes), named the way the supervisor names its containers.
+    /// `key` or `key=value`, both globs: a label whose key matches and, when a value is given, whose
+    /// value matches it (`key=`: set to nothing).
+    Label(String),
+    /// What balena's supervisor runs, and the supervisor itself ([`SUPERVISOR_NAMES`]): labelled
+    /// [`SERVICE_LABEL`]; where labels are unknown (CLI and FILE modes), named the way the supervisor
+    /// names its containers.
     Supervised,
 }
 
@@ -45,10 +47,8 @@ pub struct Subject<'a> {
 impl Filter {
     /// balenaOS's default: the application's services and the supervisor.
     pub fn balena() -> Filter {
-        let mut include = vec![Rule::Supervised];
-        include.extend(SUPERVISOR_NAMES.map(|n| Rule::Name(n.into())));
         Filter {
-            include,
+            include: vec![Rule::Supervised],
             exclude: Vec::new(),
             balena_default: true,
         }
@@ -71,43 +71,27 @@ impl Filter {
     /// Leaves out the label rules, for a mode that knows no labels; whether there were any.
     pub fn drop_label_rules(&mut self) -> bool {
         let n = self.include.len() + self.exclude.len();
-        let names = |r: &Rule| !matches!(r, Rule::Label(..));
+        let names = |r: &Rule| !matches!(r, Rule::Label(_));
         self.include.retain(names);
         self.exclude.retain(names);
         n != self.include.len() + self.exclude.len()
     }
 
-    /// For the start line: `all`, or the rules in the config's own notation.
+    /// For the start line: `all`, or how many patterns of each kind (the keys' values are in the
+    /// debug lines, where each key came from).
     pub fn describe(&self) -> String {
         if self.include.is_empty() && self.exclude.is_empty() {
             return "all".into();
         }
-        let mut s = String::new();
-        for (word, rules) in [("include", &self.include), ("exclude", &self.exclude)] {
-            for (n, r) in rules.iter().enumerate() {
-                if n == 0 {
-                    s += if s.is_empty() { "" } else { "; " };
-                    s += word;
-                }
-                s += if n == 0 { " " } else { ", " };
-                match r {
-                    Rule::Name(g) => s += g,
-                    Rule::Label(k, v) => {
-                        s += "label ";
-                        s += k;
-                        if let Some(v) = v {
-                            s.push('=');
-                            s += v;
-                        }
-                    }
-                    Rule::Supervised => s += "what the supervisor runs",
-                }
-            }
-        }
-        if self.balena_default {
-            s += " (balenaOS default)";
-        }
-        s
+        let default = match self.balena_default {
+            true => " (balenaOS default: what the supervisor runs)",
+            false => "",
+        };
+        format!(
+            "{} include and {} exclude patterns{default}",
+            self.include.len(),
+            self.exclude.len()
+        )
     }
 }
 
@@ -121,17 +105,21 @@ impl Rule {
                         None => glob(g, &service_name(c.name)),
                     }
             }
-            Rule::Label(k, v) => c.labels.is_some_and(|labels| {
+            Rule::Label(p) => c.labels.is_some_and(|labels| {
+                let (k, v) = p
+                    .split_once('=')
+                    .map_or((p.as_str(), None), |(k, v)| (k, Some(v)));
                 labels.iter().any(|(key, value)| {
-                    glob(k, key)
-                        && v.as_ref()
-                            .is_none_or(|v| value.as_str().is_some_and(|t| glob(v, t)))
+                    glob(k, key) && v.is_none_or(|v| value.as_str().is_some_and(|t| glob(v, t)))
                 })
             }),
-            Rule::Supervised => match c.labels {
-                Some(labels) => labels.contains_key(SERVICE_LABEL),
-                None => SupervisorName::parse(c.name).is_some(),
-            },
+            Rule::Supervised => {
+                SUPERVISOR_NAMES.contains(&c.name)
+                    || match c.labels {
+                        Some(labels) => labels.contains_key(SERVICE_LABEL),
+                        None => SupervisorName::parse(c.name).is_some(),
+                    }
+            }
         }
     }
 }
@@ -246,10 +234,7 @@ mod tests {
         let f = Filter::default();
         assert!(keeps(&f, "anything", None));
         let f = Filter {
-            include: vec![
-                Rule::Name("main".into()),
-                Rule::Label("app".into(), Some("tele*".into())),
-            ],
+            include: vec![Rule::Name("main".into()), Rule::Label("app=tele*".into())],
             exclude: vec![Rule::Name("*-tmp".into())],
             balena_default: false,
         };
@@ -269,7 +254,7 @@ mod tests {
         };
         assert!(f.keeps(&s));
         let key_only = Filter {
-            exclude: vec![Rule::Label("com.example.*".into(), None)],
+            exclude: vec![Rule::Label("com.example.*".into())],
             ..Filter::default()
         };
         let tagged = labels(&[("com.example.skip", "")]);
@@ -299,21 +284,20 @@ mod tests {
         assert!(keeps(&f, "main_1_2_abc", None));
         assert!(keeps(&f, "main_1_2", None));
         assert!(!keeps(&f, "quirky_hopper", None));
-        assert!(
-            f.describe().ends_with("(balenaOS default)"),
-            "{}",
-            f.describe()
+        assert_eq!(
+            f.describe(),
+            "1 include and 0 exclude patterns (balenaOS default: what the supervisor runs)"
         );
     }
 
     #[test]
     fn label_rules_go_where_labels_are_unknown() {
         let mut f = Filter {
-            include: vec![Rule::Label("a".into(), None), Rule::Name("x".into())],
-            exclude: vec![Rule::Label("b".into(), None)],
+            include: vec![Rule::Label("a".into()), Rule::Name("x".into())],
+            exclude: vec![Rule::Label("b".into())],
             balena_default: false,
         };
-        assert_eq!(f.describe(), "include label a, x; exclude label b");
+        assert_eq!(f.describe(), "2 include and 1 exclude patterns");
         assert!(f.drop_label_rules());
         assert_eq!(f.include, [Rule::Name("x".into())]);
         assert!(f.exclude.is_empty());

@@ -29,16 +29,16 @@ struct RawListed {
     #[serde(rename = "Names")]
     names: Option<Vec<String>>,
     /// As a JSON value, read by the same code as the config files: a type of its own cost more.
-    #[serde(rename = "Labels")]
-    labels: Option<Json>,
+    #[serde(rename = "Labels", default)]
+    labels: Json,
     #[serde(rename = "State")]
     state: Option<String>,
 }
 
 /// A container's labels (none: an empty map).
-pub fn labels_of(labels: Option<Json>) -> Map<String, Json> {
+pub fn labels_of(labels: Json) -> Map<String, Json> {
     match labels {
-        Some(Json::Object(m)) => m,
+        Json::Object(m) => m,
         _ => Map::new(),
     }
 }
@@ -487,8 +487,8 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Inspected>, String> {
     }
     #[derive(Deserialize)]
     struct RawConfig {
-        #[serde(rename = "Labels")]
-        labels: Option<Json>,
+        #[serde(rename = "Labels", default)]
+        labels: Json,
     }
     #[derive(Deserialize)]
     struct RawHostConfig {
@@ -530,7 +530,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Inspected>, String> {
         .map(|n| n.trim_start_matches('/').to_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| short_id(&id).to_owned());
-    let labels = labels_of(raw.config.and_then(|c| c.labels));
+    let labels = labels_of(raw.config.map_or(Json::Null, |c| c.labels));
     let life = Lifecycle {
         state,
         health: st
@@ -960,7 +960,7 @@ mod tests {
         // The filter sees every label and the service; the rest never leave the list.
         let f = Filter {
             include: vec![
-                crate::source::filter::Rule::Label("oth*".into(), Some("?".into())),
+                crate::source::filter::Rule::Label("oth*=?".into()),
                 crate::source::filter::Rule::Name("web".into()),
             ],
             ..Filter::default()

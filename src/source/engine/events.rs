@@ -17,7 +17,7 @@ pub const MAX_EVENT_LINE: usize = 64 * 1024;
 pub struct Event {
     pub id: String,
     pub action: String,
-    pub attributes: Option<Value>,
+    pub attributes: Value,
 }
 
 impl Event {
@@ -229,8 +229,8 @@ fn parse_event(line: &[u8]) -> Option<Event> {
     struct Actor {
         #[serde(rename = "ID")]
         id: Option<String>,
-        #[serde(rename = "Attributes")]
-        attributes: Option<Value>,
+        #[serde(rename = "Attributes", default)]
+        attributes: Value,
     }
     #[derive(Deserialize)]
     struct Raw {
@@ -249,7 +249,7 @@ fn parse_event(line: &[u8]) -> Option<Event> {
     }
     let (id, attributes) = match raw.actor {
         Some(a) => (a.id, a.attributes),
-        None => (None, None),
+        None => (None, Value::Null),
     };
     let id = id.or(raw.id)?;
     let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_hexdigit());
@@ -296,7 +296,7 @@ mod tests {
                 (got[0].id.as_str(), got[0].action.as_str()),
                 ("abc123", "die")
             );
-            let name = got[0].attributes.as_ref().and_then(|a| a.get("name"));
+            let name = got[0].attributes.get("name");
             assert_eq!(name.and_then(Value::as_str), Some("web"));
             assert_eq!(got[1].action, "health_status: healthy");
             assert!(got[0].matters() && got[1].matters() && !got[2].matters());

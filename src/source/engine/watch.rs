@@ -7,7 +7,7 @@ use super::{
     api, events, http, lifecycle_only, removed, EngineSource, Known, Purpose, MAX_CONTAINERS,
     MAX_STATS_BODY,
 };
-use crate::source::filter::Filter;
+use crate::source::filter::{Filter, Subject};
 use crate::stats::lifecycle::{Lifecycle, State};
 use serde_json::Value as Json;
 use std::io::{ErrorKind, Read};
@@ -216,18 +216,16 @@ impl EngineSource {
 
 /// Whether the filter wants the container of an event, by its `Actor.Attributes`: its labels, with
 /// `name` and the like among them. Without a name there is nothing to judge: the inspect decides.
-fn event_wanted(containers: &Filter, attributes: Option<Json>) -> bool {
+fn event_wanted(containers: &Filter, attributes: Json) -> bool {
     let labels = api::labels_of(attributes);
     let Some(name) = labels.get("name").and_then(Json::as_str) else {
         return true;
     };
-    let listed = api::Listed {
-        id: String::new(),
-        name: name.to_owned(),
-        service: api::service_of(&labels),
-        state: None,
-    };
-    api::wanted(containers, &listed, &labels)
+    containers.keeps(&Subject {
+        name,
+        service: api::service_of(&labels).as_deref(),
+        labels: Some(&labels),
+    })
 }
 
 pub(super) fn inspect_path(id: &str) -> String {
