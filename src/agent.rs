@@ -22,6 +22,7 @@ use crate::source::cli::CliSource;
 use crate::source::device::Device;
 use crate::source::engine::{self, EngineSource};
 use crate::source::file::{self, FileSource};
+use crate::source::filter::Filter;
 use crate::source::{self, Collected, Output, Source};
 use crate::spool::{self, Spool};
 use crate::{debug, error, info, signal, warn};
@@ -117,7 +118,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(s: Settings, now: Instant) -> Agent {
+    pub fn new(mut s: Settings, now: Instant) -> Agent {
+        // ENGINE mode filters containers as it lists them (labels and all); stats text is filtered as it
+        // is published. Moved, not copied: one of the two has them.
+        let wanted = std::mem::take(&mut s.collector.containers);
+        let (for_engine, for_text) = match s.collector.mode {
+            Mode::Engine => (wanted, Filter::default()),
+            _ => (Filter::default(), wanted),
+        };
         let m = &s.mqtt;
         // A --once run (cron) says nothing about availability: an `offline` at its end, or a will, would
         // show every entity unavailable between runs.
@@ -191,12 +199,13 @@ impl Agent {
             kicked: Default::default(),
             reconnect_at: now,
             schedule: Schedule::new(now, s.collector.interval),
-            source: build_source(&s),
+            source: build_source(&s, for_engine),
             tick: None,
             change_tick: false,
             scratch: Scratch::new(
                 (s.collector.report.on_change)
                     .then(|| Exceptions::new(&s.collector.report, m.payload_mode)),
+                for_text,
             ),
             offline: availability(b"offline"),
             discovery,
@@ -1000,7 +1009,7 @@ fn open_spool(dir: &str, max: u64) -> Option<Spool> {
 }
 
 /// The source the mode asks for: the one place the loop looks at the mode.
-fn build_source(s: &Settings) -> Box<dyn Source> {
+fn build_source(s: &Settings, containers: Filter) -> Box<dyn Source> {
     let c = &s.collector;
     match c.mode {
         Mode::File => Box::new(FileSource::new(c.file_path.clone(), c.interval)),
@@ -1011,6 +1020,7 @@ fn build_source(s: &Settings) -> Box<dyn Source> {
             c.cli_timeout,
             !s.once,
             engine::figuring(c.engine_figures, &c.cgroup_root, &c.proc_root),
+            containers,
         )),
     }
 }

@@ -65,6 +65,11 @@ fn run() -> i32 {
         }
     };
     choose_mode(&mut settings.collector);
+    let c = &mut settings.collector;
+    // Only the engine's list tells labels: elsewhere the name rules are what is known.
+    if c.mode != config::Mode::Engine && c.containers.drop_label_rules() {
+        warn!("config: container label patterns left out: only ENGINE mode knows labels");
+    }
     info!(
         "balena-multi-container-telemetry {}: {}",
         env!("CARGO_PKG_VERSION"),
@@ -82,6 +87,9 @@ fn load_settings(dir: &Path, once: bool) -> Result<agent::Settings, config::Conf
     let env = config::Env {
         device_uuid: std::env::var("BALENA_DEVICE_UUID").ok(),
         host_name: host_name(),
+        balena: ["BALENA", "BALENA_DEVICE_UUID"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty())),
         vars: config_vars()?,
     };
     let mut warnings = Vec::new();

@@ -1,10 +1,11 @@
 //! The collector file's keys (`STATS_*`): where figures come from and how often.
 
+use super::containers::parse_filter;
 use super::keys::{Fields, COLLECTOR_PREFIX};
 use super::report::parse_report;
 use super::{ConfigError, Env, Source};
 use crate::publish::exception::Report;
-use serde_json::Value;
+use crate::source::filter::Filter;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct Collector {
     pub device_disk_paths: Vec<String>,
     pub device_disk_paths_configured: bool,
     pub host_sys_root: String,
+    /// Which containers are reported (the device is no container: always).
+    pub containers: Filter,
 }
 
 /// `engine_figures`: the kernel's own counters, or the engine's stats API that reads the same files for us
@@ -79,6 +82,11 @@ pub const COLLECTOR_KEYS: &[&str] = &[
     "device_service_name",
     "device_disk_paths",
     "host_sys_root",
+    // Which containers (config/containers.rs).
+    "container_name_include",
+    "container_name_exclude",
+    "container_label_include",
+    "container_label_exclude",
 ];
 
 /// Built-in defaults, equal to `config/balena_stats_collector.example-config.json`.
@@ -177,6 +185,7 @@ pub fn parse_collector(
     let device_disk_paths =
         disks.unwrap_or_else(|| DEFAULT_DEVICE_DISK_PATHS.map(String::from).to_vec());
     let host_sys_root = root("host_sys_root", DEFAULT_HOST_SYS_ROOT)?;
+    let containers = parse_filter(&f, env.balena)?;
     Ok(Collector {
         mode,
         mode_given,
@@ -194,6 +203,7 @@ pub fn parse_collector(
         device_disk_paths,
         device_disk_paths_configured,
         host_sys_root,
+        containers,
     })
 }
 
@@ -201,31 +211,21 @@ pub fn parse_collector(
 /// by commas; an empty list publishes no storage.
 fn disk_paths(f: &Fields) -> Result<Option<Vec<String>>, ConfigError> {
     const KEY: &str = "device_disk_paths";
-    let list: Vec<&Value> = match f.get(KEY) {
-        None => return Ok(None),
-        Some(Value::Array(a)) => a.iter().collect(),
-        Some(v) => vec![v],
+    const WHAT: &str = "absolute paths";
+    let Some(list) = f.list(KEY, WHAT)? else {
+        return Ok(None);
     };
     let mut paths = Vec::new();
-    for v in list {
-        let Value::String(text) = v else {
-            return Err(bad_paths(f, v));
-        };
-        for p in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            if !p.starts_with('/') {
-                return Err(bad_paths(f, v));
-            }
-            paths.push(p.to_owned());
+    for p in list.into_iter().filter(|p| !p.is_empty()) {
+        if !p.starts_with('/') {
+            return Err(f.error(
+                KEY,
+                format!("must be {WHAT} (a list, or one text separated by commas), not {p:?}"),
+            ));
         }
+        paths.push(p.to_owned());
     }
     Ok(Some(paths))
-}
-
-fn bad_paths(f: &Fields, v: &Value) -> ConfigError {
-    f.error(
-        "device_disk_paths",
-        format!("must be absolute paths (a list, or one text separated by commas), not {v}"),
-    )
 }
 
 #[cfg(test)]

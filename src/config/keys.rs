@@ -160,6 +160,31 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A list of texts, or (as a variable must be) one text separated by commas; each item trimmed,
+    /// empty ones kept for the caller to judge. `what` names the items in the error.
+    pub(super) fn list(
+        &self,
+        key: &'static str,
+        what: &str,
+    ) -> Result<Option<Vec<&str>>, ConfigError> {
+        let items = match self.get(key) {
+            None => return Ok(None),
+            Some(Value::Array(a)) => &a[..],
+            Some(v) => std::slice::from_ref(v),
+        };
+        let mut out = Vec::new();
+        for v in items {
+            let Value::String(text) = v else {
+                return Err(self.error(
+                    key,
+                    format!("must be {what} (a list, or one text separated by commas), not {v}"),
+                ));
+            };
+            out.extend(text.split(',').map(str::trim));
+        }
+        Ok(Some(out))
+    }
+
     pub(super) fn boolean(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
         if let Some(text) = self.env_text(key) {
             return match text.trim().to_ascii_lowercase().as_str() {
@@ -247,6 +272,10 @@ mod tests {
         ("device_service_name", r#""host""#, "host"),
         ("device_disk_paths", r#"["/a", "/b"]"#, "/a,/b"),
         ("host_sys_root", r#""/host/sys""#, "/host/sys"),
+        ("container_name_include", r#"["a*", "b"]"#, "a*,b"),
+        ("container_name_exclude", r#""c?""#, "c?"),
+        ("container_label_include", r#"["k=v*"]"#, "k=v*"),
+        ("container_label_exclude", r#""x""#, "x"),
     ];
     const EVERY_MQTT_KEY: &[(&str, &str, &str)] = &[
         ("broker_url", r#""tcp://b:1884""#, "tcp://b:1884"),
@@ -302,6 +331,7 @@ mod tests {
         Env {
             device_uuid: None,
             host_name: None,
+            balena: false,
             vars: pairs,
         }
     }

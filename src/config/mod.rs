@@ -11,6 +11,7 @@
 
 mod broker_url;
 mod collector;
+mod containers;
 mod keys;
 mod mqtt;
 mod report;
@@ -59,6 +60,9 @@ pub struct Env {
     /// This machine's host name: the device id when neither the UUID nor `device_id` says one, so that
     /// two hosts left at the defaults do not share a client id.
     pub host_name: Option<String>,
+    /// On balenaOS: `BALENA` or `BALENA_DEVICE_UUID` set, as balena sets them in every service
+    /// container. Containers are then filtered to balena's own by default (`source::filter`).
+    pub balena: bool,
     /// Every `STATS_*` and `MQTT_*` variable, name and value (`MQTT_PASSWORD` among them).
     pub vars: Vec<(String, String)>,
 }
@@ -68,6 +72,7 @@ impl std::fmt::Debug for Env {
         let names: Vec<&str> = self.vars.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("Env")
             .field("device_uuid", &self.device_uuid)
+            .field("balena", &self.balena)
             .field("vars", &names)
             .finish()
     }
@@ -116,6 +121,7 @@ mod testing {
         Env {
             device_uuid: None,
             host_name: None,
+            balena: false,
             vars: pairs
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))

@@ -454,6 +454,7 @@ mod tests {
         let env = Env {
             device_uuid: Some("abc123".into()),
             host_name: None,
+            balena: false,
             vars: Vec::new(),
         };
         let m = mqtt_env(Some(r#"{"device_id": "file-id"}"#), &env).unwrap();
@@ -465,6 +466,7 @@ mod tests {
         let empty = Env {
             device_uuid: Some(String::new()),
             host_name: None,
+            balena: false,
             vars: Vec::new(),
         };
         assert_eq!(
@@ -476,6 +478,7 @@ mod tests {
         let bad = Env {
             device_uuid: Some("a+b".into()),
             host_name: None,
+            balena: false,
             vars: Vec::new(),
         };
         let e = mqtt_env(None, &bad).unwrap_err();
@@ -491,6 +494,7 @@ mod tests {
         let host = |name: &str, uuid: Option<&str>| Env {
             device_uuid: uuid.map(str::to_owned),
             host_name: Some(name.into()),
+            balena: false,
             vars: Vec::new(),
         };
         let m = mqtt_env(None, &host("pi-kitchen", None)).unwrap();

@@ -37,6 +37,8 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
             )
         }
     }
+    s += ", containers: ";
+    s += &c.containers.describe();
     // What the device's figures read is said in the device's own start line.
     if c.device_metrics {
         s += &format!(", device figures as {:?}", c.device_service_name);

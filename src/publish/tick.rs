@@ -16,6 +16,7 @@ use crate::publish::payload::{write_field, write_service, write_value, Field};
 use crate::publish::topics::{Names, TopicTemplate};
 use crate::publish::warnings::{Kind, Warnings};
 use crate::source::device::Record as DeviceRecord;
+use crate::source::filter::Filter;
 use crate::source::StatsText;
 use crate::stats::lifecycle::Lifecycle;
 use crate::stats::records::{Cursor, RecordError};
@@ -41,13 +42,16 @@ pub struct Scratch {
     handover: Handover,
     /// Reporting by exception: what was last published, to judge what moved (none: every figure).
     pub exceptions: Option<Exceptions>,
+    /// Which containers of stats text (CLI, FILE) go out, by name; ENGINE mode filters its own.
+    containers: Filter,
 }
 
 impl Scratch {
-    /// With the filter that picks what moved, when reporting by exception.
-    pub fn new(exceptions: Option<Exceptions>) -> Scratch {
+    /// With the filter that picks what moved, when reporting by exception, and the containers wanted.
+    pub fn new(exceptions: Option<Exceptions>, containers: Filter) -> Scratch {
         Scratch {
             exceptions,
+            containers,
             ..Scratch::default()
         }
     }
@@ -261,6 +265,9 @@ impl Tick {
                         self.end_handover_tick(scratch);
                         return false;
                     };
+                    if !scratch.containers.keeps_name(&name) {
+                        return true;
+                    }
                     return self.publish_record(
                         life_only(name, life),
                         None,
@@ -305,7 +312,11 @@ impl Tick {
                     );
                 }
                 let mut stats = stats;
+                // Taken also when the container is not wanted, so it does not come back as stopped.
                 stats.lifecycle = lives.take(&stats.name);
+                if !scratch.containers.keeps_name(&stats.name) {
+                    return true;
+                }
                 (stats, Some(record.line))
             }
         };
@@ -503,7 +514,11 @@ mod tests {
         drain(Tick::new("test".into(), text.as_bytes().to_vec(), 1234))
     }
 
-    fn drain(mut tick: Tick) -> (Tick, Vec<(String, String)>) {
+    fn drain(tick: Tick) -> (Tick, Vec<(String, String)>) {
+        drain_filtered(tick, Filter::default())
+    }
+
+    fn drain_filtered(mut tick: Tick, containers: Filter) -> (Tick, Vec<(String, String)>) {
         let template =
             TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
         let p = Publishing {
@@ -512,7 +527,7 @@ mod tests {
             retain: false,
             mode: PayloadMode::PerMetric,
         };
-        let mut scratch = Scratch::default();
+        let mut scratch = Scratch::new(None, containers);
         let mut out = Vec::new();
         while tick.step(&p, &mut scratch, None, &mut |m, _| {
             if let Ok(Incoming::Publish { topic, payload, .. }) = decode(m.bytes()) {
@@ -598,6 +613,47 @@ mod tests {
             ]
         );
         assert_eq!((tick.containers, tick.bad_records), (2, 0));
+    }
+
+    #[test]
+    fn stats_text_goes_out_for_the_wanted_containers_only() {
+        use crate::source::filter::Rule;
+        let text = concat!(
+            r#"{"Name":"main_1_2_abc","PIDs":"3"}"#,
+            "\n",
+            r#"{"Name":"builder-77","PIDs":"4"}"#,
+            "\n",
+            r#"{"Name":"main-tmp_1_2","PIDs":"5"}"#,
+            "\n"
+        );
+        let exited = Lifecycle {
+            state: State::Exited,
+            health: None,
+            restart_count: None,
+            exit_code: Some(1),
+            oom_killed: None,
+            started_at_ms: None,
+        };
+        // `ps` lists the unwanted one stopped too: it must not come back as a stopped container.
+        let lives = vec![
+            ("builder-77".to_owned(), exited.clone()),
+            ("old_3_4".to_owned(), exited.clone()),
+            ("tool-9".to_owned(), exited),
+        ];
+        let text = StatsText {
+            bytes: text.as_bytes().to_vec(),
+            lives,
+        };
+        // The balenaOS default less a name: what the supervisor named, without labels to go by.
+        let mut f = Filter::balena();
+        f.exclude.push(Rule::Name("*-tmp".into()));
+        let (tick, out) = drain_filtered(Tick::new("test".into(), text, 1234), f);
+        let topics: Vec<&str> = out
+            .iter()
+            .map(|(t, _)| t.strip_prefix("root/dev/telemetry/system/").unwrap())
+            .collect();
+        assert_eq!(topics, ["main/pids", "old/state", "old/exit_code"]);
+        assert_eq!((tick.containers, tick.messages), (2, 3));
     }
 
     #[test]
@@ -1052,7 +1108,7 @@ mod tests {
                 retain: false,
                 mode,
             };
-            let mut scratch = Scratch::new(Some(Exceptions::new(&report, mode)));
+            let mut scratch = Scratch::new(Some(Exceptions::new(&report, mode)), Filter::default());
             let now = Instant::now();
             let mut tick = |stats| {
                 scratch.exceptions.as_mut().unwrap().begin(now, true);

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod device;
 pub mod engine;
 pub mod file;
+pub mod filter;
 pub mod kernel;
 
 use crate::stats::lifecycle::Lifecycle;

@@ -372,6 +372,8 @@ pub fn agent(config: &Path) -> Command {
     c.arg("--config-dir")
         .arg(config)
         .env_remove("BALENA_DEVICE_UUID")
+        // Either says balenaOS, which filters containers by default (README, Which containers).
+        .env_remove("BALENA")
         .env_remove("MQTT_PASSWORD");
     c.env("LOG_LEVEL", "debug");
     // These tests count the containers' messages exactly; the device's own figures (on by default) are

@@ -4,9 +4,11 @@
 //! Pure: bodies in, figures out. Fields the engine leaves out are absent (or 0 where the CLI sums over an
 //! empty set, as for networks and block I/O); nothing here can panic on hostile JSON.
 
+use crate::source::filter::{Filter, Subject, SERVICE_LABEL};
 use crate::stats::lifecycle::{Health, Lifecycle, State};
 use crate::stats::{ContainerStats, Figures, Metric, Value};
 use serde::Deserialize;
+use serde_json::{Map, Value as Json};
 
 /// One container from `GET /containers/json` (`?all=1`: stopped ones too).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,37 +28,42 @@ struct RawListed {
     id: Option<String>,
     #[serde(rename = "Names")]
     names: Option<Vec<String>>,
-    #[serde(rename = "Labels")]
-    labels: Option<Labels>,
+    /// As a JSON value, read by the same code as the config files: a type of its own cost more.
+    #[serde(rename = "Labels", default)]
+    labels: Json,
     #[serde(rename = "State")]
     state: Option<String>,
 }
 
-/// The labels we read, the service name balena's supervisor or docker-compose gave; serde skips the
-/// others without storing them.
-#[derive(Deserialize)]
-struct Labels {
-    #[serde(rename = "io.balena.service-name")]
-    balena: Option<String>,
-    /// Without it, docker-compose's containers would be named `project_service_1`.
-    #[serde(rename = "com.docker.compose.service")]
-    compose: Option<String>,
-}
-
-impl Labels {
-    fn service(self) -> Option<String> {
-        let set = |s: &Option<String>| s.as_ref().is_some_and(|s| !s.is_empty());
-        if set(&self.balena) {
-            self.balena
-        } else {
-            self.compose.filter(|s| !s.is_empty())
-        }
+/// A container's labels (none: an empty map).
+pub fn labels_of(labels: Json) -> Map<String, Json> {
+    match labels {
+        Json::Object(m) => m,
+        _ => Map::new(),
     }
 }
 
-/// Reads the container list. Entries without an id are skipped; one without a name is named by its
-/// short id, as the CLI does.
-pub fn parse_list(body: &[u8]) -> Result<Vec<Listed>, String> {
+/// The service name balena's supervisor (`io.balena.service-name`) or, without it, docker-compose gave
+/// (without that, compose's containers would be named `project_service_1`), when set and not empty.
+pub fn service_of(labels: &Map<String, Json>) -> Option<String> {
+    let get = |k| labels.get(k)?.as_str().filter(|s| !s.is_empty());
+    get(SERVICE_LABEL)
+        .or_else(|| get("com.docker.compose.service"))
+        .map(str::to_owned)
+}
+
+/// Whether the filter wants this container; its labels are all known here.
+pub fn wanted(containers: &Filter, listed: &Listed, labels: &Map<String, Json>) -> bool {
+    containers.keeps(&Subject {
+        name: &listed.name,
+        service: listed.service.as_deref(),
+        labels: Some(labels),
+    })
+}
+
+/// Reads the container list, less the containers the filter does not want. Entries without an id are
+/// skipped; one without a name is named by its short id, as the CLI does.
+pub fn parse_list(body: &[u8], containers: &Filter) -> Result<Vec<Listed>, String> {
     let raw: Vec<RawListed> = serde_json::from_slice(body)
         .map_err(|e| format!("container list is not the expected JSON: {e}"))?;
     Ok(raw
@@ -70,14 +77,15 @@ pub fn parse_list(body: &[u8]) -> Result<Vec<Listed>, String> {
                 .map(|n| n.trim_start_matches('/').to_owned())
                 .find(|n| !n.is_empty())
                 .unwrap_or_else(|| short_id(&id).to_owned());
-            let service = c.labels.and_then(Labels::service);
+            let labels = labels_of(c.labels);
             let state = c.state.as_deref().and_then(State::parse);
-            Some(Listed {
+            let listed = Listed {
                 id,
                 name,
-                service,
+                service: service_of(&labels),
                 state,
-            })
+            };
+            wanted(containers, &listed, &labels).then_some(listed)
         })
         .collect())
 }
@@ -438,6 +446,8 @@ pub struct Inspected {
     pub life: Lifecycle,
     pub pid: Option<u32>,
     pub network: Network,
+    /// For the container filter; not kept.
+    pub labels: Map<String, Json>,
 }
 
 /// Whose network namespace a container's process is in (`HostConfig.NetworkMode`): `/proc/<pid>/net/dev`
@@ -477,8 +487,8 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Inspected>, String> {
     }
     #[derive(Deserialize)]
     struct RawConfig {
-        #[serde(rename = "Labels")]
-        labels: Option<Labels>,
+        #[serde(rename = "Labels", default)]
+        labels: Json,
     }
     #[derive(Deserialize)]
     struct RawHostConfig {
@@ -520,7 +530,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Inspected>, String> {
         .map(|n| n.trim_start_matches('/').to_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| short_id(&id).to_owned());
-    let service = raw.config.and_then(|c| c.labels).and_then(Labels::service);
+    let labels = labels_of(raw.config.map_or(Json::Null, |c| c.labels));
     let life = Lifecycle {
         state,
         health: st
@@ -536,7 +546,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Inspected>, String> {
     let listed = Listed {
         id,
         name,
-        service,
+        service: service_of(&labels),
         state: Some(state),
     };
     // The engine says 0 for a container that is not running.
@@ -552,6 +562,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<Option<Inspected>, String> {
         life,
         pid,
         network,
+        labels,
     }))
 }
 
@@ -928,7 +939,7 @@ mod tests {
             {"Id":"ff05f919de07","Names":["/m_1_2"],
              "Labels":{"io.balena.service-name":"main","com.docker.compose.service":"web"}}
         ]"#;
-        let l = parse_list(body).unwrap();
+        let l = parse_list(body, &Filter::default()).unwrap();
         let got: Vec<_> = l
             .iter()
             .map(|c| (short_id(&c.id), c.name.as_str(), c.service.as_deref()))
@@ -944,8 +955,22 @@ mod tests {
                 ("ff05f919de07", "m_1_2", Some("main")),
             ]
         );
-        assert!(parse_list(b"{\"message\":\"x\"}").is_err());
-        assert!(parse_list(b"").is_err());
+        assert!(parse_list(b"{\"message\":\"x\"}", &Filter::default()).is_err());
+        assert!(parse_list(b"", &Filter::default()).is_err());
+        // The filter sees every label and the service; the rest never leave the list.
+        let f = Filter {
+            include: vec![
+                crate::source::filter::Rule::Label("oth*=?".into()),
+                crate::source::filter::Rule::Name("web".into()),
+            ],
+            ..Filter::default()
+        };
+        let names: Vec<_> = parse_list(body, &f)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["main_1_2", "proj_web_1"]);
     }
 
     #[test]

@@ -71,7 +71,8 @@ impl EngineSource {
         }
         let socket = &self.socket;
         let parsed = result.and_then(|r| match r.status {
-            200 => api::parse_list(&r.body).map_err(|e| format!("engine {socket}: {e}")),
+            200 => api::parse_list(&r.body, &self.containers)
+                .map_err(|e| format!("engine {socket}: {e}")),
             s => Err(format!(
                 "engine {socket}: GET /containers/json answered {s}: {}",
                 api::error_message(&r.body)

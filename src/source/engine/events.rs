@@ -6,15 +6,18 @@
 
 use super::http;
 use serde::Deserialize;
+use serde_json::Value;
 
 /// An event line longer than this is skipped (real ones are well under 2 KB, labels included).
 pub const MAX_EVENT_LINE: usize = 64 * 1024;
 
-/// One container event: which container, and what happened to it.
+/// One container event: which container, what happened to it, and its `Actor.Attributes` (the
+/// container's labels, its name and the like), for the container filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub id: String,
     pub action: String,
+    pub attributes: Value,
 }
 
 impl Event {
@@ -226,6 +229,8 @@ fn parse_event(line: &[u8]) -> Option<Event> {
     struct Actor {
         #[serde(rename = "ID")]
         id: Option<String>,
+        #[serde(rename = "Attributes", default)]
+        attributes: Value,
     }
     #[derive(Deserialize)]
     struct Raw {
@@ -242,10 +247,18 @@ fn parse_event(line: &[u8]) -> Option<Event> {
     if raw.kind.as_deref().is_some_and(|k| k != "container") {
         return None;
     }
-    let id = raw.actor.and_then(|a| a.id).or(raw.id)?;
+    let (id, attributes) = match raw.actor {
+        Some(a) => (a.id, a.attributes),
+        None => (None, Value::Null),
+    };
+    let id = id.or(raw.id)?;
     let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_hexdigit());
     let action = raw.action.or(raw.status)?;
-    ok.then_some(Event { id, action })
+    ok.then_some(Event {
+        id,
+        action,
+        attributes,
+    })
 }
 
 #[cfg(test)]
@@ -280,12 +293,11 @@ mod tests {
             }
             assert_eq!(got.len(), 3, "split {step}");
             assert_eq!(
-                got[0],
-                Event {
-                    id: "abc123".into(),
-                    action: "die".into()
-                }
+                (got[0].id.as_str(), got[0].action.as_str()),
+                ("abc123", "die")
             );
+            let name = got[0].attributes.get("name");
+            assert_eq!(name.and_then(Value::as_str), Some("web"));
             assert_eq!(got[1].action, "health_status: healthy");
             assert!(got[0].matters() && got[1].matters() && !got[2].matters());
         }

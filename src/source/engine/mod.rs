@@ -25,6 +25,7 @@ mod watch;
 
 use super::{pollfd, Output, Source};
 use crate::mqtt::backoff::Backoff;
+use crate::source::filter::Filter;
 use crate::stats::lifecycle::{Lifecycle, State};
 use crate::stats::{ContainerStats, Figures};
 use api::{CpuSample, Listed};
@@ -125,6 +126,8 @@ pub struct EngineSource {
     timeout: Duration,
     /// Follow the event stream (not for `--once`: there is no later collection to hand changes to).
     follow: bool,
+    /// The containers wanted: the others are never inspected, sampled or reported.
+    containers: Filter,
     /// Our own previous CPU sample of each container, by full id (the API's figures).
     previous: HashMap<String, CpuSample>,
     kernel: Option<Kernel>,
@@ -158,6 +161,7 @@ impl EngineSource {
         timeout: Duration,
         follow: bool,
         figuring: Figuring,
+        containers: Filter,
     ) -> EngineSource {
         let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let kernel = Kernel::new(figuring);
@@ -166,6 +170,7 @@ impl EngineSource {
             socket: String::new(),
             timeout,
             follow,
+            containers,
             previous: HashMap::new(),
             kernel,
             synced: false,
@@ -510,6 +515,7 @@ mod tests {
             Duration::from_secs(10),
             false,
             Figuring::Api,
+            Filter::default(),
         )
     }
 
@@ -591,7 +597,13 @@ mod tests {
             roots,
             auto: false,
         };
-        let mut e = EngineSource::new(Some(socket), Duration::from_secs(10), false, kernel);
+        let mut e = EngineSource::new(
+            Some(socket),
+            Duration::from_secs(10),
+            false,
+            kernel,
+            Filter::default(),
+        );
         let got = parsed(collect(&mut e));
         let requests = server.join().unwrap();
         assert!(
@@ -733,6 +745,71 @@ mod tests {
     }
 
     #[test]
+    fn containers_the_filter_does_not_want_cost_no_request() {
+        const MAIN: &str = "aaaaaaaaaaaaaaaa";
+        const TMP: &str = "bbbbbbbbbbbbbbbb";
+        let list = format!(
+            r#"[{{"Id":"{MAIN}","Names":["/main_1_2"],"Labels":{{"io.balena.service-name":"main"}},"State":"running"}},
+                {{"Id":"{TMP}","Names":["/builder-1"],"Labels":{{"io.balena.architecture":"x"}},"State":"running"}}]"#
+        );
+        // The unwanted one starts again, then the wanted one dies: only the latter is inspected.
+        let event = |id: &str, action: &str, name: &str| {
+            let e = format!(
+                r#"{{"Type":"container","Action":"{action}","Actor":{{"ID":"{id}","Attributes":{{"name":"{name}"}}}}}}"#
+            );
+            format!("{:x}\r\n{e}\n\r\n", e.len() + 1)
+        };
+        let stream = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}{}",
+            event(TMP, "start", "builder-1"),
+            event(MAIN, "die", "main_1_2")
+        );
+        // The supervisor's label in the inspect answers too: they are judged again.
+        let labelled = |status: &str| {
+            ok(&format!(
+                r#"{{"Id":"{MAIN}","Name":"/main_1_2","State":{{"Status":"{status}","ExitCode":3}},
+                   "Config":{{"Labels":{{"io.balena.service-name":"main"}}}}}}"#
+            ))
+        };
+        let (socket, server) = serve(
+            vec![
+                ("/containers/json", vec![ok(&list)]),
+                (
+                    "/stats",
+                    vec![ok(&stats(1_000, 10_000)), ok(&stats(1_500, 12_000))],
+                ),
+                ("/events", vec![stream.into_bytes()]),
+                ("/json", vec![labelled("running"), labelled("exited")]),
+            ],
+            // The list, main's inspect and two stats samples; the event stream and main's inspect.
+            6,
+        );
+        let mut e = source(&socket);
+        e.containers = Filter::balena();
+        let got = parsed(collect(&mut e));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].name, "main_1_2");
+        e.follow = true;
+        let t = Instant::now();
+        let change = loop {
+            assert!(t.elapsed() < Duration::from_secs(10), "no change");
+            let mut fds = Vec::new();
+            e.fds(&mut fds);
+            // SAFETY: a live vector of pollfd, its length passed with it.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            e.advance(Instant::now(), &fds);
+            if let Some(Output::Changes(c)) = e.take() {
+                break c;
+            }
+        };
+        let requests = server.join().unwrap();
+        assert_eq!(change.len(), 1);
+        assert_eq!(change[0].name, "main_1_2");
+        assert!(!requests.iter().any(|r| r.contains(TMP)), "{requests:?}");
+        assert!(!e.known.contains_key(TMP));
+    }
+
+    #[test]
     fn a_repeated_engine_sample_is_asked_for_again() {
         let list = r#"[{"Id":"aaaaaaaaaaaaaaaa","Names":["/web"],"State":"running"}]"#;
         // The second answer is the engine's same sample again (no time passed): no CPU % from it.
@@ -808,7 +885,13 @@ mod tests {
             ],
             4,
         );
-        let mut e = EngineSource::new(Some(socket), Duration::from_secs(10), false, Figuring::Api);
+        let mut e = EngineSource::new(
+            Some(socket),
+            Duration::from_secs(10),
+            false,
+            Figuring::Api,
+            Filter::default(),
+        );
         let got = parsed(collect(&mut e));
         assert_eq!(got[0].lifecycle.as_ref().unwrap().state, State::Running);
         // Only now the event stream (the fake engine's answers go in order of the requests).

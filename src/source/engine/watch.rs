@@ -7,7 +7,9 @@ use super::{
     api, events, http, lifecycle_only, removed, EngineSource, Known, Purpose, MAX_CONTAINERS,
     MAX_STATS_BODY,
 };
+use crate::source::filter::{Filter, Subject};
 use crate::stats::lifecycle::{Lifecycle, State};
+use serde_json::Value as Json;
 use std::io::{ErrorKind, Read};
 use std::time::{Duration, Instant};
 
@@ -30,11 +32,17 @@ impl EngineSource {
         };
         match result {
             Ok(r) if r.status == 200 => match api::parse_inspect(&r.body) {
+                // Not wanted (an event without a name to judge it by asked for it, or it was
+                // renamed): forgotten, never reported.
+                Ok(Some(c)) if !api::wanted(&self.containers, &c.listed, &c.labels) => {
+                    self.known.remove(&id);
+                }
                 Ok(Some(api::Inspected {
                     listed,
                     life,
                     pid,
                     network,
+                    ..
                 })) => {
                     let life = oom_from_events(life, self.oom_seen.contains(&id));
                     let old = self.known.remove(&id);
@@ -182,6 +190,11 @@ impl EngineSource {
             self.synced = false;
         }
         for e in got.into_iter().filter(events::Event::matters) {
+            // A container we do not know of yet is judged by the event's name and labels, so one the
+            // filter does not want costs no inspect.
+            if !self.known.contains_key(&e.id) && !event_wanted(&self.containers, e.attributes) {
+                continue;
+            }
             crate::debug!("engine event: {} {}", api::short_id(&e.id), e.action);
             match e.action.as_str() {
                 "oom" if !self.oom_seen.contains(&e.id) => {
@@ -199,6 +212,20 @@ impl EngineSource {
             self.events_failed(now, &e);
         }
     }
+}
+
+/// Whether the filter wants the container of an event, by its `Actor.Attributes`: its labels, with
+/// `name` and the like among them. Without a name there is nothing to judge: the inspect decides.
+fn event_wanted(containers: &Filter, attributes: Json) -> bool {
+    let labels = api::labels_of(attributes);
+    let Some(name) = labels.get("name").and_then(Json::as_str) else {
+        return true;
+    };
+    containers.keeps(&Subject {
+        name,
+        service: api::service_of(&labels).as_deref(),
+        labels: Some(&labels),
+    })
 }
 
 pub(super) fn inspect_path(id: &str) -> String {
