@@ -3,21 +3,16 @@
 use std::ffi::OsString;
 
 pub const USAGE: &str = "usage: balena-multi-container-telemetry [--once] [--config-dir DIR] [--help] [--version]
-
-  --once              collect once, publish, wait for acknowledgements, exit (0: all delivered, 1: not)
-  --config-dir DIR    read the config files from DIR (overrides CONFIG_DIR; default: config/)
-  --help              print this help
-  --version           print the version
-
-Configuration: config/balena_stats_collector.config.json and config/mqtt.config.json, both optional.
-Every key of each can be set by a variable, which wins over the file:
-  STATS_<KEY>         a collector key, e.g. STATS_MODE=ENGINE, STATS_COLLECTION_INTERVAL_IN_SECONDS=30
-  MQTT_<KEY>          an MQTT key, e.g. MQTT_BROKER_URL=tcp://192.168.1.10:1883, MQTT_USERNAME
-Mode (STATS_MODE): CLI runs `balena stats` (cli_path), FILE reads a file of its output (file_path),
-ENGINE asks the engine's socket. Unset: CLI when cli_path is found, else ENGINE when an engine socket is.
-Other variables: CONFIG_DIR, BALENA_DEVICE_UUID (the device id; default: the host name),
-DOCKER_HOST (unix:// only), LOG_LEVEL (error|warn|info|debug).
-More: README.md, sections Configuration and Running it.";
+ --once            collect once, publish, wait for acknowledgements, exit (0: all delivered, 1: not)
+ --config-dir DIR  config files from DIR (wins over CONFIG_DIR; default: config/)
+Config: config/balena_stats_collector.config.json and config/mqtt.config.json, both optional.
+A variable sets any key and wins over the file:
+ STATS_<KEY>  a collector key, e.g. STATS_MODE=ENGINE
+ MQTT_<KEY>   an MQTT key, e.g. MQTT_BROKER_URL=tcp://192.168.1.10:1883
+Mode (STATS_MODE): CLI runs `balena stats` (cli_path), FILE reads its output (file_path), ENGINE asks
+the engine's socket. Unset: CLI when cli_path is found, else ENGINE when an engine socket is.
+Also: CONFIG_DIR, BALENA_DEVICE_UUID (the device id; default: the host name), DOCKER_HOST (unix://
+only), LOG_LEVEL (error|warn|info|debug). More: README.md, Configuration and Running it.";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Args {
