@@ -109,8 +109,11 @@ image:
 # make bench-qos1: only issue 18's burst (about a minute), on the release build of `make build`.
 # make bench-kernel: only issue 12's (about 10 minutes), on the shipped x86_64 binary; a quick look:
 #   make bench-kernel BENCH_KERNEL_ARGS="--cycles 3 --scale-cycles 2 --counts 10,40"
-.PHONY: bench bench-qos1 bench-kernel
+# make bench-bytes: only issue 19's bytes per device per day (about 2.5 minutes, every row at once), on the
+# release build; a quick look with fewer rows (plain only, at rest): make bench-bytes BENCH_BYTES_ARGS=--quick
+.PHONY: bench bench-qos1 bench-kernel bench-bytes
 BENCH_KERNEL_ARGS ?=
+BENCH_BYTES_ARGS ?=
 bench: build dist
 	@sh tests/scripts/ensure-deps.sh bench
 	@CARGO="$(CARGO)" python3 tests/bench/bench.py
@@ -118,6 +121,10 @@ bench: build dist
 bench-qos1: build
 	@sh tests/scripts/ensure-deps.sh bench
 	@CARGO="$(CARGO)" python3 tests/bench/qos1.py
+
+bench-bytes: build
+	@sh tests/scripts/ensure-deps.sh bench
+	@python3 tests/bench/bytes.py $(BENCH_BYTES_ARGS)
 
 bench-kernel: x86_64
 	@sh tests/scripts/ensure-deps.sh bench

@@ -547,7 +547,12 @@ impl Session {
 
     /// A little before the keep-alive runs out since we last sent or last received anything: the broker
     /// must hear from us within the keep-alive (MQTT-3.1.2-23), and a broker we have not heard from for
-    /// that long is asked whether it is still there.
+    /// that long is asked whether it is still there. Every packet either way moves it on, so a link busy
+    /// both ways (QoS 1: PUBLISHes out, PUBACKs in) never pings. Pinging only when nothing was *sent*
+    /// (all MQTT requires) would save the pings of a QoS 0 link busy one way, but then nothing would
+    /// ever be expected back and a broker gone silent (hung, or a NAT that forgot the flow while TCP on
+    /// our side still takes the bytes) would go unnoticed for good: a PINGREQ per keep-alive (4 MQTT
+    /// bytes, about 160 on the wire) is the price of noticing it.
     fn ping_due(&self) -> Option<Instant> {
         let k = self.keep_alive()?;
         let quiet_since = match (self.last_sent, self.last_received) {
@@ -1000,6 +1005,72 @@ mod tests {
         }
         // Sending every second, it still asks after 55 s of hearing nothing, and gives up at 1.5 x 60 s.
         assert_eq!(noticed, Some((90, Error::Timeout("PINGRESP"))));
+    }
+
+    #[test]
+    fn a_ticks_messages_leave_in_one_write() {
+        // The loop queues a whole tick, polls once and writes the outbound buffer in one call: with
+        // TCP_NODELAY each write is a burst of its own, so a tick must not leave message by message.
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.max_inflight = 2048;
+        o.max_queued = 10_000;
+        let mut s = Session::new(o);
+        s.connected(t0);
+        sent(&mut s, t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        for i in 0..90 {
+            s.enqueue(msg(&format!("t/{i}"), QoS::AtLeastOnce));
+        }
+        s.poll(t0).unwrap();
+        assert_eq!(sent(&mut s, t0).len(), 90, "all in one outbound buffer");
+    }
+
+    #[test]
+    fn no_pingreq_while_packets_flow_both_ways() {
+        // QoS 1 every 10 s, each PUBLISH acknowledged: for an hour every packet sent (and every PUBACK
+        // received) moves the ping deadline on, so no PINGREQ ever leaves.
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        for tick in 1..=360u64 {
+            let now = t0 + Duration::from_secs(10 * tick);
+            s.enqueue(msg("t", QoS::AtLeastOnce));
+            let due = s.poll(now).unwrap();
+            let out = sent(&mut s, now);
+            assert!(out.iter().all(|p| p.0 != 0xc0), "a PINGREQ at tick {tick}");
+            let pid = out[0].1.unwrap();
+            s.receive(now, &[0x40, 0x02, (pid >> 8) as u8, pid as u8])
+                .unwrap();
+            assert!(due.is_some());
+        }
+        // The ping deadline is the keep-alive (less its margin) after the last packet either way.
+        let last = t0 + Duration::from_secs(3600);
+        assert_eq!(s.poll(last).unwrap(), Some(last + Duration::from_secs(55)));
+    }
+
+    #[test]
+    fn the_ping_deadline_moves_with_every_packet_sent() {
+        // The broker keeps talking (it does, e.g. PUBACKs for what we sent before): only our own packets
+        // are missing, and the ping is due the keep-alive (less its margin) after the last one we sent.
+        let t0 = Instant::now();
+        let mut s = up(t0);
+        let t1 = t0 + Duration::from_secs(40);
+        s.enqueue(msg("t", QoS::AtMostOnce));
+        s.poll(t1).unwrap();
+        assert_eq!(sent(&mut s, t1)[0].0, 0x30);
+        for second in 41..=94 {
+            let now = t0 + Duration::from_secs(second);
+            s.receive(now, &incoming("other", b"x", None)).unwrap();
+            assert_eq!(
+                s.poll(now).unwrap(),
+                Some(t1 + Duration::from_secs(55)),
+                "{second}"
+            );
+            assert!(s.outbound().is_empty(), "{second}");
+        }
+        let due = t1 + Duration::from_secs(55);
+        s.poll(due).unwrap();
+        assert_eq!(s.outbound(), &control::PINGREQ, "nothing sent for 55 s");
     }
 
     #[test]

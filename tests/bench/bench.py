@@ -9,7 +9,8 @@ What it starts (a mosquitto on a free loopback port, the agent, mosquitto_pub/_s
 an image for the CLI/ENGINE rows) is tracked and stopped on every way out, including Ctrl-C and SIGTERM.
 Only loopback addresses are used; containers run with --network none. Its sections in other files:
 qos1.py (issue 18: a QoS 1 burst against rumqttc, tests/bench/rumqttc-qos1, through a stock mosquitto and one
-with set_tcp_nodelay; BENCH_QOS1_ROUNDS, BENCH_QOS1_CONTAINERS; alone: make bench-qos1), engine_scale.py and
+with set_tcp_nodelay; BENCH_QOS1_ROUNDS, BENCH_QOS1_CONTAINERS; alone: make bench-qos1), bytes.py (issue 19:
+bytes on the wire per device per day through a counting proxy; alone: make bench-bytes), engine_scale.py and
 kernel_figures.py (issues 11 and 12).
 
 Tunables (environment): BENCH_RUNS (publishing runs per program and QoS, default 3), BENCH_TICKS (ticks
@@ -992,6 +993,16 @@ def render(res):
         else:
             import qos1
             L.extend(qos1.render(q))
+    b = res.get("bytes")
+    if b:
+        L.append("")
+        L.append("## Bytes on the wire per device per day (issue 19)")
+        L.append("")
+        if "error" in b:
+            L.append(f"failed: {b['error']}")
+        else:
+            import bytes as bytes_bench
+            L.extend(bytes_bench.render(b).splitlines())
     L.append("")
     L.append("## Real containers (CLI and ENGINE mode), 1 s interval")
     L.append("")
@@ -1053,7 +1064,7 @@ def render(res):
         L.append(f"| {row['scenario']} | {row['flood_messages']:,} | {mib(row['calm_hwm'])} -> {mib(row['peak_rss'])} | "
                  f"{row['ticks']} / {row['expected_ticks']} | {late} | {row['stop_s'] * 1000:.0f} ms |")
     L.append("")
-    L.append("## Targets (issues 6, 10, 12 and 18), for reading; nothing fails on them")
+    L.append("## Targets (issues 6, 10, 12, 18 and 19), for reading; nothing fails on them")
     L.append("")
     L.append("| target | measured |")
     L.append("| --- | --- |")
@@ -1110,6 +1121,10 @@ def targets(res):
     if q and "error" not in q:
         import qos1
         out.extend(qos1.targets(q))
+    b = res.get("bytes")
+    if b and "error" not in b:
+        import bytes as bytes_bench
+        out.extend(bytes_bench.targets(b))
     return out
 
 
@@ -1292,6 +1307,14 @@ def main():
         except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the bench goes on
             failures += 1
             res["qos1"] = {"error": str(e)}
+        try:
+            import bytes as bytes_bench
+            log("bytes on the wire per device per day through a counting proxy (issue 19)")
+            res["bytes"] = bytes_bench.measure(binary, work)
+            failures += sum(1 for r in res["bytes"]["rows"] if not r["reconnected"])
+        except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the bench goes on
+            failures += 1
+            res["bytes"] = {"error": str(e)}
 
         res["engine"] = []
         why = engine_answers()
