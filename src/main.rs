@@ -87,9 +87,9 @@ fn load_settings(dir: &Path, once: bool) -> Result<agent::Settings, config::Conf
     let env = config::Env {
         device_uuid: std::env::var("BALENA_DEVICE_UUID").ok(),
         host_name: host_name(),
-        balena: ["BALENA", "BALENA_DEVICE_UUID"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty())),
+        // BALENA alone: BALENA_DEVICE_UUID is also how a device id is given by hand, which says
+        // nothing about the engine's containers.
+        balena: std::env::var_os("BALENA").is_some_and(|x| !x.is_empty()),
         vars: config_vars()?,
     };
     let mut warnings = Vec::new();

@@ -138,7 +138,9 @@ fn readme_compose_file_runs_engine_mode_on_the_real_engine() {
     let sub = Subscriber::start(broker.port, "root/#");
     // What differs on this machine, as an override file: the image built above instead of `build: .`,
     // the socket where the balena label mounts it plus the DOCKER_HOST it sets, the device UUID balena
-    // sets, the host's network to reach the test broker on loopback, and the broker as a variable.
+    // sets, the label balena's supervisor gives every service's container (the agent's default filter
+    // on balenaOS reports those), the host's network to reach the test broker on loopback, and the
+    // broker as a variable.
     let override_file = dir.write(
         "override.yml",
         &format!(
@@ -147,10 +149,13 @@ services:
   telemetry:
     image: {image}
     network_mode: host
+    labels:
+      io.balena.service-name: telemetry
     volumes:
       - {socket}:/host/run/balena-engine.sock
     environment:
       DOCKER_HOST: unix:///host/run/balena-engine.sock
+      BALENA: "1"
       BALENA_DEVICE_UUID: {device}
       MQTT_BROKER_URL: {url}
       STATS_COLLECTION_INTERVAL_IN_SECONDS: "2"
