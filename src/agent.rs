@@ -9,8 +9,10 @@
 //! Everything that decides anything lives in the pure modules this drives.
 
 use crate::config::{Collector, Mode, Mqtt};
-use crate::mqtt::backoff::{Backoff, Seconds};
+use crate::mqtt::backoff::Seconds;
+use crate::mqtt::failover::{self, Failover};
 use crate::mqtt::link::{Link, LinkError};
+use crate::mqtt::reconnect::Reconnect;
 use crate::mqtt::resolve::{self, Resolver};
 use crate::mqtt::transport::TlsClient;
 use crate::mqtt::{Event, Message, Options, Session, Will};
@@ -76,7 +78,10 @@ pub struct Agent {
     s: Settings,
     session: Session,
     link: Option<Link>,
-    backoff: Backoff,
+    /// When to try the broker again (and the agent's random numbers).
+    reconnect: Reconnect,
+    /// Which of the broker's addresses the next connect tries.
+    failover: Failover,
     /// Connections the broker closes right after accepting them (a client id in use twice).
     kicked: crate::mqtt::kicked::Kicked,
     reconnect_at: Instant,
@@ -90,8 +95,6 @@ pub struct Agent {
     discovery: Option<Discovery>,
     /// Waiting for every acknowledgement (--once after its collection, or stopping): read eagerly.
     draining: bool,
-    /// Which of the broker's addresses the next connect tries.
-    next_addr: usize,
     /// The last read stopped at its budget with more perhaps waiting, or brought more than acknowledgements
     /// (a peer that talks to us may have more to say): poll for input, not only for a close.
     more_input: bool,
@@ -184,10 +187,12 @@ impl Agent {
             ack_timeout: ACK_TIMEOUT,
             write_timeout: WRITE_TIMEOUT,
         };
+        // Devices started in the same second (a fleet after a power cut) still differ by id.
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()).rotate_left(32);
+            ^ u64::from(std::process::id()).rotate_left(32)
+            ^ failover::start_index(&m.device_id, usize::MAX).rotate_left(17) as u64;
         let spool = (m.spool_dir.as_deref())
             .filter(|_| !s.once)
             .and_then(|d| open_spool(d, m.spool_max_bytes));
@@ -195,7 +200,8 @@ impl Agent {
             spool,
             session: Session::new(opts),
             link: None,
-            backoff: Backoff::new(m.reconnect_max_delay, seed),
+            reconnect: Reconnect::new(m.reconnect_max_delay, m.keep_alive, seed),
+            failover: Failover::new(m.brokers.len(), &m.device_id),
             kicked: Default::default(),
             reconnect_at: now,
             schedule: Schedule::new(now, s.collector.interval),
@@ -210,7 +216,6 @@ impl Agent {
             offline: availability(b"offline"),
             discovery,
             draining: false,
-            next_addr: 0,
             more_input: false,
             coalesce_until: None,
             unsolicited: 0,
@@ -512,7 +517,8 @@ impl Agent {
         if self.link.is_some() || self.resolver.is_some() || now < self.reconnect_at {
             return;
         }
-        let (host, port) = (self.s.mqtt.host.as_str(), self.s.mqtt.port);
+        let broker = &self.s.mqtt.brokers[self.failover.current()];
+        let (host, port) = (broker.host.as_str(), broker.port);
         if let Some(addrs) = Resolver::literal(host, port) {
             return self.connect_to(now, &addrs);
         }
@@ -558,10 +564,12 @@ impl Agent {
         if addrs.is_empty() {
             return self.connect_failed(now, "the name has no address");
         }
-        // One address per attempt, the next one after a failure: a name with an IPv6 and an IPv4 address
-        // reaches a broker that listens on only one of them.
-        let addr = addrs[self.next_addr % addrs.len()];
-        match Link::start(addr, self.s.tls.as_ref(), now, CONNECT_TIMEOUT) {
+        // One address per attempt, the next one each time the list comes round: a name with an IPv6 and
+        // an IPv4 address reaches a broker that listens on only one of them.
+        let addr = addrs[self.failover.round() % addrs.len()];
+        self.reconnect.attempt(now);
+        let broker = self.failover.current();
+        match Link::start(addr, broker, self.s.tls.as_ref(), now, CONNECT_TIMEOUT) {
             Ok(link) => {
                 debug!("connecting to {addr}");
                 self.link = Some(link);
@@ -582,10 +590,7 @@ impl Agent {
         };
         match outcome {
             Ok(()) => {
-                debug!(
-                    "TCP connection to {}:{} open",
-                    self.s.mqtt.host, self.s.mqtt.port
-                );
+                debug!("TCP connection to {} open", self.broker());
                 self.session.connected(now);
             }
             Err(e) => {
@@ -596,15 +601,29 @@ impl Agent {
     }
 
     fn connect_failed(&mut self, now: Instant, why: &str) {
-        self.next_addr = self.next_addr.wrapping_add(1);
-        let delay = self.backoff.next_delay();
+        let broker = self.failover.current();
+        self.failover.failed();
+        self.reconnect_at = self.reconnect.failed(now);
         warn!(
-            "broker {}:{} unreachable: {why}; retrying in {}s",
-            self.s.mqtt.host,
-            self.s.mqtt.port,
-            Seconds(delay)
+            "broker {} unreachable: {why}; retrying in {}s{}",
+            self.s.mqtt.brokers[broker],
+            Seconds(self.reconnect_at - now),
+            self.next_broker()
         );
-        self.reconnect_at = now + delay;
+    }
+
+    /// The broker address the link is on, or the next attempt goes to.
+    fn broker(&self) -> &crate::config::Address {
+        &self.s.mqtt.brokers[self.failover.current()]
+    }
+
+    /// For the log, with several addresses: where the next attempt goes.
+    fn next_broker(&self) -> String {
+        if self.s.mqtt.brokers.len() > 1 {
+            format!(" at {}", self.broker())
+        } else {
+            String::new()
+        }
     }
 
     /// Feeds, polls the session and writes until the socket is full or nothing is left to move.
@@ -655,20 +674,29 @@ impl Agent {
         for event in events {
             match event {
                 Event::Connected { .. } => {
+                    let failed_over = self.failover.up();
                     info!(
-                        "connected to broker {}:{}{}",
-                        self.s.mqtt.host,
-                        self.s.mqtt.port,
-                        self.link.as_ref().map_or(String::new(), Link::describe)
+                        "connected to broker {}{}{}",
+                        self.broker(),
+                        self.link.as_ref().map_or(String::new(), Link::describe),
+                        failed_over.map_or(String::new(), |i| format!(
+                            " (failover from {})",
+                            self.s.mqtt.brokers[i]
+                        ))
                     );
-                    self.backoff.reset();
+                    self.reconnect.up(now);
                     self.kicked.connected(now);
                     // Whatever was written before the link went is uncertain: send every figure again.
                     self.fresh_baseline();
+                    // Another node keeps none of the configs retained on the last one (the birth, our
+                    // retained `online`, went out with the CONNECT's answer).
+                    if let (Some(_), Some(d)) = (failed_over, self.discovery.as_mut()) {
+                        d.announce_again(now);
+                    }
                 }
                 Event::Message { topic, payload } => {
                     debug!("message on {topic}");
-                    let jitter = self.backoff.random();
+                    let jitter = self.reconnect.rng.next();
                     // Home Assistant starts with no values: give it every figure once.
                     if let Some(d) = self.discovery.as_ref() {
                         if d.is_birth(&topic, &payload) {
@@ -728,15 +756,30 @@ impl Agent {
     fn link_failed(&mut self, now: Instant, e: LinkError) {
         let was_up = self.session.is_up();
         self.link = None;
+        // Unacknowledged messages go back to the queue, to go again on whichever node comes next.
         self.session.disconnected();
-        let delay = self.backoff.next_delay();
-        self.reconnect_at = now + delay;
-        let what = if was_up {
-            "connection to broker lost"
+        let node = if self.s.mqtt.brokers.len() > 1 {
+            format!(" {}", self.broker())
         } else {
-            "could not connect to broker"
+            String::new()
         };
-        warn!("{what}: {e}; retrying in {}s", Seconds(delay));
+        self.reconnect_at = if was_up {
+            self.failover.lost();
+            self.reconnect.lost(now)
+        } else {
+            self.failover.failed();
+            self.reconnect.failed(now)
+        };
+        let (what, lost) = if was_up {
+            ("connection to broker", " lost")
+        } else {
+            ("could not connect to broker", "")
+        };
+        warn!(
+            "{what}{node}{lost}: {e}; retrying in {}s{}",
+            Seconds(self.reconnect_at - now),
+            self.next_broker()
+        );
         if was_up {
             if let Some(why) = self.kicked.lost(now, &self.s.mqtt.client_id) {
                 warn!("{why}");

@@ -1,5 +1,6 @@
 //! `broker_url`: the scheme, host and port of the broker, and the user name and password it may carry
-//! (`tcp://alice:s3cret@host`, a form mqtt.js and many tools take).
+//! (`tcp://alice:s3cret@host`, a form mqtt.js and many tools take); or several such addresses, the nodes
+//! of one cluster (see [`parse_broker_list`]).
 
 /// What a `broker_url` says. Its password is never shown: not by `Debug`, not in an error.
 #[derive(Clone, PartialEq, Eq)]
@@ -23,6 +24,97 @@ impl std::fmt::Debug for BrokerUrl {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .finish()
     }
+}
+
+/// One broker address, as the log shows it: `host:port`, never credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// What a list of URLs says: the addresses, whether they all use TLS, and the one user name and
+/// password they carry.
+#[derive(Debug)]
+pub struct BrokerList {
+    pub addresses: Vec<Address>,
+    pub tls: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Several URLs, each checked as [`parse_broker_url`]; an error names the entry (`entry 2 of 3`) when
+/// there are several. They are the nodes of one service, so they share its settings: all TLS or none
+/// (a fallback to plain MQTT would hand the password to whoever can block the TLS port), and one set of
+/// credentials: a URL that carries some gives them to every address, and two URLs that carry different
+/// ones are an error rather than a guess.
+pub fn parse_broker_list<S: AsRef<str>>(urls: &[S]) -> Result<BrokerList, String> {
+    let n = urls.len();
+    if n == 0 {
+        return Err("is an empty list: give at least one address".into());
+    }
+    let entry = |i: usize| {
+        if n > 1 {
+            format!("entry {} of {n}: ", i + 1)
+        } else {
+            String::new()
+        }
+    };
+    let mut list = BrokerList {
+        addresses: Vec::with_capacity(n),
+        tls: false,
+        username: None,
+        password: None,
+    };
+    let mut credentials_from = None;
+    for (i, url) in urls.iter().enumerate() {
+        let url = url.as_ref().trim();
+        if url.is_empty() {
+            return Err(match n {
+                1 => "is empty".into(),
+                _ => format!("entry {} of {n} is empty", i + 1),
+            });
+        }
+        let b = parse_broker_url(url).map_err(|m| format!("{}{m}", entry(i)))?;
+        if i == 0 {
+            list.tls = b.tls;
+        } else if b.tls != list.tls {
+            return Err(format!(
+                "{}{:?} and entry 1 differ in TLS: every address must be mqtts:// (or ssl://), or none",
+                entry(i),
+                masked(url)
+            ));
+        }
+        if b.username.is_some() || b.password.is_some() {
+            match credentials_from {
+                None => {
+                    credentials_from = Some(i);
+                    (list.username, list.password) = (b.username, b.password);
+                }
+                Some(j) if (&b.username, &b.password) != (&list.username, &list.password) => {
+                    return Err(format!(
+                        "{}{:?} carries other credentials than entry {}: they apply to every address, \
+                         so give them once (or set the \"username\" and \"password\" keys)",
+                        entry(i),
+                        masked(url),
+                        j + 1
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        list.addresses.push(Address {
+            host: b.host,
+            port: b.port,
+        });
+    }
+    Ok(list)
 }
 
 /// `mqtts://` or paho's `ssl://`.
@@ -168,6 +260,48 @@ mod tests {
         assert_eq!((b.username.as_deref(), b.password), (Some("bob"), None));
         let b = parse_broker_url("tcp://:pw@h").unwrap();
         assert_eq!((b.username, b.password.as_deref()), (None, Some("pw")));
+    }
+
+    #[test]
+    fn lists_name_the_entry_and_share_tls_and_credentials() {
+        let list =
+            parse_broker_list(&["tcp://a:1", " mqtt://u:pw@b ", "tcp://u:pw@[::1]:3"]).unwrap();
+        let shown: Vec<String> = list.addresses.iter().map(|a| a.to_string()).collect();
+        assert_eq!(shown, ["a:1", "b:1883", "::1:3"]);
+        assert!(!list.tls);
+        assert_eq!(
+            (list.username.as_deref(), list.password.as_deref()),
+            (Some("u"), Some("pw"))
+        );
+        let err = |urls: &[&str]| parse_broker_list(urls).unwrap_err();
+        assert_eq!(err(&[]), "is an empty list: give at least one address");
+        assert_eq!(err(&["tcp://a", ""]), "entry 2 of 2 is empty");
+        let e = err(&["tcp://a", "b:1883"]);
+        assert!(
+            e.starts_with("entry 2 of 2: \"b:1883\" must start with tcp://"),
+            "{e}"
+        );
+        let e = err(&["tcp://a:99999", "tcp://b"]);
+        assert!(
+            e.starts_with("entry 1 of 2: \"tcp://a:99999\" has an invalid port"),
+            "{e}"
+        );
+        let e = err(&["mqtts://a", "tcp://b"]);
+        assert!(
+            e.starts_with("entry 2 of 2: \"tcp://b\" and entry 1 differ in TLS"),
+            "{e}"
+        );
+        let e = err(&["tcp://u:s3cret@a", "tcp://v:s3cret@b"]);
+        assert!(
+            e.starts_with("entry 2 of 2: \"tcp://v:***@b\" carries other credentials than entry 1"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        // One URL: its message as it always was.
+        assert_eq!(
+            err(&["tcp://h:0"]),
+            parse_broker_url("tcp://h:0").unwrap_err()
+        );
     }
 
     #[test]

@@ -384,7 +384,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((m.qos, m.retain), (QoS::AtMostOnce, false));
-        assert_eq!((m.host.as_str(), m.port), ("f", 1));
+        assert_eq!((m.brokers[0].host.as_str(), m.brokers[0].port), ("f", 1));
         // A file value that is null is absent; the variable still applies.
         let m = mqtt_env(Some(r#"{"qos": null}"#), &vars(&[("MQTT_QOS", "0")])).unwrap();
         assert_eq!(m.qos, QoS::AtMostOnce);

@@ -21,7 +21,7 @@ mod tls;
 pub use crate::publish::discovery::PayloadMode;
 // Used only inside this module today; re-exported so every path of the one-file config stays.
 #[allow(unused_imports)]
-pub use broker_url::{is_tls_url, parse_broker_url};
+pub use broker_url::{is_tls_url, parse_broker_url, Address};
 pub use collector::*;
 #[allow(unused_imports)]
 pub use keys::env_name;
@@ -185,7 +185,10 @@ mod tests {
         assert_eq!(c.cli_path, "balena");
         assert_eq!(c.cli_timeout, Duration::from_secs(10));
         let m = mqtt_env(None, &Env::default()).unwrap();
-        assert_eq!((m.host.as_str(), m.port), ("localhost", 1883));
+        assert_eq!(
+            (m.brokers[0].host.as_str(), m.brokers[0].port),
+            ("localhost", 1883)
+        );
         assert_eq!(m.qos, QoS::AtLeastOnce);
         assert!(!m.retain);
         assert_eq!(m.keep_alive, 60);

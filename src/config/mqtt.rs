@@ -1,6 +1,6 @@
 //! The MQTT file's keys (`MQTT_*`): the broker, the topics, the session and Home Assistant.
 
-use super::broker_url::parse_broker_url;
+use super::broker_url::{parse_broker_list, Address};
 use super::keys::{Fields, MQTT_PREFIX};
 use super::tls::{parse_tls, Tls};
 use super::{ConfigError, Env, PayloadMode, Source};
@@ -12,8 +12,8 @@ use std::time::Duration;
 /// `Debug` is written by hand below, so that the password never shows.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Mqtt {
-    pub host: String,
-    pub port: u16,
+    /// `broker_url`'s addresses, one or more: the nodes the agent fails over between.
+    pub brokers: Vec<Address>,
     pub device_id: String,
     /// The device id is the host name: nothing else named one (said at start).
     pub device_id_is_host_name: bool,
@@ -42,8 +42,7 @@ pub struct Mqtt {
 impl std::fmt::Debug for Mqtt {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.debug_struct("Mqtt")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("brokers", &self.brokers)
             .field("device_id", &self.device_id)
             .field("template", &self.template)
             .field("client_id", &self.client_id)
@@ -129,18 +128,10 @@ pub fn parse_mqtt(
     warnings: &mut Vec<String>,
 ) -> Result<Mqtt, ConfigError> {
     let f = Fields::new(src, MQTT_KEYS, MQTT_PREFIX, env, warnings)?;
-    let url = f.string("broker_url")?.unwrap_or_else(|| {
-        // In a container, localhost is the container itself: a missing MQTT_BROKER_URL is the likely
-        // reason nothing arrives, so say it once.
-        warnings.push(format!(
-            "broker_url is not set (MQTT_BROKER_URL, or {}): using the default broker {DEFAULT_BROKER_URL}, \
-             which in a container is the container itself",
-            f.path
-        ));
-        DEFAULT_BROKER_URL.into()
-    });
-    let broker = parse_broker_url(&url).map_err(|m| f.error("broker_url", m))?;
-    let tls = parse_tls(&f, env, &broker.host, broker.tls, warnings)?;
+    let urls = broker_urls(&f, warnings)?;
+    let broker = parse_broker_list(&urls).map_err(|m| f.error("broker_url", m))?;
+    let hosts: Vec<&str> = broker.addresses.iter().map(|a| a.host.as_str()).collect();
+    let tls = parse_tls(&f, env, &hosts, broker.tls, warnings)?;
 
     // MQTT_DEVICE_ID, set for this agent on purpose, wins over the UUID balena sets everywhere; the
     // UUID wins over the file's device_id.
@@ -336,8 +327,7 @@ pub fn parse_mqtt(
         });
 
     Ok(Mqtt {
-        host: broker.host,
-        port: broker.port,
+        brokers: broker.addresses,
         device_id,
         device_id_is_host_name,
         template,
@@ -358,6 +348,39 @@ pub fn parse_mqtt(
         home_assistant,
         tls,
     })
+}
+
+/// `broker_url`'s URLs: a string holds one, or several separated by commas (the only way a variable can
+/// hold several); a file may give a JSON array of them instead.
+fn broker_urls(f: &Fields, warnings: &mut Vec<String>) -> Result<Vec<String>, ConfigError> {
+    let split = |s: &str| s.split(',').map(str::to_owned).collect();
+    match f.get("broker_url") {
+        None => {
+            // In a container, localhost is the container itself: a missing MQTT_BROKER_URL is the
+            // likely reason nothing arrives, so say it once.
+            warnings.push(format!(
+                "broker_url is not set (MQTT_BROKER_URL, or {}): using the default broker \
+                 {DEFAULT_BROKER_URL}, which in a container is the container itself",
+                f.path
+            ));
+            Ok(split(DEFAULT_BROKER_URL))
+        }
+        Some(serde_json::Value::String(s)) => Ok(split(s)),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    let e = format!("entry {} of {} must be a string, not {v}", i + 1, a.len());
+                    f.error("broker_url", e)
+                })
+            })
+            .collect(),
+        Some(other) => Err(f.error(
+            "broker_url",
+            format!("must be a string or an array of strings, not {other}"),
+        )),
+    }
 }
 
 fn check_mqtt_string(s: &str) -> Result<(), String> {
@@ -446,6 +469,49 @@ mod tests {
         assert_eq!(
             key_of(mqtt(r#"{"spool_max_bytes": "x"}"#)),
             Some("spool_max_bytes")
+        );
+    }
+
+    #[test]
+    fn several_brokers_from_a_file_array_or_a_comma_separated_variable() {
+        let hosts = |m: Mqtt| m.brokers.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let m = mqtt(r#"{"broker_url": ["tcp://a:1", "mqtt://u:p,w@b"]}"#).unwrap();
+        assert_eq!(
+            (m.username.as_deref(), m.password.as_deref()),
+            (Some("u"), Some("p,w"))
+        );
+        assert_eq!(hosts(m), ["a:1", "b:1883"]);
+        let env = vars(&[("MQTT_BROKER_URL", "tcp://a:1, tcp://b:2,tcp://c")]);
+        assert_eq!(
+            hosts(mqtt_env(None, &env).unwrap()),
+            ["a:1", "b:2", "c:1883"]
+        );
+        // Errors name the key and the entry, and where the list came from.
+        let e = mqtt(r#"{"broker_url": []}"#).unwrap_err();
+        assert_eq!(e.key, Some("broker_url"));
+        assert!(e.message.contains("empty list"), "{e}");
+        let e = mqtt(r#"{"broker_url": ["tcp://a", 7]}"#).unwrap_err();
+        assert_eq!(e.message, "entry 2 of 2 must be a string, not 7");
+        let e = mqtt(r#"{"broker_url": 7}"#).unwrap_err();
+        assert_eq!(e.key, Some("broker_url"));
+        let env = vars(&[("MQTT_BROKER_URL", "tcp://a,b:1883")]);
+        let e = mqtt_env(None, &env).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key),
+            ("environment variable MQTT_BROKER_URL", Some("broker_url"))
+        );
+        assert!(e.message.starts_with("entry 2 of 2: \"b:1883\""), "{e}");
+        let env = vars(&[("MQTT_BROKER_URL", "tcp://a:1,tcp://b:70000")]);
+        let e = mqtt_env(None, &env).unwrap_err();
+        assert!(
+            e.message
+                .contains("entry 2 of 2: \"tcp://b:70000\" has an invalid port"),
+            "{e}"
+        );
+        let env = vars(&[("MQTT_BROKER_URL", "tcp://a:1,")]);
+        assert_eq!(
+            mqtt_env(None, &env).unwrap_err().message,
+            "entry 2 of 2 is empty"
         );
     }
 
@@ -560,7 +626,7 @@ mod tests {
         let some = |u: &str, p: &str| (Some(u.to_owned()), Some(p.to_owned()));
         let url = r#"{"broker_url": "tcp://al%69ce:s3%40cret@h:1884""#;
         let m = mqtt(&format!("{url}}}")).unwrap();
-        assert_eq!((m.host.as_str(), m.port), ("h", 1884));
+        assert_eq!((m.brokers[0].host.as_str(), m.brokers[0].port), ("h", 1884));
         assert_eq!(creds(m), some("alice", "s3@cret"));
         // Each key, from the file or its variable, wins over its part of the URL.
         let m = mqtt(&format!(r#"{url}, "password": "filepw"}}"#)).unwrap();

@@ -63,11 +63,10 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
         s += ", report every_tick";
     }
     s += &format!(
-        "; broker {}:{}{}, device_id {:?}{}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
+        "; {}{}, device_id {:?}{}, root topic {:?}, client_id {:?}, qos {}, retain {}, keep_alive {}s, \
          username {}, password {}, availability_topic {:?}, payload_mode {}, buffer {} messages / {} KiB, spool {}, \
          reconnect_max_delay {}s, once_timeout {}s, home_assistant {}",
-        m.host,
-        m.port,
+        brokers(m),
         if m.tls.is_some() { " over TLS" } else { "" },
         m.device_id,
         match m.device_id_is_host_name {
@@ -125,6 +124,21 @@ pub fn summary(c: &Collector, m: &Mqtt) -> String {
     s
 }
 
+/// `broker h:p`, or with several addresses `brokers a:1, b:2 (starting at b:2, chosen by device_id)`.
+fn brokers(m: &Mqtt) -> String {
+    let b = &m.brokers;
+    let list: Vec<String> = b.iter().map(ToString::to_string).collect();
+    if b.len() == 1 {
+        return format!("broker {}", list[0]);
+    }
+    let start = crate::mqtt::failover::start_index(&m.device_id, b.len());
+    format!(
+        "brokers {} (starting at {}, chosen by device_id)",
+        list.join(", "),
+        list[start]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +170,18 @@ mod tests {
             s.contains(r#"root topic "root/my-device/telemetry/system/{service_name}""#),
             "{s}"
         );
+        assert!(s.contains("; broker localhost:1883, device_id"), "{s}");
+        let m =
+            mqtt(r#"{"broker_url": "tcp://u:s3cret@a:1,tcp://b:2", "device_id": "d"}"#).unwrap();
+        let s = summary(&collector(None).unwrap(), &m);
+        let start = crate::mqtt::failover::start_index("d", 2);
+        let at = ["a:1", "b:2"][start];
+        assert!(
+            s.contains(&format!(
+                "; brokers a:1, b:2 (starting at {at}, chosen by device_id), device_id"
+            )),
+            "{s}"
+        );
+        assert!(!s.contains("s3cret"), "{s}");
     }
 }

@@ -6,8 +6,9 @@ use super::{ConfigError, Env};
 /// TLS settings (`mqtts://`), not yet read: see `mqtt::tls` for the certificates themselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
-    /// Verified against the server's certificate and sent as SNI; the URL's host by default.
-    pub server_name: String,
+    /// Verified against the server's certificate and sent as SNI, one per broker address:
+    /// `tls_server_name` for all of them, or each URL's own host.
+    pub server_names: Vec<String>,
     /// A PEM bundle of trusted roots; `None`: the built-in public roots.
     pub ca: Option<Pem>,
     /// Client certificate chain and its key, for brokers that ask for one (both or neither).
@@ -52,7 +53,7 @@ pub const TLS_PEM_VARS: [&str; 3] = ["MQTT_TLS_CA_PEM", "MQTT_TLS_CERT_PEM", "MQ
 pub(super) fn parse_tls(
     f: &Fields,
     env: &Env,
-    host: &str,
+    hosts: &[&str],
     tls_url: bool,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Tls>, ConfigError> {
@@ -112,15 +113,18 @@ pub(super) fn parse_tls(
         }
         _ => {}
     }
-    let server_name = server_name.unwrap_or_else(|| host.to_owned());
-    if server_name.contains(['/', ' ', '\0']) {
+    let server_names: Vec<String> = hosts
+        .iter()
+        .map(|h| server_name.clone().unwrap_or_else(|| (*h).to_owned()))
+        .collect();
+    if let Some(bad) = server_names.iter().find(|n| n.contains(['/', ' ', '\0'])) {
         return Err(f.error(
             "tls_server_name",
-            format!("{server_name:?} is not a host name or IP address"),
+            format!("{bad:?} is not a host name or IP address"),
         ));
     }
     Ok(Some(Tls {
-        server_name,
+        server_names,
         ca,
         cert,
         key,
@@ -151,7 +155,10 @@ mod tests {
         }
         let m = mqtt(r#"{"broker_url": "mqtts://10.0.0.5", "tls_ca_file": "/c/ca.pem"}"#).unwrap();
         let t = m.tls.unwrap();
-        assert_eq!((m.port, t.server_name.as_str()), (8883, "10.0.0.5"));
+        assert_eq!(
+            (m.brokers[0].port, t.server_names),
+            (8883, vec!["10.0.0.5".into()])
+        );
         assert_eq!(
             t.ca,
             Some(Pem::File {
@@ -160,7 +167,12 @@ mod tests {
             })
         );
         let m = mqtt(r#"{"broker_url": "ssl://h", "tls_server_name": "b.example"}"#).unwrap();
-        assert_eq!(m.tls.unwrap().server_name, "b.example");
+        assert_eq!(m.tls.unwrap().server_names, ["b.example"]);
+        // Several addresses: each its own host, unless tls_server_name names one for all.
+        let m = mqtt(r#"{"broker_url": ["mqtts://a", "ssl://b:8884"]}"#).unwrap();
+        assert_eq!(m.tls.unwrap().server_names, ["a", "b"]);
+        let m = mqtt(r#"{"broker_url": "mqtts://a,mqtts://b", "tls_server_name": "c"}"#).unwrap();
+        assert_eq!(m.tls.unwrap().server_names, ["c", "c"]);
         assert_eq!(
             key_of(mqtt(
                 r#"{"broker_url": "mqtts://h", "tls_cert_file": "c.pem"}"#

@@ -1,12 +1,35 @@
-//! Reconnect delays: exponential from 1 s up to a maximum, with jitter so a fleet of devices that lost the
-//! same broker does not come back in step.
+//! Retry delays for the engine's event stream: exponential from 1 s up to a maximum, with jitter; and
+//! the agent's one source of randomness, [`Rng`]. (The broker's schedule is `reconnect`.)
 
 use std::time::Duration;
+
+/// splitmix64: enough to spread devices apart, and no dependency. Any seed works, and nearby seeds
+/// (devices started in the same second) give unrelated sequences.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, max]`, to the millisecond.
+    pub fn upto(&mut self, max: Duration) -> Duration {
+        Duration::from_millis(self.next() % (max.as_millis() as u64 + 1))
+    }
+}
 
 pub struct Backoff {
     attempt: u32,
     max: Duration,
-    rng: u64,
+    rng: Rng,
 }
 
 impl Backoff {
@@ -14,7 +37,7 @@ impl Backoff {
         Backoff {
             attempt: 0,
             max,
-            rng: seed | 1,
+            rng: Rng::new(seed),
         }
     }
 
@@ -28,19 +51,7 @@ impl Backoff {
         let ceiling = Duration::from_secs(1u64 << self.attempt.min(20)).min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
-        let jitter_ms = self.random() % (half.as_millis() as u64 + 1);
-        half + Duration::from_millis(jitter_ms)
-    }
-
-    /// xorshift64: enough to spread devices apart, and no dependency. The agent's one source of jitter
-    /// (also for Home Assistant re-announcements).
-    pub fn random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
+        half + self.rng.upto(half)
     }
 }
 

@@ -40,15 +40,16 @@ impl std::fmt::Display for LinkError {
 }
 
 impl Link {
-    /// Starts connecting to `addr` at `now`, TLS when `tls` is given; the connect is given up after
-    /// `timeout`.
+    /// Starts connecting to `addr` (of broker address `broker`) at `now`, TLS when `tls` is given; the
+    /// connect is given up after `timeout`.
     pub fn start(
         addr: SocketAddr,
+        broker: usize,
         tls: Option<&TlsClient>,
         now: Instant,
         timeout: Duration,
     ) -> std::io::Result<Link> {
-        let transport = Transport::new(tls)?;
+        let transport = Transport::new(tls, broker)?;
         let stream = connect::start(addr)?;
         Ok(Link {
             stream,

@@ -6,11 +6,13 @@
 pub mod backoff;
 pub mod connect;
 pub mod control;
+pub mod failover;
 pub mod frame;
 pub mod kicked;
 pub mod link;
 pub mod message;
 pub mod outbox;
+pub mod reconnect;
 pub mod resolve;
 pub mod session;
 #[cfg(feature = "tls")]

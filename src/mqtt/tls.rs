@@ -23,7 +23,8 @@ use std::sync::Arc;
 /// What every connection needs, loaded and checked once at start.
 pub struct Client {
     config: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
+    /// One per broker address, in `broker_url`'s order.
+    server_names: Vec<ServerName<'static>>,
     has_cert: bool,
 }
 
@@ -32,7 +33,7 @@ impl std::fmt::Debug for Client {
         write!(
             f,
             "tls::Client({:?}, client certificate: {})",
-            self.server_name, self.has_cert
+            self.server_names, self.has_cert
         )
     }
 }
@@ -171,14 +172,20 @@ pub fn client(
         }
         _ => builder.with_no_client_auth(),
     };
-    let server_name = ServerName::try_from(s.server_name.clone()).map_err(|_| ConfigError {
-        file: config_path.to_owned(),
-        key: Some("tls_server_name"),
-        message: format!("{:?} is not a host name or IP address", s.server_name),
-    })?;
+    let server_names = s
+        .server_names
+        .iter()
+        .map(|n| {
+            ServerName::try_from(n.clone()).map_err(|_| ConfigError {
+                file: config_path.to_owned(),
+                key: Some("tls_server_name"),
+                message: format!("{n:?} is not a host name or IP address"),
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Client {
         config: Arc::new(config),
-        server_name,
+        server_names,
         has_cert: s.cert.is_some(),
     })
 }
@@ -259,8 +266,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(client: &Client) -> io::Result<Conn> {
-        let mut conn = ClientConnection::new(client.config.clone(), client.server_name.clone())
+    /// A connection to broker address `broker` (its index in `broker_url`).
+    pub fn new(client: &Client, broker: usize) -> io::Result<Conn> {
+        let name = &client.server_names[broker.min(client.server_names.len() - 1)];
+        let mut conn = ClientConnection::new(client.config.clone(), name.clone())
             .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
         conn.set_buffer_limit(Some(BUFFER_LIMIT));
         Ok(Conn {
@@ -494,7 +503,7 @@ mod tests {
 
     fn settings(ca: &Pki, server_name: &str) -> Settings {
         Settings {
-            server_name: server_name.into(),
+            server_names: vec![server_name.into()],
             ca: Some(Pem::Inline {
                 var: "MQTT_TLS_CA_PEM",
                 text: ca.ca.pem(),
@@ -580,7 +589,7 @@ mod tests {
         let pki = Pki::new("Test CA");
         let (cert, key) = pki.leaf(&["localhost"], false);
         let client = super::client(&settings(&pki, "localhost"), "m.json", &no_files).unwrap();
-        let mut conn = Conn::new(&client).unwrap();
+        let mut conn = Conn::new(&client, 0).unwrap();
         assert_eq!(
             conn.write_plain(b"CONNECT"),
             7,
@@ -608,7 +617,7 @@ mod tests {
         let (cert, key) = other.leaf(&["localhost"], false);
         let client = super::client(&settings(&trusted, "localhost"), "m.json", &no_files).unwrap();
         let e = exchange(
-            &mut Conn::new(&client).unwrap(),
+            &mut Conn::new(&client, 0).unwrap(),
             &mut server(&cert, &key),
             1,
         )
@@ -622,7 +631,7 @@ mod tests {
         let (cert, key) = pki.leaf(&["broker.example", "10.1.2.3"], false);
         let client = super::client(&settings(&pki, "localhost"), "m.json", &no_files).unwrap();
         let e = exchange(
-            &mut Conn::new(&client).unwrap(),
+            &mut Conn::new(&client, 0).unwrap(),
             &mut server(&cert, &key),
             1,
         )
@@ -639,7 +648,7 @@ mod tests {
         let (cert, key) = pki.leaf(&["localhost"], true);
         let client = super::client(&settings(&pki, "localhost"), "m.json", &no_files).unwrap();
         let e = exchange(
-            &mut Conn::new(&client).unwrap(),
+            &mut Conn::new(&client, 0).unwrap(),
             &mut server(&cert, &key),
             1,
         )
@@ -651,7 +660,7 @@ mod tests {
     fn plain_mqtt_bytes_are_not_tls() {
         let pki = Pki::new("Test CA");
         let client = super::client(&settings(&pki, "localhost"), "m.json", &no_files).unwrap();
-        let mut conn = Conn::new(&client).unwrap();
+        let mut conn = Conn::new(&client, 0).unwrap();
         let mut wire = Vec::new();
         conn.flush(&mut wire).unwrap();
         // A CONNACK where a ServerHello should be.
@@ -660,7 +669,7 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("not TLS"), "{e}");
         // A broker that just closes during the handshake.
-        let mut conn = Conn::new(&client).unwrap();
+        let mut conn = Conn::new(&client, 0).unwrap();
         conn.flush(&mut Vec::new()).unwrap();
         let e = conn.read(&mut &[][..], &mut [0u8; 16]).unwrap_err();
         assert!(

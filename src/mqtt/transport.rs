@@ -37,11 +37,13 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The transport for a new connection: TLS when the config says `mqtts://`.
-    pub fn new(tls: Option<&TlsClient>) -> io::Result<Transport> {
+    /// The transport for a new connection to broker address `broker`: TLS when the config says
+    /// `mqtts://`.
+    pub fn new(tls: Option<&TlsClient>, broker: usize) -> io::Result<Transport> {
+        let _ = broker;
         match tls {
             #[cfg(feature = "tls")]
-            Some(client) => Ok(Transport::Tls(Box::new(tls::Conn::new(client)?))),
+            Some(client) => Ok(Transport::Tls(Box::new(tls::Conn::new(client, broker)?))),
             #[cfg(not(feature = "tls"))]
             Some(never) => match *never {},
             None => Ok(Transport::Plain { heard: false }),
@@ -179,7 +181,7 @@ mod tests {
 
     #[test]
     fn plain_passes_bytes_through_and_tells_a_tls_answer() {
-        let mut t = Transport::new(None).unwrap();
+        let mut t = Transport::new(None, 0).unwrap();
         let mut p = Pipe {
             input: io::Cursor::new(vec![0x20, 0x02, 0x00, 0x00]),
             output: Vec::new(),
@@ -190,7 +192,7 @@ mod tests {
         assert_eq!(t.recv(&mut p, &mut buf).unwrap(), 4);
         assert!(!t.wants_writable(false) && t.wants_writable(true) && !t.wants_readable());
 
-        let mut t = Transport::new(None).unwrap();
+        let mut t = Transport::new(None, 0).unwrap();
         // What a TLS listener sends to bytes it cannot read: an alert record.
         let mut p = Pipe {
             input: io::Cursor::new(vec![0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]),
@@ -204,7 +206,7 @@ mod tests {
             input: io::Cursor::new(Vec::new()),
             output: Vec::new(),
         };
-        let e = Transport::new(None)
+        let e = Transport::new(None, 0)
             .unwrap()
             .recv(&mut p, &mut buf)
             .unwrap_err();

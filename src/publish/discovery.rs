@@ -402,6 +402,11 @@ impl Discovery {
         }
     }
 
+    /// Every config again, at the next poll: the broker is another node, which holds none of them.
+    pub fn announce_again(&mut self, now: Instant) {
+        self.republish_at = Some(now);
+    }
+
     /// Home Assistant announcing it is (back) online.
     pub fn is_birth(&self, topic: &str, payload: &[u8]) -> bool {
         topic == self.status_topic() && payload.eq_ignore_ascii_case(b"online")

@@ -192,6 +192,14 @@ impl Broker {
         }
     }
 
+    /// SIGKILL, as a node that crashes: no goodbye to its clients.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("tcp://127.0.0.1:{}", self.port)
     }

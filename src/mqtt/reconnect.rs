@@ -1,0 +1,217 @@
+//! When to try the broker again. Pure: attempts, outcomes and instants in, the instant of the next
+//! attempt out.
+//!
+//! A fleet that lost its broker at the same second must not come back in one wave, and a broker that
+//! accepts a client and drops it again must not be hammered:
+//! - after a failed attempt, full jitter: a delay uniform in `[0, cap]`, the cap 1 s at first and doubling
+//!   with each failure up to `reconnect_max_delay_in_seconds` (AWS, "Exponential Backoff And Jitter");
+//! - after losing a connection that stayed up [`STABLE`] or longer, the failures count from zero again and
+//!   the first retry is uniform in `[0, spread]`: [`SPREAD`], at most half the keep-alive (so that a dead
+//!   node, noticed within 1.5 keep-alives, is replaced within two) and at most the maximum delay;
+//! - a connection lost sooner counts as one more failure: the cap goes on doubling;
+//! - attempts start at least [`MIN_GAP`] apart (a broker that refuses a CONNACK answers in a millisecond),
+//!   and never more than [`MAX_PER_WINDOW`] in any [`WINDOW`] (EMQX's flapping detection bans a client id
+//!   past 15 connects a minute).
+
+use super::backoff::Rng;
+use std::time::{Duration, Instant};
+
+const BASE: Duration = Duration::from_secs(1);
+pub const STABLE: Duration = Duration::from_secs(30);
+pub const SPREAD: Duration = Duration::from_secs(10);
+pub const MIN_GAP: Duration = Duration::from_secs(1);
+pub const WINDOW: Duration = Duration::from_secs(60);
+pub const MAX_PER_WINDOW: usize = 15;
+
+pub struct Reconnect {
+    failures: u32,
+    max: Duration,
+    spread: Duration,
+    up_since: Option<Instant>,
+    /// The starts of the last [`MAX_PER_WINDOW`] attempts, a ring; `next` is the oldest one's slot.
+    starts: [Option<Instant>; MAX_PER_WINDOW],
+    next: usize,
+    pub rng: Rng,
+}
+
+impl Reconnect {
+    pub fn new(max: Duration, keep_alive_secs: u16, seed: u64) -> Reconnect {
+        let half_keep_alive = match keep_alive_secs {
+            0 => SPREAD,
+            k => Duration::from_secs(u64::from(k)) / 2,
+        };
+        Reconnect {
+            failures: 0,
+            max,
+            spread: SPREAD.min(half_keep_alive).min(max),
+            up_since: None,
+            starts: [None; MAX_PER_WINDOW],
+            next: 0,
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// An attempt (a TCP connect) starts now.
+    pub fn attempt(&mut self, now: Instant) {
+        self.starts[self.next] = Some(now);
+        self.next = (self.next + 1) % MAX_PER_WINDOW;
+    }
+
+    /// The broker accepted us (CONNACK).
+    pub fn up(&mut self, now: Instant) {
+        self.up_since = Some(now);
+    }
+
+    /// An attempt failed: when to make the next.
+    pub fn failed(&mut self, now: Instant) -> Instant {
+        let cap = BASE
+            .saturating_mul(1 << self.failures.min(20))
+            .min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        let delay = self.rng.upto(cap);
+        self.not_before(now + delay)
+    }
+
+    /// A live connection was lost: when to make the next attempt.
+    pub fn lost(&mut self, now: Instant) -> Instant {
+        let stable = self
+            .up_since
+            .take()
+            .is_some_and(|t| now.saturating_duration_since(t) >= STABLE);
+        if !stable {
+            return self.failed(now);
+        }
+        self.failures = 0;
+        let delay = self.rng.upto(self.spread);
+        self.not_before(now + delay)
+    }
+
+    /// `at`, or later where the gap or the window's count asks for it.
+    fn not_before(&self, at: Instant) -> Instant {
+        let last = self.starts[(self.next + MAX_PER_WINDOW - 1) % MAX_PER_WINDOW];
+        // Full: the oldest of the last 15 must leave the window before another may start.
+        let oldest = self.starts[self.next];
+        [
+            Some(at),
+            last.map(|t| t + MIN_GAP),
+            oldest.map(|t| t + WINDOW),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attempts that all fail at once, from `t0` for `span`: their starts.
+    fn failing(r: &mut Reconnect, t0: Instant, span: Duration) -> Vec<Instant> {
+        let mut at = t0;
+        let mut starts = Vec::new();
+        while at < t0 + span {
+            r.attempt(at);
+            starts.push(at);
+            at = r.failed(at);
+        }
+        starts
+    }
+
+    #[test]
+    fn full_jitter_within_a_doubling_cap() {
+        let t0 = Instant::now();
+        // Far apart, so neither the gap nor the window moves them: the delays are the jitter's own.
+        let max = Duration::from_secs(60);
+        let mut caps_seen = [Duration::ZERO; 8];
+        let mut sums = [0u128; 8];
+        const RUNS: u32 = 2000;
+        for seed in 0..RUNS {
+            let mut r = Reconnect::new(max, 60, u64::from(seed));
+            for (n, (seen, sum)) in caps_seen.iter_mut().zip(&mut sums).enumerate() {
+                let d = r.failed(t0) - t0;
+                let cap = Duration::from_secs(1 << n).min(max);
+                assert!(d <= cap, "failure {n}: {d:?} over {cap:?}");
+                *seen = (*seen).max(d);
+                *sum += d.as_millis();
+            }
+        }
+        for n in 0..8 {
+            let cap = Duration::from_secs(1 << n).min(max);
+            // Uniform: it reaches near the cap, and its mean is near half of it.
+            assert!(caps_seen[n] * 100 >= cap * 98, "{n}: {:?}", caps_seen[n]);
+            let mean = sums[n] / u128::from(RUNS);
+            let half = cap.as_millis() / 2;
+            assert!(mean.abs_diff(half) * 10 < half, "{n}: mean {mean} ms");
+        }
+    }
+
+    #[test]
+    fn never_more_than_15_attempts_a_minute_nor_two_within_a_second() {
+        let t0 = Instant::now();
+        let mut r = Reconnect::new(Duration::from_secs(1), 0, 7);
+        let starts = failing(&mut r, t0, Duration::from_secs(600));
+        for pair in starts.windows(2) {
+            assert!(pair[1] - pair[0] >= MIN_GAP);
+        }
+        for (i, &s) in starts.iter().enumerate() {
+            let in_window = starts[i..].iter().take_while(|&&t| t < s + WINDOW).count();
+            assert!(in_window <= MAX_PER_WINDOW, "{in_window} from {:?}", s - t0);
+        }
+        // The limit is what holds it back: without it, a 1 s cap would allow some 60 a minute.
+        assert!(starts.len() >= 10 * MAX_PER_WINDOW - 1, "{}", starts.len());
+    }
+
+    #[test]
+    fn the_schedule_resets_only_after_30_s_up() {
+        let t0 = Instant::now();
+        let max = Duration::from_secs(300);
+        let mut r = Reconnect::new(max, 60, 3);
+        failing(&mut r, t0, Duration::from_secs(200));
+        // Up for 29 s and lost: one more failure, its cap well above the spread.
+        let up = t0 + Duration::from_secs(1000);
+        r.attempt(up);
+        r.up(up);
+        let lost = up + STABLE - Duration::from_secs(1);
+        let mut later = 0;
+        for _ in 0..20 {
+            r.up(up);
+            later += usize::from(r.lost(lost) - lost > SPREAD);
+        }
+        assert!(later >= 15, "{later} of 20 beyond the spread");
+        // Up for 30 s: the first retry within the spread, and the cap starts again at 1 s.
+        for seed in 0..200 {
+            let mut r = Reconnect::new(max, 60, seed);
+            failing(&mut r, t0, Duration::from_secs(200));
+            r.attempt(up);
+            r.up(up);
+            let lost = up + STABLE;
+            assert!(r.lost(lost) - lost <= SPREAD);
+            let next = lost + Duration::from_secs(5);
+            assert!(r.failed(next) - next <= Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn the_spread_keeps_within_half_the_keep_alive_and_the_maximum() {
+        let spread = |max: u64, keep_alive: u16| {
+            Reconnect::new(Duration::from_secs(max), keep_alive, 1).spread
+        };
+        assert_eq!(spread(60, 60), SPREAD);
+        assert_eq!(spread(60, 0), SPREAD);
+        assert_eq!(spread(60, 4), Duration::from_secs(2));
+        assert_eq!(spread(1, 60), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn seeds_differ() {
+        let t0 = Instant::now();
+        let delays = |seed| {
+            let mut r = Reconnect::new(Duration::from_secs(60), 60, seed);
+            (0..6).map(|_| r.failed(t0)).collect::<Vec<_>>()
+        };
+        assert_ne!(delays(1), delays(2));
+        assert_eq!(delays(1), delays(1));
+    }
+}
