@@ -113,9 +113,10 @@ pub struct Agent {
     resolver: Option<Resolver>,
     resolve_slot: resolve::Slot,
     /// The device pseudo-service's collector (`device_metrics`), and its tick while it waits for the
-    /// tick in progress to end.
+    /// tick in progress to end, or for the collection under way to become one (until the instant
+    /// given).
     device: Option<Device>,
-    device_tick: Option<Tick>,
+    device_tick: Option<(Tick, Instant)>,
     /// Messages that cannot be delivered now, on disk (`spool_dir`); never with --once.
     spool: Option<Spool>,
 }
@@ -269,7 +270,8 @@ impl Agent {
             self.connect_if_due(now);
             let session_deadline = self.pump(now);
             let settling = self.discovery.as_ref().is_some_and(Discovery::settling);
-            let device_done = self.device.as_ref().is_none_or(|d| !d.busy());
+            let device_done =
+                self.device.as_ref().is_none_or(|d| !d.busy()) && self.device_tick.is_none();
             if self.s.once
                 && self.collected
                 && self.tick.is_none()
@@ -288,6 +290,7 @@ impl Agent {
                 self.resolver.as_ref().map(|r| r.until),
                 self.source.deadline(),
                 self.device.as_ref().and_then(Device::deadline),
+                self.device_tick.as_ref().map(|(_, until)| *until),
                 self.discovery.as_ref().and_then(Discovery::next_deadline),
                 once_deadline,
             ];
@@ -315,15 +318,18 @@ impl Agent {
         self.publish_device(now);
     }
 
-    /// The device's figures once they are due: a tick of their own, which waits for the one in progress.
+    /// The device's figures once they are due: a tick of their own, which waits for the one in progress,
+    /// and for a collection under way (the engine's answers take milliseconds) for at most
+    /// [`DEVICE_WAIT`]: then both leave in one write, which at rest is one burst of segments and
+    /// acknowledgements per heartbeat rather than two.
     fn publish_device(&mut self, now: Instant) {
         let Some(d) = &mut self.device else { return };
         let Some(records) = d.collect(now) else {
             return;
         };
         let tick = Tick::device(d.service().to_owned(), records, unix_millis());
-        if self.tick.is_some() {
-            self.device_tick = Some(tick);
+        if self.tick.is_some() || self.source.busy() {
+            self.device_tick = Some((tick, now + DEVICE_WAIT));
         } else {
             begin_device_tick(&mut self.scratch);
             self.tick = Some(tick);
@@ -437,6 +443,15 @@ impl Agent {
         // While the spool is engaged, new figures go to its next batch, all of them, whatever the room.
         let mut spool = spool.as_mut().filter(|sp| sp.engaged);
         while all || spool.is_some() || session.has_room() {
+            // The device's tick stops waiting for a collection that is over or late.
+            if tick.is_none()
+                && device_tick
+                    .as_ref()
+                    .is_some_and(|(_, until)| !source.busy() || now >= *until)
+            {
+                *tick = device_tick.take().map(|(t, _)| t);
+                begin_device_tick(scratch);
+            }
             let Some(t) = tick.as_mut() else { return };
             let d = discovery.as_mut().map(|d| {
                 // Without room (an outage, a slow link) configs wait in discovery, not in the session.
@@ -486,7 +501,7 @@ impl Agent {
                     _ => {}
                 }
                 // The device's tick waited for this one.
-                *tick = device_tick.take();
+                *tick = device_tick.take().map(|(t, _)| t);
                 *change_tick = false;
                 if tick.is_some() {
                     begin_device_tick(scratch);
@@ -905,7 +920,9 @@ impl Agent {
         // before connecting reported "0 messages undelivered". After the goodbye: counting a large
         // tick takes a while, which the broker need not wait for.
         let mut in_tick = 0;
-        while let Some(mut t) = self.tick.take().or_else(|| self.device_tick.take()) {
+        while let Some(mut t) =
+            (self.tick.take()).or_else(|| self.device_tick.take().map(|(t, _)| t))
+        {
             in_tick += t.count_rest(&publishing(&self.s), &mut self.scratch);
         }
         let undelivered = in_tick > 0 || !idle;
@@ -1067,6 +1084,9 @@ fn build_source(s: &Settings, containers: Filter) -> Box<dyn Source> {
         )),
     }
 }
+
+/// How long the device's tick waits for the containers' collection under way.
+const DEVICE_WAIT: Duration = Duration::from_secs(1);
 
 /// Reporting by exception, the device's tick is judged at its own time, and as a tick that lists no
 /// container (it must not make the next collection forget them, nor end it and forget the device).

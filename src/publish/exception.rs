@@ -119,7 +119,7 @@ pub struct Exceptions {
 impl Exceptions {
     pub fn new(report: &Report, mode: PayloadMode) -> Exceptions {
         Exceptions {
-            heartbeat: report.heartbeat.as_secs().min(u64::from(u32::MAX)) as u32,
+            heartbeat: report.heartbeat.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
             deadbands: report.deadbands,
             per_service: mode == PayloadMode::PerService,
             origin: None,
@@ -133,8 +133,10 @@ impl Exceptions {
     /// changes between collections).
     pub fn begin(&mut self, now: Instant, collection: bool) {
         let origin = *self.origin.get_or_insert(now);
-        let secs = now.saturating_duration_since(origin).as_secs();
-        self.now = secs.min(u64::from(u32::MAX)) as u32;
+        // Rounded: ticks due every 10 s arrive a little early or late, and a heartbeat's boundary must
+        // not move them into the epoch before.
+        let ms = now.saturating_duration_since(origin).as_millis();
+        self.now = ((ms + 500) / 1000).min(u128::from(u32::MAX)) as u32;
         self.collection = collection;
     }
 
@@ -165,7 +167,11 @@ impl Exceptions {
         let per_service = self.per_service;
         let t = self.tracked(root);
         t.seen = true;
-        let due = |at: u32| now.saturating_sub(at) >= heartbeat;
+        // One heartbeat for all: a figure is due when a heartbeat epoch (counted from the first tick)
+        // has begun since it was last published. Everything due leaves in the same tick, so a resting
+        // device sends one burst per heartbeat, in as few segments and acknowledgements as can be, and
+        // no figure waits longer than a heartbeat.
+        let due = |at: u32| now / heartbeat > at / heartbeat;
         let mut picked = 0u32;
         for (m, v) in figures.iter() {
             let sent = t.metrics[m as usize];
@@ -451,14 +457,35 @@ mod tests {
         let (mut x, t0) = baseline(PayloadMode::PerMetric, &base);
         assert_eq!(tick(&mut x, t0, 899, &base), []);
         assert_eq!(tick(&mut x, t0, 900, &base), CONTAINER_METRICS);
-        // A figure published by exception has its own heartbeat from then on.
+        // A figure published by exception goes out again with everything else at the next heartbeat.
         let busy = with(&base, Metric::Pids, Value::Count(9));
         assert_eq!(tick(&mut x, t0, 1000, &busy), [Metric::Pids]);
         assert_eq!(tick(&mut x, t0, 1799, &busy), []);
-        let mut rest = CONTAINER_METRICS.to_vec();
-        rest.retain(|m| *m != Metric::Pids);
-        assert_eq!(tick(&mut x, t0, 1800, &busy), rest);
-        assert_eq!(tick(&mut x, t0, 1900, &busy), [Metric::Pids]);
+        assert_eq!(tick(&mut x, t0, 1800, &busy), CONTAINER_METRICS);
+        assert_eq!(tick(&mut x, t0, 1900, &busy), []);
+    }
+
+    #[test]
+    fn figures_first_published_a_tick_apart_share_one_heartbeat() {
+        let base = every_metric();
+        let mut x = Exceptions::new(&report(900), PayloadMode::PerMetric);
+        let t0 = Instant::now();
+        x.begin(t0, true);
+        assert!(x.judge(ROOT, &base, &[]).any());
+        x.end();
+        // A second container appears a tick later, and ticks come a few milliseconds early or late.
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut judge = |ms: u64, root: &str| {
+            x.begin(at(ms), true);
+            let p = x.judge(root, &base, &[]);
+            x.judge(if root == ROOT { "other" } else { ROOT }, &base, &[]);
+            x.end();
+            p.any()
+        };
+        assert!(judge(9_996, "other"), "the newcomer's baseline");
+        assert!(!judge(890_004, "other"));
+        assert!(judge(899_997, "other"), "one heartbeat for both, at 900 s");
+        assert!(!judge(909_998, "other"));
     }
 
     #[test]
@@ -533,10 +560,15 @@ mod tests {
         assert_eq!(tick(&mut x, t0, 20, &up(5)), [Uptime]);
         assert_eq!(
             tick(&mut x, t0, 900, &up(885)).len(),
-            6,
-            "the others' heartbeat"
+            7,
+            "one heartbeat for all, the uptime published at 20 included"
         );
-        assert_eq!(tick(&mut x, t0, 920, &up(905)), [Uptime], "its own");
+        assert_eq!(
+            tick(&mut x, t0, 920, &up(905)),
+            [],
+            "with the next heartbeat only"
+        );
+        assert_eq!(tick(&mut x, t0, 1800, &up(1785)).len(), 7);
     }
 
     #[test]
@@ -603,8 +635,8 @@ mod tests {
         );
         assert_eq!(
             at(900, &life(State::Running, 25_000, 900_000)),
-            ["restart_count", "oom_killed"],
-            "the heartbeat of those published at 0"
+            ["state", "restart_count", "oom_killed", "uptime_in_seconds"],
+            "one heartbeat for all, those published at 20 and 30 included"
         );
     }
 
