@@ -62,26 +62,48 @@ pub const DEFAULT_DEADBANDS: Deadbands = Deadbands {
     storage: 16 << 20,
 };
 
-/// Which of one container's values to publish: a bit per metric, then one per lifecycle topic.
+/// Which of one container's values to publish: a bit per metric, then one per lifecycle topic; and of
+/// those, which only repeat a value already published (the heartbeat), not news (a crossing, a change,
+/// a first value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Picked(u32);
+pub struct Picked {
+    all: u32,
+    news: u32,
+}
 
 const LIFE_SHIFT: usize = Metric::ALL.len();
 const _: () = assert!(LIFE_SHIFT + Topic::ALL.len() <= 32);
 
 impl Picked {
-    pub const ALL: Picked = Picked(u32::MAX);
+    pub const ALL: Picked = Picked {
+        all: u32::MAX,
+        news: u32::MAX,
+    };
 
     pub fn metric(self, m: Metric) -> bool {
-        self.0 & 1 << m as usize != 0
+        self.all & 1 << m as usize != 0
     }
 
     pub fn life(self, t: Topic) -> bool {
-        self.0 & 1 << (LIFE_SHIFT + t as usize) != 0
+        self.all & 1 << (LIFE_SHIFT + t as usize) != 0
+    }
+
+    /// Picked for the heartbeat alone: the value as last published, unchanged within its deadband.
+    pub fn repeat_metric(self, m: Metric) -> bool {
+        self.metric(m) && self.news & 1 << m as usize == 0
+    }
+
+    pub fn repeat_life(self, t: Topic) -> bool {
+        self.life(t) && self.news & 1 << (LIFE_SHIFT + t as usize) == 0
+    }
+
+    /// In `per_service` mode a payload is one message: a repeat only when all of it is.
+    pub fn all_repeat(self) -> bool {
+        self.news == 0
     }
 
     pub fn any(self) -> bool {
-        self.0 != 0
+        self.all != 0
     }
 }
 
@@ -172,11 +194,13 @@ impl Exceptions {
         // device sends one burst per heartbeat, in as few segments and acknowledgements as can be, and
         // no figure waits longer than a heartbeat.
         let due = |at: u32| now / heartbeat > at / heartbeat;
-        let mut picked = 0u32;
+        let (mut picked, mut news) = (0u32, 0u32);
         for (m, v) in figures.iter() {
-            let sent = t.metrics[m as usize];
-            let pick = sent.is_none_or(|s| due(s.at) || crossed(&deadbands, m, s.value, code(v)));
-            picked |= u32::from(pick) << m as usize;
+            let new =
+                t.metrics[m as usize].is_none_or(|s| crossed(&deadbands, m, s.value, code(v)));
+            let due = t.metrics[m as usize].is_some_and(|s| due(s.at));
+            news |= u32::from(new) << m as usize;
+            picked |= u32::from(new || due) << m as usize;
         }
         // The percentage is usage over limit: it goes out with either, as a consumer reads them together.
         // Without a usage figure, it is held to the memory deadband itself.
@@ -185,19 +209,24 @@ impl Exceptions {
         if has(Metric::MemoryPercent) && has(Metric::MemoryUsage) {
             let with = bit(Metric::MemoryUsage) | bit(Metric::MemoryLimit);
             let sent = t.metrics[Metric::MemoryPercent as usize];
-            let follows = picked & with != 0 || sent.is_none_or(|s| due(s.at));
             let percent = bit(Metric::MemoryPercent);
+            let new = news & with != 0 || sent.is_none();
+            let follows = new || picked & with != 0 || sent.is_some_and(|s| due(s.at));
             picked = picked & !percent | if follows { percent } else { 0 };
+            news = news & !percent | if new { percent } else { 0 };
         }
         for (topic, field) in life.iter().flatten() {
             let sent = t.life[*topic as usize];
-            let pick = sent.is_none_or(|s| due(s.at) || changed(*topic, s.value, *field));
+            let new = sent.is_none_or(|s| changed(*topic, s.value, *field));
+            let pick = new || sent.is_some_and(|s| due(s.at));
+            news |= u32::from(new) << (LIFE_SHIFT + *topic as usize);
             picked |= u32::from(pick) << (LIFE_SHIFT + *topic as usize);
         }
         if per_service && picked != 0 {
             picked = u32::MAX;
+            news = if news != 0 { u32::MAX } else { 0 };
         }
-        let picked = Picked(picked);
+        let picked = Picked { all: picked, news };
         for (m, v) in figures.iter().filter(|(m, _)| picked.metric(*m)) {
             t.metrics[m as usize] = Some(Sent {
                 value: code(v),

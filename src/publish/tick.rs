@@ -440,7 +440,8 @@ impl Tick {
                 &keys[..n],
                 self.timestamp_ms,
             );
-            self.publish(p, &scratch.topic, &scratch.payload, at, sink);
+            let repeat = picked.all_repeat();
+            self.publish(p, &scratch.topic, &scratch.payload, repeat, at, sink);
             return;
         }
         scratch.topic.push('/');
@@ -450,26 +451,34 @@ impl Tick {
             scratch.topic.push_str(metric.name());
             scratch.payload.clear();
             write_value(&mut scratch.payload, value, self.timestamp_ms);
-            self.publish(p, &scratch.topic, &scratch.payload, at, sink);
+            let repeat = picked.repeat_metric(metric);
+            self.publish(p, &scratch.topic, &scratch.payload, repeat, at, sink);
         }
         for (topic, field) in life.iter().flatten().filter(|(t, _)| picked.life(*t)) {
             scratch.topic.truncate(root_len);
             scratch.topic.push_str(topic.name());
             scratch.payload.clear();
             write_field(&mut scratch.payload, *field, self.timestamp_ms);
-            self.publish(p, &scratch.topic, &scratch.payload, at, sink);
+            let repeat = picked.repeat_life(*topic);
+            self.publish(p, &scratch.topic, &scratch.payload, repeat, at, sink);
         }
     }
 
+    /// A `repeat` (the heartbeat's copy of a value already published) goes at QoS 0: losing it loses
+    /// nothing, as the value went out at the configured QoS when it was news, a lost connection is
+    /// followed by a fresh baseline at that QoS, and at rest the broker's PUBACKs for repeats would be
+    /// most of what a device receives (over TLS mosquitto sends each in a record of its own, 26 bytes).
     fn publish(
         &mut self,
         p: &Publishing,
         topic: &str,
         payload: &[u8],
+        repeat: bool,
         at: &Where,
         sink: &mut dyn FnMut(Message, Option<Tag>),
     ) {
-        match Message::publish(topic, payload, p.qos, p.retain) {
+        let qos = if repeat { QoS::AtMostOnce } else { p.qos };
+        match Message::publish(topic, payload, qos, p.retain) {
             Ok(m) => {
                 self.messages += 1;
                 sink(m, None);
@@ -1136,6 +1145,79 @@ mod tests {
                 }
             }
             assert!(third.is_empty(), "{mode:?}: {third:?}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_repeats_go_at_qos_0_and_news_at_the_configured_qos() {
+        use crate::publish::exception::{Report, DEFAULT_DEADBANDS};
+        use crate::stats::{Figures, Metric, Value};
+        use std::time::Duration;
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let report = Report {
+            on_change: true,
+            heartbeat: Duration::from_secs(900),
+            deadbands: DEFAULT_DEADBANDS,
+        };
+        let stats = |cpu| {
+            let mut f = Figures::default();
+            f.set(Metric::CpuPercent, Value::Percent(cpu));
+            f.set(Metric::Pids, Value::Count(3));
+            vec![ContainerStats {
+                lifecycle: None,
+                figures: f,
+                ..with_life("web_1_2", None, State::Running)
+            }]
+        };
+        for mode in [PayloadMode::PerMetric, PayloadMode::PerService] {
+            let p = Publishing {
+                template: &template,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                mode,
+            };
+            let mut scratch = Scratch::new(Some(Exceptions::new(&report, mode)), Filter::default());
+            let t0 = Instant::now();
+            // (last topic level, QoS 1) of each message of a tick at `secs`.
+            let mut tick = |secs, stats| {
+                let at = t0 + Duration::from_secs(secs);
+                scratch.exceptions.as_mut().unwrap().begin(at, true);
+                let mut t = Tick::parsed("t".into(), stats, 5);
+                let mut out = Vec::new();
+                while t.step(&p, &mut scratch, None, &mut |m, _| {
+                    if let Ok(Incoming::Publish { topic, pid, .. }) = decode(m.bytes()) {
+                        let level = topic.rsplit('/').next().unwrap().to_owned();
+                        out.push((level, pid.is_some()));
+                    }
+                }) {}
+                scratch.exceptions.as_mut().unwrap().end();
+                out
+            };
+            let at_qos1 = |v: &[(String, bool)]| v.iter().all(|(_, q1)| *q1);
+            let baseline = tick(0, stats(5.0));
+            assert!(!baseline.is_empty() && at_qos1(&baseline), "{baseline:?}");
+            assert!(at_qos1(&tick(10, stats(7.0))), "a crossing is news");
+            let heartbeat = tick(900, stats(7.2));
+            let rest = tick(1800, stats(9.0));
+            match mode {
+                PayloadMode::PerMetric => {
+                    let q = |l: &str| heartbeat.iter().find(|(t, _)| t == l).map(|(_, q1)| *q1);
+                    assert_eq!(q("cpu_usage_in_percent"), Some(false), "{heartbeat:?}");
+                    assert_eq!(q("pids"), Some(false), "{heartbeat:?}");
+                    let q = |l: &str| rest.iter().find(|(t, _)| t == l).map(|(_, q1)| *q1);
+                    assert_eq!(
+                        q("cpu_usage_in_percent"),
+                        Some(true),
+                        "crossing at a heartbeat"
+                    );
+                    assert_eq!(q("pids"), Some(false), "{rest:?}");
+                }
+                PayloadMode::PerService => {
+                    assert_eq!(heartbeat, [("web".to_owned(), false)]);
+                    assert_eq!(rest, [("web".to_owned(), true)], "news in it: all at QoS 1");
+                }
+            }
         }
     }
 
