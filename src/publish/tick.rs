@@ -1089,27 +1089,34 @@ mod tests {
         std::fs::write(path, lines).unwrap();
     }
 
-    #[test]
-    fn by_exception_only_what_moved_goes_out() {
-        use crate::publish::exception::{Report, DEFAULT_DEADBANDS};
-        use crate::stats::{Figures, Metric, Value};
-        let template =
-            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
-        let report = Report {
+    /// `on_change` at the defaults, a 900 s heartbeat.
+    fn on_change() -> crate::publish::exception::Report {
+        crate::publish::exception::Report {
             on_change: true,
             heartbeat: std::time::Duration::from_secs(900),
-            deadbands: DEFAULT_DEADBANDS,
-        };
-        let stats = |cpu, pids| {
-            let mut f = Figures::default();
-            f.set(Metric::CpuPercent, Value::Percent(cpu));
-            f.set(Metric::Pids, Value::Count(pids));
-            vec![ContainerStats {
-                lifecycle: None,
-                figures: f,
-                ..with_life("web_1_2", None, State::Running)
-            }]
-        };
+            deadbands: crate::publish::exception::DEFAULT_DEADBANDS,
+        }
+    }
+
+    /// One container, `web`, with a CPU and a PIDs figure.
+    fn web_figures(cpu: f64, pids: u64) -> Vec<ContainerStats> {
+        use crate::stats::{Figures, Metric, Value};
+        let mut f = Figures::default();
+        f.set(Metric::CpuPercent, Value::Percent(cpu));
+        f.set(Metric::Pids, Value::Count(pids));
+        vec![ContainerStats {
+            lifecycle: None,
+            figures: f,
+            ..with_life("web_1_2", None, State::Running)
+        }]
+    }
+
+    #[test]
+    fn by_exception_only_what_moved_goes_out() {
+        let template =
+            TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
+        let report = on_change();
+        let stats = web_figures;
         for mode in [PayloadMode::PerMetric, PayloadMode::PerService] {
             let p = Publishing {
                 template: &template,
@@ -1150,26 +1157,11 @@ mod tests {
 
     #[test]
     fn heartbeat_repeats_go_at_qos_0_and_news_at_the_configured_qos() {
-        use crate::publish::exception::{Report, DEFAULT_DEADBANDS};
-        use crate::stats::{Figures, Metric, Value};
         use std::time::Duration;
         let template =
             TopicTemplate::parse(crate::publish::topics::DEFAULT_TEMPLATE, "dev").unwrap();
-        let report = Report {
-            on_change: true,
-            heartbeat: Duration::from_secs(900),
-            deadbands: DEFAULT_DEADBANDS,
-        };
-        let stats = |cpu| {
-            let mut f = Figures::default();
-            f.set(Metric::CpuPercent, Value::Percent(cpu));
-            f.set(Metric::Pids, Value::Count(3));
-            vec![ContainerStats {
-                lifecycle: None,
-                figures: f,
-                ..with_life("web_1_2", None, State::Running)
-            }]
-        };
+        let report = on_change();
+        let stats = |cpu| web_figures(cpu, 3);
         for mode in [PayloadMode::PerMetric, PayloadMode::PerService] {
             let p = Publishing {
                 template: &template,
