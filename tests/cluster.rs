@@ -51,8 +51,9 @@ fn killing_the_agents_rabbitmq_node_moves_it_to_a_survivor_and_it_stays() {
         .unwrap_or_else(|| panic!("never connected:\n{}", agent.log()));
     let first = connected_port(&line).unwrap();
     let on = cluster.mqtt_ports.iter().position(|p| *p == first).unwrap();
-    // The subscriber on another node than the agent's: what it gets crossed the cluster.
-    let sub_node = (on + 1) % 3;
+    // The subscriber on another node than the agent's, and than the next address, where the failover
+    // goes: what it gets crossed the cluster before the kill and after it.
+    let sub_node = (on + 2) % 3;
     let sub = Subscriber::start(cluster.mqtt_ports[sub_node], "root/#");
     let metrics = |l: &[String]| l.iter().filter(|l| parse_metric(l).is_some()).count();
     // 31 ticks heard after the connect: connected for more than 30 s, a stable connection.
