@@ -46,7 +46,9 @@ deps:
 
 # dist first: tests/static_build.rs runs those binaries (under qemu for Arm) and the scratch image. The
 # build without TLS is checked for aarch64 only (it is the one with a budget of its own in the issue).
+# ensure-deps.sh test: also rabbitmq-server, for tests/cluster.rs.
 test: deps dist
+	@sh tests/scripts/ensure-deps.sh test
 	@CARGO="$(CARGO)" TLS=off $(STATIC) dist aarch64
 	$(CARGO) test --release --no-fail-fast -- --test-threads=2
 	@$(STATIC) check

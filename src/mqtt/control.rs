@@ -35,8 +35,15 @@ pub fn connect(o: &Options, out: &mut Vec<u8>) {
     }
 }
 
-/// One SUBSCRIBE at QoS 1 for all filters (at most five, none longer than 256 bytes; others are
+/// One SUBSCRIBE at QoS 0 for all filters (at most five, none longer than 256 bytes; others are
 /// skipped); nothing, and no packet id taken from `pid`, when none is left.
+///
+/// QoS 0, not 1: with QoS 1, RabbitMQ 3.10's MQTT plugin keeps the subscription in a queue on the node
+/// the agent first subscribed through; when that node dies, a clean-session reconnect through another
+/// node is closed by the broker at SUBSCRIBE, every time (tests/cluster.rs saw the agent go round all
+/// nodes and never publish). What QoS 1 would add is a retry of Home Assistant's `online` birth across a
+/// broken link; losing it costs nothing lasting: Home Assistant sends it again when it restarts, and every
+/// (re)connect of ours already sends a fresh baseline.
 pub fn subscribe(filters: &[String], pid: impl FnOnce() -> u16, out: &mut Vec<u8>) {
     let mut topics = heapless::Vec::<SubscribeTopic, 5>::new();
     for filter in filters {
@@ -47,7 +54,7 @@ pub fn subscribe(filters: &[String], pid: impl FnOnce() -> u16, out: &mut Vec<u8
         }
         let _ = topics.push(SubscribeTopic {
             topic_path: path,
-            qos: QoS::AtLeastOnce,
+            qos: QoS::AtMostOnce,
         });
     }
     if topics.is_empty() {
@@ -93,5 +100,19 @@ mod tests {
             assert_eq!(puback(pid).unwrap().to_vec(), mqttrs_bytes(&packet));
         }
         assert_eq!(puback(0), None);
+    }
+
+    #[test]
+    fn subscriptions_ask_for_qos_0() {
+        let mut out = Vec::new();
+        subscribe(&["homeassistant/status".into()], || 7, &mut out);
+        let Ok(Some(Packet::Subscribe(sub))) = mqttrs::decode_slice(&out) else {
+            panic!("{out:?}");
+        };
+        assert_eq!(sub.pid, Pid::try_from(7).unwrap());
+        assert_eq!(sub.topics.len(), 1);
+        assert_eq!(sub.topics[0].topic_path.as_str(), "homeassistant/status");
+        // QoS 0: see `subscribe` (a QoS 1 subscription's queue dies with its RabbitMQ node).
+        assert_eq!(sub.topics[0].qos, QoS::AtMostOnce);
     }
 }

@@ -818,7 +818,7 @@ mod tests {
                 Packet::Subscribe(sub) => {
                     assert_eq!(sub.topics.len(), 1);
                     assert_eq!(sub.topics[0].topic_path.as_str(), "homeassistant/status");
-                    assert_eq!(sub.topics[0].qos, QoS::AtLeastOnce);
+                    assert_eq!(sub.topics[0].qos, QoS::AtMostOnce);
                     sub.pid.get()
                 }
                 other => panic!("expected SUBSCRIBE, got {other:?}"),
