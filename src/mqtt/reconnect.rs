@@ -6,8 +6,12 @@
 //! - after a failed attempt, full jitter: a delay uniform in `[0, cap]`, the cap 1 s at first and doubling
 //!   with each failure up to `reconnect_max_delay_in_seconds` (AWS, "Exponential Backoff And Jitter");
 //! - after losing a connection that stayed up [`STABLE`] or longer, the failures count from zero again and
-//!   the first retry is uniform in `[0, spread]`: [`SPREAD`], at most half the keep-alive (so that a dead
-//!   node, noticed within 1.5 keep-alives, is replaced within two) and at most the maximum delay;
+//!   the first retry is uniform in `[0, spread]`: [`SPREAD`], at most two fifths of the keep-alive (so that
+//!   a dead node, noticed within 1.5 keep-alives, is replaced within two) and at most the maximum delay.
+//!   If that retry fails too, the broker (or the next node) is down for everyone it served, who all retry
+//!   now: the cap jumps to the maximum delay at once, so the fleet's second attempts spread over all of it
+//!   instead of meeting again in the small caps of the first failures (500 devices: some 40 attempts a
+//!   second at the worst second, against 120 with the cap doubling from 1 s);
 //! - a connection lost sooner counts as one more failure: the cap goes on doubling;
 //! - attempts start at least [`MIN_GAP`] apart (a broker that refuses a CONNACK answers in a millisecond),
 //!   and never more than [`MAX_PER_WINDOW`] in any [`WINDOW`] (EMQX's flapping detection bans a client id
@@ -18,13 +22,16 @@ use std::time::{Duration, Instant};
 
 const BASE: Duration = Duration::from_secs(1);
 pub const STABLE: Duration = Duration::from_secs(30);
-pub const SPREAD: Duration = Duration::from_secs(10);
+pub const SPREAD: Duration = Duration::from_secs(30);
 pub const MIN_GAP: Duration = Duration::from_secs(1);
 pub const WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_PER_WINDOW: usize = 15;
 
 pub struct Reconnect {
     failures: u32,
+    /// The last connection lost was stable, and no attempt has failed since: the next failure is the
+    /// first retry of a fleet that lost its broker together.
+    after_stable_loss: bool,
     max: Duration,
     spread: Duration,
     up_since: Option<Instant>,
@@ -36,14 +43,15 @@ pub struct Reconnect {
 
 impl Reconnect {
     pub fn new(max: Duration, keep_alive_secs: u16, seed: u64) -> Reconnect {
-        let half_keep_alive = match keep_alive_secs {
+        let two_fifths_keep_alive = match keep_alive_secs {
             0 => SPREAD,
-            k => Duration::from_secs(u64::from(k)) / 2,
+            k => Duration::from_secs(u64::from(k)) * 2 / 5,
         };
         Reconnect {
             failures: 0,
+            after_stable_loss: false,
             max,
-            spread: SPREAD.min(half_keep_alive).min(max),
+            spread: SPREAD.min(two_fifths_keep_alive).min(max),
             up_since: None,
             starts: [None; MAX_PER_WINDOW],
             next: 0,
@@ -60,10 +68,14 @@ impl Reconnect {
     /// The broker accepted us (CONNACK).
     pub fn up(&mut self, now: Instant) {
         self.up_since = Some(now);
+        self.after_stable_loss = false;
     }
 
     /// An attempt failed: when to make the next.
     pub fn failed(&mut self, now: Instant) -> Instant {
+        if std::mem::take(&mut self.after_stable_loss) {
+            self.failures = u32::MAX;
+        }
         let cap = BASE
             .saturating_mul(1 << self.failures.min(20))
             .min(self.max);
@@ -82,6 +94,7 @@ impl Reconnect {
             return self.failed(now);
         }
         self.failures = 0;
+        self.after_stable_loss = true;
         let delay = self.rng.upto(self.spread);
         self.not_before(now + delay)
     }
@@ -180,27 +193,39 @@ mod tests {
             later += usize::from(r.lost(lost) - lost > SPREAD);
         }
         assert!(later >= 15, "{later} of 20 beyond the spread");
-        // Up for 30 s: the first retry within the spread, and the cap starts again at 1 s.
+        // Up for 30 s: the first retry within the spread; that failing, the next anywhere up to the
+        // maximum; up again for 30 s and lost, the spread again.
+        let mut beyond_spread = 0;
         for seed in 0..200 {
             let mut r = Reconnect::new(max, 60, seed);
             failing(&mut r, t0, Duration::from_secs(200));
             r.attempt(up);
             r.up(up);
             let lost = up + STABLE;
-            assert!(r.lost(lost) - lost <= SPREAD);
-            let next = lost + Duration::from_secs(5);
-            assert!(r.failed(next) - next <= Duration::from_secs(1));
+            let retry = r.lost(lost);
+            assert!(retry - lost <= r.spread);
+            r.attempt(retry);
+            let again = r.failed(retry);
+            assert!(again - retry <= max);
+            beyond_spread += usize::from(again - retry > Duration::from_secs(60));
+            r.attempt(again);
+            r.up(again);
+            let lost = again + STABLE;
+            assert!(r.lost(lost) - lost <= r.spread, "seed {seed}");
         }
+        // Uniform over 300 s: four fifths of the second retries beyond 60 s, far more than half.
+        assert!(beyond_spread > 100, "{beyond_spread} of 200");
     }
 
     #[test]
-    fn the_spread_keeps_within_half_the_keep_alive_and_the_maximum() {
+    fn the_spread_keeps_within_two_fifths_of_the_keep_alive_and_the_maximum() {
         let spread = |max: u64, keep_alive: u16| {
             Reconnect::new(Duration::from_secs(max), keep_alive, 1).spread
         };
-        assert_eq!(spread(60, 60), SPREAD);
+        assert_eq!(spread(60, 60), Duration::from_secs(24));
+        assert_eq!(spread(60, 300), SPREAD);
         assert_eq!(spread(60, 0), SPREAD);
-        assert_eq!(spread(60, 4), Duration::from_secs(2));
+        assert_eq!(spread(60, 10), Duration::from_secs(4));
         assert_eq!(spread(1, 60), Duration::from_secs(1));
     }
 
@@ -213,5 +238,49 @@ mod tests {
         };
         assert_ne!(delays(1), delays(2));
         assert_eq!(delays(1), delays(1));
+    }
+
+    /// 500 devices that lost their broker in the same second (each up for minutes), the broker away for
+    /// `outage`: the attempts of the worst second, and the last device's return after the broker's.
+    fn fleet(outage: Duration) -> (usize, Duration) {
+        let t0 = Instant::now();
+        let (max, keep_alive) = (Duration::from_secs(60), 60);
+        let back = t0 + outage;
+        let mut per_second = vec![0usize; 400];
+        let mut last_up = t0;
+        for seed in 0..500 {
+            let mut r = Reconnect::new(max, keep_alive, seed);
+            let up = t0 - Duration::from_secs(300);
+            r.attempt(up);
+            r.up(up);
+            let mut at = r.lost(t0);
+            loop {
+                r.attempt(at);
+                per_second[(at - t0).as_secs() as usize] += 1;
+                if at >= back {
+                    last_up = last_up.max(at);
+                    break;
+                }
+                at = r.failed(at);
+            }
+        }
+        let peak = per_second.into_iter().max().unwrap();
+        (peak, last_up.saturating_duration_since(back))
+    }
+
+    #[test]
+    fn a_fleet_returns_spread_out_and_within_the_spread_plus_the_cap() {
+        for secs in [5, 20, 60, 200] {
+            let (peak, after) = fleet(Duration::from_secs(secs));
+            eprintln!(
+                "outage {secs} s: peak {peak} attempts/s, last back {after:?} after the broker"
+            );
+            // The bounds: a tenth of the fleet a second; back within the spread plus the cap.
+            assert!(peak <= 50, "outage {secs} s: {peak} attempts in one second");
+            assert!(
+                after <= Duration::from_secs(24 + 60),
+                "outage {secs} s: {after:?}"
+            );
+        }
     }
 }
