@@ -410,7 +410,10 @@ class Mosquitto:
             f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections {max_conn}\n"
                     f"persistence true\npersistence_location {work}/\npersistence_file fleet-mosquitto.db\n"
                     "autosave_interval 5\nmax_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 100\n"
-                    "log_type error\nlog_type warning\nlog_type notice\n")
+                    "log_type error\nlog_type warning\nlog_type notice\n"
+                    # Started as root, mosquitto would switch to its own user, which cannot write its
+                    # persistence file into our private work directory (a no-op when not root).
+                    "user root\n")
         self.logf = open(os.path.join(work, "fleet-mosquitto.log"), "a")
         self.proc = None
 
