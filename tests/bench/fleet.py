@@ -481,8 +481,9 @@ def mosquitto_scenario(binary, work, n, stats, window, outage):
         t_down = time.monotonic()
         broker.stop()
         time.sleep(outage)  # the scenario itself is a duration
-        broker.start()
+        # Taken before the start: an agent may connect between the port opening and start() returning.
         t_up = time.monotonic()
+        broker.start()
         wall_up = time.time() * 1000
         log(f"mosquitto up again (pid {broker.proc.pid}); waiting for every agent")
         fleet.wait(lambda e: len(fleet.connected_since(t_up)) == n, 300, "every agent back")
