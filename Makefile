@@ -115,9 +115,13 @@ image:
 #   make bench-kernel BENCH_KERNEL_ARGS="--cycles 3 --scale-cycles 2 --counts 10,40"
 # make bench-bytes: only issue 19's bytes per device per day (about 2.5 minutes, every row at once), on the
 # release build; a quick look with fewer rows (plain only, at rest): make bench-bytes BENCH_BYTES_ARGS=--quick
-.PHONY: bench bench-qos1 bench-kernel bench-bytes bench-spool
+# make bench-fleet: only issue 20's simulated fleet (about 6 minutes): 500 agents (this machine's static
+# binary, make host) against one mosquitto restarted after 20 s down, and against a 3-node RabbitMQ cluster
+# with one node killed; a quick look with 100 agents: make bench-fleet BENCH_FLEET_ARGS=--quick
+.PHONY: bench bench-qos1 bench-kernel bench-bytes bench-spool bench-fleet
 BENCH_KERNEL_ARGS ?=
 BENCH_BYTES_ARGS ?=
+BENCH_FLEET_ARGS ?=
 bench: build dist
 	@sh tests/scripts/ensure-deps.sh bench
 	@CARGO="$(CARGO)" python3 tests/bench/bench.py
@@ -138,6 +142,10 @@ bench-kernel: x86_64
 	@sh tests/scripts/ensure-deps.sh bench
 	@python3 tests/bench/kernel_figures.py $(BENCH_KERNEL_ARGS) \
 		"$${CARGO_TARGET_DIR:-target}/device/x86_64-unknown-linux-musl/release/$(BIN)"
+
+bench-fleet: host
+	@sh tests/scripts/ensure-deps.sh bench
+	@python3 tests/bench/fleet.py $(BENCH_FLEET_ARGS)
 
 # make fuzz: the deterministic fuzzers of src/fuzz.rs (docker stats and ps text, the kernel's cgroup and proc files,
 # the engine's HTTP answers and event stream, the broker's bytes), FUZZ_CASES each

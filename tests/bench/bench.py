@@ -12,7 +12,8 @@ qos1.py (issue 18: a QoS 1 burst against rumqttc, tests/bench/rumqttc-qos1, thro
 with set_tcp_nodelay; BENCH_QOS1_ROUNDS, BENCH_QOS1_CONTAINERS; alone: make bench-qos1), bytes.py (issue 19:
 bytes on the wire per device per day through a counting proxy; alone: make bench-bytes), engine_scale.py and
 kernel_figures.py (issues 11 and 12), spool.py (issue 21: disk bytes per hour of outage, RSS with and without
-the spool; alone: make bench-spool).
+the spool; alone: make bench-spool), fleet.py (issue 20: 500 agents through a broker restart and a RabbitMQ
+node killed, BENCH_FLEET_QUICK=1 for 100; alone: make bench-fleet).
 
 Tunables (environment): BENCH_RUNS (publishing runs per program and QoS, default 3), BENCH_TICKS (ticks
 measured at 1,000 and 10,000 containers, default 20 and 10; 8 containers uses 3x, default 30, because
@@ -1014,6 +1015,16 @@ def render(res):
         else:
             import spool
             L.extend(spool.render(sp))
+    fl = res.get("fleet")
+    if fl:
+        L.append("")
+        L.append("## A simulated fleet: broker restart and a cluster node killed (issue 20)")
+        L.append("")
+        if "error" in fl:
+            L.append(f"failed: {fl['error']}")
+        else:
+            import fleet
+            L.extend(fleet.render(fl))
     L.append("")
     L.append("## Real containers (CLI and ENGINE mode), 1 s interval")
     L.append("")
@@ -1333,6 +1344,16 @@ def main():
         except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the bench goes on
             failures += 1
             res["spool"] = {"error": str(e)}
+        try:
+            import fleet
+            quick = os.environ.get("BENCH_FLEET_QUICK") == "1"
+            log(f"a simulated fleet of {100 if quick else 500} agents: a broker restart, a RabbitMQ node killed "
+                "(issue 20)")
+            res["fleet"] = fleet.measure(binary, work, quick=quick)
+            failures += sum(1 for k in ("mosquitto", "rabbit") if "error" in res["fleet"].get(k, {}))
+        except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the bench goes on
+            failures += 1
+            res["fleet"] = {"error": str(e)}
 
         res["engine"] = []
         why = engine_answers()
