@@ -8,26 +8,11 @@ mod common;
 use common::rabbitmq::Cluster;
 use common::*;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const KEEP_ALIVE: u64 = 10;
 /// Figures per tick of the fake CLI's sample.
 const PER_TICK: usize = 63;
-
-fn connected_port(line: &str) -> Option<u16> {
-    let rest = line.split("connected to broker 127.0.0.1:").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 #[test]
 fn killing_the_agents_rabbitmq_node_moves_it_to_a_survivor_and_it_stays() {

@@ -6,18 +6,9 @@
 mod common;
 use common::*;
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const KEEP_ALIVE: u64 = 4;
-
-/// The port of the broker a `connected to broker 127.0.0.1:PORT` line names.
-fn connected_port(line: &str) -> Option<u16> {
-    let rest = line.split("connected to broker 127.0.0.1:").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
 
 #[test]
 fn killing_the_agents_broker_moves_it_to_a_survivor_and_it_stays() {
@@ -53,10 +44,7 @@ fn killing_the_agents_broker_moves_it_to_a_survivor_and_it_stays() {
         agent.log()
     );
 
-    let killed_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let killed_at = now_ms();
     brokers[on].kill();
     let moved = agent.wait_for(
         |l| l.iter().any(|l| l.contains("(failover from 127.0.0.1:")),

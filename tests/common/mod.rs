@@ -682,3 +682,20 @@ pub fn read_packet(s: &mut impl std::io::Read) -> Option<Vec<u8>> {
     packet.extend(body);
     Some(packet)
 }
+
+/// The port of the broker a `connected to broker 127.0.0.1:PORT` line names.
+pub fn connected_port(line: &str) -> Option<u16> {
+    let rest = line.split("connected to broker 127.0.0.1:").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Wall-clock milliseconds, the unit of the payloads' timestamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
