@@ -353,7 +353,6 @@ pub fn parse_mqtt(
 /// `broker_url`'s URLs: a string holds one, or several separated by commas (the only way a variable can
 /// hold several); a file may give a JSON array of them instead.
 fn broker_urls(f: &Fields, warnings: &mut Vec<String>) -> Result<Vec<String>, ConfigError> {
-    let split = |s: &str| s.split(',').map(str::to_owned).collect();
     match f.get("broker_url") {
         None => {
             // In a container, localhost is the container itself: a missing MQTT_BROKER_URL is the
@@ -363,9 +362,9 @@ fn broker_urls(f: &Fields, warnings: &mut Vec<String>) -> Result<Vec<String>, Co
                  {DEFAULT_BROKER_URL}, which in a container is the container itself",
                 f.path
             ));
-            Ok(split(DEFAULT_BROKER_URL))
+            Ok(split_urls(DEFAULT_BROKER_URL))
         }
-        Some(serde_json::Value::String(s)) => Ok(split(s)),
+        Some(serde_json::Value::String(s)) => Ok(split_urls(s)),
         Some(serde_json::Value::Array(a)) => a
             .iter()
             .enumerate()
@@ -381,6 +380,39 @@ fn broker_urls(f: &Fields, warnings: &mut Vec<String>) -> Result<Vec<String>, Co
             format!("must be a string or an array of strings, not {other}"),
         )),
     }
+}
+
+/// Comma-separated URLs. A password may hold a comma that was not percent-encoded, as it may hold ':'
+/// and '@' (`tcp://u:p,w@host`, one address as before lists existed): a piece with no scheme that
+/// holds '@' ends the user information of the address before it, together with any pieces between.
+/// Any other piece is an entry of its own, and one without a scheme is refused as such.
+fn split_urls(s: &str) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    // Pieces after the last address that may still belong to its password.
+    let mut pending: Vec<&str> = Vec::new();
+    let flush = |urls: &mut Vec<String>, pending: &mut Vec<&str>| {
+        urls.extend(pending.drain(..).map(str::to_owned));
+    };
+    for piece in s.split(',') {
+        let schemeless = !piece.contains("://");
+        if schemeless && piece.contains('@') {
+            if let Some(last) = urls.last_mut().filter(|u| u.contains("://")) {
+                for p in pending.drain(..).chain([piece]) {
+                    last.push(',');
+                    last.push_str(p);
+                }
+                continue;
+            }
+        }
+        if schemeless && !urls.is_empty() {
+            pending.push(piece);
+        } else {
+            flush(&mut urls, &mut pending);
+            urls.push(piece.to_owned());
+        }
+    }
+    flush(&mut urls, &mut pending);
+    urls
 }
 
 fn check_mqtt_string(s: &str) -> Result<(), String> {
@@ -512,6 +544,29 @@ mod tests {
         assert_eq!(
             mqtt_env(None, &env).unwrap_err().message,
             "entry 2 of 2 is empty"
+        );
+    }
+
+    #[test]
+    fn a_comma_in_a_password_keeps_its_address_whole() {
+        assert_eq!(split_urls("tcp://u:p,w@h"), ["tcp://u:p,w@h"]);
+        assert_eq!(split_urls("tcp://u:a,b,c@h:1"), ["tcp://u:a,b,c@h:1"]);
+        assert_eq!(
+            split_urls("tcp://u:p,w@a,tcp://b"),
+            ["tcp://u:p,w@a", "tcp://b"]
+        );
+        assert_eq!(split_urls("tcp://a,b:1883"), ["tcp://a", "b:1883"]);
+        assert_eq!(split_urls("tcp://a,b,tcp://c"), ["tcp://a", "b", "tcp://c"]);
+        assert_eq!(split_urls("u@a,tcp://b"), ["u@a", "tcp://b"]);
+        assert_eq!(split_urls("tcp://a:1,"), ["tcp://a:1", ""]);
+        // The same from a file's string and from the variable.
+        let m = mqtt(r#"{"broker_url": "tcp://alice:p,w@host"}"#).unwrap();
+        assert_eq!(m.password.as_deref(), Some("p,w"));
+        let env = vars(&[("MQTT_BROKER_URL", "tcp://alice:p,w@host:1,tcp://b")]);
+        let m = mqtt_env(None, &env).unwrap();
+        assert_eq!(
+            (m.password.as_deref(), m.brokers.len()),
+            (Some("p,w"), 2)
         );
     }
 
