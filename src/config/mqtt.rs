@@ -564,10 +564,7 @@ mod tests {
         assert_eq!(m.password.as_deref(), Some("p,w"));
         let env = vars(&[("MQTT_BROKER_URL", "tcp://alice:p,w@host:1,tcp://b")]);
         let m = mqtt_env(None, &env).unwrap();
-        assert_eq!(
-            (m.password.as_deref(), m.brokers.len()),
-            (Some("p,w"), 2)
-        );
+        assert_eq!((m.password.as_deref(), m.brokers.len()), (Some("p,w"), 2));
     }
 
     #[test]

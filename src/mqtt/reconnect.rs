@@ -2,20 +2,22 @@
 //! attempt out.
 //!
 //! A fleet that lost its broker at the same second must not come back in one wave, and a broker that
-//! accepts a client and drops it again must not be hammered:
-//! - after a failed attempt, full jitter: a delay uniform in `[0, cap]`, the cap 1 s at first and doubling
-//!   with each failure up to `reconnect_max_delay_in_seconds` (AWS, "Exponential Backoff And Jitter");
-//! - after losing a connection that stayed up [`STABLE`] or longer, the failures count from zero again and
-//!   the first retry is uniform in `[0, spread]`: [`SPREAD`], at most two fifths of the keep-alive (so that
-//!   a dead node, noticed within 1.5 keep-alives, is replaced within two) and at most the maximum delay.
-//!   If that retry fails too, the broker (or the next node) is down for everyone it served, who all retry
-//!   now: the cap jumps to the maximum delay at once, so the fleet's second attempts spread over all of it
-//!   instead of meeting again in the small caps of the first failures (500 devices, a 20 s outage, the
-//!   unit test's simulation: 39 attempts in the worst second; 141 with the cap doubling from 1 s);
-//! - a connection lost sooner counts as one more failure: the cap goes on doubling;
-//! - attempts start at least [`MIN_GAP`] apart (a broker that refuses a CONNACK answers in a millisecond),
-//!   and never more than [`MAX_PER_WINDOW`] in any [`WINDOW`] (EMQX's flapping detection bans a client id
-//!   past 15 connects a minute).
+//! accepts a client and drops it again must not be hammered. Full jitter throughout (AWS, "Exponential
+//! Backoff And Jitter"): each delay is uniform in `[0, cap]`, and the cap doubles with each failure up to
+//! `reconnect_max_delay_in_seconds`.
+//! - Before the first connection the cap starts at 1 s.
+//! - Losing a live connection starts the cap at the spread, [`SPREAD`] but at most two fifths of the
+//!   keep-alive (so that a dead node, noticed within 1.5 keep-alives, is replaced within two) and at most
+//!   the maximum delay: a fleet that lost its broker together spreads its first retries over it. After a
+//!   connection that stayed up [`STABLE`] or longer, that is all: the cap is the spread again, whatever it
+//!   was. A connection lost sooner keeps its cap where the failures left it (the spread if that is more),
+//!   so a broker that accepts and drops a client sees its retries slow down as for any failure.
+//! - Doubling from the spread rather than from 1 s keeps a fleet's second and third attempts spread too
+//!   (500 devices, a 20 s outage, the unit test's simulation: 38 attempts in the worst second; 141 with
+//!   the cap doubling from 1 s after the spread).
+//! - Attempts start at least [`MIN_GAP`] apart (a broker that refuses a CONNACK answers in a
+//!   millisecond), and never more than [`MAX_PER_WINDOW`] in any [`WINDOW`] (EMQX's flapping detection
+//!   bans a client id past 15 connects a minute).
 
 use super::backoff::Rng;
 use std::time::{Duration, Instant};
@@ -28,10 +30,8 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_PER_WINDOW: usize = 15;
 
 pub struct Reconnect {
-    failures: u32,
-    /// The last connection lost was stable, and no attempt has failed since: the next failure is the
-    /// first retry of a fleet that lost its broker together.
-    after_stable_loss: bool,
+    /// The bound of the next delay; invariant: at most `max`.
+    cap: Duration,
     max: Duration,
     spread: Duration,
     up_since: Option<Instant>,
@@ -48,8 +48,7 @@ impl Reconnect {
             k => Duration::from_secs(u64::from(k)) * 2 / 5,
         };
         Reconnect {
-            failures: 0,
-            after_stable_loss: false,
+            cap: BASE.min(max),
             max,
             spread: SPREAD.min(two_fifths_keep_alive).min(max),
             up_since: None,
@@ -68,19 +67,12 @@ impl Reconnect {
     /// The broker accepted us (CONNACK).
     pub fn up(&mut self, now: Instant) {
         self.up_since = Some(now);
-        self.after_stable_loss = false;
     }
 
     /// An attempt failed: when to make the next.
     pub fn failed(&mut self, now: Instant) -> Instant {
-        if std::mem::take(&mut self.after_stable_loss) {
-            self.failures = u32::MAX;
-        }
-        let cap = BASE
-            .saturating_mul(1 << self.failures.min(20))
-            .min(self.max);
-        self.failures = self.failures.saturating_add(1);
-        let delay = self.rng.upto(cap);
+        let delay = self.rng.upto(self.cap);
+        self.cap = self.cap.saturating_mul(2).min(self.max);
         self.not_before(now + delay)
     }
 
@@ -90,13 +82,12 @@ impl Reconnect {
             .up_since
             .take()
             .is_some_and(|t| now.saturating_duration_since(t) >= STABLE);
-        if !stable {
-            return self.failed(now);
-        }
-        self.failures = 0;
-        self.after_stable_loss = true;
-        let delay = self.rng.upto(self.spread);
-        self.not_before(now + delay)
+        self.cap = if stable {
+            self.spread
+        } else {
+            self.cap.max(self.spread)
+        };
+        self.failed(now)
     }
 
     /// `at`, or later where the gap or the window's count asks for it.
@@ -193,8 +184,8 @@ mod tests {
             later += usize::from(r.lost(lost) - lost > SPREAD);
         }
         assert!(later >= 15, "{later} of 20 beyond the spread");
-        // Up for 30 s: the first retry within the spread; that failing, the next anywhere up to the
-        // maximum; up again for 30 s and lost, the spread again.
+        // Up for 30 s: the first retry within the spread, whatever the cap was; that failing, the next
+        // within twice the spread, then four times; up again for 30 s and lost, the spread again.
         let mut beyond_spread = 0;
         for seed in 0..200 {
             let mut r = Reconnect::new(max, 60, seed);
@@ -206,15 +197,40 @@ mod tests {
             assert!(retry - lost <= r.spread);
             r.attempt(retry);
             let again = r.failed(retry);
-            assert!(again - retry <= max);
-            beyond_spread += usize::from(again - retry > Duration::from_secs(60));
+            assert!(again - retry <= r.spread * 2);
+            beyond_spread += usize::from(again - retry > r.spread);
             r.attempt(again);
-            r.up(again);
-            let lost = again + STABLE;
+            let third = r.failed(again);
+            assert!(third - again <= r.spread * 4);
+            r.attempt(third);
+            r.up(third);
+            let lost = third + STABLE;
             assert!(r.lost(lost) - lost <= r.spread, "seed {seed}");
         }
-        // Uniform over 300 s: four fifths of the second retries beyond 60 s, far more than half.
-        assert!(beyond_spread > 100, "{beyond_spread} of 200");
+        // Uniform over twice the spread: about half of the second retries beyond the spread.
+        assert!(
+            (70..=130).contains(&beyond_spread),
+            "{beyond_spread} of 200"
+        );
+    }
+
+    #[test]
+    fn any_lost_connection_is_retried_over_at_least_the_spread() {
+        // A fleet that started together and lost its broker 10 s later: its caps are still near 1 s,
+        // but its first retries spread as after a stable connection.
+        let t0 = Instant::now();
+        let mut beyond_two_seconds = 0;
+        for seed in 0..200 {
+            let mut r = Reconnect::new(Duration::from_secs(60), 60, seed);
+            r.attempt(t0);
+            r.up(t0);
+            let lost = t0 + Duration::from_secs(10);
+            let retry = r.lost(lost) - lost;
+            assert!(retry <= r.spread, "seed {seed}: {retry:?}");
+            beyond_two_seconds += usize::from(retry > Duration::from_secs(2));
+        }
+        // Uniform over 24 s: eleven twelfths beyond 2 s.
+        assert!(beyond_two_seconds > 150, "{beyond_two_seconds} of 200");
     }
 
     #[test]
@@ -242,11 +258,11 @@ mod tests {
 
     /// 500 devices that lost their broker in the same second (each up for minutes), the broker away for
     /// `outage`: the attempts of the worst second, and the last device's return after the broker's.
-    fn fleet(outage: Duration) -> (usize, Duration) {
+    fn fleet(outage: Duration, max: Duration) -> (usize, Duration) {
         let t0 = Instant::now();
-        let (max, keep_alive) = (Duration::from_secs(60), 60);
+        let keep_alive = 60;
         let back = t0 + outage;
-        let mut per_second = vec![0usize; 400];
+        let mut per_second = vec![0usize; 4000];
         let mut last_up = t0;
         for seed in 0..500 {
             let mut r = Reconnect::new(max, keep_alive, seed);
@@ -271,7 +287,7 @@ mod tests {
     #[test]
     fn a_fleet_returns_spread_out_and_within_the_spread_plus_the_cap() {
         for secs in [5, 20, 60, 200] {
-            let (peak, after) = fleet(Duration::from_secs(secs));
+            let (peak, after) = fleet(Duration::from_secs(secs), Duration::from_secs(60));
             eprintln!(
                 "outage {secs} s: peak {peak} attempts/s, last back {after:?} after the broker"
             );
@@ -282,5 +298,15 @@ mod tests {
                 "outage {secs} s: {after:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_maximum_delay_does_not_keep_a_fleet_away_after_a_short_outage() {
+        // The cap doubles from the spread: a 20 s outage costs a device a few doublings (24, 48, 96,
+        // 192 s caps for attempts that all fell inside it), not the hour the maximum allows.
+        let (peak, after) = fleet(Duration::from_secs(20), Duration::from_secs(3600));
+        eprintln!("maximum 3600 s, outage 20 s: peak {peak} attempts/s, last back {after:?}");
+        assert!(peak <= 50, "{peak} attempts in one second");
+        assert!(after <= Duration::from_secs(24 * 16), "{after:?}");
     }
 }
