@@ -709,7 +709,16 @@ impl Agent {
                         d.announce_again(now);
                     }
                 }
-                Event::Message { topic, payload } => {
+                // A retained Home Assistant birth (someone published `online` with the retain flag)
+                // is the past: at a connect we announce anyway, and re-announcing for it would send
+                // every config twice on every connect. HA's own births reach a live subscription
+                // with the flag cleared (MQTT 3.1.1, 3.3.1-9).
+                Event::Message {
+                    topic, retained, ..
+                } if retained => {
+                    debug!("retained message on {topic}, ignored");
+                }
+                Event::Message { topic, payload, .. } => {
                     debug!("message on {topic}");
                     let jitter = self.reconnect.rng.next();
                     // Home Assistant starts with no values: give it every figure once.

@@ -216,6 +216,62 @@ fn home_assistant_birth_gets_everything_again() {
     assert_eq!(configs(&recs[birth..]).len(), 63, "{log}");
 }
 
+fn publish_status(broker: &Broker, retain: bool) {
+    let mut cmd = std::process::Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-q", "1", "-t", "homeassistant/status", "-m", "online"]);
+    if retain {
+        cmd.arg("-r");
+    }
+    assert!(cmd.status().unwrap().success());
+}
+
+#[test]
+fn a_retained_birth_is_the_past_not_a_birth() {
+    // Some set Home Assistant's birth retained: the broker then hands the agent an `online` at every
+    // subscribe. The agent announces at every connect anyway; announcing again for it would double the
+    // configs' bytes at every connect.
+    let broker = Broker::start();
+    publish_status(&broker, true);
+    let sub = discovery_subscriber(broker.port);
+    let cfg = config_dir(
+        &file_collector(&sample_stats(), 1),
+        &mqtt_config(&broker, ""),
+    );
+    let agent = Running::start(cfg.path());
+    let announced = |l: &[String]| config_records(&records(l));
+    assert!(sub.wait_for(|l| announced(l) >= 63, Duration::from_secs(10)));
+    assert!(
+        agent
+            .wait_line(Duration::from_secs(10), |l| l
+                .contains("retained message on homeassistant/status, ignored"))
+            .is_some(),
+        "{}",
+        agent.log()
+    );
+    // A re-announcement would come 0.5 to 5 s after the message: six 1 s ticks later it would be here.
+    assert!(
+        agent.wait_count(UNCHANGED, 6, Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
+    // A live birth still counts: the subscription works, so the silence before it meant something.
+    publish_status(&broker, false);
+    assert!(
+        sub.wait_for(|l| announced(l) >= 63 * 2, Duration::from_secs(15)),
+        "{}",
+        agent.log()
+    );
+    let log = stop_and_drain(agent, &sub);
+    let recs = records(&sub.lines());
+    let live_birth = recs
+        .iter()
+        .position(|(r, t, _)| !r && t == "homeassistant/status")
+        .expect("the live birth went by");
+    assert_eq!(config_records(&recs[..live_birth]), 63, "{log}");
+    assert_eq!(config_records(&recs[live_birth..]), 63, "{log}");
+}
+
 #[test]
 fn services_gone_past_the_expiry_lose_their_configs() {
     let broker = Broker::start();

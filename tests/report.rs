@@ -325,7 +325,8 @@ fn a_home_assistant_birth_brings_a_fresh_baseline() {
     );
     assert_eq!(metrics(&web(&sub.lines())), ALL);
     assert_eq!(tick(&sub, &mut file, &lines), [], "at rest");
-    // Home Assistant (re)starts: it has no values. Its birth is retained, as Home Assistant sends it.
+    // Home Assistant (re)starts: it has no values. Its birth is not retained, as Home Assistant sends it
+    // by default.
     let born = std::process::Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
         .args(["-q", "1", "-t", "homeassistant/status", "-m", "online"])

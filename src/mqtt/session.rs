@@ -86,6 +86,8 @@ pub enum Event {
     Message {
         topic: String,
         payload: Vec<u8>,
+        /// Sent because we subscribed, from the broker's store: news from the past, not of now.
+        retained: bool,
     },
     Subscribed {
         pid: u16,
@@ -415,14 +417,14 @@ impl Session {
                     topic,
                     payload,
                     pid,
-                    ..
+                    retain,
                 },
             ) => {
                 if let Some(pid) = pid {
                     let puback = control::puback(pid).ok_or(Error::Unexpected("packet id 0"))?;
                     self.out.extend_from_slice(&puback);
                 }
-                self.deliver(topic, payload);
+                self.deliver(topic, payload, retain);
                 Ok(())
             }
             (State::Down, _) => Err(Error::Unexpected("packet without a connection")),
@@ -448,7 +450,7 @@ impl Session {
 
     /// A PUBLISH from the broker: kept as the latest message of the subscription it matches (reusing the
     /// waiting event's buffers), or counted and dropped when it matches none.
-    fn deliver(&mut self, topic: &str, payload: &[u8]) {
+    fn deliver(&mut self, topic: &str, payload: &[u8], retain: bool) {
         let Some(filter) = self.subscription_of(topic) else {
             self.unsolicited += 1;
             self.unsolicited_topic.clear();
@@ -464,21 +466,24 @@ impl Session {
             Event::Message {
                 topic: t,
                 payload: p,
+                retained: r,
             } if subscriptions.iter().position(|f| topic_matches(f, t)) == Some(filter) => {
-                Some((t, p))
+                Some((t, p, r))
             }
             _ => None,
         });
         match waiting {
-            Some((t, p)) => {
+            Some((t, p, r)) => {
                 t.clear();
                 t.push_str(topic);
                 p.clear();
                 p.extend_from_slice(payload);
+                *r = retain;
             }
             None => self.events.push(Event::Message {
                 topic: topic.to_owned(),
                 payload: payload.to_vec(),
+                retained: retain,
             }),
         }
     }
@@ -1410,7 +1415,41 @@ mod tests {
             s.take_events(),
             vec![Event::Message {
                 topic: "s".into(),
-                payload: b"on!".to_vec()
+                payload: b"on!".to_vec(),
+                retained: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_retained_publish_says_so() {
+        let t0 = Instant::now();
+        let mut o = opts();
+        o.subscriptions = vec!["s".into()];
+        let mut s = Session::new(o);
+        s.connected(t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        s.take_events();
+        let mut retained = incoming("s", b"old", None);
+        retained[0] |= 0x01;
+        s.receive(t0, &retained).unwrap();
+        assert_eq!(
+            s.take_events(),
+            vec![Event::Message {
+                topic: "s".into(),
+                payload: b"old".to_vec(),
+                retained: true,
+            }]
+        );
+        // The latest kept replaces the retained one, flag and all.
+        s.receive(t0, &retained).unwrap();
+        s.receive(t0, &incoming("s", b"new", None)).unwrap();
+        assert_eq!(
+            s.take_events(),
+            vec![Event::Message {
+                topic: "s".into(),
+                payload: b"new".to_vec(),
+                retained: false,
             }]
         );
     }
@@ -1475,7 +1514,8 @@ mod tests {
             vec![
                 Event::Message {
                     topic: "ha/status".into(),
-                    payload: b"online".to_vec()
+                    payload: b"online".to_vec(),
+                    retained: false,
                 },
                 Event::Subscribed {
                     pid: 1,
