@@ -398,6 +398,21 @@ fn config_errors_name_file_and_key_and_exit_2() {
         (r#"{}"#, r#"{"broker_url": "http://x"}"#, "\"broker_url\""),
         (
             r#"{}"#,
+            r#"{"broker_url": []}"#,
+            "mqtt.config.json: \"broker_url\": is an empty list",
+        ),
+        (
+            r#"{}"#,
+            r#"{"broker_url": ["tcp://a:1883", "b:1883"]}"#,
+            "\"broker_url\": entry 2 of 2: \"b:1883\" must start with tcp://",
+        ),
+        (
+            r#"{}"#,
+            r#"{"broker_url": ["tcp://a:1883", "tcp://b:70000"]}"#,
+            "\"broker_url\": entry 2 of 2: \"tcp://b:70000\" has an invalid port",
+        ),
+        (
+            r#"{}"#,
             r#"{"password": "secret"}"#,
             "mqtt.config.json: \"password\": is set but \"username\" is not",
         ),
@@ -417,6 +432,23 @@ fn config_errors_name_file_and_key_and_exit_2() {
         );
         assert!(!log.contains("panicked"));
     }
+}
+
+/// `MQTT_BROKER_URL` lists nodes with commas; a bad entry there names the variable and the entry.
+#[test]
+fn a_bad_entry_in_the_broker_list_variable_is_a_config_error() {
+    let cfg = config_dir(r#"{}"#, r#"{}"#);
+    let (code, log) = run_limited(
+        once(cfg.path()).env("MQTT_BROKER_URL", "tcp://a:1883,node2:1883"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains(
+            "environment variable MQTT_BROKER_URL: \"broker_url\": entry 2 of 2: \"node2:1883\""
+        ),
+        "{log}"
+    );
 }
 
 /// A password without a user name breaks MQTT-3.1.2-22 and every broker refuses it: the agent used to
