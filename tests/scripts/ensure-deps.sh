@@ -2,18 +2,15 @@
 # Makes sure what the tests and the demo need is installed: mosquitto and its clients (Debian packages).
 # Installs them when we are root with apt-get; otherwise says exactly what to install.
 set -eu
-# `ensure-deps.sh bench` also wants python3, which runs the benchmark. `ensure-deps.sh test` also wants
-# rabbitmq-server (tests/cluster.rs) and python3 (tests/scripts/rabbitmq_cluster.py, which drives it).
+# `ensure-deps.sh bench` also wants python3, which runs the benchmark, and rabbitmq-server (the fleet's
+# cluster half, tests/bench/fleet.py). `ensure-deps.sh test` also wants rabbitmq-server
+# (tests/cluster.rs) and python3 (tests/scripts/rabbitmq_cluster.py, which drives it).
 missing=""
 packages="mosquitto mosquitto-clients"
 for cmd in mosquitto mosquitto_sub mosquitto_pub; do
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
 done
-if [ "${1:-}" = bench ] && ! command -v python3 >/dev/null 2>&1; then
-    missing="$missing python3"
-    packages="$packages python3"
-fi
-if [ "${1:-}" = test ]; then
+if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
     if ! [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
         missing="$missing rabbitmq-server"
         packages="$packages rabbitmq-server"

@@ -282,13 +282,16 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.nodes[i]} wrote no pid file:\n{self.log_tail(i)}")
             time.sleep(0.1)
+        # Noted (and saved) before the waits below: a node that fails them is still ours to stop, from
+        # this process or from a later `stop` that reads only the state file.
+        self.pids[i] = pid
+        self.save()
         left = max(10, int(deadline - time.monotonic()))
         self.ctl(i, "await_startup", "--timeout", str(left), timeout=left + 30)
         while not listening(self.mqtt_ports[i]):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.nodes[i]}: MQTT port {self.mqtt_ports[i]} closed")
             time.sleep(0.1)
-        self.pids[i] = pid
 
     def log_tail(self, i, lines=30):
         out = []
