@@ -8,9 +8,10 @@
 # TARGETVARIANT from --platform; the classic builder needs them as --build-arg (make image does that), or
 # takes the host's binary from dist/host/.
 FROM scratch
-# The one default that differs from the agent's built-in ones: "mode": "ENGINE". It is a file, not an ENV
-# line, so that a STATS_MODE variable still wins over it and a config directory mounted on /config
-# replaces it (an ENV default would override the mounted file's mode). WORKDIR / makes the agent's
+# The defaults that differ from the agent's built-in ones: "mode": "ENGINE", and "report": "on_change"
+# (a fleet is where bytes cost money). They are a file, not ENV lines, so that a STATS_MODE or
+# STATS_REPORT variable still wins over them and a config directory mounted on /config replaces them (an
+# ENV default would override the mounted file's keys). WORKDIR / makes the agent's
 # `config/` resolve to /config.
 # (It comes before the ARGs on purpose: the classic builder of Docker 20.10 records an ARG step right
 # after FROM scratch as the host's platform, and a later step then fails for any other --platform.)
