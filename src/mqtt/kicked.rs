@@ -1,6 +1,8 @@
 //! Connections the broker closes right after accepting them. Two devices left with one client id take
 //! turns knocking each other off the broker (MQTT-3.1.4-2: the server disconnects the existing client),
-//! and each only sees its connection drop: said once in words, so the user knows what to change.
+//! and each only sees its connection drop: said once in words, so the user knows what to change. A
+//! broker that refuses part of a session (a cluster node that cannot take a subscription, an ACL) does
+//! the same, so the warning names both.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,8 @@ impl Kicked {
         Some(format!(
             "the broker closed the connection within {}s of accepting it {IN_A_ROW} times in a row: \
              another client may be using the same client id {client_id:?} (two devices with one \
-             device_id do this: give each its own device_id or client_id)",
+             device_id do this: give each its own device_id or client_id), or the broker refuses \
+             something of the session (its log says what)",
             SHORT.as_secs()
         ))
     }
