@@ -20,8 +20,13 @@ use std::time::{Duration, Instant};
 
 /// The agent running in ENGINE mode, its log followed line by line; and its config directory.
 fn start(broker: &Broker, interval: u64) -> (Running, TempDir) {
+    start_with(broker, interval, "")
+}
+
+/// [`start`] with more collector keys (`, "key": value`).
+fn start_with(broker: &Broker, interval: u64, extra: &str) -> (Running, TempDir) {
     let collector = format!(
-        r#"{{"mode": "ENGINE", "engine_socket": "{SOCKET}", "collection_interval_in_seconds": {interval}}}"#
+        r#"{{"mode": "ENGINE", "engine_socket": "{SOCKET}", "collection_interval_in_seconds": {interval}{extra}}}"#
     );
     let mqtt = format!(
         r#"{{"broker_url": "{}", "device_id": "life{}"}}"#,
@@ -208,6 +213,43 @@ fn exits_ooms_restarts_and_health_are_published_as_they_happen() {
     assert_eq!(count(&sub, &state, &"removed".into()), 1, "removed once");
     let log = agent.log();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Report by exception (issue 19): a lifecycle change is no figure waiting for its deadband or heartbeat,
+/// it goes out as the engine tells it, between collections.
+#[test]
+fn in_on_change_mode_lifecycle_changes_go_out_at_once() {
+    if !engine_available() {
+        return;
+    }
+    let mut f = Fixture::new("c");
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &format!("root/{}/#", device()));
+    let (agent, _cfg) = start_with(
+        &broker,
+        30,
+        r#", "report": "on_change", "report_heartbeat_in_seconds": 3600"#,
+    );
+    agent
+        .wait_line(Duration::from_secs(20), |l| {
+            l.contains("engine collection took")
+        })
+        .unwrap_or_else(|| panic!("no first collection:\n{}", agent.log()));
+    let exit3 = f.run_prefixed("exit3", &[], &["sh", "-c", "sleep 1; exit 3"]);
+    assert_eq!(docker(&["wait", &exit3]).unwrap(), "3");
+    let wants: [(&str, serde_json::Value); 2] =
+        [("state", "exited".into()), ("exit_code", 3.into())];
+    for (name, want) in wants {
+        let got = wait_value(&sub, &topic(&exit3, name), want, Duration::from_secs(10));
+        assert!(
+            got.is_some(),
+            "no {name} published:\n{}\n{}",
+            agent.log(),
+            sub.lines().join("\n")
+        );
+    }
+    // Still the first collection: the messages came from the event stream, not from a tick.
+    assert_eq!(agent.count("engine collection took"), 1, "{}", agent.log());
 }
 
 #[test]
