@@ -283,3 +283,73 @@ fn reporting_by_exception_the_resting_values_are_sent_again_too() {
     assert!(ticks_between >= 2, "{ticks_between} ticks between: {log}");
     assert!(log.contains("sent again for Home Assistant"), "{log}");
 }
+
+/// A container that appears while the agent runs gets its entities announced, and its values sent again
+/// once those configs settled, as at the start; the containers already announced get nothing more.
+#[test]
+fn a_new_container_gets_its_values_again_after_its_configs() {
+    let broker = Broker::start();
+    let sub = Subscriber::start_args(broker.port, &["-F", "%U|%t|%p", "-t", "#"]);
+    let dir = TempDir::new("baseline-newcomer");
+    let file = dir.path().join("stats.jsonl");
+    let line = |name: &str| {
+        format!(
+            r#"{{"Name":"{name}","CPUPerc":"5.00%","MemPerc":"10.00%","MemUsage":"100MiB / 1000MiB","NetIO":"1MB / 1MB","BlockIO":"1MB / 1MB","PIDs":"3"}}"#
+        )
+    };
+    let write = |names: &[&str]| {
+        let text: String = names.iter().map(|n| line(n) + "\n").collect();
+        let tmp = dir.write("stats.tmp", &text);
+        std::fs::rename(tmp, &file).unwrap();
+    };
+    write(&["web"]);
+    let collector = format!(
+        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1,
+            "report": "on_change", "report_heartbeat_in_seconds": 3600}}"#,
+        file.display()
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "{}", "device_id": "dev1", "home_assistant_discovery": true}}"#,
+        broker.url()
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    let child = spawn_agent(cfg.path());
+    let count = |l: &[String], topic: &str| stamped(l).iter().filter(|m| m.1 == topic).count();
+    let web_pids = "root/dev1/telemetry/system/web/pids";
+    let new_pids = "root/dev1/telemetry/system/newbie/pids";
+    assert!(
+        sub.wait_for(|l| count(l, web_pids) >= 2, Duration::from_secs(20)),
+        "web's values were not sent again"
+    );
+    write(&["web", "newbie"]);
+    assert!(
+        sub.wait_for(|l| count(l, new_pids) >= 2, Duration::from_secs(20)),
+        "the newcomer's values were not sent again"
+    );
+    sub.sync(broker.port);
+    let log = stop_agent(child);
+    let msgs = stamped(&sub.lines());
+    let config = "homeassistant/sensor/dev1_newbie/pids/config";
+    let announced: Vec<f64> = msgs
+        .iter()
+        .filter(|m| m.1 == config && !m.2.is_empty())
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(announced.len(), 1, "{log}");
+    let values: Vec<f64> = msgs
+        .iter()
+        .filter(|m| m.1 == new_pids)
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(values.len(), 2, "{log}");
+    let gap = values[1] - announced[0];
+    assert!(
+        gap >= SETTLED_AT_LEAST,
+        "sent again {gap:.3} s after its config"
+    );
+    assert_eq!(
+        count(&sub.lines(), web_pids),
+        2,
+        "web is not sent again: {log}"
+    );
+}
