@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Issue 20's fleet: 500 real agents (the static binary) against one mosquitto restarted after 20 s down,
-and against a 3-node RabbitMQ cluster with one node killed (SIGKILL).
+and against a 3-node RabbitMQ cluster with one node killed (SIGKILL), then, with the same agents, the
+whole cluster stopped (SIGTERM to every node's pid) and every node started again together after 20 s.
 
 Every agent runs in FILE mode on ONE shared stats file (one container) that this script rewrites every
 2 s (write + rename), so every 10 s tick has a new version with moved figures; distinct device ids
@@ -20,12 +21,17 @@ While the broker is down its port is simply closed, as in a real restart: the ke
 connect. (A placeholder listener accepting and closing would count the same attempts but change what the
 agents see.)
 
+The cluster's full restart counts from the first CONNACK any node gives again (probed with a CONNECT of
+our own): RabbitMQ 3.10 nodes listen on MQTT before they take sessions (its MQTT client-id tracker, a Raft
+cluster of its own, must have a leader first; until then CONNECT gets CONNACK 3, server unavailable).
+
 Steady state: the broker's CPU (% of one core from /proc/PID/stat utime+stime over a window) and RSS, each
 agent's VmRSS. A linear extrapolation to 10,000 devices is printed, labelled as such.
 
 Alone: `make bench-fleet` (`--quick`: 100 agents, shorter windows); `python3 tests/bench/fleet.py [--quick]
-[--agents N] [--skip-rabbit] [--bin PATH]`. Writes target/bench/fleet.md and fleet.json. `make bench` runs
-it as a section. Exit code non-zero when a target FAILs or a measurement could not be made.
+[--agents N] [--skip-rabbit] [--skip-cluster-restart] [--bin PATH]`. Writes target/bench/fleet.md and
+fleet.json. `make bench` runs it as a section. Exit code non-zero when a target FAILs or a measurement
+could not be made.
 """
 
 import argparse
@@ -188,11 +194,16 @@ class Subscriber:
                 pass
         self.thread.join(timeout=5)
 
-    def loss(self):
-        """Per device: ticks between first and last received that never arrived; duplicates apart."""
+    def loss(self, since_ms=None):
+        """Per device: ticks between first and last received that never arrived; duplicates apart. With
+        since_ms, only the messages collected at or after it (one scenario of several on one subscriber)."""
         lost, dups, total, per = 0, 0, 0, {}
         with self.lock:
             for dev, d in self.seen.items():
+                if since_ms is not None:
+                    d = {t: c for t, c in d.items() if t >= since_ms}
+                    if not d:
+                        continue
                 ts = sorted(d)
                 expected = round((ts[-1] - ts[0]) / (INTERVAL * 1000)) + 1
                 missing = max(0, expected - len(ts))
@@ -509,7 +520,7 @@ def mosquitto_scenario(binary, work, n, stats, window, outage):
 # Scenario 2: a 3-node RabbitMQ cluster, one node killed.
 
 
-def rabbit_scenario(binary, work, n, stats, window, keep_alive):
+def rabbit_scenario(binary, work, n, stats, window, keep_alive, outage=20, restart=True):
     import rabbitmq_cluster
     if not rabbitmq_cluster.installed():
         return {"note": "not measured: rabbitmq-server not installed (apt-get install rabbitmq-server)"}
@@ -567,11 +578,183 @@ def rabbit_scenario(binary, work, n, stats, window, keep_alive):
             back = fleet.connected_since(t_kill)
             res["others_moved"] = sum(1 for i in others if i in back)
             res["qos1"] = sub.loss()
+            if restart:
+                # The kill's figures are final here; the full restart reuses the cluster and the fleet.
+                try:
+                    res["restart"] = cluster_restart(c, fleet, sub, n, keep_alive, victim, outage)
+                except (bench.Failure, RuntimeError) as e:
+                    res["restart"] = {"error": str(e)}
         finally:
             if fleet:
                 fleet.stop()
             if sub:
                 sub.stop()
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scenario 3: the same cluster and fleet, after the kill: the whole cluster stopped gracefully, down 20 s,
+# every node started again together.
+
+
+class PortWatch:
+    """When each node accepts again, from a thread per port: `tcp` the first moment its port takes a TCP
+    connection (polled every 50 ms; a closed loopback port refuses at once), `mqtt` the first CONNACK
+    (return code 0) to a CONNECT of our own (clean session, its own client id) sent from then on, every
+    0.2 s while none came, each waiting up to 5 s: a node can listen well before it takes MQTT sessions.
+    Monotonic times; None until it happened."""
+
+    def __init__(self, ports):
+        self.ports = list(ports)
+        self.tcp = [None] * len(self.ports)
+        self.mqtt = [None] * len(self.ports)
+        self.done = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(len(self.ports))]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i):
+        port = self.ports[i]
+        while not self.done.is_set() and self.tcp[i] is None:
+            if bench_listening(port):
+                self.tcp[i] = time.monotonic()
+            else:
+                self.done.wait(0.05)
+        while not self.done.is_set() and self.mqtt[i] is None:
+            if mqtt_accepts(port, f"fleet-bench-probe-{i}"):
+                self.mqtt[i] = time.monotonic()
+            else:
+                self.done.wait(0.2)
+
+    def wait(self, timeout):
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+
+    def stop(self):
+        self.done.set()
+        for t in self.threads:
+            t.join(timeout=6)
+
+
+def mqtt_accepts(port, client_id, timeout=5):
+    """Whether the broker on `port` answers a clean-session CONNECT with CONNACK 0 within `timeout` s."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            body = _str("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 30) + _str(client_id)
+            s.sendall(bytes([0x10]) + _varint(len(body)) + body)
+            data = b""
+            while len(data) < 4:
+                chunk = s.recv(4 - len(data))
+                if not chunk:
+                    return False
+                data += chunk
+            ok = data[0] == 0x20 and data[3] == 0
+            if ok:
+                s.sendall(b"\xe0\x00")
+            return ok
+    except OSError:
+        return False
+
+
+def last_ports(fleet, since):
+    """agent -> the port of its last `connected` line at or after `since`."""
+    where = {}
+    with fleet.lock:
+        for t, i, kind, port, _f in fleet.events:
+            if kind == "connected" and t >= since:
+                where[i] = port
+    return where
+
+
+def cluster_restart(c, fleet, sub, n, keep_alive, victim, outage):
+    """The node killed by the previous scenario started again (the whole cluster is what goes down), every
+    agent's connection left up 35 s (stable: the loss then starts every cap at the spread), then every node
+    stopped at once (SIGTERM to its own beam.smp pid; rabbitmq_cluster.Cluster.stop_all), down `outage` s
+    after the last one had exited, and every node started again together (start_all). The subscriber's
+    session is the kill scenario's (clean session off, a durable queue on node 0), its figures counted from
+    one tick before the stop on."""
+    ports = c.mqtt_ports
+    max_delay = 60
+    res = {"agents": n, "keep_alive": keep_alive, "max_delay": max_delay, "outage_s": outage,
+           "spread_s": min(30, 0.4 * keep_alive, max_delay)}
+    t0 = time.monotonic()
+    log(f"starting node {victim} again (killed above), so that the whole cluster goes down")
+    c.restart(victim)
+    res["victim_rejoined_s"] = time.monotonic() - t0
+    with fleet.lock:
+        last_conn = max(t for t, _i, kind, _p, _f in fleet.events if kind == "connected")
+    fleet.wait(lambda e: time.monotonic() - last_conn > 35, 120, "35 s since the last connect")
+    where = last_ports(fleet, 0)
+    res["per_node_before"] = [sum(1 for p in where.values() if p == q) for q in ports]
+    # The subscriber's queue, for the record: durable, on its node, its messages persistent (QoS 1).
+    res["queues_before"] = c.ctl(0, "list_queues", "--no-table-headers", "--quiet", "name", "durable", "type",
+                                 "messages", "consumers", timeout=60, check=False).strip()
+    since_ms = time.time() * 1000 - INTERVAL * 1000
+    log(f"agents per node {res['per_node_before']}; stopping every node (SIGTERM to pids "
+        f"{[c.pid(i) for i in range(c.n)]})")
+    t_stop = time.monotonic()
+    wall_stop = time.time() * 1000
+    stopped = c.stop_all()
+    t_gone = time.monotonic()
+    res.update(stop_s=t_gone - t_stop, sigkilled=stopped["sigkilled"])
+    log(f"every node gone {res['stop_s']:.1f} s after the SIGTERMs (SIGKILL for {stopped['sigkilled'] or 'none'});"
+        f" down for {outage} s")
+    time.sleep(outage)  # the scenario itself is a duration
+    watch = PortWatch(ports)
+    t_start = time.monotonic()
+    try:
+        c.start_all()
+        t_all = time.monotonic()
+        watch.wait(60)
+    finally:
+        watch.stop()
+    if None in watch.tcp or None in watch.mqtt:
+        raise bench.Failure(f"after the full restart, ports {ports}: listening {watch.tcp}, CONNACK {watch.mqtt}")
+    fleet.wait(lambda e: len(fleet.connected_since(t_start)) == n, 300, "every agent back after the full restart")
+    back = fleet.connected_since(t_start)
+    # The cluster accepts connections again at its first CONNACK, to our probe or to an agent.
+    t_up = min(min(watch.mqtt), min(t for t, _p, _f in back.values()))
+    wall_up = time.time() * 1000 - (time.monotonic() - t_up) * 1000
+    res.update(start_s=t_all - t_start, stop_to_all_back_s=t_all - t_stop, down_s=t_start - t_gone,
+               listen_s=[f - t_start for f in watch.tcp], connack_s=[f - t_start for f in watch.mqtt])
+    log(f"cluster back {res['start_s']:.1f} s after starting its nodes (listening after "
+        f"{', '.join(f'{x:.1f}' for x in res['listen_s'])} s, a CONNACK after "
+        f"{', '.join(f'{x:.1f}' for x in res['connack_s'])} s); every agent back")
+    last = max(t for t, _p, _f in back.values())
+    res["back_s"] = last - t_up
+    res["first_back_s"] = min(t for t, _p, _f in back.values()) - t_up
+    peak, total, series = attempts_profile(fleet.events, t_stop, last + 1)
+    with fleet.lock:
+        before_up = sum(1 for t, _i, kind, _p, _f in fleet.events
+                        if kind in ("connected", "failed") and t_stop <= t < t_up)
+    res.update(peak_attempts_per_s=peak, total_attempts=total, attempts_series=series,
+               attempts_before_up=before_up,
+               marks={"gone": t_gone - t_stop, "start": t_start - t_stop, "listen": min(watch.tcp) - t_stop,
+                      "up": t_up - t_stop, "all_back": t_all - t_stop})
+    log(f"every agent back {res['back_s']:.1f} s after the cluster's first CONNACK; waiting for a tick from each")
+    wait_deliveries(sub, fleet, wall_up + 1000, 3 * INTERVAL + 60, "after the full restart")
+    where = last_ports(fleet, t_start)
+    res["per_node_after"] = [sum(1 for p in where.values() if p == q) for q in ports]
+    with fleet.lock:
+        connects = {}
+        for t, i, kind, _p, _f in fleet.events:
+            if kind == "connected" and t >= t_start:
+                connects[i] = connects.get(i, 0) + 1
+    res["reconnected_after_back"] = sum(1 for v in connects.values() if v > 1)
+    res["queues_after"] = c.ctl(0, "list_queues", "--no-table-headers", "--quiet", "name", "durable", "type",
+                                "messages", "consumers", timeout=60, check=False).strip()
+    res["qos1"] = sub.loss(since_ms)
+    # Where a loss sits, for the report: each gap (a missing tick) in seconds from the stop.
+    gaps = []
+    with sub.lock:
+        for dev in res["qos1"]["devices_with_loss"]:
+            ts = sorted(t for t in sub.seen[dev] if t >= since_ms)
+            for a, b in zip(ts, ts[1:]):
+                k = round((b - a) / (INTERVAL * 1000))
+                gaps += [round((a + j * INTERVAL * 1000 - wall_stop) / 1000) for j in range(1, k)]
+    res["lost_at_s_from_stop"] = sorted(gaps)
     return res
 
 
@@ -597,6 +780,17 @@ def targets(res):
         out.append(("RabbitMQ kill: agents of the other nodes that moved", str(r["others_moved"]), "0",
                     r["others_moved"] == 0))
         out.append(("RabbitMQ kill: QoS 1 messages lost", str(r["qos1"]["lost"]), "0", r["qos1"]["lost"] == 0))
+    x = res.get("rabbit_restart")
+    if x and "error" not in x:
+        n = x["agents"]
+        out.append(("RabbitMQ full restart: peak connection attempts/s <= a tenth of the fleet",
+                    f"{x['peak_attempts_per_s']}/s", f"<= {n // 10}/s", x["peak_attempts_per_s"] <= n // 10))
+        bound = x["spread_s"] + x["max_delay"]
+        out.append((f"RabbitMQ full restart: every agent back within spread ({x['spread_s']:.0f} s, 2/5 of the "
+                    f"keep-alive) + backoff cap ({x['max_delay']} s), from the first CONNACK",
+                    f"{x['back_s']:.1f} s", f"<= {bound:.0f} s", x["back_s"] <= bound))
+        out.append(("RabbitMQ full restart: QoS 1 messages lost", str(x["qos1"]["lost"]), "0",
+                    x["qos1"]["lost"] == 0))
     return out
 
 
@@ -648,6 +842,48 @@ def render(res):
                   f"{r['peak_attempts_per_s']} |",
                   f"| QoS 1 messages received / lost / duplicates | {r['qos1']['received']} / {r['qos1']['lost']} / "
                   f"{r['qos1']['duplicates']} |", ""]
+    x = res.get("rabbit_restart")
+    if x or (r and "note" in r):
+        x = x or {}
+        L += ["### RabbitMQ, 3 nodes, the whole cluster stopped (SIGTERM to every node at once) and started "
+              f"again after {x.get('outage_s', '?')} s; keep-alive {x.get('keep_alive', '?')} s, the same agents "
+              "after the kill", ""]
+        if "error" in x or not x:
+            L.append(x.get("error") or r.get("note"))
+        else:
+            mk = x["marks"]
+            L += ["| | measured |", "| --- | ---: |",
+                  f"| the killed node started again, rejoined in | {x['victim_rejoined_s']:.1f} s |",
+                  f"| agents per node before the stop | {' / '.join(map(str, x['per_node_before']))} |",
+                  f"| every node gone after the SIGTERMs | {x['stop_s']:.1f} s (SIGKILL needed: "
+                  f"{x['sigkilled'] or 'none'}) |",
+                  f"| nodes started, each listening on its MQTT port after | "
+                  + " / ".join(f"{v:.1f} s" for v in x["listen_s"]) + " |",
+                  f"| nodes started, each answering a CONNECT with a CONNACK after | "
+                  + " / ".join(f"{v:.1f} s" for v in x["connack_s"]) + " |",
+                  f"| nodes started, every node running clustered after | {x['start_s']:.1f} s |",
+                  f"| cluster stop -> all nodes back | {x['stop_to_all_back_s']:.1f} s |",
+                  f"| first / every agent back, from the cluster's first CONNACK (ours or an agent's) | "
+                  f"{x['first_back_s']:.1f} / "
+                  f"{x['back_s']:.1f} s |",
+                  f"| connection attempts from the stop to the last back | {x['total_attempts']} "
+                  f"({x['total_attempts'] / x['agents']:.1f} per agent; {x['attempts_before_up']} before the "
+                  "first CONNACK) |",
+                  f"| peak attempts in one second | {x['peak_attempts_per_s']} |",
+                  f"| QoS 1 messages received / lost / duplicates (from one tick before the stop) | "
+                  f"{x['qos1']['received']} / {x['qos1']['lost']} / {x['qos1']['duplicates']} |",
+                  f"| agents per node after the restart | {' / '.join(map(str, x['per_node_after']))} |",
+                  f"| agents that connected more than once after the start | {x['reconnected_after_back']} |", ""]
+            if x["qos1"]["lost"]:
+                L += [f"lost: {len(x['qos1']['devices_with_loss'])} agents; the missing ticks, seconds from the "
+                      "stop: " + " ".join(map(str, x["lost_at_s_from_stop"][:200])), ""]
+            L += [f"attempts per second from the stop (s 0) on; every node gone at s {mk['gone']:.0f}, started "
+                  f"at s {mk['start']:.0f}, the first listening at s {mk['listen']:.0f}, the first CONNACK at s "
+                  f"{mk['up']:.0f}, all clustered at s {mk['all_back']:.0f}: "
+                  + " ".join(map(str, x["attempts_series"])), "",
+                  "the queues (node 0's view; name, durable, type, messages, consumers) before the stop: "
+                  f"`{' | '.join(x['queues_before'].splitlines())}`; after: "
+                  f"`{' | '.join(x['queues_after'].splitlines())}`", ""]
     k = 10000 / res["agents"]
     L += ["### Scaled to 10,000 devices (linear extrapolation, not measured)", "", "| | at 10,000 |", "| --- | ---: |"]
     if m and "error" not in m:
@@ -661,13 +897,16 @@ def render(res):
     if r and "error" not in r and "note" not in r:
         L += ["| RabbitMQ CPU, 3 nodes summed | " + f"{sum(r['steady']['node_cpu_percent']) * k:.0f} % of a core |",
               f"| agents to move when a node dies | {r['on_victim'] * k:.0f} |"]
+    if x and "error" not in x and "marks" in x:
+        L += [f"| cluster restart: peak attempts per second | {x['peak_attempts_per_s'] * k:.0f} (target "
+              f"{10000 // 10}) |", f"| cluster restart: attempts in all | {x['total_attempts'] * k:.0f} |"]
     L += ["", "### Targets", "", "| target | measured | bound | |", "| --- | ---: | ---: | --- |"]
     for what, measured, bound, ok in res["targets"]:
         L.append(f"| {what} | {measured} | {bound} | {'PASS' if ok else 'FAIL'} |")
     return L
 
 
-def measure(binary, work, quick=False, agents=None, rabbit=True):
+def measure(binary, work, quick=False, agents=None, rabbit=True, full_restart=True):
     started = time.monotonic()
     n = agents or (100 if quick else 500)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -688,9 +927,11 @@ def measure(binary, work, quick=False, agents=None, rabbit=True):
             res["mosquitto"] = {"error": str(e)}
         if rabbit:
             try:
-                res["rabbit"] = rabbit_scenario(binary, work, n, stats, window, 20)
+                res["rabbit"] = rabbit_scenario(binary, work, n, stats, window, 20, 20, full_restart)
             except (bench.Failure, RuntimeError) as e:
                 res["rabbit"] = {"error": str(e)}
+            if "restart" in res["rabbit"]:
+                res["rabbit_restart"] = res["rabbit"].pop("restart")
     finally:
         stop.set()
     res["seconds"] = time.monotonic() - started
@@ -703,6 +944,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="100 agents, shorter windows")
     ap.add_argument("--agents", type=int)
     ap.add_argument("--skip-rabbit", action="store_true")
+    ap.add_argument("--skip-cluster-restart", action="store_true", help="the RabbitMQ node kill only")
     ap.add_argument("--bin")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, bench.on_signal)
@@ -713,7 +955,7 @@ def main():
     work = tempfile.mkdtemp(prefix="bmct-bench-fleet-")
     log(f"binary {binary}, work dir {work}")
     try:
-        res = measure(binary, work, a.quick, a.agents, not a.skip_rabbit)
+        res = measure(binary, work, a.quick, a.agents, not a.skip_rabbit, not a.skip_cluster_restart)
     finally:
         bench.RES.cleanup()
     text = "\n".join(["# A simulated fleet (issue 20)", ""] + render(res)) + "\n"
@@ -724,7 +966,7 @@ def main():
     print(text)
     log(f"logs kept in {work}")
     bad = any(not ok for *_x, ok in res["targets"]) or any(
-        isinstance(res.get(k), dict) and "error" in res[k] for k in ("mosquitto", "rabbit"))
+        isinstance(res.get(k), dict) and "error" in res[k] for k in ("mosquitto", "rabbit", "rabbit_restart"))
     return 1 if bad else 0
 
 

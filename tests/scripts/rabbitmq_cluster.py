@@ -16,12 +16,16 @@ As a module (tests/bench/fleet.py):
 
     with Cluster("/tmp/x", nodes=3) as c:   # start() on enter, stop() on exit
         c.mqtt_ports, c.pid(0), c.kill(0), c.restart(0)
+        c.stop_all(), c.start_all()         # the whole cluster down gracefully, and back together
 
 As a command (tests/common/rabbitmq.rs), state kept in DIR/cluster.json:
 
     rabbitmq_cluster.py start DIR N    one JSON line {"mqtt_ports": [...], "pids": [...], "nodes": [...], ...}
     rabbitmq_cluster.py kill DIR I     SIGKILL of node I's beam.smp (a crash: no goodbye)
     rabbitmq_cluster.py restart DIR I  node I started again; it rejoins the cluster. Prints the JSON line
+    rabbitmq_cluster.py stop-all DIR   every node stopped gracefully (SIGTERM to each pid, all at once),
+                                       their directories and the epmd kept. Prints the JSON line
+    rabbitmq_cluster.py start-all DIR  every node started again, together; returns once all run clustered
     rabbitmq_cluster.py stop DIR       every node (SIGTERM, SIGKILL after 30 s) and the epmd
     rabbitmq_cluster.py status DIR     the JSON line
 """
@@ -375,6 +379,79 @@ class Cluster:
             time.sleep(0.5)
         return self
 
+    def stop_all(self, timeout=60):
+        """The whole cluster down, gracefully: SIGTERM to every node's own beam.smp pid at once (each
+        closes its clients and listeners, writes its queues and persistent messages, and leaves), SIGKILL
+        only for a node still there after `timeout` s. The directories (mnesia, queues, messages) and our
+        epmd are kept: start_all() brings the same cluster back. Returns {"stop_seconds": time until
+        every node had exited, "sigkilled": the indices that needed the SIGKILL}."""
+        t0 = time.monotonic()
+        pids = {i: p for i, p in enumerate(self.pids) if p and alive(p)}
+        for pid in pids.values():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = t0 + timeout
+        killed = []
+        for i, pid in pids.items():
+            if not self._wait_gone(pid, max(0.1, deadline - time.monotonic())):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._wait_gone(pid, 10)
+                killed.append(i)
+        seconds = time.monotonic() - t0
+        # The rabbitmq-server wrappers (our children, when this process started them) leave with their node.
+        for p in self._children.values():
+            if p.pid != self.epmd_pid and p.poll() is None:
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        self.pids = [None] * self.n
+        self.save()
+        return {"stop_seconds": round(seconds, 1), "sigkilled": killed}
+
+    def start_all(self):
+        """Every node started again after stop_all(), all at once: nodes of a cluster stopped together each
+        wait at boot for the peers they last saw running, so one started alone would wait for the others.
+        Returns once every node has booted, listens on its MQTT port and sees all of them running; the time
+        it took is returned and left in .start_seconds."""
+        t0 = time.monotonic()
+        running = [i for i in range(self.n) if self.pid(i)]
+        if running:
+            raise RuntimeError(f"nodes {running} are running")
+        if not (self.epmd_pid and alive(self.epmd_pid)):
+            self._start_epmd()
+            self.save()
+        procs = {i: self._spawn(i) for i in range(self.n)}
+        errors = []
+
+        def wait(i):
+            try:
+                self._await(i, procs[i])
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=wait, args=(i,)) for i in range(self.n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.save()
+        if errors:
+            raise errors[0]
+        deadline = time.monotonic() + START_TIMEOUT
+        while sorted(self.running_nodes()) != sorted(self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster has {self.running_nodes()} after a full restart, wanted {self.nodes}")
+            time.sleep(0.5)
+        self.start_seconds = round(time.monotonic() - t0, 1)
+        self.save()
+        return self.start_seconds
+
     def _wait_gone(self, pid, seconds):
         deadline = time.monotonic() + seconds
         while alive(pid):
@@ -432,7 +509,8 @@ class Cluster:
 
 
 def main(argv):
-    usage = "usage: rabbitmq_cluster.py start DIR N | kill DIR I | restart DIR I | stop DIR | status DIR"
+    usage = ("usage: rabbitmq_cluster.py start DIR N | kill DIR I | restart DIR I | stop-all DIR | start-all DIR"
+             " | stop DIR | status DIR")
     if len(argv) < 3:
         print(usage, file=sys.stderr)
         return 2
@@ -452,6 +530,17 @@ def main(argv):
         t0 = time.monotonic()
         c.restart(int(argv[3]))
         print(f"node {argv[3]} back in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    elif cmd == "stop-all":
+        c = Cluster.load(directory)
+        out = c.stop_all()
+        print(f"{c.n} nodes stopped in {out['stop_seconds']} s"
+              + (f", SIGKILL for {out['sigkilled']}" if out["sigkilled"] else ""), file=sys.stderr)
+        print(json.dumps(dict(c.state(), **out)), flush=True)
+        return 0
+    elif cmd == "start-all":
+        c = Cluster.load(directory)
+        c.start_all()
+        print(f"{c.n} nodes back in {c.start_seconds} s", file=sys.stderr)
     elif cmd == "stop":
         if not os.path.exists(os.path.join(directory, STATE)):
             return 0
