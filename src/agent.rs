@@ -779,6 +779,7 @@ impl Agent {
 
     fn link_failed(&mut self, now: Instant, e: LinkError) {
         let was_up = self.session.is_up();
+        let heard = self.session.last_heard();
         self.link = None;
         // Unacknowledged messages go back to the queue, to go again on whichever node comes next.
         self.session.disconnected();
@@ -789,7 +790,7 @@ impl Agent {
         };
         self.reconnect_at = if was_up {
             self.failover.lost();
-            self.reconnect.lost(now)
+            self.reconnect.lost(now, heard)
         } else {
             self.failover.failed();
             self.reconnect.failed(now)

@@ -6,9 +6,13 @@
 //! Backoff And Jitter"): each delay is uniform in `[0, cap]`, and the cap doubles with each failure up to
 //! `reconnect_max_delay_in_seconds`.
 //! - Before the first connection the cap starts at 1 s.
-//! - Losing a live connection starts the cap at the spread, [`SPREAD`] but at most two fifths of the
-//!   keep-alive (so that a dead node, noticed within 1.5 keep-alives, is replaced within two) and at most
-//!   the maximum delay: a fleet that lost its broker together spreads its first retries over it. After a
+//! - Losing a live connection starts the cap at the spread: a fleet that lost its broker together spreads
+//!   its first retries over it. It is as long as the failover's bound allows, at most [`SPREAD`] and the
+//!   maximum delay: a dead node must be replaced within two keep-alives of its death, which came after the
+//!   broker was last heard from, and the connect itself is given half a keep-alive, so the spread is what
+//!   is left of 1.5 keep-alives since the broker was last heard from (30 s at the default keep-alive of
+//!   60 s, 20 s at 20 s with a tick every 10 s). Never less than two fifths of the keep-alive: a silent
+//!   death, noticed by the keep-alive after 1.5 keep-alives, is replaced within 1.9. After a
 //!   connection that stayed up [`STABLE`] or longer, that is all: the cap is the spread again, whatever it
 //!   was. A connection lost sooner keeps its cap where the failures left it (the spread if that is more),
 //!   so a broker that accepts and drops a client sees its retries slow down as for any failure.
@@ -33,7 +37,9 @@ pub struct Reconnect {
     /// The bound of the next delay; invariant: at most `max`.
     cap: Duration,
     max: Duration,
+    /// The least spread (two fifths of the keep-alive, at most [`SPREAD`] and `max`).
     spread: Duration,
+    keep_alive: Option<Duration>,
     up_since: Option<Instant>,
     /// The starts of the last [`MAX_PER_WINDOW`] attempts, a ring; `next` is the oldest one's slot.
     starts: [Option<Instant>; MAX_PER_WINDOW],
@@ -51,6 +57,8 @@ impl Reconnect {
             cap: BASE.min(max),
             max,
             spread: SPREAD.min(two_fifths_keep_alive).min(max),
+            keep_alive: (keep_alive_secs > 0)
+                .then(|| Duration::from_secs(u64::from(keep_alive_secs))),
             up_since: None,
             starts: [None; MAX_PER_WINDOW],
             next: 0,
@@ -76,18 +84,29 @@ impl Reconnect {
         self.not_before(now + delay)
     }
 
-    /// A live connection was lost: when to make the next attempt.
-    pub fn lost(&mut self, now: Instant) -> Instant {
+    /// A live connection was lost, the broker last heard from at `heard`: when to make the next attempt.
+    pub fn lost(&mut self, now: Instant, heard: Option<Instant>) -> Instant {
         let stable = self
             .up_since
             .take()
             .is_some_and(|t| now.saturating_duration_since(t) >= STABLE);
-        self.cap = if stable {
-            self.spread
-        } else {
-            self.cap.max(self.spread)
-        };
+        let spread = self.spread_after(now, heard);
+        self.cap = if stable { spread } else { self.cap.max(spread) };
         self.failed(now)
+    }
+
+    /// What is left of 1.5 keep-alives since the broker was last heard from, between the least spread
+    /// and [`SPREAD`] (and `max`).
+    fn spread_after(&self, now: Instant, heard: Option<Instant>) -> Duration {
+        let most = SPREAD.min(self.max);
+        let Some(k) = self.keep_alive else {
+            return most;
+        };
+        let silence = heard.map_or(k * 3 / 2, |h| now.saturating_duration_since(h));
+        (k * 3 / 2)
+            .saturating_sub(silence)
+            .max(self.spread)
+            .min(most)
     }
 
     /// `at`, or later where the gap or the window's count asks for it.
@@ -181,7 +200,7 @@ mod tests {
         let mut later = 0;
         for _ in 0..20 {
             r.up(up);
-            later += usize::from(r.lost(lost) - lost > SPREAD);
+            later += usize::from(r.lost(lost, Some(lost)) - lost > SPREAD);
         }
         assert!(later >= 15, "{later} of 20 beyond the spread");
         // Up for 30 s: the first retry within the spread, whatever the cap was; that failing, the next
@@ -193,19 +212,23 @@ mod tests {
             r.attempt(up);
             r.up(up);
             let lost = up + STABLE;
-            let retry = r.lost(lost);
-            assert!(retry - lost <= r.spread);
+            // Heard from 20 s before: a spread of 70 s less that, at most 30 s.
+            let heard = Some(lost - Duration::from_secs(20));
+            let spread = r.spread_after(lost, heard);
+            assert_eq!(spread, SPREAD);
+            let retry = r.lost(lost, heard);
+            assert!(retry - lost <= spread);
             r.attempt(retry);
             let again = r.failed(retry);
-            assert!(again - retry <= r.spread * 2);
-            beyond_spread += usize::from(again - retry > r.spread);
+            assert!(again - retry <= spread * 2);
+            beyond_spread += usize::from(again - retry > spread);
             r.attempt(again);
             let third = r.failed(again);
-            assert!(third - again <= r.spread * 4);
+            assert!(third - again <= spread * 4);
             r.attempt(third);
             r.up(third);
             let lost = third + STABLE;
-            assert!(r.lost(lost) - lost <= r.spread, "seed {seed}");
+            assert!(r.lost(lost, heard) - lost <= spread, "seed {seed}");
         }
         // Uniform over twice the spread: about half of the second retries beyond the spread.
         assert!(
@@ -225,16 +248,57 @@ mod tests {
             r.attempt(t0);
             r.up(t0);
             let lost = t0 + Duration::from_secs(10);
-            let retry = r.lost(lost) - lost;
-            assert!(retry <= r.spread, "seed {seed}: {retry:?}");
+            let retry = r.lost(lost, Some(lost)) - lost;
+            assert!(retry <= SPREAD, "seed {seed}: {retry:?}");
             beyond_two_seconds += usize::from(retry > Duration::from_secs(2));
         }
-        // Uniform over 24 s: eleven twelfths beyond 2 s.
+        // Uniform over 30 s: fourteen fifteenths beyond 2 s.
         assert!(beyond_two_seconds > 150, "{beyond_two_seconds} of 200");
     }
 
     #[test]
-    fn the_spread_keeps_within_two_fifths_of_the_keep_alive_and_the_maximum() {
+    fn the_spread_is_what_the_failover_bound_leaves() {
+        let t0 = Instant::now();
+        let spread = |max: u64, keep_alive: u16, silence: u64| {
+            let r = Reconnect::new(Duration::from_secs(max), keep_alive, 1);
+            let now = t0 + Duration::from_secs(1000);
+            r.spread_after(now, Some(now - Duration::from_secs(silence)))
+        };
+        let s = Duration::from_secs;
+        // The default keep-alive: 30 s, however quiet the link was up to a keep-alive.
+        assert_eq!(spread(60, 60, 0), s(30));
+        assert_eq!(spread(60, 60, 60), s(30));
+        // A silent death noticed by the keep-alive: the least spread, two fifths of it.
+        assert_eq!(spread(60, 60, 90), s(24));
+        assert_eq!(spread(60, 60, 300), s(24));
+        // A cluster's 20 s keep-alive with a tick every 10 s; the test's 10 s with a tick a second.
+        assert_eq!(spread(60, 20, 10), s(20));
+        assert_eq!(spread(60, 10, 1), s(14));
+        // No keep-alive: 30 s; the maximum delay bounds it all.
+        assert_eq!(spread(60, 0, 5), s(30));
+        assert_eq!(spread(10, 60, 0), s(10));
+        // Nothing heard at all: the least.
+        let r = Reconnect::new(s(60), 20, 1);
+        assert_eq!(r.spread_after(t0, None), s(8));
+        // Whatever the silence, the death (no earlier than the last word heard) is replaced within
+        // 1.5 keep-alives plus the connect, or, at the least spread, within 1.9 of them.
+        for keep_alive in [5u16, 10, 20, 60, 120] {
+            let k = s(u64::from(keep_alive));
+            for silence in 0..=u64::from(keep_alive) * 3 {
+                let sp = spread(3600, keep_alive, silence);
+                let back = s(silence) + sp;
+                assert!(
+                    back <= k * 3 / 2
+                        || (back <= k * 19 / 10 && sp <= k * 2 / 5)
+                        || silence * 10 > u64::from(keep_alive) * 15,
+                    "keep-alive {keep_alive}, silence {silence}: {sp:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_least_spread_keeps_within_two_fifths_of_the_keep_alive_and_the_maximum() {
         let spread = |max: u64, keep_alive: u16| {
             Reconnect::new(Duration::from_secs(max), keep_alive, 1).spread
         };
@@ -269,7 +333,8 @@ mod tests {
             let up = t0 - Duration::from_secs(300);
             r.attempt(up);
             r.up(up);
-            let mut at = r.lost(t0);
+            // Heard from at the last tick, 5 s before.
+            let mut at = r.lost(t0, Some(t0 - Duration::from_secs(5)));
             loop {
                 r.attempt(at);
                 per_second[(at - t0).as_secs() as usize] += 1;
@@ -294,7 +359,7 @@ mod tests {
             // The issue's bounds: a tenth of the fleet a second; back within the spread plus the cap.
             assert!(peak <= 50, "outage {secs} s: {peak} attempts in one second");
             assert!(
-                after <= Duration::from_secs(24 + 60),
+                after <= Duration::from_secs(30 + 60),
                 "outage {secs} s: {after:?}"
             );
         }

@@ -198,6 +198,11 @@ impl Session {
         }
     }
 
+    /// When the broker last sent us anything on this connection.
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.last_received
+    }
+
     pub fn is_up(&self) -> bool {
         matches!(self.state, State::Up { .. })
     }
