@@ -115,9 +115,10 @@ image:
 #   make bench-kernel BENCH_KERNEL_ARGS="--cycles 3 --scale-cycles 2 --counts 10,40"
 # make bench-bytes: only issue 19's bytes per device per day (about 2.5 minutes, every row at once), on the
 # release build; a quick look with fewer rows (plain only, at rest): make bench-bytes BENCH_BYTES_ARGS=--quick
-# make bench-fleet: only issue 20's simulated fleet (about 6 minutes): 500 agents (this machine's static
+# make bench-fleet: only issue 20's simulated fleet (about 8 minutes): 500 agents (this machine's static
 # binary, make host) against one mosquitto restarted after 20 s down, and against a 3-node RabbitMQ cluster
-# with one node killed; a quick look with 100 agents: make bench-fleet BENCH_FLEET_ARGS=--quick
+# with one node killed, then all of it stopped and started again; a quick look with 100 agents: make
+# bench-fleet BENCH_FLEET_ARGS=--quick
 .PHONY: bench bench-qos1 bench-kernel bench-bytes bench-spool bench-fleet
 BENCH_KERNEL_ARGS ?=
 BENCH_BYTES_ARGS ?=
