@@ -388,30 +388,26 @@ fn broker_urls(f: &Fields, warnings: &mut Vec<String>) -> Result<Vec<String>, Co
 /// Any other piece is an entry of its own, and one without a scheme is refused as such.
 fn split_urls(s: &str) -> Vec<String> {
     let mut urls: Vec<String> = Vec::new();
-    // Pieces after the last address that may still belong to its password.
+    // Pieces without a scheme after the last address: its password's, if one with '@' follows.
     let mut pending: Vec<&str> = Vec::new();
-    let flush = |urls: &mut Vec<String>, pending: &mut Vec<&str>| {
-        urls.extend(pending.drain(..).map(str::to_owned));
-    };
     for piece in s.split(',') {
         let schemeless = !piece.contains("://");
-        if schemeless && piece.contains('@') {
-            if let Some(last) = urls.last_mut().filter(|u| u.contains("://")) {
+        let after_one = !urls.is_empty();
+        match urls.last_mut().filter(|u| u.contains("://")) {
+            Some(last) if schemeless && piece.contains('@') => {
                 for p in pending.drain(..).chain([piece]) {
                     last.push(',');
                     last.push_str(p);
                 }
-                continue;
+            }
+            _ if schemeless && after_one => pending.push(piece),
+            _ => {
+                urls.extend(pending.drain(..).map(str::to_owned));
+                urls.push(piece.to_owned());
             }
         }
-        if schemeless && !urls.is_empty() {
-            pending.push(piece);
-        } else {
-            flush(&mut urls, &mut pending);
-            urls.push(piece.to_owned());
-        }
     }
-    flush(&mut urls, &mut pending);
+    urls.extend(pending.drain(..).map(str::to_owned));
     urls
 }
 

@@ -37,8 +37,6 @@ pub struct Reconnect {
     /// The bound of the next delay; invariant: at most `max`.
     cap: Duration,
     max: Duration,
-    /// The least spread (two fifths of the keep-alive, at most [`SPREAD`] and `max`).
-    spread: Duration,
     keep_alive: Option<Duration>,
     up_since: Option<Instant>,
     /// The starts of the last [`MAX_PER_WINDOW`] attempts, a ring; `next` is the oldest one's slot.
@@ -49,14 +47,9 @@ pub struct Reconnect {
 
 impl Reconnect {
     pub fn new(max: Duration, keep_alive_secs: u16, seed: u64) -> Reconnect {
-        let two_fifths_keep_alive = match keep_alive_secs {
-            0 => SPREAD,
-            k => Duration::from_secs(u64::from(k)) * 2 / 5,
-        };
         Reconnect {
             cap: BASE.min(max),
             max,
-            spread: SPREAD.min(two_fifths_keep_alive).min(max),
             keep_alive: (keep_alive_secs > 0)
                 .then(|| Duration::from_secs(u64::from(keep_alive_secs))),
             up_since: None,
@@ -95,18 +88,15 @@ impl Reconnect {
         self.failed(now)
     }
 
-    /// What is left of 1.5 keep-alives since the broker was last heard from, between the least spread
-    /// and [`SPREAD`] (and `max`).
+    /// What is left of 1.5 keep-alives since the broker was last heard from, between two fifths of the
+    /// keep-alive and [`SPREAD`], and at most `max`; [`SPREAD`] without a keep-alive.
     fn spread_after(&self, now: Instant, heard: Option<Instant>) -> Duration {
         let most = SPREAD.min(self.max);
         let Some(k) = self.keep_alive else {
             return most;
         };
         let silence = heard.map_or(k * 3 / 2, |h| now.saturating_duration_since(h));
-        (k * 3 / 2)
-            .saturating_sub(silence)
-            .max(self.spread)
-            .min(most)
+        (k * 3 / 2).saturating_sub(silence).max(k * 2 / 5).min(most)
     }
 
     /// `at`, or later where the gap or the window's count asks for it.
@@ -299,8 +289,10 @@ mod tests {
 
     #[test]
     fn the_least_spread_keeps_within_two_fifths_of_the_keep_alive_and_the_maximum() {
+        // The least: nothing heard, as after a silent death.
         let spread = |max: u64, keep_alive: u16| {
-            Reconnect::new(Duration::from_secs(max), keep_alive, 1).spread
+            Reconnect::new(Duration::from_secs(max), keep_alive, 1)
+                .spread_after(Instant::now(), None)
         };
         assert_eq!(spread(60, 60), Duration::from_secs(24));
         assert_eq!(spread(60, 300), SPREAD);

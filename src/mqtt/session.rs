@@ -1403,12 +1403,7 @@ mod tests {
     #[test]
     fn incoming_qos1_publish_is_acknowledged() {
         let t0 = Instant::now();
-        let mut o = opts();
-        o.subscriptions = vec!["s".into()];
-        let mut s = Session::new(o);
-        s.connected(t0);
-        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
-        s.take_events();
+        let mut s = subscribed_to("s", t0);
         sent(&mut s, t0);
         s.receive(
             t0,
@@ -1429,12 +1424,7 @@ mod tests {
     #[test]
     fn a_retained_publish_says_so() {
         let t0 = Instant::now();
-        let mut o = opts();
-        o.subscriptions = vec!["s".into()];
-        let mut s = Session::new(o);
-        s.connected(t0);
-        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
-        s.take_events();
+        let mut s = subscribed_to("s", t0);
         let mut retained = incoming("s", b"old", None);
         retained[0] |= 0x01;
         s.receive(t0, &retained).unwrap();
@@ -1457,6 +1447,17 @@ mod tests {
                 retained: false,
             }]
         );
+    }
+
+    /// A session up at `t0` (CONNACK taken, its events drained) with one subscription, `filter`.
+    fn subscribed_to(filter: &str, t0: Instant) -> Session {
+        let mut o = opts();
+        o.subscriptions = vec![filter.into()];
+        let mut s = Session::new(o);
+        s.connected(t0);
+        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
+        s.take_events();
+        s
     }
 
     /// A PUBLISH from the broker: QoS 0 when `pid` is None.
@@ -1495,12 +1496,7 @@ mod tests {
     #[test]
     fn a_flood_on_a_subscribed_topic_keeps_only_the_latest_message() {
         let t0 = Instant::now();
-        let mut o = opts();
-        o.subscriptions = vec!["ha/status".into()];
-        let mut s = Session::new(o);
-        s.connected(t0);
-        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
-        s.take_events();
+        let mut s = subscribed_to("ha/status", t0);
         let mut bytes = Vec::new();
         for i in 0..10_000 {
             bytes.extend(incoming(
@@ -1534,12 +1530,7 @@ mod tests {
     #[test]
     fn publishes_we_never_subscribed_to_are_counted_acknowledged_and_dropped() {
         let t0 = Instant::now();
-        let mut o = opts();
-        o.subscriptions = vec!["ha/status".into()];
-        let mut s = Session::new(o);
-        s.connected(t0);
-        s.receive(t0, &[0x20, 0x02, 0x00, 0x00]).unwrap();
-        s.take_events();
+        let mut s = subscribed_to("ha/status", t0);
         sent(&mut s, t0);
         s.receive(t0, &incoming("other/topic", b"x", None)).unwrap();
         s.receive(t0, &incoming("not/ours", b"x", Some(9))).unwrap();
