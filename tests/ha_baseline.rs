@@ -197,6 +197,50 @@ fn a_birth_brings_the_values_again_after_the_configs() {
     );
 }
 
+/// A stats file of resting containers, the same figures for all but their PIDs, replaced whole at each
+/// write (a new file: every write is news to the next tick).
+struct RestingStats {
+    dir: TempDir,
+    file: std::path::PathBuf,
+}
+
+impl RestingStats {
+    fn new(tag: &str) -> RestingStats {
+        let dir = TempDir::new(tag);
+        let file = dir.path().join("stats.jsonl");
+        RestingStats { dir, file }
+    }
+
+    fn write(&self, containers: &[(&str, u64)]) {
+        let text: String = containers
+            .iter()
+            .map(|(name, pids)| {
+                format!(
+                    r#"{{"Name":"{name}","CPUPerc":"5.00%","MemPerc":"10.00%","MemUsage":"100MiB / 1000MiB","NetIO":"1MB / 1MB","BlockIO":"1MB / 1MB","PIDs":"{pids}"}}"#
+                ) + "\n"
+            })
+            .collect();
+        let tmp = self.dir.write("stats.tmp", &text);
+        std::fs::rename(tmp, &self.file).unwrap();
+    }
+}
+
+/// The agent reading `stats` every second, reporting by exception with an hour's heartbeat, discovery
+/// on; and its config directory, to keep while it runs.
+fn on_change_agent(broker: &Broker, stats: &RestingStats) -> (std::process::Child, TempDir) {
+    let collector = format!(
+        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1,
+            "report": "on_change", "report_heartbeat_in_seconds": 3600}}"#,
+        stats.file.display()
+    );
+    let mqtt = format!(
+        r#"{{"broker_url": "{}", "device_id": "dev1", "home_assistant_discovery": true}}"#,
+        broker.url()
+    );
+    let cfg = config_dir(&collector, &mqtt);
+    (spawn_agent(cfg.path()), cfg)
+}
+
 /// Reporting by exception, a resting container's figures go out once and then not before the heartbeat;
 /// Home Assistant still gets them once its configs settled. The stats file is rewritten with the same
 /// `web` figures and a `marker` whose PIDs move every time (so every rewrite is a tick whose end its
@@ -205,32 +249,10 @@ fn a_birth_brings_the_values_again_after_the_configs() {
 fn reporting_by_exception_the_resting_values_are_sent_again_too() {
     let broker = Broker::start();
     let sub = Subscriber::start_args(broker.port, &["-F", "%U|%t|%p", "-t", "#"]);
-    let dir = TempDir::new("baseline-on-change");
-    let file = dir.path().join("stats.jsonl");
-    let line = |name: &str, pids: u64| {
-        format!(
-            r#"{{"Name":"{name}","CPUPerc":"5.00%","MemPerc":"10.00%","MemUsage":"100MiB / 1000MiB","NetIO":"1MB / 1MB","BlockIO":"1MB / 1MB","PIDs":"{pids}"}}"#
-        )
-    };
-    let write = |marker: u64| {
-        let tmp = dir.write(
-            "stats.tmp",
-            &format!("{}\n{}\n", line("web", 3), line("marker", marker)),
-        );
-        std::fs::rename(tmp, &file).unwrap();
-    };
+    let stats = RestingStats::new("baseline-on-change");
+    let write = |marker: u64| stats.write(&[("web", 3), ("marker", marker)]);
     write(1);
-    let collector = format!(
-        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1,
-            "report": "on_change", "report_heartbeat_in_seconds": 3600}}"#,
-        file.display()
-    );
-    let mqtt = format!(
-        r#"{{"broker_url": "{}", "device_id": "dev1", "home_assistant_discovery": true}}"#,
-        broker.url()
-    );
-    let cfg = config_dir(&collector, &mqtt);
-    let child = spawn_agent(cfg.path());
+    let (child, _cfg) = on_change_agent(&broker, &stats);
     let web_pids = "root/dev1/telemetry/system/web/pids";
     let marker = |l: &[String], n: u64| {
         stamped(l).iter().any(|m| {
@@ -290,30 +312,9 @@ fn reporting_by_exception_the_resting_values_are_sent_again_too() {
 fn a_new_container_gets_its_values_again_after_its_configs() {
     let broker = Broker::start();
     let sub = Subscriber::start_args(broker.port, &["-F", "%U|%t|%p", "-t", "#"]);
-    let dir = TempDir::new("baseline-newcomer");
-    let file = dir.path().join("stats.jsonl");
-    let line = |name: &str| {
-        format!(
-            r#"{{"Name":"{name}","CPUPerc":"5.00%","MemPerc":"10.00%","MemUsage":"100MiB / 1000MiB","NetIO":"1MB / 1MB","BlockIO":"1MB / 1MB","PIDs":"3"}}"#
-        )
-    };
-    let write = |names: &[&str]| {
-        let text: String = names.iter().map(|n| line(n) + "\n").collect();
-        let tmp = dir.write("stats.tmp", &text);
-        std::fs::rename(tmp, &file).unwrap();
-    };
-    write(&["web"]);
-    let collector = format!(
-        r#"{{"mode": "FILE", "file_path": "{}", "collection_interval_in_seconds": 1,
-            "report": "on_change", "report_heartbeat_in_seconds": 3600}}"#,
-        file.display()
-    );
-    let mqtt = format!(
-        r#"{{"broker_url": "{}", "device_id": "dev1", "home_assistant_discovery": true}}"#,
-        broker.url()
-    );
-    let cfg = config_dir(&collector, &mqtt);
-    let child = spawn_agent(cfg.path());
+    let stats = RestingStats::new("baseline-newcomer");
+    stats.write(&[("web", 3)]);
+    let (child, _cfg) = on_change_agent(&broker, &stats);
     let count = |l: &[String], topic: &str| stamped(l).iter().filter(|m| m.1 == topic).count();
     let web_pids = "root/dev1/telemetry/system/web/pids";
     let new_pids = "root/dev1/telemetry/system/newbie/pids";
@@ -321,7 +322,7 @@ fn a_new_container_gets_its_values_again_after_its_configs() {
         sub.wait_for(|l| count(l, web_pids) >= 2, Duration::from_secs(20)),
         "web's values were not sent again"
     );
-    write(&["web", "newbie"]);
+    stats.write(&[("web", 3), ("newbie", 3)]);
     assert!(
         sub.wait_for(|l| count(l, new_pids) >= 2, Duration::from_secs(20)),
         "the newcomer's values were not sent again"

@@ -176,19 +176,7 @@ fn home_assistant_birth_gets_everything_again() {
         "{}",
         agent.log()
     );
-    std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "homeassistant/status",
-            "-m",
-            "online",
-        ])
-        .status()
-        .unwrap();
+    publish_status(&broker, false);
     // Re-announced after a random delay of 0.5 to 5 s.
     assert!(
         sub.wait_for(|l| announced(l) >= 63 * 2, Duration::from_secs(15)),
