@@ -695,8 +695,11 @@ def cluster_restart(c, fleet, sub, n, keep_alive, victim, outage):
     where = last_ports(fleet, 0)
     res["per_node_before"] = [sum(1 for p in where.values() if p == q) for q in ports]
     # The subscriber's queue, for the record: durable, on its node, its messages persistent (QoS 1).
-    res["queues_before"] = c.ctl(0, "list_queues", "--no-table-headers", "--quiet", "name", "durable", "type",
-                                 "messages", "consumers", timeout=60, check=False).strip()
+    def queues():
+        return c.ctl(0, "list_queues", "--no-table-headers", "--quiet", "name", "durable", "type", "messages",
+                     "consumers", timeout=60, check=False).strip()
+
+    res["queues_before"] = queues()
     since_ms = time.time() * 1000 - INTERVAL * 1000
     log(f"agents per node {res['per_node_before']}; stopping every node (SIGTERM to pids "
         f"{[c.pid(i) for i in range(c.n)]})")
@@ -749,8 +752,7 @@ def cluster_restart(c, fleet, sub, n, keep_alive, victim, outage):
             if kind == "connected" and t >= t_start:
                 connects[i] = connects.get(i, 0) + 1
     res["reconnected_after_back"] = sum(1 for v in connects.values() if v > 1)
-    res["queues_after"] = c.ctl(0, "list_queues", "--no-table-headers", "--quiet", "name", "durable", "type",
-                                "messages", "consumers", timeout=60, check=False).strip()
+    res["queues_after"] = queues()
     res["qos1"] = sub.loss(since_ms)
     # Where a loss sits, for the report: each gap (a missing tick) in seconds from the stop.
     gaps = []

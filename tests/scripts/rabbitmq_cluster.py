@@ -297,6 +297,27 @@ class Cluster:
                 raise RuntimeError(f"{self.nodes[i]}: MQTT port {self.mqtt_ports[i]} closed")
             time.sleep(0.1)
 
+    def _boot_all(self):
+        """Spawns every node and waits for all of them at once (a node of a cluster may wait for its peers
+        to boot); the first error, once all are done."""
+        procs = [self._spawn(i) for i in range(self.n)]
+        errors = []
+
+        def wait(i):
+            try:
+                self._await(i, procs[i])
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=wait, args=(i,)) for i in range(self.n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.save()
+        if errors:
+            raise errors[0]
+
     def log_tail(self, i, lines=30):
         out = []
         for name in ("stdout.log", "rabbit.log"):
@@ -316,23 +337,7 @@ class Cluster:
         try:
             self._start_epmd()
             self.save()
-            procs = [self._spawn(i) for i in range(self.n)]
-            errors = []
-
-            def wait(i):
-                try:
-                    self._await(i, procs[i])
-                except Exception as e:  # noqa: BLE001 - reported below
-                    errors.append(e)
-
-            threads = [threading.Thread(target=wait, args=(i,)) for i in range(self.n)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            self.save()
-            if errors:
-                raise errors[0]
+            self._boot_all()
             for i in range(1, self.n):
                 self.ctl(i, "stop_app")
                 self.ctl(i, "join_cluster", self.nodes[0])
@@ -426,23 +431,7 @@ class Cluster:
         if not (self.epmd_pid and alive(self.epmd_pid)):
             self._start_epmd()
             self.save()
-        procs = {i: self._spawn(i) for i in range(self.n)}
-        errors = []
-
-        def wait(i):
-            try:
-                self._await(i, procs[i])
-            except Exception as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=wait, args=(i,)) for i in range(self.n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.save()
-        if errors:
-            raise errors[0]
+        self._boot_all()
         deadline = time.monotonic() + START_TIMEOUT
         while sorted(self.running_nodes()) != sorted(self.nodes):
             if time.monotonic() > deadline:
